@@ -1,0 +1,86 @@
+import { z } from 'zod';
+
+/**
+ * Every setting is read from the environment here and nowhere else. Each process picks the
+ * sections it needs, so the subscriber never asks for a Keen key and the worker never for
+ * an MQTT share group.
+ */
+
+const url = (protocols: string[]) =>
+  z.string().refine((value) => {
+    try {
+      return protocols.includes(new URL(value).protocol);
+    } catch {
+      return false;
+    }
+  }, `must be a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}`);
+
+const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
+const optionalSecret = z.string().min(1).optional();
+
+const sections = {
+  common: {
+    REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+    QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('lampi'),
+    LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  },
+  mqtt: {
+    MQTT_URL: url(['mqtt:', 'mqtts:', 'tcp:', 'ssl:', 'ws:', 'wss:']).default('mqtt://127.0.0.1:1883'),
+    MQTT_USERNAME: optionalSecret,
+    MQTT_PASSWORD: optionalSecret,
+    /** Base of the fixed client ids that keep our persistent sessions across restarts. */
+    MQTT_CLIENT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,40}$/, '1-40 letters, digits, _ or -').default('lampi-ingest'),
+  },
+  subscriber: {
+    /** Lamp-state topics are consumed through `$share/<group>/...` so connections (and replicas) split the load. */
+    MQTT_SHARE_GROUP: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('lampi-ingest'),
+    /** MQTT.js handles one message per connection at a time; more connections mean more acks in flight. */
+    SUBSCRIBER_CONNECTIONS: positiveInt(4),
+  },
+  database: {
+    DATABASE_URL: url(['postgres:', 'postgresql:']),
+  },
+  worker: {
+    DEFAULT_USER: z.string().min(1).max(150).default('parked_device_user'),
+    WORKER_CONCURRENCY: positiveInt(50),
+  },
+  keen: {
+    KEEN_PROJECT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)'),
+    KEEN_WRITE_KEY: z.string().min(1),
+    KEEN_API_URL: url(['http:', 'https:']).default('https://api.keen.io'),
+    KEEN_TIMEOUT_MS: positiveInt(10_000),
+    /** Events per bulk request, and how long a partial batch may wait for company. */
+    KEEN_BATCH_SIZE: positiveInt(500),
+    KEEN_LINGER_MS: z.coerce.number().int().min(0).default(20),
+    KEEN_ATTEMPTS: positiveInt(12),
+    KEEN_CONCURRENCY: positiveInt(1000),
+  },
+} as const;
+
+type Sections = typeof sections;
+export type SectionName = keyof Sections;
+type SectionConfig = { [K in SectionName]: z.infer<z.ZodObject<Sections[K]>> };
+type UnionToIntersection<U> = (U extends unknown ? (x: U) => void : never) extends (x: infer I) => void ? I : never;
+export type Config<S extends SectionName> = UnionToIntersection<SectionConfig[S]>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/**
+ * Reads the named sections from `env`. A missing or invalid setting throws a ConfigError whose
+ * message is one line naming the variable and what it must be.
+ */
+export function loadConfig<S extends SectionName>(names: readonly S[], env: NodeJS.ProcessEnv = process.env): Config<S> {
+  const shape = Object.assign({}, ...names.map((name) => sections[name]));
+  const input = Object.fromEntries(Object.keys(shape).map((key) => [key, env[key] === '' ? undefined : env[key]]));
+  const parsed = z.object(shape).safeParse(input);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => {
+      const key = String(issue.path[0]);
+      return input[key] === undefined ? `${key} is required` : `${key} ${issue.message}`;
+    });
+    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+  }
+  return parsed.data as Config<S>;
+}

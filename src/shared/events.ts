@@ -1,0 +1,89 @@
+/**
+ * Keen events, built the way the seed's recorder built them. Pure: the caller supplies the
+ * receipt time and the uniqueness token.
+ */
+
+export const KEEN_COLLECTIONS = ['activations', 'devicemonitoring', 'devicestate'] as const;
+export type KeenCollection = (typeof KEEN_COLLECTIONS)[number];
+
+export const DATE_TIME_PARSER = {
+  name: 'keen:date_time_parser',
+  input: { date_time: 'keen.timestamp' },
+  output: 'timestamp.info',
+} as const;
+
+export interface KeenEnvelope {
+  timestamp: string;
+  uniqueness_token: string;
+  addons: Array<typeof DATE_TIME_PARSER>;
+}
+
+export type KeenEvent = { [property: string]: unknown; keen: KeenEnvelope };
+
+const MAX_PROPERTY_NAME = 256;
+/** Keen keeps only the first event with a given token per collection, for 31 days. */
+export const MAX_UNIQUENESS_TOKEN = 64;
+
+export function uniquenessToken(ingestJobId: string, collection: KeenCollection): string {
+  const token = `${ingestJobId}-${collection}`;
+  if (token.length > MAX_UNIQUENESS_TOKEN) throw new RangeError(`uniqueness token longer than ${MAX_UNIQUENESS_TOKEN}: ${token}`);
+  return token;
+}
+
+/**
+ * Our own properties go on top, the `keen` envelope last, so nothing a device sends (it only
+ * ever appears nested under `state`) can replace `device_id` or `keen`.
+ */
+export function buildKeenEvent(properties: Record<string, unknown>, receivedAt: string, token: string): KeenEvent {
+  return {
+    ...properties,
+    keen: { timestamp: receivedAt, uniqueness_token: token, addons: [DATE_TIME_PARSER] },
+  };
+}
+
+export function activationEvent(deviceId: string, user: string, receivedAt: string, token: string): KeenEvent {
+  return buildKeenEvent({ device_id: deviceId, user }, receivedAt, token);
+}
+
+export function deviceMonitoringEvent(deviceId: string, connected: boolean, receivedAt: string, token: string): KeenEvent {
+  return buildKeenEvent(
+    { device_id: deviceId, service: 'mqttbridge', state: connected ? 'connected' : 'disconnected' },
+    receivedAt,
+    token,
+  );
+}
+
+export function deviceStateEvent(deviceId: string, state: object, receivedAt: string, token: string): KeenEvent {
+  return buildKeenEvent({ device_id: deviceId, state: toKeenProperties(state) }, receivedAt, token);
+}
+
+/**
+ * Keen refuses a property name with a `.`, a leading `$`, or more than 256 characters, and the
+ * refusal would dead-letter the whole event. Such names are rewritten instead: `.` and a leading
+ * `$` become `_`, long names are cut, and a rewritten name that collides with an existing one
+ * gets a `_<n>` suffix. Keys like `__proto__` stay plain data properties.
+ */
+export function toKeenProperties(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(toKeenProperties);
+  if (typeof value !== 'object' || value === null) return value;
+  const out: Record<string, unknown> = {};
+  const entries = Object.entries(value);
+  const taken = new Set(entries.map(([key]) => key).filter((key) => keenPropertyName(key) === key));
+  for (const [key, child] of entries) {
+    const wanted = keenPropertyName(key);
+    let name = wanted;
+    if (name !== key) {
+      for (let n = 1; taken.has(name); n += 1) name = `${wanted.slice(0, MAX_PROPERTY_NAME - `_${n}`.length)}_${n}`;
+      taken.add(name);
+    }
+    Object.defineProperty(out, name, { value: toKeenProperties(child), enumerable: true, writable: true, configurable: true });
+  }
+  return out;
+}
+
+function keenPropertyName(key: string): string {
+  let name = key.replaceAll('.', '_');
+  if (name.startsWith('$')) name = `_${name.slice(1)}`;
+  if (name.length === 0) name = '_';
+  return name.length > MAX_PROPERTY_NAME ? name.slice(0, MAX_PROPERTY_NAME) : name;
+}

@@ -1,0 +1,107 @@
+/**
+ * Turns an MQTT message into an ingest job, or into a rejection with a reason. Pure: no I/O,
+ * never throws, whatever the bytes.
+ */
+import { z } from 'zod';
+import type { IngestJob } from './jobs.js';
+import { parseTopic } from './topics.js';
+
+export const MAX_LAMP_STATE_BYTES = 64 * 1024;
+/** Deeper than any lamp needs, shallow enough that nothing downstream recurses dangerously. */
+export const MAX_LAMP_STATE_DEPTH = 16;
+
+export const REJECT_REASONS = [
+  'unrecognized_topic',
+  'invalid_device_id',
+  'invalid_bridge_state',
+  'payload_too_large',
+  'invalid_utf8',
+  'invalid_json',
+  'not_an_object',
+  'too_deeply_nested',
+  'invalid_lamp_state',
+  'unknown_device',
+] as const;
+export type RejectReason = (typeof REJECT_REASONS)[number];
+
+const unit = z.number().min(0).max(1);
+/** The fields LAMPI firmware sends must have their types; anything extra is kept as sent. */
+const lampStateSchema = z.looseObject({
+  color: z.looseObject({ h: unit, s: unit }).optional(),
+  brightness: unit.optional(),
+  on: z.boolean().optional(),
+  client: z.string().max(256).optional(),
+});
+export type LampState = z.infer<typeof lampStateSchema>;
+
+export interface IncomingMessage {
+  topic: string;
+  payload: Uint8Array;
+  retained: boolean;
+  receivedAt: Date;
+}
+
+export type ParsedMessage =
+  | { ok: true; job: IngestJob }
+  | { ok: false; reason: RejectReason; detail: string; deviceId?: string };
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
+
+export function parseMessage(message: IncomingMessage): ParsedMessage {
+  const topic = parseTopic(message.topic);
+  if (!topic.ok) return topic;
+  const { deviceId } = topic;
+  const receivedAt = message.receivedAt.toISOString();
+  const reject = (reason: RejectReason, detail: string): ParsedMessage => ({ ok: false, reason, detail, deviceId });
+
+  if (topic.kind === 'bridge-state') {
+    const text = message.payload.length === 1 ? String.fromCharCode(message.payload[0]!) : '';
+    if (text !== '0' && text !== '1') return reject('invalid_bridge_state', 'bridge state payload must be 1 or 0');
+    return { ok: true, job: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retained, receivedAt } };
+  }
+
+  if (message.payload.length > MAX_LAMP_STATE_BYTES) {
+    return reject('payload_too_large', `lamp state is ${message.payload.length} bytes, the limit is ${MAX_LAMP_STATE_BYTES}`);
+  }
+  let text: string;
+  try {
+    text = utf8.decode(message.payload);
+  } catch {
+    return reject('invalid_utf8', 'payload is not valid UTF-8');
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return reject('invalid_json', `payload is not JSON: ${(err as Error).message.slice(0, 120)}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return reject('not_an_object', 'lamp state must be a JSON object');
+  }
+  const problem = findStructuralProblem(value);
+  if (problem) return reject(problem.reason, problem.detail);
+  const state = lampStateSchema.safeParse(value);
+  if (!state.success) {
+    const issue = state.error.issues[0]!;
+    return reject('invalid_lamp_state', `${issue.path.join('.') || 'state'}: ${issue.message}`);
+  }
+  // The zod copy is rebuilt with plain assignment; keep the original, checked, object.
+  return { ok: true, job: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt } };
+}
+
+/** Walks the parsed JSON iteratively: too deep, or a number JSON cannot represent (1e999). */
+function findStructuralProblem(root: object): { reason: RejectReason; detail: string } | undefined {
+  const stack: Array<[unknown, number]> = [[root, 1]];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (typeof value === 'number' && !Number.isFinite(value)) {
+      return { reason: 'invalid_lamp_state', detail: 'a number is too large to represent' };
+    }
+    if (typeof value !== 'object' || value === null) continue;
+    if (depth > MAX_LAMP_STATE_DEPTH) {
+      return { reason: 'too_deeply_nested', detail: `lamp state is nested deeper than ${MAX_LAMP_STATE_DEPTH} levels` };
+    }
+    for (const child of Object.values(value)) stack.push([child, depth + 1]);
+  }
+  return undefined;
+}

@@ -1,0 +1,42 @@
+/**
+ * Every Prometheus metric the pipeline exports, in one registry per process. Processes only
+ * touch the metrics of their own stage; the rest stay at zero and are cheap.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export function createMetrics(processName: string) {
+  const registry = new Registry();
+  registry.setDefaultLabels({ process: processName });
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  return {
+    registry,
+    messagesReceived: new Counter({ name: 'lampi_messages_received_total', help: 'MQTT messages received', labelNames: ['kind'], registers }),
+    messagesRejected: new Counter({ name: 'lampi_messages_rejected_total', help: 'Messages refused, by reason', labelNames: ['reason'], registers }),
+    messagesEnqueued: new Counter({ name: 'lampi_messages_enqueued_total', help: 'Messages whose job Redis confirmed', labelNames: ['kind'], registers }),
+    redeliveriesDeduplicated: new Counter({ name: 'lampi_mqtt_redeliveries_deduplicated_total', help: 'Redelivered MQTT messages that matched an existing job', registers }),
+    jobsCompleted: new Counter({ name: 'lampi_jobs_completed_total', help: 'Jobs completed', labelNames: ['queue'], registers }),
+    jobsFailed: new Counter({ name: 'lampi_jobs_failed_total', help: 'Job attempts that failed', labelNames: ['queue'], registers }),
+    devicesCreated: new Counter({ name: 'lampi_devices_created_total', help: 'Devices created on first bridge connect', registers }),
+    bridgeReplaysDropped: new Counter({ name: 'lampi_bridge_state_replays_dropped_total', help: 'Bridge states equal to the last recorded one', registers }),
+    deadLettered: new Counter({ name: 'lampi_keen_dead_lettered_total', help: 'Keen events moved to the dead-letter queue', labelNames: ['collection'], registers }),
+    keenRequestSeconds: new Histogram({
+      name: 'lampi_keen_request_duration_seconds',
+      help: 'Keen HTTP request latency',
+      labelNames: ['outcome'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    keenResponses: new Counter({ name: 'lampi_keen_responses_total', help: 'Keen responses by HTTP status (or network error)', labelNames: ['status'], registers }),
+    keenEventsPerRequest: new Histogram({
+      name: 'lampi_keen_events_per_request',
+      help: 'Events sent in one Keen request',
+      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000],
+      registers,
+    }),
+    keenEvents: new Counter({ name: 'lampi_keen_events_total', help: 'Keen events by outcome', labelNames: ['collection', 'outcome'], registers }),
+    queueDepth: new Gauge({ name: 'lampi_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

@@ -1,0 +1,131 @@
+/**
+ * The queues of the pipeline and how jobs live in them:
+ *
+ *   subscriber ──▶ ingest ──▶ (registry worker) ──▶ keen-delivery ──▶ Keen
+ *        │                         │                      │
+ *        └──────────▶ rejected-messages ◀─────────┘        └──▶ keen-dead-letter
+ */
+import { Queue, type ConnectionOptions, type DefaultJobOptions } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { DeadLetterJob, IngestJob, KeenDeliveryJob, RejectedMessageJob } from './jobs.js';
+
+export const QUEUE_NAMES = {
+  ingest: 'ingest',
+  keen: 'keen-delivery',
+  deadLetter: 'keen-dead-letter',
+  rejected: 'rejected-messages',
+} as const;
+
+/** Registered with every Worker; jobs ask for it with `backoff: { type: JITTERED_BACKOFF }`. */
+export const JITTERED_BACKOFF = 'jittered-exponential';
+const MAX_BACKOFF_MS = 5 * 60_000;
+
+/** Exponential backoff with "equal jitter": half fixed, half random, capped at five minutes. */
+export function jitteredBackoffDelay(attemptsMade: number, baseMs: number, random = Math.random): number {
+  const ceiling = Math.min(MAX_BACKOFF_MS, baseMs * 2 ** Math.max(0, attemptsMade - 1));
+  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+}
+
+const DAY_S = 24 * 3600;
+
+export const JOB_OPTIONS = {
+  /** A database or broker outage must outlast retries: 30 attempts reach about two hours. */
+  ingest: {
+    attempts: 30,
+    backoff: { type: JITTERED_BACKOFF, delay: 500 },
+    removeOnComplete: { age: 3600, count: 1000 },
+    removeOnFail: { age: 14 * DAY_S },
+  },
+  keen: (attempts: number): DefaultJobOptions => ({
+    attempts,
+    backoff: { type: JITTERED_BACKOFF, delay: 1000 },
+    removeOnComplete: { age: 3600, count: 1000 },
+    // Failed deliveries are copied to the dead-letter queue; this copy is only for the trail.
+    removeOnFail: { age: 7 * DAY_S, count: 10_000 },
+  }),
+  /** Dead letters wait for an operator: nothing consumes them. */
+  deadLetter: { removeOnComplete: false, removeOnFail: false },
+  /** Rejections are failed on arrival (their reason shows as the failure) and the newest 10,000 kept. */
+  rejected: { attempts: 1, removeOnComplete: true, removeOnFail: { age: 7 * DAY_S, count: 10_000 } },
+} satisfies Record<string, DefaultJobOptions | ((n: number) => DefaultJobOptions)>;
+
+export interface PipelineQueues {
+  ingest: Queue<IngestJob>;
+  keen: Queue<KeenDeliveryJob>;
+  deadLetter: Queue<DeadLetterJob>;
+  rejected: Queue<RejectedMessageJob>;
+  close(): Promise<void>;
+}
+
+export function openQueues(connection: ConnectionOptions, prefix: string, keenAttempts = 12): PipelineQueues {
+  const queues = {
+    ingest: new Queue<IngestJob>(QUEUE_NAMES.ingest, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+    keen: new Queue<KeenDeliveryJob>(QUEUE_NAMES.keen, { connection, prefix, defaultJobOptions: JOB_OPTIONS.keen(keenAttempts) }),
+    deadLetter: new Queue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection, prefix, defaultJobOptions: JOB_OPTIONS.deadLetter }),
+    rejected: new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection, prefix, defaultJobOptions: JOB_OPTIONS.rejected }),
+  };
+  return {
+    ...queues,
+    async close() {
+      await Promise.all(Object.values(queues).map((queue) => queue.close()));
+    },
+  };
+}
+
+export class StartupError extends Error {
+  override name = 'StartupError';
+}
+
+/**
+ * A Redis connection for BullMQ. `maxRetriesPerRequest: null` makes commands wait through a
+ * Redis outage instead of failing: a subscriber's `add` then simply does not return, so the
+ * MQTT message is not acknowledged and stays with the broker until Redis is back.
+ */
+export async function connectRedis(url: string, connectTimeoutMs = 10_000): Promise<Redis> {
+  const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: true });
+  redis.on('error', () => {
+    // Reconnection is automatic; callers watch 'ready'/'close' (health) rather than each error.
+  });
+  const where = safeUrl(url);
+  try {
+    await withTimeout(redis.connect(), connectTimeoutMs);
+    const policy = await redis.config('GET', 'maxmemory-policy').catch(() => null);
+    if (Array.isArray(policy) && policy[1] && policy[1] !== 'noeviction') {
+      process.emitWarning(`Redis at REDIS_URL=${where} has maxmemory-policy ${policy[1]}: it may evict queued jobs; set noeviction`);
+    }
+  } catch (err) {
+    redis.disconnect();
+    throw new StartupError(`cannot reach Redis at REDIS_URL=${where} (${describe(err)}): start Redis or fix REDIS_URL`);
+  }
+  return redis;
+}
+
+export function safeUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return '(unparseable URL)';
+  }
+}
+
+export function describe(err: unknown): string {
+  if (err instanceof AggregateError && err.errors.length > 0) return describe(err.errors[0]);
+  if (err instanceof Error) return (err as NodeJS.ErrnoException).code ?? err.message;
+  return String(err);
+}
+
+export async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

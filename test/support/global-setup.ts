@@ -3,6 +3,7 @@
  * testcontainers where a Docker engine answers, otherwise the URLs in the environment,
  * otherwise the services this machine runs on their default ports.
  */
+import 'vitest';
 import type { TestProject } from 'vitest/node';
 import { resolveServices, type ServiceUrls } from './services.js';
 

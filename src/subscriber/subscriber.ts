@@ -1,0 +1,60 @@
+/** Wires the subscriber: MQTT connections in, Redis queues out. */
+import type { Config } from '../shared/config.js';
+import type { Logger } from '../shared/logger.js';
+import type { Metrics } from '../shared/metrics.js';
+import { connectRedis, openQueues } from '../shared/queues.js';
+import { Intake } from './intake.js';
+import { openSubscriberConnections } from './connections.js';
+import { RedeliveryLedger } from './redeliveries.js';
+
+export type SubscriberConfig = Config<'common' | 'mqtt' | 'subscriber'>;
+
+export interface Subscriber {
+  close(): Promise<void>;
+}
+
+export async function startSubscriber(config: SubscriberConfig, logger: Logger, metrics: Metrics): Promise<Subscriber> {
+  const redis = await connectRedis(config.REDIS_URL);
+  const queues = openQueues(redis, config.QUEUE_PREFIX);
+  const intake = new Intake({ queues, ledger: new RedeliveryLedger(redis, config.QUEUE_PREFIX), logger, metrics });
+
+  const inFlight = new Set<Promise<void>>();
+  let closing = false;
+  const onMessage = (session: string, message: Parameters<Intake['accept']>[1]) => {
+    // After close() starts, messages are left unacknowledged: the broker keeps them for our session.
+    if (closing) return new Promise<void>(() => {});
+    const handling = intake.accept(session, message).finally(() => inFlight.delete(handling));
+    inFlight.add(handling);
+    return handling;
+  };
+
+  let clients;
+  try {
+    clients = await openSubscriberConnections({
+      url: config.MQTT_URL,
+      ...(config.MQTT_USERNAME ? { username: config.MQTT_USERNAME } : {}),
+      ...(config.MQTT_PASSWORD ? { password: config.MQTT_PASSWORD } : {}),
+      clientIdBase: config.MQTT_CLIENT_ID,
+      shareGroup: config.MQTT_SHARE_GROUP,
+      connections: config.SUBSCRIBER_CONNECTIONS,
+      logger,
+      onMessage,
+    });
+  } catch (err) {
+    await queues.close();
+    redis.disconnect();
+    throw err;
+  }
+  logger.info({ connections: clients.length, share_group: config.MQTT_SHARE_GROUP }, 'subscriber ready');
+
+  return {
+    async close() {
+      closing = true;
+      await Promise.all(inFlight);
+      // Let the PUBACKs of finished messages reach the socket before it closes.
+      await Promise.all(clients.map((client) => client.endAsync(false)));
+      await queues.close();
+      await redis.quit();
+    },
+  };
+}

@@ -1,0 +1,120 @@
+/**
+ * The device registry, as LAMPI keeps it: users own lamps, and a lamp nobody has claimed yet
+ * belongs to the default (inactive) user and carries an association code.
+ *
+ * Every write is idempotent per ingest job: a job that is retried (after a crash, or after a
+ * later step failed) finds the rows it wrote itself and carries on as if it had just written
+ * them, so side effects that follow a write happen for exactly one job.
+ */
+import { randomBytes } from 'node:crypto';
+import { PrismaPg } from '@prisma/adapter-pg';
+import { PrismaClient } from '../../generated/prisma/client.js';
+
+export type BridgeStateOutcome = 'recorded' | 'unchanged' | 'unknown_device';
+
+export interface Activation {
+  /** True only for the job that created the device (including retries of that job). */
+  created: boolean;
+  associationCode: string;
+}
+
+export interface RegistryOptions {
+  databaseUrl: string;
+  defaultUser: string;
+  poolSize?: number;
+}
+
+/** The cache only ever learns ids that exist; it is a bound on memory, not on correctness. */
+const KNOWN_DEVICE_CACHE_LIMIT = 200_000;
+
+export class DeviceRegistry {
+  readonly prisma: InstanceType<typeof PrismaClient>;
+  private defaultUserId: Promise<number> | undefined;
+  private readonly knownDevices = new Set<string>();
+
+  constructor(private readonly options: RegistryOptions) {
+    this.prisma = new PrismaClient({
+      adapter: new PrismaPg({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, connectionTimeoutMillis: 10_000 }),
+    });
+  }
+
+  async ping(): Promise<void> {
+    await this.prisma.$queryRaw`SELECT 1`;
+  }
+
+  /** Creates the device if it is unknown, owned by the default user. */
+  async activate(deviceId: string, jobId: string): Promise<Activation> {
+    const userId = await this.ensureDefaultUser();
+    const associationCode = randomBytes(16).toString('hex');
+    // ON CONFLICT DO NOTHING: concurrent activations of one lamp leave exactly one row.
+    const { count } = await this.prisma.device.createMany({
+      data: [{ deviceId, associationCode, userId, createdByJobId: jobId }],
+      skipDuplicates: true,
+    });
+    this.remember(deviceId);
+    if (count === 1) return { created: true, associationCode };
+    const existing = await this.prisma.device.findUnique({
+      where: { deviceId },
+      select: { associationCode: true, createdByJobId: true },
+    });
+    // Nothing inserted and nothing there: the random code collided with another lamp's. Retry.
+    if (!existing) throw new Error(`device ${deviceId} was neither created nor found; retrying`);
+    return { created: existing.createdByJobId === jobId, associationCode: existing.associationCode };
+  }
+
+  /**
+   * Records a bridge state unless it only repeats the last recorded one (a retained replay
+   * after we resubscribe, or the same message seen twice). Row-locked, so concurrent
+   * workers agree. A message older than the recorded state still counts as a change if it
+   * differs, but does not overwrite the newer state.
+   */
+  async recordBridgeState(deviceId: string, connected: boolean, receivedAt: Date, jobId: string): Promise<BridgeStateOutcome> {
+    return this.prisma.$transaction(async (tx) => {
+      const rows = await tx.$queryRaw<Array<{ bridge_connected: boolean | null; bridge_state_at: Date | null; bridge_state_job_id: string | null }>>`
+        SELECT bridge_connected, bridge_state_at, bridge_state_job_id FROM devices WHERE device_id = ${deviceId} FOR UPDATE`;
+      const current = rows[0];
+      if (!current) return 'unknown_device';
+      if (current.bridge_state_job_id === jobId) return 'recorded';
+      const changed = current.bridge_connected !== connected;
+      if (!current.bridge_state_at || current.bridge_state_at < receivedAt) {
+        await tx.device.update({
+          where: { deviceId },
+          data: { bridgeConnected: connected, bridgeStateAt: receivedAt, bridgeStateJobId: jobId },
+        });
+      }
+      return changed ? 'recorded' : 'unchanged';
+    });
+  }
+
+  async isKnown(deviceId: string): Promise<boolean> {
+    if (this.knownDevices.has(deviceId)) return true;
+    const device = await this.prisma.device.findUnique({ where: { deviceId }, select: { deviceId: true } });
+    if (device) this.remember(deviceId);
+    return device !== null;
+  }
+
+  async close(): Promise<void> {
+    await this.prisma.$disconnect();
+  }
+
+  private remember(deviceId: string): void {
+    if (this.knownDevices.size >= KNOWN_DEVICE_CACHE_LIMIT) this.knownDevices.clear();
+    this.knownDevices.add(deviceId);
+  }
+
+  private ensureDefaultUser(): Promise<number> {
+    this.defaultUserId ??= this.prisma.user
+      .upsert({
+        where: { username: this.options.defaultUser },
+        create: { username: this.options.defaultUser, isActive: false },
+        update: {},
+        select: { id: true },
+      })
+      .then((user) => user.id)
+      .catch((err: unknown) => {
+        this.defaultUserId = undefined;
+        throw err;
+      });
+    return this.defaultUserId;
+  }
+}

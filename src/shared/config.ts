@@ -24,6 +24,11 @@ const sections = {
     QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('lampi'),
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   },
+  ops: {
+    /** /metrics, /healthz and /readyz. 0 picks a free port (it is logged); each process has its own default. */
+    METRICS_PORT: z.coerce.number().int().min(0).max(65535).optional(),
+    METRICS_HOST: z.string().min(1).default('0.0.0.0'),
+  },
   mqtt: {
     MQTT_URL: url(['mqtt:', 'mqtts:', 'tcp:', 'ssl:', 'ws:', 'wss:']).default('mqtt://127.0.0.1:1883'),
     MQTT_USERNAME: optionalSecret,

@@ -1,12 +1,23 @@
 import { loadConfig } from '../shared/config.js';
 import { createLogger } from '../shared/logger.js';
 import { createMetrics } from '../shared/metrics.js';
+import { startOpsServer } from '../shared/ops-server.js';
 import { runService } from '../shared/process.js';
 import { startSubscriber } from './subscriber.js';
 
 await runService('subscriber', async () => {
-  const config = loadConfig(['common', 'mqtt', 'subscriber']);
+  const config = loadConfig(['common', 'ops', 'mqtt', 'subscriber']);
   const logger = createLogger('subscriber', config.LOG_LEVEL);
-  const service = await startSubscriber(config, logger, createMetrics('subscriber'));
-  return { service, logger };
+  const metrics = createMetrics('subscriber');
+  const subscriber = await startSubscriber(config, logger, metrics);
+  const ops = await startOpsServer({ port: config.METRICS_PORT ?? 9101, host: config.METRICS_HOST, metrics, readiness: subscriber.readiness, logger });
+  return {
+    logger,
+    service: {
+      async close() {
+        await subscriber.close();
+        await ops.close();
+      },
+    },
+  };
 });

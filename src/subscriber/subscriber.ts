@@ -10,6 +10,8 @@ import { RedeliveryLedger } from './redeliveries.js';
 export type SubscriberConfig = Config<'common' | 'mqtt' | 'subscriber'>;
 
 export interface Subscriber {
+  /** Each connection the subscriber needs, and whether it is up. */
+  readiness(): Promise<Record<string, boolean>>;
   close(): Promise<void>;
 }
 
@@ -48,6 +50,9 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
   logger.info({ connections: clients.length, share_group: config.MQTT_SHARE_GROUP }, 'subscriber ready');
 
   return {
+    async readiness() {
+      return { redis: redis.status === 'ready', mqtt: clients.every((client) => client.connected) };
+    },
     async close() {
       closing = true;
       await Promise.all(inFlight);

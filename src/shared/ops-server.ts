@@ -1,0 +1,64 @@
+/**
+ * The operations endpoints every process serves on METRICS_PORT:
+ *   /metrics  Prometheus text format
+ *   /healthz  liveness: the event loop answers
+ *   /readyz   readiness: each connection the process needs is up (503 and which one is not)
+ */
+import { createServer, type Server } from 'node:http';
+import type { Logger } from './logger.js';
+import type { Metrics } from './metrics.js';
+
+export type ReadinessCheck = () => Promise<Record<string, boolean>>;
+
+export interface OpsServerOptions {
+  port: number;
+  host: string;
+  metrics: Metrics;
+  readiness: ReadinessCheck;
+  logger: Logger;
+  /** Called before each scrape, to refresh gauges that are read on demand (queue depths). */
+  beforeScrape?: () => Promise<void>;
+}
+
+export async function startOpsServer(options: OpsServerOptions): Promise<{ port: number; close(): Promise<void> }> {
+  const server: Server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    const respond = (status: number, type: string, body: string) => {
+      res.writeHead(status, { 'content-type': type });
+      res.end(body);
+    };
+    if (req.method !== 'GET') return respond(405, 'text/plain', 'method not allowed\n');
+    if (path === '/healthz') return respond(200, 'application/json', '{"status":"ok"}\n');
+    if (path === '/readyz') {
+      options.readiness().then(
+        (checks) => {
+          const ready = Object.values(checks).every(Boolean);
+          respond(ready ? 200 : 503, 'application/json', `${JSON.stringify({ status: ready ? 'ready' : 'not ready', checks })}\n`);
+        },
+        (err: unknown) => respond(503, 'application/json', `${JSON.stringify({ status: 'not ready', error: String(err) })}\n`),
+      );
+      return;
+    }
+    if (path === '/metrics') {
+      (options.beforeScrape?.() ?? Promise.resolve())
+        .catch((err: unknown) => options.logger.warn({ err: String(err) }, 'could not refresh queue gauges'))
+        .then(() => options.metrics.registry.metrics())
+        .then(
+          (text) => respond(200, options.metrics.registry.contentType, text),
+          (err: unknown) => respond(500, 'text/plain', `${String(err)}\n`),
+        );
+      return;
+    }
+    respond(404, 'text/plain', 'not found: try /metrics, /healthz or /readyz\n');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => resolve());
+  });
+  const { port } = server.address() as { port: number };
+  options.logger.info({ port, host: options.host }, 'serving /metrics, /healthz and /readyz');
+  return {
+    port,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}

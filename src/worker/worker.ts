@@ -1,0 +1,105 @@
+/**
+ * Wires a worker process: the registry stage (ingest queue), Keen delivery (keen-delivery
+ * queue, dead letters to keen-dead-letter) and the rejection log. Run as many as the fleet
+ * needs; they share nothing but Redis, PostgreSQL and the broker.
+ */
+import type { Worker } from 'bullmq';
+import type { Config } from '../shared/config.js';
+import type { Logger } from '../shared/logger.js';
+import type { Metrics } from '../shared/metrics.js';
+import { connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
+import { AssociationPublisher } from './association-publisher.js';
+import { createIngestWorker } from './ingest-worker.js';
+import { KeenBatcher } from './keen/batcher.js';
+import { KeenClient } from './keen/client.js';
+import { createKeenDeliveryWorker } from './keen/delivery-worker.js';
+import { DeviceRegistry } from './registry/registry.js';
+import { createRejectedWorker } from './rejected-worker.js';
+
+export type WorkerConfig = Config<'common' | 'mqtt' | 'database' | 'worker' | 'keen'>;
+
+export interface WorkerProcess {
+  workers: Worker[];
+  readiness(): Promise<Record<string, boolean>>;
+  /** Sets the queue depth gauges from Redis (called when metrics are scraped). */
+  refreshQueueGauges(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startWorker(config: WorkerConfig, logger: Logger, metrics: Metrics): Promise<WorkerProcess> {
+  const registry = new DeviceRegistry({ databaseUrl: config.DATABASE_URL, defaultUser: config.DEFAULT_USER });
+  const cleanups: Array<() => Promise<unknown>> = [() => registry.close()];
+  const closeAll = async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+  };
+  try {
+    await checkDatabase(registry, config.DATABASE_URL);
+    const redis = await connectRedis(config.REDIS_URL);
+    cleanups.push(() => redis.quit());
+    const queues = openQueues(redis, config.QUEUE_PREFIX, config.KEEN_ATTEMPTS);
+    cleanups.push(() => queues.close());
+    const publisher = await AssociationPublisher.connect({
+      url: config.MQTT_URL,
+      ...(config.MQTT_USERNAME ? { username: config.MQTT_USERNAME } : {}),
+      ...(config.MQTT_PASSWORD ? { password: config.MQTT_PASSWORD } : {}),
+      clientIdBase: config.MQTT_CLIENT_ID,
+      logger,
+    });
+    cleanups.push(() => publisher.close());
+
+    const batcher = new KeenBatcher({
+      client: new KeenClient({
+        apiUrl: config.KEEN_API_URL,
+        projectId: config.KEEN_PROJECT_ID,
+        writeKey: config.KEEN_WRITE_KEY,
+        timeoutMs: config.KEEN_TIMEOUT_MS,
+      }),
+      maxEvents: config.KEEN_BATCH_SIZE,
+      lingerMs: config.KEEN_LINGER_MS,
+      metrics,
+    });
+    cleanups.push(() => batcher.close());
+
+    const prefix = config.QUEUE_PREFIX;
+    const workers: Worker[] = [
+      createIngestWorker({ connection: redis, prefix, queues, registry, publisher, defaultUser: config.DEFAULT_USER, concurrency: config.WORKER_CONCURRENCY, logger, metrics }),
+      createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: config.KEEN_CONCURRENCY, logger, metrics }),
+      createRejectedWorker(redis, prefix),
+    ];
+    // Workers close first: each finishes its active jobs (which may need the batcher, the
+    // publisher and the database), then those close in turn.
+    cleanups.push(() => Promise.all(workers.map((worker) => worker.close())));
+    logger.info({ concurrency: config.WORKER_CONCURRENCY, keen_concurrency: config.KEEN_CONCURRENCY, keen_api: safeUrl(config.KEEN_API_URL) }, 'worker ready');
+    return {
+      workers,
+      close: closeAll,
+      async readiness() {
+        const postgres = await withTimeout(registry.ping(), 2000).then(() => true, () => false);
+        return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres };
+      },
+      async refreshQueueGauges() {
+        for (const queue of [queues.ingest, queues.keen, queues.deadLetter, queues.rejected]) {
+          const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized');
+          for (const [state, count] of Object.entries(counts)) metrics.queueDepth.set({ queue: queue.name, state }, count);
+        }
+      },
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
+
+async function checkDatabase(registry: DeviceRegistry, databaseUrl: string): Promise<void> {
+  const where = `DATABASE_URL=${safeUrl(databaseUrl)}`;
+  try {
+    await registry.ping();
+  } catch (err) {
+    throw new StartupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix DATABASE_URL`);
+  }
+  try {
+    await registry.prisma.$queryRaw`SELECT 1 FROM devices LIMIT 0`;
+  } catch {
+    throw new StartupError(`the database at ${where} has no devices table: run \`npm run migrate\` first`);
+  }
+}

@@ -19,7 +19,8 @@ const REDACT = [
   '*.DASHBOARD_PASSWORD',
 ];
 
-const CREDENTIALS_IN_URL = /(\b[a-z][a-z0-9+.-]*:\/\/)([^:@/\s]*):([^@/\s]*)@/gi;
+/** The password runs to the last `@` of the authority, as URL parsers read it: `p@ss` in `u:p@ss@host`. */
+const CREDENTIALS_IN_URL = /(\b[a-z][a-z0-9+.-]*:\/\/)([^:@/\s]*):([^/?#\s]*)@/gi;
 
 /** `redis://user:secret@host` becomes `redis://user:***@host`. */
 export function redactUrl(text: string): string {
@@ -38,14 +39,35 @@ export function createLogger(name: string, level = 'info', destination?: pino.De
       hooks: {
         // Error messages from drivers often echo the connection URL they failed on.
         logMethod(args, method) {
-          method.apply(
-            this,
-            args.map((arg) => (typeof arg === 'string' ? redactUrl(arg) : arg)) as Parameters<typeof method>,
-          );
+          const redacted: unknown[] = args.map((arg) => (typeof arg === 'string' ? redactUrl(arg) : arg));
+          // Given no message, pino copies the error's raw message into `msg`, past the serializer.
+          const message = args.length === 1 ? implicitErrorMessage(args[0]) : undefined;
+          if (message !== undefined) redacted.push(redactUrl(message));
+          method.apply(this, redacted as Parameters<typeof method>);
         },
       },
-      serializers: { err: (err: Error) => ({ ...pino.stdSerializers.err(err), message: redactUrl(err.message), stack: err.stack && redactUrl(err.stack) }) },
+      serializers: { err: serializeError },
     },
     destination,
   );
+}
+
+/** Callers log `{ err }` with whatever was thrown, or a description of it: never throw, always redact. */
+function serializeError(err: unknown): unknown {
+  if (typeof err === 'string') return redactUrl(err);
+  if (typeof err !== 'object' || err === null || typeof (err as Error).message !== 'string') return err;
+  const error = err as Error;
+  return {
+    ...pino.stdSerializers.err(error),
+    message: redactUrl(error.message),
+    stack: typeof error.stack === 'string' ? redactUrl(error.stack) : error.stack,
+  };
+}
+
+/** The message pino would take from `log.error(err)` or `log.error({ err })` when none is given. */
+function implicitErrorMessage(arg: unknown): string | undefined {
+  if (typeof arg !== 'object' || arg === null) return undefined;
+  const source = arg instanceof Error ? arg : (arg as { msg?: unknown }).msg === undefined ? (arg as { err?: unknown }).err : undefined;
+  const message = typeof source === 'object' && source !== null ? (source as { message?: unknown }).message : undefined;
+  return typeof message === 'string' ? message : undefined;
 }

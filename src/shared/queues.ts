@@ -43,8 +43,12 @@ export const JOB_OPTIONS = {
     // Failed deliveries are copied to the dead-letter queue; this copy is only for the trail.
     removeOnFail: { age: 7 * DAY_S, count: 10_000 },
   }),
-  /** Dead letters wait for an operator: nothing consumes them. */
-  deadLetter: { removeOnComplete: false, removeOnFail: false },
+  /**
+   * Dead letters wait for an operator, parked in the Failed list (never removed on failure).
+   * Retrying one redrives it into keen-delivery and completes it; the completed copy goes at
+   * once, so the same event can be dead-lettered again under the same id if it fails again.
+   */
+  deadLetter: { removeOnComplete: true, removeOnFail: false },
   /** Rejections are failed on arrival (their reason shows as the failure) and the newest 10,000 kept. */
   rejected: { attempts: 1, removeOnComplete: true, removeOnFail: { age: 7 * DAY_S, count: 10_000 } },
 } satisfies Record<string, DefaultJobOptions | ((n: number) => DefaultJobOptions)>;
@@ -81,8 +85,8 @@ export class StartupError extends Error {
  * Redis outage instead of failing: a subscriber's `add` then simply does not return, so the
  * MQTT message is not acknowledged and stays with the broker until Redis is back.
  */
-export async function connectRedis(url: string, connectTimeoutMs = 10_000): Promise<Redis> {
-  const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: true });
+export async function connectRedis(url: string, { connectTimeoutMs = 10_000, autoPipelining = false } = {}): Promise<Redis> {
+  const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: true, enableAutoPipelining: autoPipelining });
   redis.on('error', () => {
     // Reconnection is automatic; callers watch 'ready'/'close' (health) rather than each error.
   });

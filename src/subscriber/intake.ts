@@ -58,19 +58,22 @@ export class Intake {
         receivedAt: receivedAt.toISOString(),
       };
       logger.warn({ reason: parsed.reason, detail: parsed.detail, topic: record.topic, device_id: parsed.deviceId, bytes: record.payloadBytes }, 'message rejected');
-      await this.untilStored('rejection record', () => this.options.queues.rejected.add(parsed.reason, record, { jobId: newJobId() }));
+      const jobId = newJobId();
+      await this.untilStored('rejection record', () => this.options.queues.rejected.add(parsed.reason, record, { jobId }));
       return;
     }
     const { job } = parsed;
     metrics.messagesReceived.inc({ kind: job.kind });
-    await this.untilStored('job', async () => {
-      const { jobId, redelivery } = await this.options.ledger.jobIdFor(session, message);
-      if (redelivery) {
-        metrics.redeliveriesDeduplicated.inc();
-        logger.info({ job_id: jobId, device_id: job.deviceId }, 'broker redelivered a message we had already queued');
-      }
-      await this.options.queues.ingest.add(job.kind, job, { jobId });
-    });
+    const { jobId, redelivery } = await this.untilStored('redelivery lookup', () => this.options.ledger.jobIdFor(session, message));
+    if (redelivery) {
+      metrics.redeliveriesDeduplicated.inc();
+      logger.info({ job_id: jobId, device_id: job.deviceId }, 'broker redelivered a message we had already queued');
+    }
+    // Both commands are sent without waiting for each other; Redis runs them in this order.
+    // A retry reuses the job id, so it cannot add a second job.
+    await this.untilStored('job', () =>
+      Promise.all([redelivery ? undefined : this.options.ledger.remember(session, message, jobId), this.options.queues.ingest.add(job.kind, job, { jobId })]),
+    );
     metrics.messagesEnqueued.inc({ kind: job.kind });
   }
 
@@ -79,12 +82,12 @@ export class Intake {
    * Redis itself returns is retried here, for as long as it takes: the message stays
    * unacknowledged, so the broker keeps it, and nothing after it on this connection is read.
    */
-  private async untilStored(what: string, store: () => Promise<unknown>): Promise<void> {
+  private async untilStored<T>(what: string, store: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt += 1) {
       try {
-        await store();
+        const result = await store();
         if (attempt > 1) this.options.logger.info({ attempt }, `Redis accepted the ${what} again`);
-        return;
+        return result;
       } catch (err) {
         if (attempt === 1 || attempt % 30 === 0) {
           this.options.logger.error({ err: describe(err), attempt }, `Redis refused the ${what}; holding the message unacknowledged and retrying`);

@@ -21,22 +21,37 @@ export class RedeliveryLedger {
   ) {}
 
   /**
-   * The job id for this message. For a message that can be redelivered (QoS 1 or 2), the
-   * returned id is durable in Redis before this resolves.
+   * The job id for this message: the remembered one for a DUP resend we have seen before,
+   * otherwise a new one. Only a DUP resend costs a round trip here.
    */
-  async jobIdFor(session: string, packet: { messageId?: number; dup: boolean; topic: string; payload: Uint8Array }): Promise<{ jobId: string; redelivery: boolean }> {
-    if (packet.messageId === undefined) return { jobId: newJobId(), redelivery: false };
-    const key = `${this.keyPrefix}:mqtt-inflight:${session}:${packet.messageId}`;
-    const digest = contentDigest(packet.topic, packet.payload);
-    if (packet.dup) {
-      const remembered = await this.redis.get(key);
-      const [jobId, rememberedDigest] = remembered?.split(' ') ?? [];
-      if (jobId && rememberedDigest === digest) return { jobId, redelivery: true };
-    }
-    const jobId = newJobId();
-    await this.redis.set(key, `${jobId} ${digest}`, 'EX', REMEMBER_S);
-    return { jobId, redelivery: false };
+  async jobIdFor(session: string, packet: MqttPacketIdentity): Promise<{ jobId: string; redelivery: boolean }> {
+    if (packet.messageId === undefined || !packet.dup) return { jobId: newJobId(), redelivery: false };
+    const remembered = await this.redis.get(this.key(session, packet.messageId));
+    const [jobId, rememberedDigest] = remembered?.split(' ') ?? [];
+    if (jobId && rememberedDigest === contentDigest(packet.topic, packet.payload)) return { jobId, redelivery: true };
+    return { jobId: newJobId(), redelivery: false };
   }
+
+  /**
+   * Records the job id of a message that may be resent. Call it before adding the job, on the
+   * same Redis connection: Redis then runs the two in that order, so no job exists that a
+   * resend could not find.
+   */
+  remember(session: string, packet: MqttPacketIdentity, jobId: string): Promise<unknown> | undefined {
+    if (packet.messageId === undefined) return undefined;
+    return this.redis.set(this.key(session, packet.messageId), `${jobId} ${contentDigest(packet.topic, packet.payload)}`, 'EX', REMEMBER_S);
+  }
+
+  private key(session: string, messageId: number): string {
+    return `${this.keyPrefix}:mqtt-inflight:${session}:${messageId}`;
+  }
+}
+
+export interface MqttPacketIdentity {
+  messageId?: number;
+  dup: boolean;
+  topic: string;
+  payload: Uint8Array;
 }
 
 /** 32 hex characters: short enough to build Keen uniqueness tokens from, never containing `:`. */

@@ -1,0 +1,43 @@
+/**
+ * keen-sink's settings. Kept beside the service rather than in src/shared/config.ts because
+ * only keen-sink reads them, and one of them (KEEN_SINK_DATABASE_URL) falls back to another
+ * variable, which the shared per-section loader does not express.
+ */
+import { z } from 'zod';
+import { ConfigError, loadConfig } from '../shared/config.js';
+
+const postgresUrl = z.string().refine((value) => {
+  try {
+    return ['postgres:', 'postgresql:'].includes(new URL(value).protocol);
+  } catch {
+    return false;
+  }
+}, 'must be a URL starting with postgres:// or postgresql://');
+
+const schema = z.object({
+  KEEN_SINK_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  KEEN_SINK_HOST: z.string().min(1).default('0.0.0.0'),
+  KEEN_SINK_DATABASE_URL: postgresUrl,
+  KEEN_PROJECT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)'),
+  KEEN_WRITE_KEY: z.string().min(1),
+  KEEN_READ_KEY: z.string().min(1),
+});
+
+export type KeenSinkConfig = z.infer<typeof schema> & { LOG_LEVEL: string };
+
+export function loadKeenSinkConfig(env: NodeJS.ProcessEnv = process.env): KeenSinkConfig {
+  const { LOG_LEVEL } = loadConfig(['common'], env);
+  const value = (key: string) => (env[key] === '' ? undefined : env[key]);
+  const input: Record<string, string | undefined> = Object.fromEntries(Object.keys(schema.shape).map((key) => [key, value(key)]));
+  input.KEEN_SINK_DATABASE_URL ??= value('DATABASE_URL');
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => {
+      const key = String(issue.path[0]);
+      if (input[key] !== undefined) return `${key} ${issue.message}`;
+      return key === 'KEEN_SINK_DATABASE_URL' ? 'KEEN_SINK_DATABASE_URL (or DATABASE_URL) is required' : `${key} is required`;
+    });
+    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+  }
+  return { ...parsed.data, LOG_LEVEL };
+}

@@ -1,0 +1,26 @@
+/**
+ * `npm run keen-sink`: a Keen-compatible analytics store over PostgreSQL (see docs/keen-sink.md).
+ * Applies its own migrations (src/keen-sink/migrations, bookkeeping in _keen_sink_migrations)
+ * on start. A startup problem is one line on stderr and exit 1.
+ */
+import { createLogger } from '../shared/logger.js';
+import { runService } from '../shared/process.js';
+import { safeUrl } from '../shared/queues.js';
+import { loadKeenSinkConfig } from './config.js';
+import { startKeenSink } from './server.js';
+
+await runService('keen-sink', async () => {
+  const config = loadKeenSinkConfig();
+  const logger = createLogger('keen-sink', config.LOG_LEVEL);
+  const sink = await startKeenSink({
+    databaseUrl: config.KEEN_SINK_DATABASE_URL,
+    projectId: config.KEEN_PROJECT_ID,
+    writeKey: config.KEEN_WRITE_KEY,
+    readKey: config.KEEN_READ_KEY,
+    port: config.KEEN_SINK_PORT,
+    host: config.KEEN_SINK_HOST,
+    logger,
+  });
+  logger.info({ port: sink.port, host: config.KEEN_SINK_HOST, project: config.KEEN_PROJECT_ID, database: safeUrl(config.KEEN_SINK_DATABASE_URL) }, 'keen-sink ready');
+  return { service: sink, logger };
+});

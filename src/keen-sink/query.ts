@@ -1,0 +1,428 @@
+/**
+ * Keen's query API over the events table: parameters are parsed and checked here, then turned
+ * into ONE parameterised SQL statement. Nothing a user sends is ever spliced into SQL text:
+ * property paths travel as text[] bind parameters used with `#>`, values as jsonb parameters,
+ * and operators are looked up in a fixed table. Timeframes filter the indexed keen_timestamp
+ * column; `eq` filters become jsonb containment, which the GIN index on the event serves.
+ */
+import type pg from 'pg';
+import { parseTimestamp } from './events.js';
+
+export const ANALYSES = ['count', 'count_unique', 'select_unique', 'sum', 'minimum', 'maximum', 'average', 'extraction'] as const;
+export type Analysis = (typeof ANALYSES)[number];
+
+export const isAnalysis = (value: string): value is Analysis => (ANALYSES as readonly string[]).includes(value);
+
+/** A bad query: answered 400 with Keen's `{message, error_code}`. */
+export class QueryError extends Error {
+  override name = 'QueryError';
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+type Unit = 'minute' | 'hour' | 'day' | 'week' | 'month' | 'year';
+const INTERVALS: Record<string, Unit> = { minutely: 'minute', hourly: 'hour', daily: 'day', weekly: 'week', monthly: 'month', yearly: 'year' };
+/** Keen caps a series at 2,500 intervals. */
+export const MAX_INTERVALS = 2500;
+/** Largest synchronous extraction. */
+export const MAX_EXTRACTION = 100_000;
+
+const OPERATORS = ['eq', 'ne', 'lt', 'lte', 'gt', 'gte', 'exists', 'in', 'contains'] as const;
+type Operator = (typeof OPERATORS)[number];
+
+interface Filter {
+  path: string[];
+  operator: Operator;
+  value: unknown;
+}
+
+export interface Timeframe {
+  start: Date;
+  end: Date;
+}
+
+export interface ParsedQuery {
+  analysis: Analysis;
+  collection: string;
+  target?: string[];
+  timeframe?: Timeframe;
+  filters: Filter[];
+  groupBy: Array<{ name: string; path: string[] }>;
+  /** n+1 boundaries of n intervals. */
+  intervals?: Date[];
+  latest?: number;
+  propertyNames?: string[][];
+}
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/** GET parameters arrive as strings; structured ones are JSON. POST bodies are JSON already. */
+function structured(name: string, value: unknown, openers = '[{'): unknown {
+  if (typeof value !== 'string') return value;
+  const trimmed = value.trim();
+  if (!openers.includes(trimmed.charAt(0)) || trimmed.length === 0) return value;
+  try {
+    return JSON.parse(trimmed);
+  } catch {
+    throw new QueryError('InvalidParameterError', `${name} is not valid JSON.`);
+  }
+}
+
+export function propertyPath(name: unknown, what: string): string[] {
+  if (typeof name !== 'string' || name.length === 0) throw new QueryError('InvalidParameterError', `${what} must be a non-empty property name (nested names use ".", e.g. "state.on").`);
+  const path = name.split('.');
+  if (path.some((key) => key.length === 0)) throw new QueryError('InvalidParameterError', `${what} "${name}" has an empty segment.`);
+  return path;
+}
+
+// ---- time -------------------------------------------------------------------------------
+// Relative timeframes and intervals are computed on wall-clock time shifted by `timezone`
+// (seconds east of UTC, 0 by default), then shifted back.
+
+function floorTo(date: Date, unit: Unit): Date {
+  const d = new Date(date.getTime());
+  switch (unit) {
+    case 'year':
+      return new Date(Date.UTC(d.getUTCFullYear(), 0, 1));
+    case 'month':
+      return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1));
+    case 'week': // weeks start on Sunday, as in Keen's US-centric calendar
+      return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() - d.getUTCDay()));
+    case 'day':
+      return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
+    case 'hour':
+      d.setUTCMinutes(0, 0, 0);
+      return d;
+    case 'minute':
+      d.setUTCSeconds(0, 0);
+      return d;
+  }
+}
+
+const FIXED_MS: Partial<Record<Unit, number>> = { minute: 60_000, hour: 3_600_000, day: 86_400_000, week: 7 * 86_400_000 };
+
+/** `date` plus `n` units; months and years keep the day of month where it exists (Jan 31 + 1 month = Feb 28/29). */
+function addUnits(date: Date, unit: Unit, n: number): Date {
+  const fixed = FIXED_MS[unit];
+  if (fixed) return new Date(date.getTime() + n * fixed);
+  const months = unit === 'year' ? 12 * n : n;
+  const year = date.getUTCFullYear();
+  const month = date.getUTCMonth() + months;
+  const lastDay = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
+  const result = new Date(date.getTime());
+  result.setUTCFullYear(year, month, Math.min(date.getUTCDate(), lastDay));
+  return result;
+}
+
+const RELATIVE = /^(this|previous)(?:_(\d{1,6}))?_(minute|hour|day|week|month|year)s?$/;
+
+export function parseTimeframe(raw: unknown, now: Date, offsetSeconds: number): Timeframe {
+  const value = structured('timeframe', raw);
+  if (isObject(value)) {
+    const start = parseTimestamp(value.start);
+    const end = parseTimestamp(value.end);
+    if (!start || !end) throw new QueryError('TimeframeDefinitionError', 'An absolute timeframe needs "start" and "end" as ISO-8601 date-times.');
+    if (start >= end) throw new QueryError('TimeframeDefinitionError', 'The timeframe "start" must be before its "end".');
+    return { start, end };
+  }
+  if (typeof value !== 'string') throw new QueryError('TimeframeDefinitionError', 'timeframe must be a relative timeframe (e.g. "this_14_days") or {"start", "end"}.');
+  const name = value === 'today' ? 'this_day' : value === 'yesterday' ? 'previous_day' : value;
+  const match = RELATIVE.exec(name);
+  if (!match) throw new QueryError('TimeframeDefinitionError', `Unknown timeframe "${value.slice(0, 80)}": use this_N_units or previous_N_units (minutes, hours, days, weeks, months, years), or {"start", "end"}.`);
+  const [, kind, count = '1', unit] = match as unknown as [string, 'this' | 'previous', string | undefined, Unit];
+  const n = Number(count);
+  if (n < 1) throw new QueryError('TimeframeDefinitionError', 'A relative timeframe needs at least 1 unit.');
+  const shift = offsetSeconds * 1000;
+  const localNow = new Date(now.getTime() + shift);
+  const current = floorTo(localNow, unit);
+  // this_N_units: the current (partial) unit and the N-1 before it, up to now.
+  // previous_N_units: the N complete units before the current one.
+  const startLocal = kind === 'this' ? addUnits(current, unit, -(n - 1)) : addUnits(current, unit, -n);
+  const endLocal = kind === 'this' ? localNow : current;
+  return { start: new Date(startLocal.getTime() - shift), end: new Date(endLocal.getTime() - shift) };
+}
+
+export function intervalBoundaries(timeframe: Timeframe, unit: Unit, offsetSeconds: number): Date[] {
+  const shift = offsetSeconds * 1000;
+  const startLocal = new Date(timeframe.start.getTime() + shift);
+  const boundaries = [timeframe.start];
+  for (let k = 1; boundaries[boundaries.length - 1]! < timeframe.end; k += 1) {
+    if (k > MAX_INTERVALS) throw new QueryError('InvalidIntervalError', `That timeframe holds more than ${MAX_INTERVALS} ${unit}s: use a longer interval or a shorter timeframe.`);
+    boundaries.push(new Date(addUnits(startLocal, unit, k).getTime() - shift));
+  }
+  return boundaries;
+}
+
+function parseTimezone(raw: unknown): number {
+  if (raw === undefined || raw === null || raw === '') return 0;
+  if (typeof raw === 'string' && /^(UTC|Etc\/UTC|GMT|Z)$/i.test(raw)) return 0;
+  const value = typeof raw === 'string' && /^[+-]?\d+$/.test(raw.trim()) ? Number(raw) : raw;
+  if (typeof value !== 'number' || !Number.isInteger(value) || Math.abs(value) > 14 * 3600) {
+    throw new QueryError('InvalidTimezoneError', 'timezone must be an offset from UTC in seconds (e.g. -28800); named time zones are not supported by keen-sink.');
+  }
+  return value;
+}
+
+// ---- parameters -------------------------------------------------------------------------
+
+function parseFilters(raw: unknown): Filter[] {
+  if (raw === undefined || raw === null || raw === '') return [];
+  const value = structured('filters', raw);
+  if (!Array.isArray(value)) throw new QueryError('FilterDefinitionError', 'filters must be a JSON array of {property_name, operator, property_value}.');
+  return value.map((item, index) => {
+    if (!isObject(item)) throw new QueryError('FilterDefinitionError', `filters[${index}] must be an object.`);
+    const path = propertyPath(item.property_name, `filters[${index}].property_name`);
+    const operator = item.operator;
+    if (typeof operator !== 'string' || !(OPERATORS as readonly string[]).includes(operator)) {
+      throw new QueryError('FilterDefinitionError', `filters[${index}].operator must be one of ${OPERATORS.join(', ')}.`);
+    }
+    if (!Object.hasOwn(item, 'property_value')) throw new QueryError('FilterDefinitionError', `filters[${index}] needs a property_value.`);
+    let value = item.property_value;
+    switch (operator as Operator) {
+      case 'exists':
+        if (value === 'true' || value === 'false') value = value === 'true';
+        if (typeof value !== 'boolean') throw new QueryError('FilterDefinitionError', `filters[${index}]: "exists" takes true or false.`);
+        break;
+      case 'in':
+        if (!Array.isArray(value)) throw new QueryError('FilterDefinitionError', `filters[${index}]: "in" takes an array of values.`);
+        break;
+      case 'lt':
+      case 'lte':
+      case 'gt':
+      case 'gte':
+        if (typeof value !== 'number' && typeof value !== 'string') throw new QueryError('FilterDefinitionError', `filters[${index}]: "${operator}" compares with a number or a string.`);
+        break;
+      case 'contains':
+        if (value === null || typeof value === 'object') throw new QueryError('FilterDefinitionError', `filters[${index}]: "contains" takes a string (or an array element).`);
+        break;
+      default:
+        break;
+    }
+    return { path, operator: operator as Operator, value };
+  });
+}
+
+function parseGroupBy(raw: unknown): ParsedQuery['groupBy'] {
+  if (raw === undefined || raw === null || raw === '') return [];
+  const value = structured('group_by', raw, '['); // a plain name may start with {
+  const names = Array.isArray(value) ? value : [value];
+  if (names.length === 0 || names.length > 10) throw new QueryError('InvalidParameterError', 'group_by takes 1 to 10 property names.');
+  return names.map((name, index) => ({ name: name as string, path: propertyPath(name, `group_by[${index}]`) }));
+}
+
+export function parseQuery(analysis: Analysis, params: Record<string, unknown>, now = new Date()): ParsedQuery {
+  const collection = params.event_collection;
+  if (typeof collection !== 'string' || collection.length === 0) throw new QueryError('MissingRequiredParameterError', 'event_collection is required.');
+  const offset = parseTimezone(params.timezone);
+  const query: ParsedQuery = { analysis, collection, filters: parseFilters(params.filters), groupBy: parseGroupBy(params.group_by) };
+  if (analysis !== 'count' && analysis !== 'extraction') {
+    if (params.target_property === undefined || params.target_property === '') throw new QueryError('MissingRequiredParameterError', `target_property is required for ${analysis}.`);
+    query.target = propertyPath(params.target_property, 'target_property');
+  }
+  if (params.timeframe !== undefined && params.timeframe !== '') query.timeframe = parseTimeframe(params.timeframe, now, offset);
+  if (params.interval !== undefined && params.interval !== '') {
+    const unit = typeof params.interval === 'string' ? INTERVALS[params.interval] : undefined;
+    if (!unit) throw new QueryError('InvalidIntervalError', `interval must be one of ${Object.keys(INTERVALS).join(', ')}.`);
+    if (!query.timeframe) throw new QueryError('InvalidIntervalError', 'An interval needs a timeframe.');
+    query.intervals = intervalBoundaries(query.timeframe, unit, offset);
+  }
+  if (analysis === 'extraction') {
+    if (query.groupBy.length > 0 || query.intervals) throw new QueryError('InvalidParameterError', 'extraction takes neither group_by nor interval.');
+    if (params.latest !== undefined && params.latest !== '') {
+      const latest = Number(params.latest);
+      if (!Number.isInteger(latest) || latest < 1 || latest > MAX_EXTRACTION) throw new QueryError('InvalidParameterError', `latest must be an integer from 1 to ${MAX_EXTRACTION}.`);
+      query.latest = latest;
+    }
+    if (params.property_names !== undefined && params.property_names !== '') {
+      const names = structured('property_names', params.property_names);
+      if (!Array.isArray(names) || names.length === 0) throw new QueryError('InvalidParameterError', 'property_names must be a JSON array of property names.');
+      query.propertyNames = names.map((name, index) => propertyPath(name, `property_names[${index}]`));
+    }
+    if (params.email !== undefined) throw new QueryError('InvalidParameterError', 'keen-sink answers extractions synchronously only: drop "email".');
+  }
+  return query;
+}
+
+// ---- SQL --------------------------------------------------------------------------------
+
+class Statement {
+  readonly values: unknown[] = [];
+  /** A bind parameter with an explicit type; the SQL text only ever holds `$n::type`. */
+  param(value: unknown, type: 'text' | 'text[]' | 'jsonb' | 'timestamptz' | 'timestamptz[]' | 'int' | 'boolean'): string {
+    this.values.push(value);
+    return `$${this.values.length}::${type}`;
+  }
+}
+
+/** {"a": {"b": value}} for path [a, b]: what `eq` looks for with `@>`. */
+function containment(path: string[], value: unknown): string {
+  return path.reduceRight((inner, key) => `{${JSON.stringify(key)}:${inner}}`, JSON.stringify(value));
+}
+
+function filterSql(sql: Statement, filter: Filter): string {
+  const json = (value: unknown) => sql.param(JSON.stringify(value), 'jsonb');
+  if (filter.operator === 'eq' && (filter.value === null || typeof filter.value !== 'object') && !filter.path.some((key) => /^\d+$/.test(key))) {
+    // Scalars use containment, which the GIN index serves: {"p": v}, or {"p": [v]} so that on an
+    // array property eq matches any element, as Keen's eq does. Containment cannot step into
+    // arrays by index, so paths with numeric segments use plain equality below.
+    return `(event @> ${sql.param(containment(filter.path, filter.value), 'jsonb')} OR event @> ${sql.param(containment(filter.path, [filter.value]), 'jsonb')})`;
+  }
+  const x = `(event #> ${sql.param(filter.path, 'text[]')})`;
+  switch (filter.operator) {
+    case 'eq':
+      return `(${x} = ${json(filter.value)})`;
+    case 'ne':
+      return `(${x} IS DISTINCT FROM ${json(filter.value)})`;
+    case 'lt':
+    case 'lte':
+    case 'gt':
+    case 'gte': {
+      const op = { lt: '<', lte: '<=', gt: '>', gte: '>=' }[filter.operator];
+      // Only like with like: numbers with numbers, strings with strings.
+      return `(jsonb_typeof(${x}) = ${sql.param(typeof filter.value === 'number' ? 'number' : 'string', 'text')} AND ${x} ${op} ${json(filter.value)})`;
+    }
+    case 'exists':
+      // A property holding JSON null counts as absent.
+      return filter.value ? `(jsonb_typeof(${x}) <> 'null')` : `(${x} IS NULL OR jsonb_typeof(${x}) = 'null')`;
+    case 'in':
+      return `(${x} IN (SELECT elements.value FROM jsonb_array_elements(${json(filter.value)}) AS elements))`;
+    case 'contains': {
+      const value = json(filter.value);
+      const text = typeof filter.value === 'string' ? `(jsonb_typeof(${x}) = 'string' AND strpos(${x} #>> '{}', ${sql.param(filter.value, 'text')}) > 0) OR ` : '';
+      return `(${text}(jsonb_typeof(${x}) = 'array' AND ${x} @> jsonb_build_array(${value})))`;
+    }
+  }
+}
+
+function whereSql(sql: Statement, projectId: string, query: ParsedQuery): string {
+  const clauses = [`project_id = ${sql.param(projectId, 'text')}`, `collection = ${sql.param(query.collection, 'text')}`];
+  if (query.timeframe) {
+    clauses.push(`keen_timestamp >= ${sql.param(query.timeframe.start.toISOString(), 'timestamptz')}`);
+    clauses.push(`keen_timestamp < ${sql.param(query.timeframe.end.toISOString(), 'timestamptz')}`);
+  }
+  for (const filter of query.filters) clauses.push(filterSql(sql, filter));
+  return clauses.join('\n   AND ');
+}
+
+function aggregateSql(sql: Statement, query: ParsedQuery): string {
+  if (query.analysis === 'count') return 'count(*)';
+  const target = `(event #> ${sql.param(query.target, 'text[]')})`;
+  const number = `(CASE WHEN jsonb_typeof(${target}) = 'number' THEN (${target})::numeric END)`;
+  switch (query.analysis) {
+    case 'count_unique':
+      return `count(DISTINCT ${target}) FILTER (WHERE jsonb_typeof(${target}) <> 'null')`;
+    case 'select_unique':
+      return `coalesce(jsonb_agg(DISTINCT ${target} ORDER BY ${target}) FILTER (WHERE jsonb_typeof(${target}) <> 'null'), '[]'::jsonb)`;
+    case 'sum':
+      return `coalesce(sum(${number}), 0)`;
+    case 'minimum':
+      return `min(${number})`;
+    case 'maximum':
+      return `max(${number})`;
+    case 'average':
+      return `avg(${number})`;
+    default:
+      throw new Error(`no aggregate for ${query.analysis}`);
+  }
+}
+
+export interface BuiltQuery {
+  text: string;
+  values: unknown[];
+}
+
+export function buildSql(projectId: string, query: ParsedQuery): BuiltQuery {
+  const sql = new Statement();
+  if (query.analysis === 'extraction') {
+    const where = whereSql(sql, projectId, query);
+    const limit = sql.param(query.latest ?? MAX_EXTRACTION + 1, 'int');
+    const order = query.latest ? 'DESC' : 'ASC';
+    return { text: `SELECT event FROM keen_events\n WHERE ${where}\n ORDER BY keen_timestamp ${order}, id ${order}\n LIMIT ${limit}`, values: sql.values };
+  }
+  const columns = [`${aggregateSql(sql, query)} AS value`];
+  query.groupBy.forEach((group, index) => columns.push(`event #> ${sql.param(group.path, 'text[]')} AS g${index}`));
+  if (query.intervals) columns.push(`width_bucket(keen_timestamp, ${sql.param(query.intervals.map((d) => d.toISOString()), 'timestamptz[]')}) AS bucket`);
+  const where = whereSql(sql, projectId, query);
+  // Ordinal positions of the grouping columns: fixed numbers, never user input.
+  const grouping = columns.slice(1).map((_, index) => String(index + 2));
+  const tail = grouping.length > 0 ? `\n GROUP BY ${grouping.join(', ')}\n ORDER BY ${grouping.join(', ')}` : '';
+  return { text: `SELECT ${columns.join(', ')}\n  FROM keen_events\n WHERE ${where}${tail}`, values: sql.values };
+}
+
+// ---- results ----------------------------------------------------------------------------
+
+function emptyValue(analysis: Analysis): unknown {
+  if (analysis === 'count' || analysis === 'count_unique' || analysis === 'sum') return 0;
+  if (analysis === 'select_unique') return [];
+  return null;
+}
+
+function toValue(analysis: Analysis, raw: unknown): unknown {
+  if (raw === null || raw === undefined) return emptyValue(analysis);
+  if (analysis === 'select_unique') return raw;
+  return Number(raw);
+}
+
+function pick(event: Record<string, unknown>, paths: string[][]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const path of paths) {
+    let source: unknown = event;
+    for (const key of path) source = isObject(source) && Object.hasOwn(source, key) ? source[key] : undefined;
+    if (source === undefined) continue;
+    let target = out;
+    path.forEach((key, index) => {
+      if (index === path.length - 1) {
+        Object.defineProperty(target, key, { value: source, enumerable: true, writable: true, configurable: true });
+      } else {
+        if (!isObject(target[key])) Object.defineProperty(target, key, { value: {}, enumerable: true, writable: true, configurable: true });
+        target = target[key] as Record<string, unknown>;
+      }
+    });
+  }
+  return out;
+}
+
+type Row = { value?: unknown; bucket?: number; event?: Record<string, unknown> } & Record<string, unknown>;
+
+function groupedResult(query: ParsedQuery, rows: Row[]): Array<Record<string, unknown>> {
+  return rows.map((row) => {
+    const entry: Record<string, unknown> = {};
+    query.groupBy.forEach((group, index) => Object.defineProperty(entry, group.name, { value: row[`g${index}`] ?? null, enumerable: true, writable: true, configurable: true }));
+    entry.result = toValue(query.analysis, row.value);
+    return entry;
+  });
+}
+
+export function shapeResult(query: ParsedQuery, rows: Row[]): unknown {
+  if (query.analysis === 'extraction') {
+    if (rows.length > MAX_EXTRACTION) throw new QueryError('ExtractionTooLargeError', `More than ${MAX_EXTRACTION} events match: add "latest" or narrow the timeframe or filters.`);
+    const events = rows.map((row) => row.event!);
+    if (query.latest) events.reverse();
+    return query.propertyNames ? events.map((event) => pick(event, query.propertyNames!)) : events;
+  }
+  const single = (subset: Row[]) => (query.groupBy.length > 0 ? groupedResult(query, subset) : toValue(query.analysis, subset[0]?.value));
+  if (!query.intervals) return single(rows);
+  const boundaries = query.intervals;
+  const byBucket = new Map<number, Row[]>();
+  for (const row of rows) {
+    const bucket = Number(row.bucket);
+    const list = byBucket.get(bucket);
+    if (list) list.push(row);
+    else byBucket.set(bucket, [row]);
+  }
+  return boundaries.slice(0, -1).map((start, index) => ({
+    value: single(byBucket.get(index + 1) ?? []),
+    timeframe: { start: start.toISOString(), end: boundaries[index + 1]!.toISOString() },
+  }));
+}
+
+export async function runQuery(db: pg.Pool, projectId: string, query: ParsedQuery): Promise<unknown> {
+  const { text, values } = buildSql(projectId, query);
+  const { rows } = await db.query<Row>(text, values);
+  return shapeResult(query, rows);
+}
+

@@ -1,0 +1,350 @@
+/**
+ * keen-sink's HTTP server: Keen's write API (single and bulk) and query API for one project,
+ * over PostgreSQL. Plain node:http, so status codes, bodies and size limits are exactly ours.
+ *
+ *   POST     /3.0/projects/{id}/events/{collection}   write key   201 {"created": true}
+ *   POST     /3.0/projects/{id}/events                write key   200 {collection: [{success}...]}
+ *   GET|POST /3.0/projects/{id}/queries/{analysis}    read key    200 {"result": ...}
+ *   GET      /healthz, /readyz
+ *
+ * Keys come from the `Authorization` header or the `api_key` query parameter.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import path from 'node:path';
+import pg from 'pg';
+import type { Logger } from '../shared/logger.js';
+import { describe, safeUrl, StartupError } from '../shared/queues.js';
+import { applyMigrations, MigrationError } from '../migrate/runner.js';
+import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
+import { isAnalysis, parseQuery, QueryError, runQuery } from './query.js';
+import { expireUniquenessTokens, storeEvents } from './store.js';
+
+export const MIGRATIONS = path.resolve(import.meta.dirname, 'migrations');
+export const MIGRATIONS_TABLE = '_keen_sink_migrations';
+
+export interface KeenSinkOptions {
+  databaseUrl: string;
+  projectId: string;
+  writeKey: string;
+  readKey: string;
+  port: number;
+  host: string;
+  logger: Logger;
+  /** Longest a query may run before it is answered 503, as Keen does. */
+  statementTimeoutMs?: number;
+}
+
+export interface KeenSink {
+  port: number;
+  /** http://127.0.0.1:<port>, for tests and logs. */
+  url: string;
+  db: pg.Pool;
+  close(): Promise<void>;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Beyond this much over-limit body the connection is cut instead of read to the end. */
+const DRAIN_LIMIT = 64 * 1024 * 1024;
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** Reads the body; over `limit` the rest is read and dropped, and `tooLarge` is set. */
+function readBody(req: IncomingMessage, limit: number): Promise<{ body: Buffer; tooLarge: boolean }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) chunks.push(chunk);
+      else if (size > limit + DRAIN_LIMIT) req.destroy();
+    });
+    req.on('end', () => resolve({ body: size <= limit ? Buffer.concat(chunks) : Buffer.alloc(0), tooLarge: size > limit }));
+    req.on('error', reject);
+    req.on('close', () => {
+      if (!req.complete) reject(new Error('request aborted'));
+    });
+  });
+}
+
+function parseJson(body: Buffer): unknown {
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new HttpError(400, 'InvalidJsonError', 'The request body is not valid JSON.');
+  }
+}
+
+const digest = (value: string) => createHash('sha256').update(value).digest();
+
+function keyMatches(given: string | undefined, expected: string): boolean {
+  return given !== undefined && timingSafeEqual(digest(given), digest(expected));
+}
+
+export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink> {
+  const { logger } = options;
+  const where = `KEEN_SINK_DATABASE_URL=${safeUrl(options.databaseUrl)}`;
+  await ensureDatabase(options.databaseUrl, where, logger);
+  try {
+    const result = await applyMigrations({ databaseUrl: options.databaseUrl, directory: MIGRATIONS, table: MIGRATIONS_TABLE });
+    for (const name of result.applied) logger.info({ migration: name }, 'applied migration');
+  } catch (err) {
+    if (err instanceof MigrationError) throw new StartupError(`${err.message} (${where})`);
+    throw new StartupError(`cannot migrate ${where} (${describe(err)}): check that PostgreSQL is up and the user may create tables`);
+  }
+
+  const db = new pg.Pool({ connectionString: options.databaseUrl, max: 10, statement_timeout: options.statementTimeoutMs ?? 60_000 });
+  db.on('error', (err) => logger.warn({ err: describe(err) }, 'idle PostgreSQL connection failed'));
+  const reportedAddons = new Set<string>();
+
+  const authorize = (req: IncomingMessage, url: URL, key: string) => {
+    const given = req.headers.authorization ?? url.searchParams.get('api_key') ?? undefined;
+    if (given === undefined || given === '') throw new HttpError(401, 'InvalidApiKeyError', "An API key is required: send it in the 'Authorization' header or as ?api_key=.");
+    if (!keyMatches(given, key)) throw new HttpError(401, 'InvalidApiKeyError', 'The API key is not valid for this project and operation.');
+  };
+
+  const reportAddons = (events: PreparedEvent[]) => {
+    for (const event of events) {
+      for (const addon of event.unknownAddons) {
+        if (reportedAddons.has(addon)) continue;
+        reportedAddons.add(addon);
+        logger.warn({ addon, collection: event.collection }, 'add-on not implemented by keen-sink: events are stored without its output (reported once)');
+      }
+    }
+  };
+
+  async function writeOne(req: IncomingMessage, res: ServerResponse, collectionSegment: string) {
+    let collection: string;
+    try {
+      collection = decodeURIComponent(collectionSegment);
+    } catch {
+      throw new HttpError(400, 'InvalidCollectionNameError', 'The collection name in the URL is not valid percent-encoding.');
+    }
+    const { body, tooLarge } = await readBody(req, LIMITS.eventBytes);
+    if (tooLarge) throw new HttpError(413, 'EventTooLargeError', `An event may be at most ${LIMITS.eventBytes} bytes.`);
+    const prepared = prepareEvent(collection, parseJson(body), new Date());
+    if (!prepared.ok) throw new HttpError(400, prepared.error.name, prepared.error.description);
+    const [outcome] = await storeEvents(db, options.projectId, [prepared.value]);
+    reportAddons([prepared.value]);
+    if (outcome === 'duplicate') {
+      send(res, 200, { created: false, duplicate: true, message: duplicateMessage });
+    } else {
+      send(res, 201, { created: true });
+    }
+  }
+
+  async function writeMany(req: IncomingMessage, res: ServerResponse) {
+    const { body, tooLarge } = await readBody(req, LIMITS.bulkBytes);
+    if (tooLarge) throw new HttpError(413, 'RequestTooLargeError', `A bulk request may be at most ${LIMITS.bulkBytes} bytes.`);
+    const batch = parseJson(body);
+    if (typeof batch !== 'object' || batch === null || Array.isArray(batch)) {
+      throw new HttpError(400, 'InvalidEventError', 'A bulk request body must be an object of {collection: [events]}.');
+    }
+    const now = new Date();
+    type Slot = { error: EventError } | { event: PreparedEvent };
+    const slots: Array<[string, Slot[]]> = [];
+    for (const [collection, events] of Object.entries(batch)) {
+      if (!Array.isArray(events)) throw new HttpError(400, 'InvalidEventError', `The value for collection "${collection.slice(0, 80)}" must be an array of events.`);
+      const problem = collectionNameProblem(collection);
+      const results = events.map((event, index): Slot => {
+        if (problem) return { error: { name: 'InvalidCollectionNameError', description: problem } };
+        // Alone, an oversized event is a 413; in a batch it fails alone, so a sender's batch of
+        // good events is not refused (and dead-lettered) whole because of one.
+        const bytes = Buffer.byteLength(JSON.stringify(event) ?? '');
+        if (bytes > LIMITS.eventBytes) {
+          return { error: { name: 'EventTooLargeError', description: `Event ${index} of "${collection.slice(0, 80)}" has ${bytes} bytes; an event may be at most ${LIMITS.eventBytes}.` } };
+        }
+        const prepared = prepareEvent(collection, event, now);
+        return prepared.ok ? { event: prepared.value } : { error: prepared.error };
+      });
+      slots.push([collection, results]);
+    }
+    const valid = slots.flatMap(([, results]) => results.flatMap((slot) => ('event' in slot ? [slot.event] : [])));
+    const outcomes = await storeEvents(db, options.projectId, valid);
+    const outcomeById = new Map(valid.map((event, index) => [event.id, outcomes[index]]));
+    reportAddons(valid);
+    const response: Record<string, unknown> = {};
+    for (const [collection, results] of slots) {
+      const answer = results.map((slot) => {
+        if ('error' in slot) return { success: false, error: slot.error };
+        return outcomeById.get(slot.event.id) === 'duplicate' ? { success: true, duplicate: true, message: duplicateMessage } : { success: true };
+      });
+      Object.defineProperty(response, collection, { value: answer, enumerable: true, writable: true, configurable: true });
+    }
+    send(res, 200, response);
+  }
+
+  async function query(req: IncomingMessage, res: ServerResponse, url: URL, analysis: string) {
+    if (!isAnalysis(analysis)) throw new HttpError(404, 'ResourceNotFoundError', `Unknown analysis "${analysis.slice(0, 40)}": keen-sink answers count, count_unique, select_unique, sum, minimum, maximum, average and extraction.`);
+    const params: Record<string, unknown> = Object.fromEntries([...url.searchParams].filter(([key]) => key !== 'api_key'));
+    if (req.method === 'POST') {
+      const { body, tooLarge } = await readBody(req, 1024 * 1024);
+      if (tooLarge) throw new HttpError(413, 'RequestTooLargeError', 'A query body may be at most 1 MiB.');
+      if (body.length > 0) {
+        const parsed = parseJson(body);
+        if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HttpError(400, 'InvalidParameterError', 'A query body must be a JSON object of parameters.');
+        Object.assign(params, parsed);
+      }
+    }
+    const parsed = parseQuery(analysis, params);
+    const result = await runQuery(db, options.projectId, parsed);
+    send(res, 200, { result });
+  }
+
+  async function route(req: IncomingMessage, res: ServerResponse) {
+    const url = new URL(req.url ?? '/', 'http://keen-sink');
+    const parts = url.pathname.split('/').filter(Boolean);
+    if (req.method === 'GET' && url.pathname === '/healthz') return send(res, 200, { status: 'ok' });
+    if (req.method === 'GET' && url.pathname === '/readyz') {
+      try {
+        await db.query('SELECT 1');
+        return send(res, 200, { status: 'ready', checks: { postgres: true } });
+      } catch {
+        return send(res, 503, { status: 'not ready', checks: { postgres: false } });
+      }
+    }
+    if (parts[0] !== '3.0' || parts[1] !== 'projects' || parts.length < 4) throw new HttpError(404, 'ResourceNotFoundError', `Nothing at ${url.pathname.slice(0, 200)}.`);
+    if (parts[2] !== options.projectId) throw new HttpError(404, 'ProjectNotFoundError', `Project ${parts[2]!.slice(0, 64)} does not exist on this keen-sink.`);
+    const [resource, name, ...rest] = parts.slice(3);
+    if (resource === 'events' && rest.length === 0) {
+      if (req.method !== 'POST') throw new HttpError(405, 'MethodNotAllowedError', 'Events are recorded with POST.');
+      authorize(req, url, options.writeKey);
+      return name === undefined ? writeMany(req, res) : writeOne(req, res, name);
+    }
+    if (resource === 'queries' && name !== undefined && rest.length === 0) {
+      if (req.method !== 'GET' && req.method !== 'POST') throw new HttpError(405, 'MethodNotAllowedError', 'Queries use GET or POST.');
+      authorize(req, url, options.readKey);
+      return query(req, res, url, name);
+    }
+    throw new HttpError(404, 'ResourceNotFoundError', `Nothing at ${url.pathname.slice(0, 200)}.`);
+  }
+
+  const server: Server = createServer((req, res) => {
+    const started = process.hrtime.bigint();
+    route(req, res)
+      .catch((err: unknown) => {
+        if (err instanceof HttpError) return send(res, err.status, { message: err.message, error_code: err.code });
+        if (err instanceof QueryError) return send(res, 400, { message: err.message, error_code: err.code });
+        if ((err as { code?: string }).code === '57014') {
+          return send(res, 503, { message: 'The query took too long and was cancelled: narrow the timeframe or filters.', error_code: 'QueryTimeoutError' });
+        }
+        if ((err as Error).message === 'request aborted') return undefined;
+        logger.error({ err, method: req.method, path: (req.url ?? '').split('?')[0] }, 'request failed');
+        if (!res.headersSent) send(res, 500, { message: 'keen-sink failed to handle this request; see its log.', error_code: 'InternalServerError' });
+        return undefined;
+      })
+      .finally(() => {
+        logger.debug({ method: req.method, path: (req.url ?? '').split('?')[0], status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
+      });
+  });
+  // Keen clients keep connections alive between batches.
+  server.keepAliveTimeout = 65_000;
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port, options.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (err) {
+    await db.end().catch(() => {});
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new StartupError(`port ${options.port} on ${options.host} is already in use (EADDRINUSE): stop what listens there or set KEEN_SINK_PORT`);
+    throw new StartupError(`cannot listen on ${options.host}:${options.port} (${describe(err)}): fix KEEN_SINK_HOST or KEEN_SINK_PORT`);
+  }
+
+  const expiry = setInterval(() => {
+    expireUniquenessTokens(db).then(
+      (count) => count > 0 && logger.info({ count }, 'forgot expired uniqueness tokens'),
+      (err: unknown) => logger.warn({ err: describe(err) }, 'could not expire uniqueness tokens'),
+    );
+  }, 3_600_000);
+  expiry.unref();
+
+  const { port } = server.address() as { port: number };
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    db,
+    async close() {
+      clearInterval(expiry);
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const force = setTimeout(() => server.closeAllConnections(), 5_000);
+      await closed;
+      clearTimeout(force);
+      await db.end();
+    },
+  };
+}
+
+const duplicateMessage = 'An event with this keen.uniqueness_token was already recorded in this collection within 31 days; this one was not stored again.';
+
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET']);
+
+/**
+ * keen-sink may be given a database of its own that does not exist yet: it is created, as
+ * `npm run migrate` does for the registry's. Other connection problems become one line.
+ */
+async function ensureDatabase(url: string, where: string, logger: Logger): Promise<void> {
+  const attempt = async (target: string) => {
+    const client = new pg.Client({ connectionString: target, connectionTimeoutMillis: 10_000 });
+    client.on('error', () => {});
+    try {
+      await client.connect();
+      return client;
+    } catch (err) {
+      await client.end().catch(() => {});
+      throw err;
+    }
+  };
+  const problem = (err: unknown): StartupError => {
+    const code = (err as { code?: string }).code;
+    if ((code && UNREACHABLE.has(code)) || err instanceof AggregateError || /timeout/i.test((err as Error).message ?? '')) {
+      return new StartupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix KEEN_SINK_DATABASE_URL`);
+    }
+    if (code === '28P01' || code === '28000') return new StartupError(`PostgreSQL refused the login at ${where} (${code}): fix the user or password in KEEN_SINK_DATABASE_URL`);
+    return new StartupError(`cannot connect to PostgreSQL at ${where} (${code ?? describe(err)}: ${(err as Error).message?.replace(/\s+/g, ' ')})`);
+  };
+  try {
+    const client = await attempt(url);
+    await client.end().catch(() => {});
+    return;
+  } catch (err) {
+    if ((err as { code?: string }).code !== '3D000') throw problem(err);
+  }
+  const parsed = new URL(url);
+  const database = decodeURIComponent(parsed.pathname.replace(/^\//, ''));
+  parsed.pathname = '/postgres';
+  let admin: pg.Client;
+  try {
+    admin = await attempt(parsed.toString());
+  } catch (err) {
+    throw new StartupError(`database "${database}" does not exist at ${where} and could not be created (${describe(err)}): create it (createdb ${database}) or fix KEEN_SINK_DATABASE_URL`);
+  }
+  try {
+    await admin.query(`CREATE DATABASE "${database.replaceAll('"', '""')}"`);
+    logger.info({ database }, 'database did not exist: created it');
+  } catch (err) {
+    if ((err as { code?: string }).code !== '42P04') {
+      throw new StartupError(`database "${database}" does not exist at ${where} and could not be created (${(err as Error).message}): create it (createdb ${database}) or fix KEEN_SINK_DATABASE_URL`);
+    }
+  } finally {
+    await admin.end().catch(() => {});
+  }
+}

@@ -1,9 +1,16 @@
 /**
  * The queues of the pipeline and how jobs live in them:
  *
- *   subscriber ──▶ ingest ──▶ (registry worker) ──▶ keen-delivery ──▶ Keen
- *        │                         │                      │
- *        └──────────▶ rejected-messages ◀─────────┘        └──▶ keen-dead-letter
+ *   subscriber ──▶ ingest (lamp states) ─────────┐
+ *        │     └──▶ bridge-state-0..7 (ordered) ──┴─▶ registry worker ──▶ keen-delivery ──▶ Keen
+ *        │                                                  │                   │
+ *        └──────────────────▶ rejected-messages ◀───────────┘                   └──▶ keen-dead-letter
+ *
+ * Bridge states must be handled in the order they arrived, per lamp: a connect and a
+ * disconnect handled the other way round would record the wrong state, and only in order is
+ * "the same state again" a reliable sign of a replay. Each lamp hashes to one of
+ * BRIDGE_PARTITIONS queues, and each of those runs one job at a time across all workers
+ * (BullMQ global concurrency). Lamp states need no order: their queue runs fully parallel.
  */
 import { Queue, type ConnectionOptions, type DefaultJobOptions } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -11,10 +18,24 @@ import type { DeadLetterJob, IngestJob, KeenDeliveryJob, RejectedMessageJob } fr
 
 export const QUEUE_NAMES = {
   ingest: 'ingest',
+  bridgeState: (partition: number) => `bridge-state-${partition}`,
   keen: 'keen-delivery',
   deadLetter: 'keen-dead-letter',
   rejected: 'rejected-messages',
 } as const;
+
+/**
+ * A constant, not a setting: producers and consumers must agree on it, or a partition would
+ * have no worker. Changing it is a migration (drain the bridge-state queues first).
+ */
+export const BRIDGE_PARTITIONS = 8;
+
+/** FNV-1a over the id: a lamp always lands in the same partition. */
+export function bridgePartition(deviceId: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < deviceId.length; i++) hash = Math.imul(hash ^ deviceId.charCodeAt(i), 0x01000193);
+  return (hash >>> 0) % BRIDGE_PARTITIONS;
+}
 
 /** Registered with every Worker; jobs ask for it with `backoff: { type: JITTERED_BACKOFF }`. */
 export const JITTERED_BACKOFF = 'jittered-exponential';
@@ -54,7 +75,12 @@ export const JOB_OPTIONS = {
 } satisfies Record<string, DefaultJobOptions | ((n: number) => DefaultJobOptions)>;
 
 export interface PipelineQueues {
+  /** Lamp states. */
   ingest: Queue<IngestJob>;
+  /** Bridge states, partitioned by lamp (see bridgePartition). */
+  bridgeState: Array<Queue<IngestJob>>;
+  /** The queue a message of this kind and lamp goes to. */
+  ingestQueueFor(job: IngestJob): Queue<IngestJob>;
   keen: Queue<KeenDeliveryJob>;
   deadLetter: Queue<DeadLetterJob>;
   rejected: Queue<RejectedMessageJob>;
@@ -64,14 +90,21 @@ export interface PipelineQueues {
 export function openQueues(connection: ConnectionOptions, prefix: string, keenAttempts = 12): PipelineQueues {
   const queues = {
     ingest: new Queue<IngestJob>(QUEUE_NAMES.ingest, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+    bridgeState: Array.from(
+      { length: BRIDGE_PARTITIONS },
+      (_, partition) => new Queue<IngestJob>(QUEUE_NAMES.bridgeState(partition), { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+    ),
     keen: new Queue<KeenDeliveryJob>(QUEUE_NAMES.keen, { connection, prefix, defaultJobOptions: JOB_OPTIONS.keen(keenAttempts) }),
     deadLetter: new Queue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection, prefix, defaultJobOptions: JOB_OPTIONS.deadLetter }),
     rejected: new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection, prefix, defaultJobOptions: JOB_OPTIONS.rejected }),
   };
   return {
     ...queues,
+    ingestQueueFor(job) {
+      return job.kind === 'bridge-state' ? queues.bridgeState[bridgePartition(job.deviceId)]! : queues.ingest;
+    },
     async close() {
-      await Promise.all(Object.values(queues).map((queue) => queue.close()));
+      await Promise.all([queues.ingest, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected].map((queue) => queue.close()));
     },
   };
 }

@@ -72,7 +72,7 @@ export class Intake {
     // Both commands are sent without waiting for each other; Redis runs them in this order.
     // A retry reuses the job id, so it cannot add a second job.
     await this.untilStored('job', () =>
-      Promise.all([redelivery ? undefined : this.options.ledger.remember(session, message, jobId), this.options.queues.ingest.add(job.kind, job, { jobId })]),
+      Promise.all([redelivery ? undefined : this.options.ledger.remember(session, message, jobId), this.options.queues.ingestQueueFor(job).add(job.kind, job, { jobId })]),
     );
     metrics.messagesEnqueued.inc({ kind: job.kind });
   }

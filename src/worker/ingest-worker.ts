@@ -1,13 +1,14 @@
 /**
- * Handles the ingest queue: everything that touches the device registry. What goes to Keen
- * leaves through the keen-delivery queue, so a Keen retry never repeats database work.
+ * Handles the ingest and bridge-state queues: everything that touches the device registry.
+ * What goes to Keen leaves through the keen-delivery queue, so a Keen retry never repeats
+ * database work.
  */
-import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken, type KeenCollection, type KeenEvent } from '../shared/events.js';
 import type { IngestJob, RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { JITTERED_BACKOFF, QUEUE_NAMES, jitteredBackoffDelay, type PipelineQueues } from '../shared/queues.js';
+import { JITTERED_BACKOFF, jitteredBackoffDelay, type PipelineQueues } from '../shared/queues.js';
 import type { AssociationPublisher } from './association-publisher.js';
 import type { DeviceRegistry } from './registry/registry.js';
 
@@ -22,8 +23,9 @@ export interface IngestWorkerOptions {
   logger: Logger;
   metrics: Metrics;
   /**
-   * A lamp state can overtake its lamp's first bridge connect in the queues. Until this many
-   * attempts have found no device, the job waits and tries again; then it is rejected.
+   * A lamp state or a disconnect can overtake its lamp's first bridge connect in the queues.
+   * Until this many attempts have found no device, the job waits and tries again; then it is
+   * rejected.
    */
   unknownDeviceAttempts?: number;
 }
@@ -32,7 +34,7 @@ class DeviceNotRegisteredYet extends Error {
   override name = 'DeviceNotRegisteredYet';
 }
 
-export function createIngestWorker(options: IngestWorkerOptions): Worker<IngestJob> {
+export async function createIngestWorkers(options: IngestWorkerOptions): Promise<Array<Worker<IngestJob>>> {
   const { queues, registry, publisher, logger, metrics } = options;
   const unknownDeviceAttempts = options.unknownDeviceAttempts ?? 6;
 
@@ -79,7 +81,11 @@ export function createIngestWorker(options: IngestWorkerOptions): Worker<IngestJ
       }
     }
     const outcome = await registry.recordBridgeState(data.deviceId, data.connected, new Date(data.receivedAt), job.id!);
-    if (outcome === 'unknown_device') return reject(job, 'unknown_device', 'bridge disconnect from a device that is not registered');
+    if (outcome === 'unknown_device') {
+      // A disconnect can overtake the connect that registers its lamp, as a lamp state can.
+      if (job.attemptsMade + 1 < unknownDeviceAttempts) throw new DeviceNotRegisteredYet(`device ${data.deviceId} is not registered (yet)`);
+      return reject(job, 'unknown_device', 'bridge disconnect from a device that never connected');
+    }
     if (outcome === 'unchanged') {
       metrics.bridgeReplaysDropped.inc();
       log.debug({ connected: data.connected, retained: data.retained }, 'bridge state unchanged; not recorded again');
@@ -88,27 +94,33 @@ export function createIngestWorker(options: IngestWorkerOptions): Worker<IngestJ
     await sendToKeen(job, 'devicemonitoring', (token) => deviceMonitoringEvent(data.deviceId, data.connected, data.receivedAt, token));
   };
 
-  const worker = new Worker<IngestJob>(QUEUE_NAMES.ingest, process, {
-    connection: options.connection,
-    prefix: options.prefix,
-    concurrency: options.concurrency,
-    // A worker killed mid-job must not turn its jobs into failures: they are simply redone.
-    maxStalledCount: 10,
-    settings: {
-      backoffStrategy: (attemptsMade, type, err) => {
-        if (type !== JITTERED_BACKOFF) return 0;
-        // An early lamp state waits a little for its activation; outages back off further.
-        return err instanceof DeviceNotRegisteredYet ? Math.min(500 * 2 ** attemptsMade, 10_000) : jitteredBackoffDelay(attemptsMade, 500);
-      },
+  const settings = {
+    backoffStrategy: (attemptsMade: number, type?: string, err?: Error) => {
+      if (type !== JITTERED_BACKOFF) return 0;
+      // An early lamp state waits a little for its activation; outages back off further.
+      return err instanceof DeviceNotRegisteredYet ? Math.min(500 * 2 ** attemptsMade, 10_000) : jitteredBackoffDelay(attemptsMade, 500);
     },
-  });
-  worker.on('completed', () => metrics.jobsCompleted.inc({ queue: QUEUE_NAMES.ingest }));
-  worker.on('failed', (job, err) => {
-    metrics.jobsFailed.inc({ queue: QUEUE_NAMES.ingest });
-    const final = job && (err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1));
-    const level = err instanceof DeviceNotRegisteredYet ? 'debug' : final ? 'error' : 'warn';
-    logger[level]({ job_id: job?.id, device_id: job?.data.deviceId, attempts: job?.attemptsMade, err: err.message }, final ? 'ingest job failed for good' : 'ingest job failed; will retry');
-  });
-  worker.on('error', (err) => logger.error({ err: err.message }, 'ingest worker error'));
-  return worker;
+  };
+  const start = (queue: Queue<IngestJob>, concurrency: number) => {
+    const worker = new Worker<IngestJob>(queue.name, process, {
+      connection: options.connection,
+      prefix: options.prefix,
+      concurrency,
+      // A worker killed mid-job must not turn its jobs into failures: they are simply redone.
+      maxStalledCount: 10,
+      settings,
+    });
+    worker.on('completed', () => metrics.jobsCompleted.inc({ queue: queue.name }));
+    worker.on('failed', (job, err) => {
+      metrics.jobsFailed.inc({ queue: queue.name });
+      const final = job && (err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1));
+      const level = err instanceof DeviceNotRegisteredYet ? 'debug' : final ? 'error' : 'warn';
+      logger[level]({ job_id: job?.id, device_id: job?.data.deviceId, queue: queue.name, attempts: job?.attemptsMade, err: err.message }, final ? 'ingest job failed for good' : 'ingest job failed; will retry');
+    });
+    worker.on('error', (err) => logger.error({ err: err.message, queue: queue.name }, 'ingest worker error'));
+    return worker;
+  };
+  // One bridge state at a time per partition, across every worker process.
+  await Promise.all(queues.bridgeState.map((queue) => queue.setGlobalConcurrency(1)));
+  return [start(queues.ingest, options.concurrency), ...queues.bridgeState.map((queue) => start(queue, 1))];
 }

@@ -1,6 +1,6 @@
 /**
  * Wires a worker process: the registry stage (ingest queue), Keen delivery (keen-delivery
- * queue, dead letters to keen-dead-letter) and the rejection log. Run as many as the fleet
+ * queue), parking and redriving dead letters (keen-dead-letter) and the rejection log. Run as many as the fleet
  * needs; they share nothing but Redis, PostgreSQL and the broker.
  */
 import type { Worker } from 'bullmq';
@@ -9,7 +9,8 @@ import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
-import { createIngestWorker } from './ingest-worker.js';
+import { createDeadLetterWorker } from './dead-letter-worker.js';
+import { createIngestWorkers } from './ingest-worker.js';
 import { KeenBatcher } from './keen/batcher.js';
 import { KeenClient } from './keen/client.js';
 import { createKeenDeliveryWorker } from './keen/delivery-worker.js';
@@ -62,8 +63,9 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
 
     const prefix = config.QUEUE_PREFIX;
     const workers: Worker[] = [
-      createIngestWorker({ connection: redis, prefix, queues, registry, publisher, defaultUser: config.DEFAULT_USER, concurrency: config.WORKER_CONCURRENCY, logger, metrics }),
+      ...(await createIngestWorkers({ connection: redis, prefix, queues, registry, publisher, defaultUser: config.DEFAULT_USER, concurrency: config.WORKER_CONCURRENCY, logger, metrics })),
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: config.KEEN_CONCURRENCY, logger, metrics }),
+      createDeadLetterWorker({ connection: redis, prefix, queues, logger }),
       createRejectedWorker(redis, prefix),
     ];
     // Workers close first: each finishes its active jobs (which may need the batcher, the
@@ -78,7 +80,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
         return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres };
       },
       async refreshQueueGauges() {
-        for (const queue of [queues.ingest, queues.keen, queues.deadLetter, queues.rejected]) {
+        for (const queue of [queues.ingest, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected]) {
           const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized');
           for (const [state, count] of Object.entries(counts)) metrics.queueDepth.set({ queue: queue.name, state }, count);
         }

@@ -11,7 +11,7 @@ import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
-import { createIngestWorker } from '../../src/worker/ingest-worker.js';
+import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
@@ -35,10 +35,10 @@ describe('registry worker', () => {
     for (let i = 0; i < count; i++) {
       const registry = new DeviceRegistry({ databaseUrl: db.url, defaultUser: DEFAULT_USER, poolSize: 4 });
       const publisher = await AssociationPublisher.connect({ url: services.mqtt, clientIdBase: `${prefix}-${i}`, logger });
-      const worker = createIngestWorker({ connection: redis, prefix, queues, registry, publisher, defaultUser: DEFAULT_USER, concurrency, logger, metrics: createMetrics('t'), unknownDeviceAttempts: 3 });
-      workers.push(worker);
+      const started = await createIngestWorkers({ connection: redis, prefix, queues, registry, publisher, defaultUser: DEFAULT_USER, concurrency, logger, metrics: createMetrics('t'), unknownDeviceAttempts: 3 });
+      workers.push(...started);
       stops.push(async () => {
-        await worker.close();
+        await Promise.all(started.map((worker) => worker.close()));
         await publisher.close();
         await registry.close();
       });
@@ -48,6 +48,16 @@ describe('registry worker', () => {
 
   const bridge = (deviceId: string, connected: boolean, extra: Partial<IngestJob> = {}): IngestJob =>
     ({ kind: 'bridge-state', deviceId, connected, retained: false, receivedAt: new Date().toISOString(), ...extra }) as IngestJob;
+
+  const add = (data: IngestJob, jobId: string) => queues.ingestQueueFor(data).add(data.kind, data, { jobId });
+
+  async function allIngestDone(): Promise<boolean> {
+    for (const queue of [queues.ingest, ...queues.bridgeState]) {
+      const counts = await queue.getJobCounts('waiting', 'active', 'delayed');
+      if ((counts.waiting ?? 0) + (counts.active ?? 0) + (counts.delayed ?? 0) > 0) return false;
+    }
+    return true;
+  }
 
   async function keenJobs(): Promise<KeenDeliveryJob[]> {
     return (await queues.keen.getJobs(['waiting'], 0, -1)).map((job) => job.data);
@@ -74,15 +84,13 @@ describe('registry worker', () => {
   it('activates each new lamp exactly once while eight workers race on duplicate and retained connects', async () => {
     await startWorkers(8);
     const devices = Array.from({ length: 40 }, randomDeviceId);
-    const jobs: Array<{ name: string; data: IngestJob; opts: { jobId: string } }> = [];
+    const jobs: Array<{ data: IngestJob; jobId: string }> = [];
     let n = 0;
     for (const deviceId of devices) {
-      for (let copy = 0; copy < 5; copy++) {
-        jobs.push({ name: 'bridge-state', data: bridge(deviceId, true, { retained: copy > 0 }), opts: { jobId: `race${(n++).toString(16).padStart(8, '0')}` } });
-      }
+      for (let copy = 0; copy < 5; copy++) jobs.push({ data: bridge(deviceId, true, { retained: copy > 0 }), jobId: `race${(n++).toString(16).padStart(8, '0')}` });
     }
-    await queues.ingest.addBulk(jobs.sort(() => Math.random() - 0.5));
-    await waitFor('all ingest jobs done', async () => (await queues.ingest.getJobCounts('waiting', 'active', 'delayed')).waiting === 0 && (await queues.ingest.getActiveCount()) === 0 && (await queues.ingest.getDelayedCount()) === 0);
+    await Promise.all(jobs.sort(() => Math.random() - 0.5).map((job) => add(job.data, job.jobId)));
+    await waitFor('all ingest jobs done', allIngestDone);
 
     const { PrismaClient } = await import('../../src/generated/prisma/client.js');
     const { PrismaPg } = await import('@prisma/adapter-pg');
@@ -120,7 +128,7 @@ describe('registry worker', () => {
     }
   });
 
-  it('records every bridge state change and drops replays of an unchanged state', async () => {
+  it('records every bridge state change, in arrival order, and drops replays of an unchanged state', async () => {
     const device = randomDeviceId();
     const at = (ms: number) => new Date(Date.parse('2026-11-28T10:00:00.000Z') + ms).toISOString();
     const sequence: IngestJob[] = [
@@ -130,10 +138,8 @@ describe('registry worker', () => {
       bridge(device, false, { receivedAt: at(30), retained: true }),
       bridge(device, true, { receivedAt: at(40) }),
     ];
-    for (const [i, data] of sequence.entries()) {
-      await queues.ingest.add('bridge-state', data, { jobId: `seq${device}${i}` });
-      await waitFor('job done', async () => (await queues.ingest.getJob(`seq${device}${i}`))?.finishedOn !== undefined);
-    }
+    for (const [i, data] of sequence.entries()) await add(data, `seq${device}${i}`);
+    await waitFor('all ingest jobs done', allIngestDone);
     const events = (await keenJobs()).filter((job) => job.event.device_id === device && job.collection === 'devicemonitoring');
     expect(events.map((job) => [job.event.state, job.event.keen.timestamp]).sort((a, b) => String(a[1]).localeCompare(String(b[1])))).toEqual([
       ['connected', at(0)],
@@ -146,11 +152,11 @@ describe('registry worker', () => {
   it('turns lamp states of known lamps into devicestate events and rejects unknown lamps after waiting for them', async () => {
     const known = randomDeviceId();
     const unknown = randomDeviceId();
-    await queues.ingest.add('bridge-state', bridge(known, true), { jobId: `known${known}` });
+    await add(bridge(known, true), `known${known}`);
     const state = { color: { h: 0.44, s: 1 }, brightness: 0.47, on: true, client: 'lamp_ui' };
     const receivedAt = new Date().toISOString();
-    await queues.ingest.add('lamp-state', { kind: 'lamp-state', deviceId: known, state, receivedAt }, { jobId: `state${known}` });
-    await queues.ingest.add('lamp-state', { kind: 'lamp-state', deviceId: unknown, state, receivedAt }, { jobId: `state${unknown}` });
+    await add({ kind: 'lamp-state', deviceId: known, state, receivedAt }, `state${known}`);
+    await add({ kind: 'lamp-state', deviceId: unknown, state, receivedAt }, `state${unknown}`);
 
     const event = await waitFor('devicestate event', async () => (await queues.keen.getJob(`state${known}-devicestate`))?.data);
     expect(event.collection).toBe('devicestate');

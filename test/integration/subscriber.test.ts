@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import type { IngestJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { QUEUE_NAMES } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../../src/shared/queues.js';
 import { startSubscriber, type Subscriber, type SubscriberConfig } from '../../src/subscriber/subscriber.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { sleep, startMosquitto, startRedis, startService, waitFor, waitForLog } from '../support/processes.js';
@@ -45,6 +45,12 @@ async function jobsIn<T>(redisUrl: string, prefix: string, name: string, states:
   }
 }
 
+/** Jobs of every queue the subscriber feeds: lamp states and each bridge-state partition. */
+async function ingestJobs(redisUrl: string, prefix: string) {
+  const names = [QUEUE_NAMES.ingest, ...Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n))];
+  return (await Promise.all(names.map((name) => jobsIn<IngestJob>(redisUrl, prefix, name)))).flat();
+}
+
 describe('subscriber', () => {
   const prefix = randomPrefix('sub');
   const metrics = createMetrics('subscriber-test');
@@ -69,7 +75,7 @@ describe('subscriber', () => {
       { topic: `$SYS/broker/connection/${b}_broker/state`, payload: '0' },
     ]);
     const jobs = await waitFor('four ingest jobs', async () => {
-      const found = await jobsIn<IngestJob>(services.redis, prefix, QUEUE_NAMES.ingest);
+      const found = await ingestJobs(services.redis, prefix);
       return found.length === 4 ? found : undefined;
     });
     const after = Date.now();
@@ -118,7 +124,7 @@ describe('subscriber', () => {
     expect(Buffer.from(utf8.data.payloadHead, 'base64')).toEqual(Buffer.from([0xc3, 0x28]));
     expect(utf8.data.deviceId).toBe(device);
     const goodJobs = await waitFor('both good messages', async () => {
-      const found = (await jobsIn<IngestJob>(services.redis, prefix, QUEUE_NAMES.ingest)).filter((job) => job.data.deviceId === device);
+      const found = (await ingestJobs(services.redis, prefix)).filter((job) => job.data.deviceId === device);
       return found.length === 2 ? found : undefined;
     });
     expect(goodJobs.map((job) => (job.data.kind === 'lamp-state' ? job.data.state.n : null)).sort()).toEqual([1, 2]);
@@ -134,7 +140,7 @@ describe('subscriber', () => {
     const second = await startSubscriber(configFor(own), logger, createMetrics('t'));
     try {
       const jobs = await waitFor('the retained replay', async () => {
-        const found = (await jobsIn<IngestJob>(services.redis, own, QUEUE_NAMES.ingest)).filter((job) => job.data.deviceId === device);
+        const found = (await ingestJobs(services.redis, own)).filter((job) => job.data.deviceId === device);
         return found.length === 1 ? found : undefined;
       });
       expect(jobs[0]!.data).toMatchObject({ kind: 'bridge-state', connected: true, retained: true });

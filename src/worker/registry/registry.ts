@@ -63,10 +63,10 @@ export class DeviceRegistry {
   }
 
   /**
-   * Records a bridge state unless it only repeats the last recorded one (a retained replay
-   * after we resubscribe, or the same message seen twice). Row-locked, so concurrent
-   * workers agree. A message older than the recorded state still counts as a change if it
-   * differs, but does not overwrite the newer state.
+   * Records a bridge state if it differs from the one we hold: a lamp's bridge states arrive
+   * in order (see BRIDGE_PARTITIONS), so the same state twice is a replay, the broker's
+   * retained copy after we resubscribe or a message seen twice. Should a retry reorder them,
+   * the held state stays the newest by receipt time. Row-locked, so concurrent workers agree.
    */
   async recordBridgeState(deviceId: string, connected: boolean, receivedAt: Date, jobId: string): Promise<BridgeStateOutcome> {
     return this.prisma.$transaction(async (tx) => {

@@ -1,0 +1,227 @@
+/**
+ * Groups the events of concurrently running delivery jobs into Keen bulk requests. Each
+ * `submit` settles with its own event's outcome, so a job completes only once Keen has accepted
+ * its event, and fails alone when Keen refused only its event.
+ */
+import type { KeenEvent } from '../../shared/events.js';
+import type { Metrics } from '../../shared/metrics.js';
+import { DEFAULT_RATE_LIMIT_MS, KeenRequestError, type KeenBulkResults } from './client.js';
+
+/** Keen's limit on one event, serialized. */
+export const MAX_EVENT_BYTES = 900_000;
+/** Half of Keen's 10 MB request limit. */
+export const DEFAULT_MAX_BATCH_BYTES = 5_000_000;
+
+/** Keen refused this event for good (or it is too large to send): retrying cannot help. */
+export class KeenEventRejected extends Error {
+  override name = 'KeenEventRejected';
+  /** Keen's per-event error name, e.g. `InvalidPropertyNameError`. */
+  readonly errorName: string;
+  readonly description: string;
+
+  constructor(errorName: string, description: string) {
+    super(`Keen rejected the event: ${errorName}${description ? `: ${description}` : ''}`);
+    this.errorName = errorName;
+    this.description = description;
+  }
+}
+
+export interface KeenBatcherOptions {
+  client: { recordSerialized(batch: Record<string, string[]>): Promise<KeenBulkResults> };
+  /** Events per request: a batch is sent as soon as it has this many. */
+  maxEvents: number;
+  /** Serialized bytes per request (Keen allows 10 MB). */
+  maxBytes?: number;
+  /** How long a partial batch waits for more events after its first one. */
+  lingerMs: number;
+  /** Larger events are refused here, without a request. */
+  maxEventBytes?: number;
+  metrics?: Metrics;
+}
+
+interface Entry {
+  collection: string;
+  serialized: string;
+  resolve(): void;
+  reject(err: unknown): void;
+}
+
+interface Batch {
+  entries: Entry[];
+  bytes: number;
+  collections: Set<string>;
+  timer?: NodeJS.Timeout;
+}
+
+export class KeenBatcher {
+  readonly #client: KeenBatcherOptions['client'];
+  readonly #maxEvents: number;
+  readonly #maxBytes: number;
+  readonly #lingerMs: number;
+  readonly #maxEventBytes: number;
+  readonly #metrics: Metrics | undefined;
+  #pending: Batch | undefined;
+  readonly #inFlight = new Set<Promise<void>>();
+  /** After a 429, nothing is sent before this time; submits are refused with the 429 meanwhile. */
+  #rateLimitedUntil = 0;
+  #rateLimitError: KeenRequestError | undefined;
+  #closed = false;
+
+  constructor(options: KeenBatcherOptions) {
+    if (!(Number.isInteger(options.maxEvents) && options.maxEvents > 0)) throw new TypeError('KeenBatcher: maxEvents must be a positive integer');
+    if (!(options.lingerMs >= 0)) throw new TypeError('KeenBatcher: lingerMs must be 0 or more');
+    this.#client = options.client;
+    this.#maxEvents = options.maxEvents;
+    this.#maxBytes = options.maxBytes ?? DEFAULT_MAX_BATCH_BYTES;
+    this.#lingerMs = options.lingerMs;
+    this.#maxEventBytes = options.maxEventBytes ?? MAX_EVENT_BYTES;
+    this.#metrics = options.metrics;
+  }
+
+  /** Events waiting for their batch to be sent, and requests under way. */
+  get stats(): { pending: number; inFlight: number } {
+    return { pending: this.#pending?.entries.length ?? 0, inFlight: this.#inFlight.size };
+  }
+
+  /**
+   * Resolves once Keen has accepted the event. Rejects with KeenEventRejected when Keen refused
+   * this event, or with the KeenRequestError that failed its whole request.
+   */
+  submit(collection: string, event: KeenEvent): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error('KeenBatcher is closed'));
+    let serialized: string;
+    try {
+      serialized = JSON.stringify(event);
+    } catch (err) {
+      this.#countEvents(collection, 'rejected');
+      return Promise.reject(new KeenEventRejected('InvalidEventError', `event cannot be serialized as JSON: ${(err as Error).message}`));
+    }
+    const bytes = Buffer.byteLength(serialized);
+    if (bytes > this.#maxEventBytes) {
+      this.#countEvents(collection, 'rejected');
+      return Promise.reject(new KeenEventRejected('EventTooLargeError', `event is ${bytes} bytes serialized; Keen accepts at most ${this.#maxEventBytes}`));
+    }
+    const limited = this.#rateLimited();
+    if (limited) return Promise.reject(limited);
+
+    return new Promise<void>((resolve, reject) => {
+      const entryBytes = bytes + 1; // the comma
+      const collectionBytes = Buffer.byteLength(JSON.stringify(collection)) + 3; // "name":[ ]
+      let batch = this.#pending;
+      const added = (b: Batch) => entryBytes + (b.collections.has(collection) ? 0 : collectionBytes);
+      if (batch && batch.bytes + added(batch) > this.#maxBytes) {
+        this.#flush();
+        batch = undefined;
+      }
+      if (!batch) {
+        batch = { entries: [], bytes: 2, collections: new Set() };
+        this.#pending = batch;
+        batch.timer = setTimeout(() => this.#flush(), this.#lingerMs);
+      }
+      batch.bytes += added(batch);
+      batch.collections.add(collection);
+      batch.entries.push({ collection, serialized, resolve, reject });
+      if (batch.entries.length >= this.#maxEvents || batch.bytes >= this.#maxBytes) this.#flush();
+    });
+  }
+
+  /** Sends what is pending, then waits until no request is under way. Later submits are refused. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#flush();
+    while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
+  }
+
+  #rateLimited(): KeenRequestError | undefined {
+    const remaining = this.#rateLimitedUntil - Date.now();
+    if (remaining <= 0 || !this.#rateLimitError) return undefined;
+    const original = this.#rateLimitError;
+    return new KeenRequestError(`${original.message} (not sending for another ${remaining} ms)`, {
+      ...(original.status !== undefined ? { status: original.status } : {}),
+      ...(original.code !== undefined ? { code: original.code } : {}),
+      retryable: true,
+      retryAfterMs: remaining,
+    });
+  }
+
+  #flush(): void {
+    const batch = this.#pending;
+    if (!batch) return;
+    this.#pending = undefined;
+    clearTimeout(batch.timer);
+    const request = this.#send(batch.entries).finally(() => this.#inFlight.delete(request));
+    this.#inFlight.add(request);
+  }
+
+  async #send(entries: Entry[]): Promise<void> {
+    const limited = this.#rateLimited();
+    if (limited) {
+      for (const entry of entries) entry.reject(limited);
+      return;
+    }
+    const byCollection: Record<string, string[]> = {};
+    const owners: Record<string, Entry[]> = {};
+    for (const entry of entries) {
+      (byCollection[entry.collection] ??= []).push(entry.serialized);
+      (owners[entry.collection] ??= []).push(entry);
+    }
+    const metrics = this.#metrics;
+    metrics?.keenEventsPerRequest.observe(entries.length);
+    const started = process.hrtime.bigint();
+    const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
+
+    let results: KeenBulkResults;
+    try {
+      results = await this.#client.recordSerialized(byCollection);
+    } catch (err) {
+      if (err instanceof KeenRequestError) {
+        metrics?.keenRequestSeconds.observe({ outcome: requestOutcome(err) }, seconds());
+        metrics?.keenResponses.inc({ status: err.status !== undefined ? String(err.status) : err.code === 'ETIMEDOUT' ? 'timeout' : 'network' });
+        if (err.status === 429) {
+          const until = Date.now() + (err.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS);
+          if (until > this.#rateLimitedUntil) {
+            this.#rateLimitedUntil = until;
+            this.#rateLimitError = err;
+          }
+        }
+      } else {
+        metrics?.keenRequestSeconds.observe({ outcome: 'error' }, seconds());
+      }
+      for (const [collection, list] of Object.entries(owners)) {
+        this.#countEvents(collection, 'request_failed', list.length);
+        for (const entry of list) entry.reject(err);
+      }
+      return;
+    }
+
+    metrics?.keenRequestSeconds.observe({ outcome: 'ok' }, seconds());
+    metrics?.keenResponses.inc({ status: '200' });
+    for (const [collection, list] of Object.entries(owners)) {
+      const outcomes = results[collection] ?? [];
+      list.forEach((entry, i) => {
+        const result = outcomes[i];
+        if (result?.success) {
+          this.#countEvents(collection, 'accepted');
+          entry.resolve();
+        } else if (result) {
+          this.#countEvents(collection, 'rejected');
+          entry.reject(new KeenEventRejected(result.error.name, result.error.description));
+        } else {
+          // The client checks that every event has a result; this only guards against a bug.
+          this.#countEvents(collection, 'request_failed');
+          entry.reject(new KeenRequestError('Keen returned no result for this event', { code: 'MalformedResponse', retryable: true }));
+        }
+      });
+    }
+  }
+
+  #countEvents(collection: string, outcome: 'accepted' | 'rejected' | 'request_failed', n = 1): void {
+    this.#metrics?.keenEvents.inc({ collection, outcome }, n);
+  }
+}
+
+function requestOutcome(err: KeenRequestError): string {
+  if (err.code === 'MalformedResponse') return 'malformed';
+  if (err.status !== undefined) return 'http_error';
+  return err.code === 'ETIMEDOUT' ? 'timeout' : 'network_error';
+}

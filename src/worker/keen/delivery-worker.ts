@@ -1,0 +1,144 @@
+/**
+ * Handles the keen-delivery queue: one job per Keen event, sent in bulk through the batcher.
+ *
+ * - accepted by Keen: the job completes;
+ * - refused for good (a per-event error, or a 4xx such as 400/401/402/403/413): the event is
+ *   copied to keen-dead-letter and the job fails at once;
+ * - 429: the whole queue pauses for Keen's `Retry-After` and the job goes back to wait without
+ *   spending an attempt;
+ * - anything else (5xx, timeout, reset, unreadable answer): retried with jittered backoff, and
+ *   dead-lettered when its attempts run out.
+ *
+ * The job id is the event's `keen.uniqueness_token`, so an event Keen recorded but whose answer
+ * was lost is dropped by Keen when it is sent again.
+ */
+import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import type { DeadLetterJob, DeliveryError, KeenDeliveryJob } from '../../shared/jobs.js';
+import type { Logger } from '../../shared/logger.js';
+import type { Metrics } from '../../shared/metrics.js';
+import { JITTERED_BACKOFF, QUEUE_NAMES, jitteredBackoffDelay, type PipelineQueues } from '../../shared/queues.js';
+import { KeenEventRejected } from './batcher.js';
+import { DEFAULT_RATE_LIMIT_MS, KeenRequestError } from './client.js';
+
+export interface KeenDeliveryWorkerOptions {
+  connection: ConnectionOptions;
+  prefix: string;
+  /** `deadLetter` receives what cannot be delivered; `keen` must be this worker's queue (same prefix). */
+  queues: PipelineQueues;
+  batcher: { submit(collection: string, event: KeenDeliveryJob['event']): Promise<void> };
+  concurrency: number;
+  logger: Logger;
+  metrics?: Metrics;
+  /**
+   * How long a job's lock lasts without renewal (BullMQ renews it every half). It must outlast
+   * a batch's linger plus Keen's timeout, or a slow request would look like a crashed worker.
+   */
+  lockDurationMs?: number;
+}
+
+/** Base of the backoff when a job does not give one (JOB_OPTIONS.keen gives 1000). */
+const DEFAULT_BACKOFF_BASE_MS = 1000;
+/**
+ * Manual rate limiting only takes effect across workers when the worker has a limiter (BullMQ
+ * reads `limiter.max` to decide whether to check the limiter key). This one never limits by itself.
+ */
+const NO_LIMIT = { max: 1_000_000_000, duration: 1000 };
+
+export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Worker<KeenDeliveryJob> {
+  const { queues, batcher, logger, metrics } = options;
+  if (queues.keen.name !== QUEUE_NAMES.keen || (queues.keen.opts.prefix ?? 'bull') !== options.prefix) {
+    throw new TypeError(`createKeenDeliveryWorker: queues.keen must be the ${QUEUE_NAMES.keen} queue with prefix ${options.prefix}`);
+  }
+  /** A failed request fails every job of its batch with the same error: it is logged once. */
+  const reported = new WeakSet<object>();
+  /** One warning per rate-limit window, however many jobs it sends back to wait. */
+  let rateLimitReportedUntil = 0;
+
+  const deadLetter = async (job: Job<KeenDeliveryJob>, lastError: DeliveryError) => {
+    const record: DeadLetterJob = {
+      collection: job.data.collection,
+      event: job.data.event,
+      sourceJobId: job.id!,
+      attemptsMade: job.attemptsMade + 1,
+      lastError,
+      failedAt: new Date().toISOString(),
+    };
+    // Same id as the delivery job: a retry of this step cannot add a second dead letter.
+    await queues.deadLetter.add(job.data.collection, record, { jobId: job.id! });
+    metrics?.deadLettered.inc({ collection: job.data.collection });
+  };
+
+  const process = async (job: Job<KeenDeliveryJob>) => {
+    const { collection, event } = job.data;
+    const log = logger.child({ job_id: job.id, collection, device_id: deviceIdOf(event) });
+    try {
+      await batcher.submit(collection, event);
+    } catch (err) {
+      const attempts = job.attemptsMade + 1;
+      const lastError = toDeliveryError(err);
+
+      if (err instanceof KeenRequestError && err.status === 429) {
+        const waitMs = err.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS;
+        if (Date.now() >= rateLimitReportedUntil) {
+          rateLimitReportedUntil = Date.now() + waitMs;
+          log.warn({ retry_after_ms: waitMs }, 'Keen is rate limiting; pausing keen-delivery');
+        } else {
+          log.debug({ retry_after_ms: waitMs }, 'Keen is rate limiting; job back to wait');
+        }
+        await queues.keen.rateLimit(waitMs);
+        throw Worker.RateLimitError();
+      }
+
+      const permanent = err instanceof KeenEventRejected || (err instanceof KeenRequestError && !err.retryable);
+      const lastAttempt = attempts >= (job.opts.attempts ?? 1);
+      if (permanent || lastAttempt) {
+        await deadLetter(job, lastError);
+        log.error({ attempts, status: lastError.status, code: lastError.code, err: lastError.message }, permanent ? 'Keen refused the event; dead-lettered' : 'Keen delivery attempts exhausted; dead-lettered');
+        throw new UnrecoverableError(lastError.message);
+      }
+
+      if (!(err instanceof KeenRequestError) || !reported.has(err)) {
+        if (err instanceof KeenRequestError) reported.add(err);
+        log.warn({ attempts, status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen delivery failed; will retry');
+      } else {
+        log.debug({ attempts }, 'Keen delivery failed; will retry');
+      }
+      throw err;
+    }
+  };
+
+  const worker = new Worker<KeenDeliveryJob>(QUEUE_NAMES.keen, process, {
+    connection: options.connection,
+    prefix: options.prefix,
+    concurrency: options.concurrency,
+    // A worker killed mid-job must not turn its jobs into failures: they are simply redone,
+    // and Keen drops the copy of any event it already recorded (uniqueness token).
+    maxStalledCount: 10,
+    lockDuration: options.lockDurationMs ?? 60_000,
+    limiter: NO_LIMIT,
+    settings: {
+      backoffStrategy: (attemptsMade, type, _err, job) => {
+        if (type !== JITTERED_BACKOFF) return 0;
+        const backoff = job?.opts.backoff;
+        const base = typeof backoff === 'object' && typeof backoff.delay === 'number' ? backoff.delay : typeof backoff === 'number' ? backoff : DEFAULT_BACKOFF_BASE_MS;
+        return jitteredBackoffDelay(attemptsMade, base);
+      },
+    },
+  });
+  worker.on('completed', () => metrics?.jobsCompleted.inc({ queue: QUEUE_NAMES.keen }));
+  worker.on('failed', () => metrics?.jobsFailed.inc({ queue: QUEUE_NAMES.keen }));
+  worker.on('error', (err) => logger.error({ err: err.message }, 'keen delivery worker error'));
+  return worker;
+}
+
+function toDeliveryError(err: unknown): DeliveryError {
+  if (err instanceof KeenEventRejected) return { message: err.message, code: err.errorName };
+  if (err instanceof KeenRequestError) {
+    return { message: err.message, ...(err.status !== undefined ? { status: err.status } : {}), ...(err.code !== undefined ? { code: err.code } : {}) };
+  }
+  return { message: err instanceof Error ? err.message : String(err) };
+}
+
+function deviceIdOf(event: KeenDeliveryJob['event']): string | undefined {
+  return typeof event.device_id === 'string' ? event.device_id : undefined;
+}

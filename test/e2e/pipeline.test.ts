@@ -14,7 +14,8 @@ import { QUEUE_NAMES } from '../../src/shared/queues.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
-import { sleep, startService, waitFor, waitForLog, type ManagedProcess } from '../support/processes.js';
+import { startPipeline, type Pipeline } from '../support/pipeline.js';
+import { sleep, waitFor } from '../support/processes.js';
 
 const services = inject('services');
 const PROJECT = 'lampiproject';
@@ -26,8 +27,7 @@ describe('pipeline end to end', () => {
   const device = randomDeviceId();
   let db: TestDatabase;
   let keen: FakeKeen;
-  let subscriber: ManagedProcess;
-  let worker: ManagedProcess;
+  let pipeline: Pipeline;
   let prisma: InstanceType<typeof PrismaClient>;
   let publisher: mqtt.MqttClient;
   const published: Record<string, number> = {};
@@ -43,33 +43,20 @@ describe('pipeline end to end', () => {
   beforeAll(async () => {
     db = await createTestDatabase(services.postgres);
     keen = await startFakeKeen({ projectId: PROJECT, writeKey: WRITE_KEY });
-    const common = { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, MQTT_URL: services.mqtt, MQTT_CLIENT_ID: prefix, METRICS_PORT: '0' };
-    worker = startService('worker', {
-      ...common,
-      DATABASE_URL: db.url,
-      KEEN_API_URL: keen.url,
-      KEEN_PROJECT_ID: PROJECT,
-      KEEN_WRITE_KEY: WRITE_KEY,
-      KEEN_TIMEOUT_MS: '2000',
-    });
-    subscriber = startService('subscriber', { ...common, MQTT_SHARE_GROUP: prefix, SUBSCRIBER_CONNECTIONS: '2' });
-    await Promise.all([waitForLog(worker, 'worker ready'), waitForLog(subscriber, 'subscriber ready')]);
+    pipeline = await startPipeline({ services, prefix, databaseUrl: db.url, keen: { url: keen.url, projectId: PROJECT, writeKey: WRITE_KEY } });
     prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: db.url }) });
     publisher = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-lamp` });
   });
 
   afterEach(({ task }) => {
     // What the processes said is the first thing anyone needs when this fails.
-    if (task.result?.state === 'fail') {
-      for (const proc of [subscriber, worker]) process.stderr.write(`${proc.output().split('\n').slice(-80).join('\n')}\n`);
-    }
+    if (task.result?.state === 'fail') process.stderr.write(`${pipeline.logs()}\n`);
   });
 
   afterAll(async () => {
     await publisher?.publishAsync(`/devices/${device}/lamp/associated`, '', { qos: 1, retain: true });
     await publisher?.endAsync();
-    await subscriber?.kill('SIGKILL');
-    await worker?.kill('SIGKILL');
+    await pipeline?.kill();
     await prisma?.$disconnect();
     await keen?.close();
     await db?.drop();
@@ -125,7 +112,7 @@ describe('pipeline end to end', () => {
     const record = await waitFor('the rejection record', async () => (await rejected.getJobs(['failed', 'waiting', 'active'])).find((job) => job.data.deviceId === device));
     await rejected.close();
     expect(record.data).toMatchObject({ reason: 'invalid_json', topic: lampTopic });
-    expect(subscriber.output()).toContain('"msg":"message rejected"');
+    expect(pipeline.subscriber.output()).toContain('"msg":"message rejected"');
   });
 
   it('holds events through a Keen outage and delivers every one once Keen is back', async () => {
@@ -158,10 +145,9 @@ describe('pipeline end to end', () => {
   });
 
   it('stops both processes cleanly on SIGTERM', async () => {
-    expect(await subscriber.kill('SIGTERM')).toBe(0);
-    expect(await worker.kill('SIGTERM')).toBe(0);
-    expect(worker.output()).not.toContain(WRITE_KEY);
-    expect(subscriber.output()).not.toContain(WRITE_KEY);
+    expect(await pipeline.subscriber.kill('SIGTERM')).toBe(0);
+    expect(await pipeline.worker.kill('SIGTERM')).toBe(0);
+    expect(pipeline.logs(100_000)).not.toContain(WRITE_KEY);
   });
 
   function expectEnvelope(event: StoredEvent, topic: string) {

@@ -1,0 +1,50 @@
+/** Our two processes, started as a user starts them, wired to the test's services. */
+import type { ServiceUrls } from './services.js';
+import { startService, waitForLog, type ManagedProcess } from './processes.js';
+
+export interface PipelineOptions {
+  services: ServiceUrls;
+  prefix: string;
+  databaseUrl: string;
+  keen: { url: string; projectId: string; writeKey: string };
+  subscriberConnections?: number;
+  workerEnv?: Record<string, string>;
+}
+
+export interface Pipeline {
+  subscriber: ManagedProcess;
+  worker: ManagedProcess;
+  /** The last lines both processes printed, for a failing test's report. */
+  logs(lines?: number): string;
+  kill(): Promise<void>;
+}
+
+export async function startPipeline(options: PipelineOptions): Promise<Pipeline> {
+  const { services, prefix } = options;
+  const common = { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, MQTT_URL: services.mqtt, MQTT_CLIENT_ID: prefix, METRICS_PORT: '0' };
+  const worker = startService('worker', {
+    ...common,
+    DATABASE_URL: options.databaseUrl,
+    KEEN_API_URL: options.keen.url,
+    KEEN_PROJECT_ID: options.keen.projectId,
+    KEEN_WRITE_KEY: options.keen.writeKey,
+    KEEN_TIMEOUT_MS: '2000',
+    ...options.workerEnv,
+  });
+  const subscriber = startService('subscriber', { ...common, MQTT_SHARE_GROUP: prefix, SUBSCRIBER_CONNECTIONS: String(options.subscriberConnections ?? 2) });
+  const pipeline: Pipeline = {
+    subscriber,
+    worker,
+    logs: (lines = 80) => [subscriber, worker].map((proc) => proc.output().split('\n').slice(-lines).join('\n')).join('\n'),
+    async kill() {
+      await Promise.all([subscriber.kill('SIGKILL'), worker.kill('SIGKILL')]);
+    },
+  };
+  try {
+    await Promise.all([waitForLog(worker, 'worker ready'), waitForLog(subscriber, 'subscriber ready')]);
+  } catch (err) {
+    await pipeline.kill();
+    throw err;
+  }
+  return pipeline;
+}

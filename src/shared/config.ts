@@ -60,6 +60,15 @@ const sections = {
     KEEN_ATTEMPTS: positiveInt(12),
     KEEN_CONCURRENCY: positiveInt(1000),
   },
+  dashboard: {
+    DASHBOARD_PORT: z.coerce.number().int().min(0).max(65535).default(3000),
+    /** Bound to loopback by default; any other address needs DASHBOARD_USERNAME and DASHBOARD_PASSWORD. */
+    DASHBOARD_HOST: z.string().min(1).default('127.0.0.1'),
+    DASHBOARD_USERNAME: optionalSecret,
+    DASHBOARD_PASSWORD: optionalSecret,
+    /** true turns off every mutating action (retry, clean, remove, pause, add). */
+    DASHBOARD_READ_ONLY: z.stringbool({ error: 'must be true or false' }).default(false),
+  },
 } as const;
 
 type Sections = typeof sections;

@@ -38,6 +38,12 @@ export interface DeadLetterJob extends KeenDeliveryJob {
   attemptsMade: number;
   lastError: DeliveryError;
   failedAt: string;
+  /**
+   * Set by the dead-letter worker when it parks the job in the Failed list for an operator.
+   * A parked job that runs again was retried (Bull Board, `npm run dlq -- redrive`): it is
+   * then redriven into keen-delivery.
+   */
+  parked?: boolean;
 }
 
 /** What an operator sees of a message we refused. The payload is kept short and printable. */

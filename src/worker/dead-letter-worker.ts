@@ -1,0 +1,109 @@
+/**
+ * The dead-letter queue (keen-dead-letter) holds Keen events that failed for good. This worker
+ * gives each dead letter two lives:
+ *
+ *   1. A new dead letter is *parked*: marked `parked: true` and failed with the Keen error as
+ *      its failure reason, so it waits in the queue's Failed list, where Bull Board shows why
+ *      it failed, its attempts and the original event.
+ *   2. A parked dead letter that runs again was retried by an operator (Bull Board's Retry or
+ *      Retry all, or `npm run dlq -- redrive`): it is *redriven* into keen-delivery under its
+ *      original id, the event's `keen.uniqueness_token`, so Keen drops it if it already took it.
+ */
+import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
+import type { DeadLetterJob, KeenDeliveryJob } from '../shared/jobs.js';
+import type { Logger } from '../shared/logger.js';
+import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
+
+export interface DeadLetterWorkerOptions {
+  connection: ConnectionOptions;
+  prefix: string;
+  queues: Pick<PipelineQueues, 'keen'>;
+  logger: Logger;
+  concurrency?: number;
+}
+
+export type RedriveOutcome =
+  /** The event was added to keen-delivery (`replaced`: an old failed or completed copy was removed first). */
+  | { jobId: string; outcome: 'redriven'; replaced: boolean }
+  /** keen-delivery already has the event waiting or delayed: nothing was added. */
+  | { jobId: string; outcome: 'already-queued'; state: string };
+
+/** The failure reason a parked dead letter shows: the last error Keen delivery met. */
+export function deadLetterReason(data: DeadLetterJob): string {
+  return data.lastError?.message || 'failed for good without an error message';
+}
+
+/** The failure a parked dead letter shows (Bull Board prints its stack): Keen's error and what to do. */
+function parkingError(data: DeadLetterJob): UnrecoverableError {
+  const reason = deadLetterReason(data);
+  const error = new UnrecoverableError(reason);
+  const answer = [data.lastError?.status && `HTTP ${data.lastError.status}`, data.lastError?.code].filter(Boolean).join(', ');
+  error.stack = `${reason}\n    dead-lettered after ${data.attemptsMade} attempt${data.attemptsMade === 1 ? '' : 's'}${answer ? ` (${answer})` : ''} at ${data.failedAt}\n    Retry puts the event back into ${QUEUE_NAMES.keen} under its uniqueness token`;
+  return error;
+}
+
+export function deviceIdOf(data: KeenDeliveryJob): string | undefined {
+  const id = (data.event as { device_id?: unknown } | undefined)?.device_id;
+  return typeof id === 'string' ? id : undefined;
+}
+
+/**
+ * Puts a dead letter's event back into keen-delivery with its uniqueness token as job id. The
+ * delivery job that gave up usually still sits in keen-delivery's Failed list under that id,
+ * and BullMQ ignores an add whose id exists, so a failed (or completed) old copy is removed
+ * first. A copy that is still waiting or delayed is left alone; an active one makes the redrive
+ * fail (try again later). Safe to repeat: the id, and so Keen's deduplication, never changes.
+ */
+export async function redriveDeadLetter(keen: Queue<KeenDeliveryJob>, data: DeadLetterJob): Promise<RedriveOutcome> {
+  const jobId = data.event?.keen?.uniqueness_token;
+  if (typeof jobId !== 'string' || jobId === '') {
+    throw new Error('dead letter has no event.keen.uniqueness_token: cannot redrive it without changing its identity');
+  }
+  let replaced = false;
+  const old = await keen.getJob(jobId);
+  if (old) {
+    const state = await old.getState();
+    // An active copy may still fail and dead-letter itself, which BullMQ would ignore while
+    // this dead letter exists: leave the dead letter parked and let the operator retry later.
+    if (state === 'active') throw new Error(`${QUEUE_NAMES.keen} job ${jobId} is being delivered right now; retry the dead letter once it has finished`);
+    if (state !== 'failed' && state !== 'completed' && state !== 'unknown') return { jobId, outcome: 'already-queued', state };
+    if (state !== 'unknown') {
+      await old.remove();
+      replaced = true;
+    }
+  }
+  await keen.add(data.collection, { collection: data.collection, event: data.event }, { jobId });
+  return { jobId, outcome: 'redriven', replaced };
+}
+
+export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker<DeadLetterJob> {
+  const { queues, logger } = options;
+  const process = async (job: Job<DeadLetterJob>) => {
+    const data = job.data;
+    const log = logger.child({ job_id: job.id, device_id: deviceIdOf(data), collection: data.collection });
+    // A retried job has failed once (attemptsMade > 0; BullMQ's retry keeps the count). One
+    // marked parked by a worker that died before failing it has not, and is parked again
+    // rather than redriven without an operator.
+    if (!data.parked || job.attemptsMade === 0) {
+      if (!data.parked) await job.updateData({ ...data, parked: true });
+      log.warn({ attempts: data.attemptsMade, failed_at: data.failedAt, status: data.lastError?.status, code: data.lastError?.code, err: deadLetterReason(data) }, 'keen event dead-lettered: parked for an operator');
+      throw parkingError(data);
+    }
+    const result = await redriveDeadLetter(queues.keen, data);
+    log.info({ outcome: result.outcome, replaced: result.outcome === 'redriven' ? result.replaced : undefined }, `dead letter redriven to ${QUEUE_NAMES.keen}`);
+    return result;
+  };
+  const worker = new Worker<DeadLetterJob>(QUEUE_NAMES.deadLetter, process, {
+    connection: options.connection,
+    prefix: options.prefix,
+    concurrency: options.concurrency ?? 10,
+    maxStalledCount: 10,
+  });
+  worker.on('failed', (job, err) => {
+    // Parking is the normal path and logged above; anything else is a redrive that failed.
+    if (err instanceof UnrecoverableError || !job) return;
+    logger.error({ job_id: job.id, device_id: deviceIdOf(job.data), err: err.message }, 'dead letter redrive failed; it stays in the Failed list, retry it again');
+  });
+  worker.on('error', (err) => logger.error({ err: err.message }, 'dead-letter worker error'));
+  return worker;
+}

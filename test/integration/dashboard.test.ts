@@ -10,7 +10,7 @@ import { startDashboard, type Dashboard, type DashboardConfig } from '../../src/
 import { deviceStateEvent } from '../../src/shared/events.js';
 import type { DeadLetterJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { connectRedis, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, connectRedis, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { createDeadLetterWorker } from '../../src/worker/dead-letter-worker.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { freePort, startService, waitFor } from '../support/processes.js';
@@ -110,14 +110,16 @@ describe('dashboard', () => {
     }
   });
 
-  it('serves Bull Board with the right credentials, showing all four queues', async () => {
+  it('serves Bull Board with the right credentials, showing every queue of the pipeline', async () => {
     const page = await request(dashboard, '/', { headers: GOOD });
     expect(page.status).toBe(200);
     expect(await page.text()).toContain('<title>LAMPI ingest</title>');
     const api = await request(dashboard, '/api/queues', { headers: GOOD });
     expect(api.status).toBe(200);
     const body = (await api.json()) as { queues: Array<{ name: string; readOnlyMode: boolean; description: string }> };
-    expect(body.queues.map((q) => q.name).sort()).toEqual([QUEUE_NAMES.ingest, QUEUE_NAMES.deadLetter, QUEUE_NAMES.keen, QUEUE_NAMES.rejected].sort());
+    expect(body.queues.map((q) => q.name).sort()).toEqual(
+      [QUEUE_NAMES.ingest, ...Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n)), QUEUE_NAMES.deadLetter, QUEUE_NAMES.keen, QUEUE_NAMES.rejected].sort(),
+    );
     for (const queue of body.queues) {
       expect(queue.readOnlyMode).toBe(false);
       expect(queue.description).toContain(`Redis prefix: ${prefix}.`);
@@ -149,7 +151,7 @@ describe('dashboard', () => {
     const api = await request(readOnly, '/api/queues', { headers: GOOD });
     expect(api.status).toBe(200);
     const body = (await api.json()) as { queues: Array<{ readOnlyMode: boolean; allowRetries: boolean }> };
-    expect(body.queues).toHaveLength(4);
+    expect(body.queues).toHaveLength(4 + BRIDGE_PARTITIONS);
     for (const queue of body.queues) expect(queue).toMatchObject({ readOnlyMode: true, allowRetries: false });
 
     const id = await parkDeadLetter(queues);

@@ -16,7 +16,7 @@ import { FastifyAdapter } from '@bull-board/fastify';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { ConfigError, type Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
-import { connectRedis, openQueues, QUEUE_NAMES } from '../shared/queues.js';
+import { allQueues, connectRedis, openQueues, QUEUE_NAMES } from '../shared/queues.js';
 import { createBasicAuthCheck, isLoopback, REALM } from './auth.js';
 
 export type DashboardConfig = Config<'common' | 'dashboard'>;
@@ -62,7 +62,7 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
     const serverAdapter = new FastifyAdapter();
     serverAdapter.setBasePath('/');
     createBullBoard({
-      queues: [queues.ingest, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected].map(
+      queues: allQueues(queues).map(
         (queue) =>
           new BullMQAdapter(queue, {
             readOnlyMode,

@@ -2,6 +2,7 @@
  * Every Prometheus metric the pipeline exports, in one registry per process. Processes only
  * touch the metrics of their own stage; the rest stay at zero and are cheap.
  */
+import type { Queue } from 'bullmq';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export function createMetrics(processName: string) {
@@ -40,3 +41,15 @@ export function createMetrics(processName: string) {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+const QUEUE_STATES = ['waiting', 'active', 'delayed', 'failed', 'prioritized'] as const;
+
+/** Sets the queue depth gauges from Redis; called when metrics are scraped. */
+export async function refreshQueueDepths(metrics: Metrics, queues: Queue[]): Promise<void> {
+  await Promise.all(
+    queues.map(async (queue) => {
+      const counts = await queue.getJobCounts(...QUEUE_STATES);
+      for (const state of QUEUE_STATES) metrics.queueDepth.set({ queue: queue.name, state }, counts[state] ?? 0);
+    }),
+  );
+}

@@ -104,9 +104,14 @@ export function openQueues(connection: ConnectionOptions, prefix: string, keenAt
       return job.kind === 'bridge-state' ? queues.bridgeState[bridgePartition(job.deviceId)]! : queues.ingest;
     },
     async close() {
-      await Promise.all([queues.ingest, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected].map((queue) => queue.close()));
+      await Promise.all(allQueues(this).map((queue) => queue.close()));
     },
   };
+}
+
+/** All queues of the pipeline, for whoever reports on them. */
+export function allQueues(queues: PipelineQueues): Queue[] {
+  return [queues.ingest, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected];
 }
 
 export class StartupError extends Error {

@@ -10,7 +10,7 @@ await runService('subscriber', async () => {
   const logger = createLogger('subscriber', config.LOG_LEVEL);
   const metrics = createMetrics('subscriber');
   const subscriber = await startSubscriber(config, logger, metrics);
-  const ops = await startOpsServer({ port: config.METRICS_PORT ?? 9101, host: config.METRICS_HOST, metrics, readiness: subscriber.readiness, logger });
+  const ops = await startOpsServer({ port: config.METRICS_PORT ?? 9101, host: config.METRICS_HOST, metrics, readiness: subscriber.readiness, beforeScrape: subscriber.refreshQueueGauges, logger });
   return {
     logger,
     service: {

@@ -2,7 +2,8 @@
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { connectRedis, openQueues } from '../shared/queues.js';
+import { refreshQueueDepths } from '../shared/metrics.js';
+import { allQueues, connectRedis, openQueues } from '../shared/queues.js';
 import { Intake } from './intake.js';
 import { openSubscriberConnections } from './connections.js';
 import { RedeliveryLedger } from './redeliveries.js';
@@ -12,6 +13,8 @@ export type SubscriberConfig = Config<'common' | 'mqtt' | 'subscriber'>;
 export interface Subscriber {
   /** Each connection the subscriber needs, and whether it is up. */
   readiness(): Promise<Record<string, boolean>>;
+  /** Sets the queue depth gauges from Redis (called when metrics are scraped). */
+  refreshQueueGauges(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -54,6 +57,8 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
     async readiness() {
       return { redis: redis.status === 'ready', mqtt: clients.every((client) => client.connected) };
     },
+    // The subscriber reports depths too: with every worker stopped, it is who sees the backlog grow.
+    refreshQueueGauges: () => refreshQueueDepths(metrics, allQueues(queues)),
     async close() {
       closing = true;
       await Promise.all(inFlight);

@@ -6,8 +6,8 @@
 import type { Worker } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
-import type { Metrics } from '../shared/metrics.js';
-import { connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
+import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
+import { allQueues, connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
 import { createDeadLetterWorker } from './dead-letter-worker.js';
 import { createIngestWorkers } from './ingest-worker.js';
@@ -79,12 +79,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
         const postgres = await withTimeout(registry.ping(), 2000).then(() => true, () => false);
         return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres };
       },
-      async refreshQueueGauges() {
-        for (const queue of [queues.ingest, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected]) {
-          const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized');
-          for (const [state, count] of Object.entries(counts)) metrics.queueDepth.set({ queue: queue.name, state }, count);
-        }
-      },
+      refreshQueueGauges: () => refreshQueueDepths(metrics, allQueues(queues)),
     };
   } catch (err) {
     await closeAll();

@@ -6,6 +6,7 @@
  */
 import { Queue } from 'bullmq';
 import { PrismaPg } from '@prisma/adapter-pg';
+import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { PrismaClient } from '../../src/generated/prisma/client.js';
@@ -144,10 +145,11 @@ describe('pipeline end to end', () => {
     keen.clearFaults();
   });
 
-  it('stops both processes cleanly on SIGTERM', async () => {
+  it('stops both processes cleanly on SIGTERM, and the write key is nowhere in logs or Redis', async () => {
     expect(await pipeline.subscriber.kill('SIGTERM')).toBe(0);
     expect(await pipeline.worker.kill('SIGTERM')).toBe(0);
     expect(pipeline.logs(100_000)).not.toContain(WRITE_KEY);
+    expect(await redisText(services.redis, prefix)).not.toContain(WRITE_KEY);
   });
 
   function expectEnvelope(event: StoredEvent, topic: string) {
@@ -159,6 +161,29 @@ describe('pipeline end to end', () => {
     expect(Math.abs(Date.parse(event.keen.timestamp) - sentAt)).toBeLessThan(5000);
   }
 });
+
+/** Everything the pipeline keeps in Redis under its prefix (job data, options, errors), as text. */
+async function redisText(url: string, prefix: string): Promise<string> {
+  const redis = new Redis(url);
+  const parts: string[] = [];
+  try {
+    for await (const keys of redis.scanStream({ match: `${prefix}:*`, count: 500 }) as AsyncIterable<string[]>) {
+      for (const key of keys) {
+        const type = await redis.type(key);
+        if (type === 'hash') parts.push(JSON.stringify(await redis.hgetall(key)));
+        else if (type === 'string') parts.push((await redis.get(key)) ?? '');
+        else if (type === 'list') parts.push(...(await redis.lrange(key, 0, -1)));
+        else if (type === 'zset') parts.push(...(await redis.zrange(key, 0, -1)));
+        else if (type === 'set') parts.push(...(await redis.smembers(key)));
+        else if (type === 'stream') parts.push(JSON.stringify(await redis.xrange(key, '-', '+')));
+      }
+    }
+  } finally {
+    redis.disconnect();
+  }
+  expect(parts.length).toBeGreaterThan(10);
+  return parts.join('\n');
+}
 
 function withoutKeen(event: StoredEvent): Record<string, unknown> {
   const { keen: _keen, ...rest } = event;

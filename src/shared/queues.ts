@@ -125,8 +125,10 @@ export class StartupError extends Error {
  */
 export async function connectRedis(url: string, { connectTimeoutMs = 10_000, autoPipelining = false } = {}): Promise<Redis> {
   const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: true, enableAutoPipelining: autoPipelining });
-  redis.on('error', () => {
+  let lastError: unknown;
+  redis.on('error', (err) => {
     // Reconnection is automatic; callers watch 'ready'/'close' (health) rather than each error.
+    lastError = err;
   });
   const where = safeUrl(url);
   try {
@@ -137,7 +139,7 @@ export async function connectRedis(url: string, { connectTimeoutMs = 10_000, aut
     }
   } catch (err) {
     redis.disconnect();
-    throw new StartupError(`cannot reach Redis at REDIS_URL=${where} (${describe(err)}): start Redis or fix REDIS_URL`);
+    throw new StartupError(`cannot reach Redis at REDIS_URL=${where} (${describe(lastError ?? err)}): start Redis or fix REDIS_URL`);
   }
   return redis;
 }

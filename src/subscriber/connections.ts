@@ -9,21 +9,19 @@
  * by the first connection alone, with a plain subscription; that one also gets the retained
  * replay of every connected lamp's state after it subscribes.
  */
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
 import type { Logger } from '../shared/logger.js';
-import { safeUrl, StartupError, describe } from '../shared/queues.js';
+import { firstConnect, openMqttClient, type MqttSettings } from '../shared/mqtt.js';
+import { describe } from '../shared/queues.js';
 import { BRIDGE_STATE_TOPIC, LAMP_CHANGED_TOPICS } from '../shared/topics.js';
 import type { MqttMessage } from './intake.js';
 
 export interface SubscriberConnectionOptions {
-  url: string;
-  username?: string;
-  password?: string;
+  mqtt: MqttSettings;
   clientIdBase: string;
   shareGroup: string;
   connections: number;
   logger: Logger;
-  connectTimeoutMs?: number;
   onMessage(session: string, message: MqttMessage): Promise<void>;
 }
 
@@ -35,7 +33,7 @@ export function subscriptionsFor(index: number, shareGroup: string): string[] {
 export async function openSubscriberConnections(options: SubscriberConnectionOptions): Promise<MqttClient[]> {
   const clients = Array.from({ length: options.connections }, (_, index) => openConnection(options, index));
   try {
-    await Promise.all(clients.map((client) => firstConnect(client, options)));
+    await Promise.all(clients.map((client) => firstConnect(client, options.mqtt)));
   } catch (err) {
     await Promise.all(clients.map((client) => client.endAsync(true).catch(() => {})));
     throw err;
@@ -46,17 +44,8 @@ export async function openSubscriberConnections(options: SubscriberConnectionOpt
 function openConnection(options: SubscriberConnectionOptions, index: number): MqttClient {
   const clientId = `${options.clientIdBase}-sub-${index}`;
   const log = options.logger.child({ mqtt_client: clientId });
-  const clientOptions: IClientOptions = {
-    clientId,
-    // A persistent session: while we are away the broker queues QoS 1 messages for us.
-    clean: false,
-    protocolVersion: 4,
-    reconnectPeriod: 1000,
-    connectTimeout: options.connectTimeoutMs ?? 10_000,
-    ...(options.username ? { username: options.username } : {}),
-    ...(options.password ? { password: options.password } : {}),
-  };
-  const client = mqtt.connect(options.url, clientOptions);
+  // A persistent session: while we are away the broker queues QoS 1 messages for us.
+  const client = openMqttClient(options.mqtt, { clientId, clean: false }, options.logger);
   client.handleMessage = (packet, done) => {
     const message: MqttMessage = {
       topic: packet.topic,
@@ -82,30 +71,5 @@ function openConnection(options: SubscriberConnectionOptions, index: number): Mq
       else log.debug({ topics }, 'subscribed');
     });
   });
-  client.on('offline', () => log.warn('MQTT connection lost; reconnecting'));
-  client.on('error', (err) => log.error({ err: describe(err) }, 'MQTT error'));
   return client;
-}
-
-function firstConnect(client: MqttClient, options: SubscriberConnectionOptions): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const where = `MQTT_URL=${safeUrl(options.url)}`;
-    const timer = setTimeout(
-      () => reject(new StartupError(`cannot reach the MQTT broker at ${where} (no answer in ${options.connectTimeoutMs ?? 10_000} ms): start it or fix MQTT_URL`)),
-      options.connectTimeoutMs ?? 10_000,
-    );
-    client.once('connect', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    client.once('error', (err) => {
-      clearTimeout(timer);
-      const code = (err as { code?: number | string }).code;
-      if (code === 4 || code === 5 || code === 134 || code === 135) {
-        reject(new StartupError(`the MQTT broker at ${where} refused our credentials: check MQTT_USERNAME and MQTT_PASSWORD`));
-      } else {
-        reject(new StartupError(`cannot reach the MQTT broker at ${where} (${describe(err)}): start it or fix MQTT_URL`));
-      }
-    });
-  });
 }

@@ -3,6 +3,7 @@ import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { refreshQueueDepths } from '../shared/metrics.js';
+import { mqttSettings } from '../shared/mqtt.js';
 import { allQueues, connectRedis, openQueues } from '../shared/queues.js';
 import { Intake } from './intake.js';
 import { openSubscriberConnections } from './connections.js';
@@ -37,9 +38,7 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
   let clients;
   try {
     clients = await openSubscriberConnections({
-      url: config.MQTT_URL,
-      ...(config.MQTT_USERNAME ? { username: config.MQTT_USERNAME } : {}),
-      ...(config.MQTT_PASSWORD ? { password: config.MQTT_PASSWORD } : {}),
+      mqtt: mqttSettings(config),
       clientIdBase: config.MQTT_CLIENT_ID,
       shareGroup: config.MQTT_SHARE_GROUP,
       connections: config.SUBSCRIBER_CONNECTIONS,

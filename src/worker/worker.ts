@@ -7,6 +7,7 @@ import type { Worker } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
+import { mqttSettings } from '../shared/mqtt.js';
 import { allQueues, connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
 import { createDeadLetterWorker } from './dead-letter-worker.js';
@@ -39,13 +40,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     cleanups.push(() => redis.quit());
     const queues = openQueues(redis, config.QUEUE_PREFIX, config.KEEN_ATTEMPTS);
     cleanups.push(() => queues.close());
-    const publisher = await AssociationPublisher.connect({
-      url: config.MQTT_URL,
-      ...(config.MQTT_USERNAME ? { username: config.MQTT_USERNAME } : {}),
-      ...(config.MQTT_PASSWORD ? { password: config.MQTT_PASSWORD } : {}),
-      clientIdBase: config.MQTT_CLIENT_ID,
-      logger,
-    });
+    const publisher = await AssociationPublisher.connect(mqttSettings(config), config.MQTT_CLIENT_ID, logger);
     cleanups.push(() => publisher.close());
 
     const batcher = new KeenBatcher({

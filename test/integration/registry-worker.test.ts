@@ -34,7 +34,7 @@ describe('registry worker', () => {
     const workers: Worker[] = [];
     for (let i = 0; i < count; i++) {
       const registry = new DeviceRegistry({ databaseUrl: db.url, defaultUser: DEFAULT_USER, poolSize: 4 });
-      const publisher = await AssociationPublisher.connect({ url: services.mqtt, clientIdBase: `${prefix}-${i}`, logger });
+      const publisher = await AssociationPublisher.connect({ url: services.mqtt }, `${prefix}-${i}`, logger);
       const started = await createIngestWorkers({ connection: redis, prefix, queues, registry, publisher, defaultUser: DEFAULT_USER, concurrency, logger, metrics: createMetrics('t'), unknownDeviceAttempts: 3 });
       workers.push(...started);
       stops.push(async () => {

@@ -18,9 +18,9 @@
  */
 import type { Job } from 'bullmq';
 import { ConfigError, loadConfig } from '../shared/config.js';
-import type { DeadLetterJob } from '../shared/jobs.js';
+import { deviceIdOf, type DeadLetterJob } from '../shared/jobs.js';
 import { connectRedis, openQueues, QUEUE_NAMES, StartupError, type PipelineQueues } from '../shared/queues.js';
-import { deadLetterReason, deviceIdOf } from '../worker/dead-letter-worker.js';
+import { deadLetterReason } from '../worker/dead-letter-worker.js';
 
 const USAGE = 'usage: npm run dlq -- list | redrive [--wait <duration>] (--all | <job id>...) | purge --older-than <duration, e.g. 7d, 12h, 30m>';
 

@@ -57,3 +57,9 @@ export interface RejectedMessageJob {
   payloadHead: string;
   receivedAt: string;
 }
+
+/** The lamp a Keen delivery (or dead letter) is about, for log lines and listings. */
+export function deviceIdOf(job: KeenDeliveryJob): string | undefined {
+  const id = (job.event as { device_id?: unknown } | undefined)?.device_id;
+  return typeof id === 'string' ? id : undefined;
+}

@@ -47,6 +47,17 @@ export function jitteredBackoffDelay(attemptsMade: number, baseMs: number, rando
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
 
+/**
+ * The Worker `settings.backoffStrategy` for jobs with `backoff: { type: JITTERED_BACKOFF, delay }`;
+ * `delay` is the base of the exponential.
+ */
+export function jitteredBackoff(attemptsMade: number, type?: string, _err?: Error, job?: { opts: { backoff?: number | { delay?: number } } }): number {
+  if (type !== JITTERED_BACKOFF) return 0;
+  const backoff = job?.opts.backoff;
+  const base = typeof backoff === 'object' ? (backoff.delay ?? 1000) : (backoff ?? 1000);
+  return jitteredBackoffDelay(attemptsMade, base);
+}
+
 const DAY_S = 24 * 3600;
 
 export const JOB_OPTIONS = {

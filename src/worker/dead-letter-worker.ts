@@ -10,7 +10,7 @@
  *      original id, the event's `keen.uniqueness_token`, so Keen drops it if it already took it.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
-import type { DeadLetterJob, KeenDeliveryJob } from '../shared/jobs.js';
+import { deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 
@@ -40,11 +40,6 @@ function parkingError(data: DeadLetterJob): UnrecoverableError {
   const answer = [data.lastError?.status && `HTTP ${data.lastError.status}`, data.lastError?.code].filter(Boolean).join(', ');
   error.stack = `${reason}\n    dead-lettered after ${data.attemptsMade} attempt${data.attemptsMade === 1 ? '' : 's'}${answer ? ` (${answer})` : ''} at ${data.failedAt}\n    Retry puts the event back into ${QUEUE_NAMES.keen} under its uniqueness token`;
   return error;
-}
-
-export function deviceIdOf(data: KeenDeliveryJob): string | undefined {
-  const id = (data.event as { device_id?: unknown } | undefined)?.device_id;
-  return typeof id === 'string' ? id : undefined;
 }
 
 /**

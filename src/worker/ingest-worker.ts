@@ -8,7 +8,7 @@ import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessTok
 import type { IngestJob, RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { JITTERED_BACKOFF, jitteredBackoffDelay, type PipelineQueues } from '../shared/queues.js';
+import { jitteredBackoff, type PipelineQueues } from '../shared/queues.js';
 import type { AssociationPublisher } from './association-publisher.js';
 import type { DeviceRegistry } from './registry/registry.js';
 
@@ -95,10 +95,10 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
   };
 
   const settings = {
-    backoffStrategy: (attemptsMade: number, type?: string, err?: Error) => {
-      if (type !== JITTERED_BACKOFF) return 0;
+    backoffStrategy: (...args: Parameters<typeof jitteredBackoff>) => {
+      const [attemptsMade, , err] = args;
       // An early lamp state waits a little for its activation; outages back off further.
-      return err instanceof DeviceNotRegisteredYet ? Math.min(500 * 2 ** attemptsMade, 10_000) : jitteredBackoffDelay(attemptsMade, 500);
+      return err instanceof DeviceNotRegisteredYet ? Math.min(500 * 2 ** attemptsMade, 10_000) : jitteredBackoff(...args);
     },
   };
   const start = (queue: Queue<IngestJob>, concurrency: number) => {

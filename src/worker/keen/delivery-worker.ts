@@ -13,10 +13,10 @@
  * was lost is dropped by Keen when it is sent again.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import type { DeadLetterJob, DeliveryError, KeenDeliveryJob } from '../../shared/jobs.js';
+import { deviceIdOf, type DeadLetterJob, type DeliveryError, type KeenDeliveryJob } from '../../shared/jobs.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
-import { JITTERED_BACKOFF, QUEUE_NAMES, jitteredBackoffDelay, type PipelineQueues } from '../../shared/queues.js';
+import { QUEUE_NAMES, jitteredBackoff, type PipelineQueues } from '../../shared/queues.js';
 import { KeenEventRejected } from './batcher.js';
 import { DEFAULT_RATE_LIMIT_MS, KeenRequestError } from './client.js';
 
@@ -36,8 +36,6 @@ export interface KeenDeliveryWorkerOptions {
   lockDurationMs?: number;
 }
 
-/** Base of the backoff when a job does not give one (JOB_OPTIONS.keen gives 1000). */
-const DEFAULT_BACKOFF_BASE_MS = 1000;
 /**
  * Manual rate limiting only takes effect across workers when the worker has a limiter (BullMQ
  * reads `limiter.max` to decide whether to check the limiter key). This one never limits by itself.
@@ -70,7 +68,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
 
   const process = async (job: Job<KeenDeliveryJob>) => {
     const { collection, event } = job.data;
-    const log = logger.child({ job_id: job.id, collection, device_id: deviceIdOf(event) });
+    const log = logger.child({ job_id: job.id, collection, device_id: deviceIdOf(job.data) });
     try {
       await batcher.submit(collection, event);
     } catch (err) {
@@ -116,14 +114,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
     maxStalledCount: 10,
     lockDuration: options.lockDurationMs ?? 60_000,
     limiter: NO_LIMIT,
-    settings: {
-      backoffStrategy: (attemptsMade, type, _err, job) => {
-        if (type !== JITTERED_BACKOFF) return 0;
-        const backoff = job?.opts.backoff;
-        const base = typeof backoff === 'object' && typeof backoff.delay === 'number' ? backoff.delay : typeof backoff === 'number' ? backoff : DEFAULT_BACKOFF_BASE_MS;
-        return jitteredBackoffDelay(attemptsMade, base);
-      },
-    },
+    settings: { backoffStrategy: jitteredBackoff },
   });
   worker.on('completed', () => metrics?.jobsCompleted.inc({ queue: QUEUE_NAMES.keen }));
   worker.on('failed', () => metrics?.jobsFailed.inc({ queue: QUEUE_NAMES.keen }));
@@ -137,8 +128,4 @@ function toDeliveryError(err: unknown): DeliveryError {
     return { message: err.message, ...(err.status !== undefined ? { status: err.status } : {}), ...(err.code !== undefined ? { code: err.code } : {}) };
   }
   return { message: err instanceof Error ? err.message : String(err) };
-}
-
-function deviceIdOf(event: KeenDeliveryJob['event']): string | undefined {
-  return typeof event.device_id === 'string' ? event.device_id : undefined;
 }

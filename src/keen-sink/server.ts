@@ -15,6 +15,7 @@ import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from '../shared/logger.js';
 import { describe, safeUrl, StartupError } from '../shared/queues.js';
+import { ensureDatabase } from '../migrate/database.js';
 import { applyMigrations, MigrationError } from '../migrate/runner.js';
 import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
 import { isAnalysis, parseQuery, QueryError, runQuery } from './query.js';
@@ -97,7 +98,8 @@ function keyMatches(given: string | undefined, expected: string): boolean {
 export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink> {
   const { logger } = options;
   const where = `KEEN_SINK_DATABASE_URL=${safeUrl(options.databaseUrl)}`;
-  await ensureDatabase(options.databaseUrl, where, logger);
+  const created = await ensureDatabase(options.databaseUrl, 'KEEN_SINK_DATABASE_URL');
+  if (created) logger.info({ database: created }, 'database did not exist: created it');
   try {
     const result = await applyMigrations({ databaseUrl: options.databaseUrl, directory: MIGRATIONS, table: MIGRATIONS_TABLE });
     for (const name of result.applied) logger.info({ migration: name }, 'applied migration');
@@ -295,56 +297,3 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
 
 const duplicateMessage = 'An event with this keen.uniqueness_token was already recorded in this collection within 31 days; this one was not stored again.';
 
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET']);
-
-/**
- * keen-sink may be given a database of its own that does not exist yet: it is created, as
- * `npm run migrate` does for the registry's. Other connection problems become one line.
- */
-async function ensureDatabase(url: string, where: string, logger: Logger): Promise<void> {
-  const attempt = async (target: string) => {
-    const client = new pg.Client({ connectionString: target, connectionTimeoutMillis: 10_000 });
-    client.on('error', () => {});
-    try {
-      await client.connect();
-      return client;
-    } catch (err) {
-      await client.end().catch(() => {});
-      throw err;
-    }
-  };
-  const problem = (err: unknown): StartupError => {
-    const code = (err as { code?: string }).code;
-    if ((code && UNREACHABLE.has(code)) || err instanceof AggregateError || /timeout/i.test((err as Error).message ?? '')) {
-      return new StartupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix KEEN_SINK_DATABASE_URL`);
-    }
-    if (code === '28P01' || code === '28000') return new StartupError(`PostgreSQL refused the login at ${where} (${code}): fix the user or password in KEEN_SINK_DATABASE_URL`);
-    return new StartupError(`cannot connect to PostgreSQL at ${where} (${code ?? describe(err)}: ${(err as Error).message?.replace(/\s+/g, ' ')})`);
-  };
-  try {
-    const client = await attempt(url);
-    await client.end().catch(() => {});
-    return;
-  } catch (err) {
-    if ((err as { code?: string }).code !== '3D000') throw problem(err);
-  }
-  const parsed = new URL(url);
-  const database = decodeURIComponent(parsed.pathname.replace(/^\//, ''));
-  parsed.pathname = '/postgres';
-  let admin: pg.Client;
-  try {
-    admin = await attempt(parsed.toString());
-  } catch (err) {
-    throw new StartupError(`database "${database}" does not exist at ${where} and could not be created (${describe(err)}): create it (createdb ${database}) or fix KEEN_SINK_DATABASE_URL`);
-  }
-  try {
-    await admin.query(`CREATE DATABASE "${database.replaceAll('"', '""')}"`);
-    logger.info({ database }, 'database did not exist: created it');
-  } catch (err) {
-    if ((err as { code?: string }).code !== '42P04') {
-      throw new StartupError(`database "${database}" does not exist at ${where} and could not be created (${(err as Error).message}): create it (createdb ${database}) or fix KEEN_SINK_DATABASE_URL`);
-    }
-  } finally {
-    await admin.end().catch(() => {});
-  }
-}

@@ -1,0 +1,116 @@
+/**
+ * Reaching the database a process was given, and creating it when it does not exist yet (as
+ * `prisma migrate deploy` does), with one line that says what to do when that fails. Used by
+ * `npm run migrate` for the registry and by keen-sink for its store.
+ */
+import pg from 'pg';
+import { describe, safeUrl, StartupError } from '../shared/queues.js';
+
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/** A failure the user can act on; the message is the whole line. */
+export class DatabaseSetupError extends StartupError {
+  override name = 'DatabaseSetupError';
+}
+
+/** Connection-level errors: the server is not there (or not answering) at all. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'EPIPE']);
+
+export function pgCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** DATABASE_URL for printing: the password (in the authority or as `?password=`) masked. */
+export function shown(url: string): string {
+  const masked = safeUrl(url);
+  try {
+    const parsed = new URL(masked);
+    if (parsed.searchParams.has('password')) parsed.searchParams.set('password', '***');
+    return parsed.toString();
+  } catch {
+    return masked;
+  }
+}
+
+export function oneLine(text: string): string {
+  return text.replace(/\s+/g, ' ').trim();
+}
+
+/** Turns an error from connecting with `url` into a line that says what to do. */
+export function connectionProblem(err: unknown, url: string, setting = 'DATABASE_URL'): DatabaseSetupError | undefined {
+  const where = `${setting}=${shown(url)}`;
+  const code = pgCode(err);
+  const message = err instanceof Error ? err.message : String(err);
+  if ((code && UNREACHABLE.has(code)) || /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError) {
+    return new DatabaseSetupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix ${setting}`);
+  }
+  if (code === '28P01' || code === '28000') {
+    return new DatabaseSetupError(`PostgreSQL refused the login at ${where} (${code} ${oneLine(message)}): fix the user or password in ${setting}`);
+  }
+  if (code === '57P03') {
+    return new DatabaseSetupError(`PostgreSQL at ${where} is still starting up (57P03): wait for it to accept connections, then run migrate again`);
+  }
+  if (/SSL|certificate/i.test(message)) {
+    return new DatabaseSetupError(`TLS problem connecting to ${where} (${oneLine(message)}): fix sslmode in ${setting}`);
+  }
+  return undefined;
+}
+
+async function connect(url: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
+  client.on('error', () => {
+    // A dropped connection surfaces as the failing query's error.
+  });
+  try {
+    await client.connect();
+    return client;
+  } catch (err) {
+    await client.end().catch(() => {});
+    throw err;
+  }
+}
+
+/** Makes sure the database named in `url` exists; returns its name if it had to be created. */
+export async function ensureDatabase(url: string, setting = 'DATABASE_URL'): Promise<string | undefined> {
+  try {
+    const client = await connect(url);
+    await client.end().catch(() => {});
+    return undefined;
+  } catch (err) {
+    if (pgCode(err) !== '3D000') throw connectionProblem(err, url, setting) ?? err;
+  }
+  const parsed = new URL(url);
+  const database = decodeURIComponent(parsed.pathname.replace(/^\//, ''));
+  const where = `${setting}=${shown(url)}`;
+  // Same server and credentials, PostgreSQL's maintenance database (template1 if there is none).
+  let admin: pg.Client | undefined;
+  let lastError: unknown;
+  for (const maintenance of ['postgres', 'template1']) {
+    parsed.pathname = `/${maintenance}`;
+    try {
+      admin = await connect(parsed.toString());
+      break;
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  if (!admin) {
+    throw new DatabaseSetupError(
+      `database "${database}" does not exist at ${where} and no maintenance database could be opened to create it (${describe(lastError)}): create it (createdb ${database}) or fix ${setting}`,
+    );
+  }
+  try {
+    await admin.query(`CREATE DATABASE "${database.replaceAll('"', '""')}"`);
+    return database;
+  } catch (err) {
+    // 42P04 (or 23505 when both CREATE at the same instant): a concurrent migrate created it meanwhile.
+    if (pgCode(err) === '42P04' || pgCode(err) === '23505') return undefined;
+    throw new DatabaseSetupError(
+      `database "${database}" does not exist at ${where} and could not be created (${pgCode(err) ?? ''} ${oneLine((err as Error).message)}): create it (createdb ${database}) or fix ${setting}`,
+    );
+  } finally {
+    await admin.end().catch(() => {});
+  }
+}
+

@@ -16,7 +16,7 @@ import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { startPipeline, type Pipeline } from '../support/pipeline.js';
-import { sleep, waitFor } from '../support/processes.js';
+import { scrapeMetrics, sleep, waitFor } from '../support/processes.js';
 
 const services = inject('services');
 const PROJECT = 'lampiproject';
@@ -145,7 +145,10 @@ describe('pipeline end to end', () => {
     keen.clearFaults();
   });
 
-  it('stops both processes cleanly on SIGTERM, and the write key is nowhere in logs or Redis', async () => {
+  it('stops both processes cleanly on SIGTERM, and the write key is nowhere in logs, metrics or Redis', async () => {
+    const metrics = (await Promise.all([pipeline.subscriber, pipeline.worker].map(scrapeMetrics))).join('\n');
+    expect(metrics).toContain('lampi_keen_events_total');
+    expect(metrics).not.toContain(WRITE_KEY);
     expect(await pipeline.subscriber.kill('SIGTERM')).toBe(0);
     expect(await pipeline.worker.kill('SIGTERM')).toBe(0);
     expect(pipeline.logs(100_000)).not.toContain(WRITE_KEY);

@@ -8,7 +8,7 @@ import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { startPipeline, type Pipeline } from '../support/pipeline.js';
-import { sleep, startService, waitFor, waitForLog, type ManagedProcess } from '../support/processes.js';
+import { scrapeMetrics, sleep, startService, waitFor, waitForLog, type ManagedProcess } from '../support/processes.js';
 
 const services = inject('services');
 
@@ -75,9 +75,7 @@ describe('two subscriber replicas', () => {
 
 /** The subscriber's own count of enqueued messages, from its /metrics. */
 async function enqueuedByKind(proc: ManagedProcess): Promise<Record<string, number>> {
-  const port = /"port":(\d+),[^\n]*"msg":"serving \/metrics/.exec(proc.output())?.[1];
-  expect(port).toBeDefined();
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const text = await scrapeMetrics(proc);
   const counts: Record<string, number> = {};
   for (const [, kind, value] of text.matchAll(/^lampi_messages_enqueued_total\{kind="([^"]+)"[^}]*\} (\d+)$/gm)) counts[kind!] = Number(value);
   return counts;

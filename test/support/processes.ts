@@ -131,3 +131,11 @@ export function startService(name: 'subscriber' | 'worker' | 'migrate' | 'keen-s
 export function waitForLog(proc: ManagedProcess, msg: string, timeoutMs = 20_000): Promise<void> {
   return waitFor(`"${msg}" in the log`, () => proc.output().includes(`"msg":"${msg}"`) || (proc.child.exitCode !== null ? Promise.reject(new Error(`process exited:\n${proc.output()}`)) : false), timeoutMs, 50).then(() => {});
 }
+
+/** What a process started with METRICS_PORT=0 serves on /metrics (the port is read from its log). */
+export async function scrapeMetrics(proc: ManagedProcess): Promise<string> {
+  const port = /"port":(\d+),[^\n]*"msg":"serving \/metrics/.exec(proc.output())?.[1];
+  if (!port) throw new Error('the process has not logged its metrics port');
+  const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+  return response.text();
+}

@@ -26,6 +26,11 @@ export function openMqttClient(settings: MqttSettings, session: { clientId: stri
     clean: session.clean,
     protocolVersion: 4,
     reconnectPeriod: 1000,
+    // With the default (true), MQTT.js silently drops a SUBSCRIBE for a topic it subscribed
+    // before when the broker says the session is present. Mosquitto 2.0 restores a session
+    // after a restart but not its `$share/...` subscriptions, so the subscriber's own
+    // re-subscribe on 'connect' must really be sent (RELIABILITY.md, broker restart).
+    resubscribe: false,
     connectTimeout: settings.connectTimeoutMs ?? 10_000,
     ...(settings.username ? { username: settings.username } : {}),
     ...(settings.password ? { password: settings.password } : {}),

@@ -1,0 +1,731 @@
+/**
+ * `npm run bench`: the whole pipeline measured as a user runs it (issue 5).
+ *
+ *   npm run bench                          every scenario, full length (about 15-20 minutes)
+ *   npm run bench -- --quick               small counts, correctness only (CI smoke check, < 2 min)
+ *   npm run bench -- --scenario latency    one scenario (repeat, or comma-separate, for several)
+ *   npm run bench -- --scenario throughput --workers 1 --duration 30 --profile
+ *
+ * Scenarios: yardstick-direct, yardstick-queue, throughput, latency, activations, backlog.
+ * Options: --duration <s> (throughput and yardsticks, default 60), --workers <list> (default
+ * 1,2,4), --lamps <n>, --window <n> (events in flight at max load), --backlog <n>,
+ * --activations <n>, --rates <list>, --latency-duration <s>, --profile (CPU profiles of our
+ * subscriber and workers in every scenario, summarised), --env KEY=VALUE (extra
+ * environment for our subscriber and workers, repeatable), --no-write.
+ *
+ * Each scenario gets its own Mosquitto (the compose settings that matter: max_queued_messages
+ * 1000000, set_tcp_nodelay true), a queue prefix of its own on the local Redis (REDIS_URL, or
+ * BENCH_REDIS_URL), a scratch database on the local PostgreSQL (BENCH_DATABASE_ADMIN_URL,
+ * TEST_DATABASE_ADMIN_URL, or postgres@127.0.0.1), migrated with src/migrate/runner.ts, and the
+ * Keen recorder (bench/keen-recorder.ts). Our subscriber and worker run as `npm run` runs them,
+ * as their own processes. The fleet (bench/fleet.ts) is a process of its own.
+ *
+ * "Max load" is a closed loop: the fleet keeps `--window` events published and not yet accepted
+ * by Keen, so the pipeline never waits for work, and the broker's queue (and our latency) stays
+ * bounded. Throughput is events / (last event accepted by Keen - first publish).
+ *
+ * Every run checks its own result: every published lamp state accepted by Keen exactly once (by
+ * uniqueness token, and by the sequence number in its payload). A scenario that loses or
+ * duplicates events reports FAILURE instead of a speed, and the bench exits 1.
+ *
+ * Prints one table and appends it, with details, to bench/results/<YYYY-MM-DD>.md.
+ */
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import mqtt from 'mqtt';
+import { ROOT, sleep } from '../test/support/processes.js';
+import { lampId, type PublishReport } from './fleet.js';
+import { cpuBetween, loadAverage, systemCpu } from './lib/procs.js';
+import { BenchFailure, cleanupAll, KEEN_PROJECT, KEEN_WRITE_KEY, stop, Stack, startBenchProcess, waitForLine, waitProgress, type BenchServices } from './lib/stack.js';
+import { formatSummary, summarize } from './profile-summary.js';
+import type { KeenRecorder } from './keen-recorder.js';
+import type { DrainReply } from './yardstick-queue.js';
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+const SCENARIOS = ['yardstick-direct', 'yardstick-queue', 'throughput', 'latency', 'activations', 'backlog'] as const;
+type ScenarioName = (typeof SCENARIOS)[number];
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    scenario: { type: 'string', multiple: true },
+    duration: { type: 'string' },
+    workers: { type: 'string' },
+    lamps: { type: 'string' },
+    window: { type: 'string' },
+    backlog: { type: 'string' },
+    activations: { type: 'string' },
+    rates: { type: 'string' },
+    'latency-duration': { type: 'string' },
+    profile: { type: 'boolean', default: false },
+    env: { type: 'string', multiple: true },
+    'no-write': { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (args.help) {
+  const doc = /\/\*\*([\s\S]*?)\*\//.exec((await import('node:fs')).readFileSync(new URL(import.meta.url), 'utf8'))?.[1] ?? '';
+  process.stdout.write(`${doc.replace(/^ \* ?/gm, '')}\n`);
+  process.exit(0);
+}
+
+const quick = args.quick;
+const list = (value: string | undefined, fallback: number[]) => (value ? value.split(',').map((v) => Number(v.trim())) : fallback);
+const num = (value: string | undefined, fallback: number) => (value !== undefined ? Number(value) : fallback);
+const P = {
+  lamps: num(args.lamps, quick ? 50 : 1000),
+  durationS: num(args.duration, quick ? 4 : 60),
+  workers: list(args.workers, quick ? [1, 2] : [1, 2, 4]),
+  window: num(args.window, quick ? 2000 : 10_000),
+  rates: list(args.rates, quick ? [500, 2000] : [500, 2000, 5000]),
+  latencyS: num(args['latency-duration'], quick ? 2 : 20),
+  warmupS: quick ? 0.5 : 2,
+  backlog: num(args.backlog, quick ? 5000 : 1_000_000),
+  activations: num(args.activations, quick ? 300 : 10_000),
+  stallMs: quick ? 30_000 : 60_000,
+  graceMs: quick ? 300 : 1500,
+  validateEvery: quick ? 1 : 64,
+};
+for (const [key, value] of Object.entries(P)) {
+  const bad = Array.isArray(value) ? value.some((v) => !(v > 0)) : !(value > 0);
+  if (bad) {
+    process.stderr.write(`bench: invalid --${key}\n`);
+    process.exit(2);
+  }
+}
+const chosen: ScenarioName[] = (args.scenario ?? []).flatMap((s) => s.split(',')).map((s) => s.trim()) as ScenarioName[];
+for (const name of chosen) {
+  if (!SCENARIOS.includes(name)) {
+    process.stderr.write(`bench: unknown scenario ${name}; one of ${SCENARIOS.join(', ')}\n`);
+    process.exit(2);
+  }
+}
+const scenarios = chosen.length > 0 ? SCENARIOS.filter((s) => chosen.includes(s)) : [...SCENARIOS];
+const extraEnv = Object.fromEntries((args.env ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+
+const services: BenchServices = {
+  redisUrl: process.env.BENCH_REDIS_URL ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+  databaseAdminUrl: process.env.BENCH_DATABASE_ADMIN_URL ?? process.env.TEST_DATABASE_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres',
+};
+const profileDir = args.profile ? mkdtempSync(path.join(tmpdir(), 'lampi-bench-profiles-')) : undefined;
+
+// ---------------------------------------------------------------------------------------------
+// Results
+// ---------------------------------------------------------------------------------------------
+
+interface Outcome {
+  scenario: string;
+  ok: boolean;
+  failure?: string;
+  /** Figures other scenarios and the table read. */
+  data: Record<string, number>;
+  details: string[];
+}
+
+const outcomes: Outcome[] = [];
+const log = (line: string) => process.stdout.write(`${line}\n`);
+const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '-');
+const mb = (bytes: number | undefined) => (bytes === undefined ? '-' : `${fmt(bytes / 1024 / 1024)} MB`);
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+interface Latency {
+  n: number;
+  p50: number;
+  p95: number;
+  p99: number;
+  max: number;
+  /** publish → subscriber receipt (keen.timestamp), p50 / p99. */
+  toSubscriber: [number, number];
+  /** subscriber receipt → Keen accepted, p50 / p99. */
+  toKeen: [number, number];
+}
+
+function latencyOf(recorder: KeenRecorder, from: number, to: number, publishedAfter: number): Latency {
+  const { seqs } = recorder;
+  const e2e: number[] = [];
+  const toSub: number[] = [];
+  const toKeen: number[] = [];
+  for (let seq = from; seq < Math.min(to, seqs.size); seq++) {
+    if (seqs.count[seq] === 0) continue;
+    const published = seqs.publishedAt[seq]!;
+    if (!(published >= publishedAfter)) continue;
+    e2e.push(seqs.acceptedAt[seq]! - published);
+    toSub.push(seqs.receivedAt[seq]! - published);
+    toKeen.push(seqs.acceptedAt[seq]! - seqs.receivedAt[seq]!);
+  }
+  const sorted = (values: number[]) => Float64Array.from(values.filter(Number.isFinite)).sort();
+  const all = sorted(e2e);
+  const sub = sorted(toSub);
+  const keen = sorted(toKeen);
+  return {
+    n: all.length,
+    p50: percentile(all, 50),
+    p95: percentile(all, 95),
+    p99: percentile(all, 99),
+    max: all.length ? all[all.length - 1]! : NaN,
+    toSubscriber: [percentile(sub, 50), percentile(sub, 99)],
+    toKeen: [percentile(keen, 50), percentile(keen, 99)],
+  };
+}
+
+interface SeqCheck {
+  missing: number;
+  duplicated: number;
+  examples: number[];
+}
+
+function checkSeqs(recorder: KeenRecorder, from: number, to: number): SeqCheck {
+  const { seqs } = recorder;
+  seqs.ensure(to);
+  const result: SeqCheck = { missing: 0, duplicated: 0, examples: [] };
+  for (let seq = from; seq < to; seq++) {
+    const count = seqs.count[seq]!;
+    if (count === 1) continue;
+    if (count === 0) result.missing += 1;
+    else result.duplicated += 1;
+    if (result.examples.length < 10) result.examples.push(seq);
+  }
+  return result;
+}
+
+function describeLoss(what: string, published: number, accepted: number, check: SeqCheck, extra = ''): string {
+  return `${what}: ${fmt(published)} published, ${fmt(accepted)} accepted by Keen; ${fmt(check.missing)} missing, ${fmt(check.duplicated)} duplicated${check.examples.length ? ` (seq ${check.examples.join(', ')})` : ''}${extra}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lamp-state phases
+// ---------------------------------------------------------------------------------------------
+
+interface Phase {
+  report: PublishReport;
+  accepted: number;
+  check: SeqCheck;
+  lastAcceptedAt: number;
+  /** events/s from first publish to last event accepted. */
+  throughput: number;
+  drained: boolean;
+  requests: number;
+  seqStart: number;
+}
+
+/** Publishes lamp states through a stack whose downstream is the Keen recorder, and checks them. */
+async function lampStatePhase(stack: Stack, options: { seqStart: number; count?: number; durationMs?: number; rate?: number; window?: number }): Promise<Phase> {
+  const recorder = stack.recorder;
+  const base = recorder.lampStates;
+  const requestsBefore = recorder.counters.requests;
+  const duplicatesBefore = recorder.seqDuplicates;
+  const report = await stack.fleet.states({ ...options, lamps: P.lamps }, () => recorder.lampStates - base);
+  const drained = await waitProgress(() => recorder.lampStates - base, report.published, P.stallMs, stack.running);
+  await sleep(P.graceMs); // late duplicates, if any, show up here
+  const to = options.seqStart + report.published;
+  const check = checkSeqs(recorder, options.seqStart, to);
+  let lastAcceptedAt = 0;
+  for (let seq = options.seqStart; seq < Math.min(to, recorder.seqs.size); seq++) {
+    if (recorder.seqs.count[seq]! > 0) lastAcceptedAt = Math.max(lastAcceptedAt, recorder.seqs.acceptedAt[seq]!);
+  }
+  const accepted = recorder.lampStates - base;
+  const extra = accepted - (report.published - check.missing) - (recorder.seqDuplicates - duplicatesBefore);
+  if (extra !== 0) check.duplicated += Math.abs(extra);
+  return {
+    report,
+    accepted,
+    check,
+    lastAcceptedAt,
+    throughput: (report.published / (lastAcceptedAt - report.firstAt)) * 1000,
+    drained,
+    requests: recorder.counters.requests - requestsBefore,
+    seqStart: options.seqStart,
+  };
+}
+
+function phaseOk(phase: Phase, recorder: KeenRecorder): string | undefined {
+  if (recorder.invalid.length > 0) return `Keen recorder refused ${recorder.invalid.length} events, e.g. ${JSON.stringify(recorder.invalid[0])}`;
+  if (recorder.withoutSeq > 0) return `${recorder.withoutSeq} lamp-state events reached Keen without their sequence number`;
+  if (phase.check.missing > 0 || phase.check.duplicated > 0 || phase.accepted !== phase.report.published) {
+    return describeLoss('lamp states', phase.report.published, phase.accepted, phase.check, phase.drained ? '' : ` (no progress for ${P.stallMs / 1000} s)`);
+  }
+  return undefined;
+}
+
+function cpuDetails(cpu: Record<string, number>, events: number, wallS: number): string {
+  const sys = cpu['(machine busy)'] ?? 0;
+  const ours = Object.entries(cpu).filter(([name]) => !name.startsWith('('));
+  const accounted = ours.reduce((a, [, s]) => a + s, 0);
+  const parts = ours.filter(([, s]) => s > 0.005).map(([name, s]) => `${name} ${fmt((s / events) * 1e6, 0)} µs/event (${fmt((s / wallS) * 100, 0)}% of a core)`);
+  return `CPU: ${parts.join(', ')}; whole machine ${fmt((sys / wallS) * 100, 0)}% of ${cpus().length} cores, of which outside these processes (other users, PostgreSQL) ${fmt(((sys - accounted) / wallS) * 100, 0)}%`;
+}
+
+function measureCpu(stack: Stack): () => Record<string, number> {
+  const before = stack.watch.cpu();
+  const machineBefore = systemCpu().busy;
+  return () => ({ ...cpuBetween(before, stack.watch.cpu()), '(machine busy)': systemCpu().busy - machineBefore });
+}
+
+function rssDetails(stack: Stack): string {
+  return `peak RSS: ${stack.watch
+    .names()
+    .filter((name) => name === 'subscriber' || name.startsWith('worker') || name.startsWith('yardstick'))
+    .map((name) => `${name} ${mb(stack.watch.peakRss(name))}`)
+    .join(', ')}`;
+}
+
+function recordPeaks(stack: Stack, data: Record<string, number>): void {
+  const sub = stack.watch.peakRss('subscriber');
+  if (sub !== undefined) data.subscriberRss = sub;
+  const workers = stack.watch.names().filter((name) => name.startsWith('worker')).map((name) => stack.watch.peakRss(name) ?? 0);
+  if (workers.length) data.workerRss = Math.max(...workers);
+}
+
+function profileEnv(scenario: string) {
+  if (!profileDir) return undefined;
+  return (role: string) => ['--cpu-prof', `--cpu-prof-dir=${path.join(profileDir, scenario, role)}`];
+}
+
+function summarizeProfiles(scenario: string): string[] {
+  if (!profileDir || !existsSync(path.join(profileDir, scenario))) return [];
+  const lines: string[] = [`CPU profiles in ${path.join(profileDir, scenario)} (whole process life, startup included):`];
+  for (const role of readdirSync(path.join(profileDir, scenario)).sort()) {
+    // tsx's module loader runs in a thread of its own, which writes a profile too: keep the busiest (the main thread).
+    const summaries = readdirSync(path.join(profileDir, scenario, role))
+      .filter((f) => f.endsWith('.cpuprofile'))
+      .map((f) => summarize(path.join(profileDir, scenario, role, f)))
+      .sort((a, b) => b.totalMs - b.idleMs - (a.totalMs - a.idleMs));
+    if (summaries[0]) lines.push(`[${role}] ${formatSummary(summaries[0], 12)}`);
+  }
+  return lines;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+async function scenario(name: string, run: (outcome: Outcome) => Promise<void>): Promise<void> {
+  const outcome: Outcome = { scenario: name, ok: true, data: {}, details: [] };
+  const started = Date.now();
+  log(`\n== ${name}`);
+  try {
+    await run(outcome);
+  } catch (err) {
+    outcome.ok = false;
+    outcome.failure = err instanceof BenchFailure ? err.message : String((err as Error)?.stack ?? err);
+  }
+  outcome.details.push(`(scenario took ${fmt((Date.now() - started) / 1000, 1)} s)`);
+  for (const line of outcome.details) log(`   ${line}`);
+  if (!outcome.ok) log(`   FAILURE: ${outcome.failure}`);
+  outcomes.push(outcome);
+}
+
+async function throughput(workers: number): Promise<void> {
+  const name = `throughput-${workers}w`;
+  await scenario(name, async (outcome) => {
+    const stack = await Stack.start({ name, services, workers, env: extraEnv, validateEvery: P.validateEvery, nodeOptions: profileEnv(name) });
+    try {
+      await stack.connectLamps(0, P.lamps, P.stallMs);
+      const cpu = measureCpu(stack);
+      const phase = await lampStatePhase(stack, { seqStart: 0, durationMs: P.durationS * 1000, window: P.window });
+      const used = cpu();
+      const failure = phaseOk(phase, stack.recorder);
+      if (failure) throw new BenchFailure(`${failure}\n${stack.logs()}`);
+      const wallS = (phase.lastAcceptedAt - phase.report.firstAt) / 1000;
+      const latency = latencyOf(stack.recorder, 0, phase.report.published, 0);
+      Object.assign(outcome.data, { throughput: phase.throughput, events: phase.report.published, requestsPerEvent: phase.requests / phase.accepted });
+      outcome.details.push(
+        `${fmt(phase.report.published)} lamp states from ${fmt(P.lamps)} lamps in ${fmt(wallS, 1)} s: ${fmt(phase.throughput)} events/s; all accepted once; Keen requests ${fmt(phase.requests)} (1 per ${fmt(phase.accepted / phase.requests, 0)} events)`,
+        `latency at saturation (window ${fmt(P.window)}): p50 ${fmt(latency.p50)} ms, p99 ${fmt(latency.p99)} ms; publish→subscriber p50 ${fmt(latency.toSubscriber[0])} ms, subscriber→Keen p50 ${fmt(latency.toKeen[0])} ms`,
+        cpuDetails(used, phase.report.published, wallS),
+      );
+    } finally {
+      await stack.close();
+      recordPeaks(stack, outcome.data);
+      outcome.details.push(rssDetails(stack));
+    }
+    outcome.details.push(...summarizeProfiles(name));
+  });
+}
+
+async function latency(): Promise<void> {
+  await scenario('latency', async (outcome) => {
+    const stack = await Stack.start({ name: 'latency', services, workers: 1, env: extraEnv, validateEvery: P.validateEvery, nodeOptions: profileEnv('latency') });
+    try {
+      await stack.connectLamps(0, P.lamps, P.stallMs);
+      let seqStart = 0;
+      const failures: string[] = [];
+      for (const rate of P.rates) {
+        const count = Math.round(rate * P.latencyS);
+        const phase = await lampStatePhase(stack, { seqStart, count, rate });
+        const failure = phaseOk(phase, stack.recorder);
+        if (failure) failures.push(`at ${rate}/s: ${failure}`);
+        const l = latencyOf(stack.recorder, seqStart, seqStart + phase.report.published, phase.report.firstAt + P.warmupS * 1000);
+        outcome.data[`p50@${rate}`] = l.p50;
+        outcome.data[`p95@${rate}`] = l.p95;
+        outcome.data[`p99@${rate}`] = l.p99;
+        outcome.data[`requestsPerEvent@${rate}`] = phase.requests / phase.accepted;
+        outcome.details.push(
+          `${rate}/s: ${fmt(phase.report.published)} events (publisher lag max ${fmt(phase.report.maxLagMs)} ms), latency over ${fmt(l.n)} after ${P.warmupS} s warm-up: p50 ${fmt(l.p50)} / p95 ${fmt(l.p95)} / p99 ${fmt(l.p99)} / max ${fmt(l.max)} ms; publish→subscriber p50/p99 ${fmt(l.toSubscriber[0])}/${fmt(l.toSubscriber[1])} ms, subscriber→Keen p50/p99 ${fmt(l.toKeen[0])}/${fmt(l.toKeen[1])} ms; Keen requests ${fmt(phase.requests)} (1 per ${fmt(phase.accepted / phase.requests, 1)} events)`,
+        );
+        const stages = await stack.stageBreakdown();
+        if (stages) outcome.details.push(`   where the last ${fmt(Math.min(1000, phase.report.published))} went (p50/p99 ms, from BullMQ's job timestamps): ${Object.entries(stages).map(([stage, [p50, p99]]) => `${stage} ${fmt(p50)}/${fmt(p99)}`).join(', ')}`);
+        seqStart += phase.report.published;
+      }
+      if (failures.length) throw new BenchFailure(`${failures.join('; ')}\n${stack.logs()}`);
+    } finally {
+      await stack.close();
+      recordPeaks(stack, outcome.data);
+      outcome.details.push(rssDetails(stack));
+    }
+    outcome.details.push(...summarizeProfiles('latency'));
+  });
+}
+
+async function activations(): Promise<void> {
+  await scenario('activations', async (outcome) => {
+    const n = P.activations;
+    const stack = await Stack.start({ name: 'activations', services, workers: 1, env: extraEnv, validateEvery: P.validateEvery, nodeOptions: profileEnv('activations') });
+    const associations = new Map<string, number>();
+    const listener = await mqtt.connectAsync(stack.broker.url, { clientId: `${stack.prefix}-lamps`, clean: true });
+    try {
+      listener.on('message', (topic) => associations.set(topic, (associations.get(topic) ?? 0) + 1));
+      await listener.subscribeAsync(['/devices/+/lamp/associated'], { qos: 1 });
+      const cpu = measureCpu(stack);
+      const report = await stack.connectLamps(0, n, P.stallMs);
+      const used = cpu();
+      const log = stack.recorder.collections.get('activations')!;
+      const seconds = (log.lastAt - report.firstAt) / 1000;
+      await waitProgress(() => associations.size, n, 10_000);
+
+      const ids = Array.from({ length: n }, (_, i) => lampId(i));
+      const [rows] = await stack.query<{ total: string; expected: string; distinct_codes: string }>(
+        'SELECT count(*) AS total, count(*) FILTER (WHERE device_id = ANY($1)) AS expected, count(DISTINCT association_code) AS distinct_codes FROM devices',
+        [ids],
+      );
+      const problems: string[] = [];
+      if (Number(rows?.total) !== n || Number(rows?.expected) !== n || Number(rows?.distinct_codes) !== n) {
+        problems.push(`devices table: ${rows?.total} rows, ${rows?.expected} of the ${n} lamps, ${rows?.distinct_codes} distinct association codes`);
+      }
+      const perDevice = (collection: string, counts: Map<string, number>) => {
+        const missing = ids.filter((id) => !counts.has(id)).length;
+        const twice = [...counts.values()].filter((c) => c !== 1).length;
+        const strangers = [...counts.keys()].filter((id) => !ids.includes(id)).length;
+        if (missing || twice || strangers) problems.push(`${collection}: ${missing} lamps without one, ${twice} with more than one, ${strangers} for unknown lamps`);
+      };
+      perDevice('activations', log.byDevice);
+      perDevice('devicemonitoring', stack.recorder.collections.get('devicemonitoring')?.byDevice ?? new Map());
+      perDevice('association messages', new Map([...associations].map(([topic, count]) => [topic.split('/')[2]!, count])));
+      if (problems.length) throw new BenchFailure(`activations of ${fmt(n)} new lamps: ${problems.join('; ')}\n${stack.logs()}`);
+      outcome.data.devicesPerSecond = n / seconds;
+      outcome.details.push(
+        `${fmt(n)} new lamps connecting at once: ${fmt(n / seconds)} devices/s (first bridge connect published → last activations event accepted, ${fmt(seconds, 1)} s); exactly one device row, association message, activations and devicemonitoring event each`,
+        cpuDetails(used, n, seconds),
+      );
+    } finally {
+      await listener.endAsync(true).catch(() => {});
+      await stack.close();
+      recordPeaks(stack, outcome.data);
+      outcome.details.push(rssDetails(stack));
+    }
+    outcome.details.push(...summarizeProfiles('activations'));
+  });
+}
+
+async function backlog(): Promise<void> {
+  await scenario('backlog', async (outcome) => {
+    const n = P.backlog;
+    const stack = await Stack.start({ name: 'backlog', services, workers: 1, env: extraEnv, validateEvery: P.validateEvery, nodeOptions: profileEnv('backlog') });
+    try {
+      await stack.connectLamps(0, P.lamps, P.stallMs);
+      // Workers stopped: the subscriber queues everything in Redis.
+      for (const worker of stack.workers) await stop(worker);
+      stack.workers.length = 0;
+      await sleep(1000);
+      const waitKey = `${stack.prefix}:ingest:wait`;
+      const usedMemory = async () => Number(/used_memory:(\d+)/.exec(await stack.redis.info('memory'))?.[1]);
+      const memoryBefore = await usedMemory();
+      let queued = 0;
+      const poller = setInterval(() => void stack.redis.llen(waitKey).then((len) => (queued = len), () => {}), 50);
+      let report: PublishReport;
+      const intakeStarted = Date.now();
+      try {
+        report = await stack.fleet.states({ seqStart: 0, count: n, window: P.window, lamps: P.lamps }, () => queued);
+        if (!(await waitProgress(() => stack.redis.llen(waitKey), n, P.stallMs, stack.running))) {
+          throw new BenchFailure(`backlog: only ${fmt(await stack.redis.llen(waitKey))} of ${fmt(n)} lamp states reached the ingest queue`);
+        }
+      } finally {
+        clearInterval(poller);
+      }
+      const intakeSeconds = (Date.now() - intakeStarted) / 1000;
+      const memoryAfter = await usedMemory();
+      const perEvent = (memoryAfter - memoryBefore) / n;
+
+      // Cross-check from the keys themselves (the shared Redis may have other tenants' data come and go).
+      const memoryUsage = async (key: string) => Number((await stack.redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')) ?? 0);
+      const sampleIds = await stack.redis.lrange(waitKey, 0, 199);
+      const jobBytes = (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:ingest:${id}`)))).reduce((a, b) => a + b, 0) / Math.max(1, sampleIds.length);
+      const listBytes = await memoryUsage(waitKey);
+      let ledgerKeys = 0;
+      let ledgerSample: string[] = [];
+      let cursor = '0';
+      do {
+        const [next, keys] = await stack.redis.scan(cursor, 'MATCH', `${stack.prefix}:mqtt-inflight:*`, 'COUNT', 5000);
+        cursor = next;
+        ledgerKeys += keys.length;
+        if (ledgerSample.length < 100) ledgerSample = ledgerSample.concat(keys.slice(0, 100 - ledgerSample.length));
+      } while (cursor !== '0');
+      const ledgerBytes = (await Promise.all(ledgerSample.map(memoryUsage))).reduce((a, b) => a + b, 0) / Math.max(1, ledgerSample.length);
+      const estimate = jobBytes + listBytes / n + (ledgerKeys * ledgerBytes) / n;
+      outcome.data.redisBytesPerEvent = perEvent;
+      outcome.data.redisBytesPerEventKeys = estimate;
+      outcome.details.push(
+        `${fmt(n)} lamp states queued with the workers stopped in ${fmt(intakeSeconds, 1)} s (${fmt(n / intakeSeconds)} events/s into Redis): used_memory +${mb(memoryAfter - memoryBefore)} = ${fmt(perEvent)} bytes/event`,
+        `from the keys: job hash ${fmt(jobBytes)} B + wait list ${fmt(listBytes / n, 1)} B/event + redelivery ledger ${fmt(ledgerKeys)} keys × ${fmt(ledgerBytes)} B = ${fmt(estimate)} bytes/event`,
+      );
+
+      // Drain.
+      const cpu = measureCpu(stack);
+      const base = stack.recorder.lampStates;
+      const spawnedAt = Date.now();
+      for (let i = 0; i < P.workers[0]!; i++) await stack.startWorker();
+      const readyAt = Date.now();
+      const drained = await waitProgress(() => stack.recorder.lampStates - base, n, P.stallMs, stack.running);
+      await sleep(P.graceMs);
+      const used = cpu();
+      const check = checkSeqs(stack.recorder, 0, n);
+      const accepted = stack.recorder.lampStates - base;
+      let lastAcceptedAt = 0;
+      for (let seq = 0; seq < Math.min(n, stack.recorder.seqs.size); seq++) if (stack.recorder.seqs.count[seq]! > 0) lastAcceptedAt = Math.max(lastAcceptedAt, stack.recorder.seqs.acceptedAt[seq]!);
+      const counts = Object.fromEntries(await Promise.all(['ingest', 'keen-delivery', 'keen-dead-letter', 'rejected-messages'].map(async (q) => [q, await stack.jobCounts(q)] as const)));
+      const errorLines = stack.workers.reduce((sum, w) => sum + (w.output().match(/"level":(50|60)/g)?.length ?? 0), 0);
+      const errors = [
+        counts.ingest!.failed ? `${counts.ingest!.failed} failed ingest jobs` : '',
+        counts['keen-delivery']!.failed ? `${counts['keen-delivery']!.failed} failed keen-delivery jobs` : '',
+        (counts['keen-dead-letter']!.waiting ?? 0) + (counts['keen-dead-letter']!.failed ?? 0) ? 'dead letters' : '',
+        (counts['rejected-messages']!.failed ?? 0) + (counts['rejected-messages']!.waiting ?? 0) ? 'rejected messages' : '',
+        errorLines ? `${errorLines} error lines in the worker log` : '',
+      ].filter(Boolean);
+      if (!drained || check.missing || check.duplicated || accepted !== n || errors.length) {
+        throw new BenchFailure(`${describeLoss('backlog drain', report.published, accepted, check, errors.length ? `; ${errors.join(', ')}` : '')}\n${stack.logs()}`);
+      }
+      const drainSeconds = (lastAcceptedAt - readyAt) / 1000;
+      outcome.data.drainRate = n / drainSeconds;
+      outcome.details.push(
+        `drain with ${P.workers[0]} worker(s): ${fmt(n / drainSeconds)} events/s (worker ready → last event accepted, ${fmt(drainSeconds, 1)} s; worker start-up took ${fmt((readyAt - spawnedAt) / 1000, 1)} s more); no failed job, no dead letter, no error logged`,
+        cpuDetails(used, n, (lastAcceptedAt - spawnedAt) / 1000),
+      );
+    } finally {
+      await stack.close();
+      recordPeaks(stack, outcome.data);
+      outcome.details.push(rssDetails(stack));
+    }
+    outcome.details.push(...summarizeProfiles('backlog'));
+  });
+}
+
+async function yardstickDirect(): Promise<void> {
+  await scenario('yardstick-direct', async (outcome) => {
+    const stack = await Stack.start({ name: 'yardstick-a', services, workers: 0, subscriber: false, database: false, validateEvery: P.validateEvery });
+    try {
+      const proc = startBenchProcess('yardstick-direct.ts', { MQTT_URL: stack.broker.url, KEEN_API_URL: stack.recorder.url, KEEN_PROJECT_ID: KEEN_PROJECT, KEEN_WRITE_KEY: KEEN_WRITE_KEY, MQTT_CLIENT_ID: `${stack.prefix}-direct` });
+      stack.watch.watch('yardstick-direct', proc.child.pid);
+      await waitForLine(proc, 'yardstick ready');
+      const cpu = measureCpu(stack);
+      const phase = await lampStatePhase(stack, { seqStart: 0, durationMs: P.durationS * 1000, window: P.window });
+      const used = cpu();
+      await stop(proc, 5000);
+      const failure = phaseOk(phase, stack.recorder);
+      if (failure) throw new BenchFailure(`${failure}${proc.output() ? `; its log: ${proc.output().slice(-500)}` : ''}`);
+      outcome.data.throughput = phase.throughput;
+      const wallS = (phase.lastAcceptedAt - phase.report.firstAt) / 1000;
+      outcome.details.push(
+        `seed design (MQTT callback → one keen-tracking request per event, no queue): ${fmt(phase.throughput)} events/s over ${fmt(wallS, 1)} s, ${fmt(phase.report.published)} events, all accepted once; Keen requests ${fmt(phase.requests)}`,
+        cpuDetails(used, phase.report.published, wallS),
+        rssDetails(stack),
+      );
+    } finally {
+      await stack.close();
+    }
+  });
+}
+
+async function yardstickQueue(): Promise<void> {
+  await scenario('yardstick-queue', async (outcome) => {
+    const stack = await Stack.start({ name: 'yardstick-b', services, workers: 0, subscriber: false, database: false, validateEvery: P.validateEvery });
+    try {
+      const env = { MQTT_URL: stack.broker.url, REDIS_URL: services.redisUrl, QUEUE_PREFIX: stack.prefix };
+      const intake = startBenchProcess('yardstick-queue.ts', { ...env, ROLE: 'intake' });
+      const drain = startBenchProcess('yardstick-queue.ts', { ...env, ROLE: 'drain' });
+      stack.watch.watch('yardstick-intake', intake.child.pid);
+      stack.watch.watch('yardstick-drain', drain.child.pid);
+      let progress = { completed: 0, firstAt: 0, lastAt: 0 };
+      let checked: Extract<DrainReply, { type: 'checked' }> | undefined;
+      drain.child.on('message', (reply: DrainReply) => {
+        if (reply.type === 'progress') progress = reply;
+        else checked = reply;
+      });
+      await waitForLine(intake, 'yardstick ready');
+      await waitProgress(() => (drain.child.connected ? 1 : 0), 1, 30_000);
+      const cpu = measureCpu(stack);
+      const report = await stack.fleet.states({ seqStart: 0, durationMs: P.durationS * 1000, window: P.window, lamps: P.lamps }, () => progress.completed);
+      const drained = await waitProgress(() => progress.completed, report.published, P.stallMs, [intake, drain]);
+      await sleep(P.graceMs + 100);
+      const used = cpu();
+      drain.child.send({ type: 'check', from: 0, to: report.published });
+      await waitProgress(() => (checked ? 1 : 0), 1, 10_000);
+      const check: SeqCheck = checked ?? { missing: report.published, duplicated: 0, examples: [] };
+      if (!drained || check.missing || check.duplicated || progress.completed !== report.published) {
+        throw new BenchFailure(describeLoss('yardstick (b)', report.published, progress.completed, check).replace('accepted by Keen', 'completed by the no-op worker'));
+      }
+      const wallS = (progress.lastAt - report.firstAt) / 1000;
+      outcome.data.throughput = report.published / wallS;
+      outcome.details.push(
+        `raw ceiling (MQTT callback → queue.add → no-op worker, acknowledged before Redis confirms): ${fmt(outcome.data.throughput)} events/s over ${fmt(wallS, 1)} s, ${fmt(report.published)} events, each completed once`,
+        cpuDetails(used, report.published, wallS),
+        rssDetails(stack),
+      );
+      await Promise.all([stop(intake, 5000), stop(drain, 5000)]);
+    } finally {
+      await stack.close();
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------
+
+const startedAt = new Date();
+const loadBefore = loadAverage();
+const machineBefore = systemCpu();
+const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
+log(`lampi-ingest bench${quick ? ' (--quick: correctness only, figures are not measurements)' : ''}: ${scenarios.join(', ')}`);
+log(`load average ${loadBefore.join(' ')} on ${cpus().length} cores; Redis ${services.redisUrl}; PostgreSQL ${services.databaseAdminUrl.replace(/:[^:@/]*@/, ':***@')}`);
+
+let interrupted = false;
+const onSignal = (signal: string) => {
+  if (interrupted) process.exit(130);
+  interrupted = true;
+  process.stderr.write(`\nbench: ${signal}: cleaning up\n`);
+  void cleanupAll().finally(() => process.exit(130));
+};
+process.on('SIGINT', () => onSignal('SIGINT'));
+process.on('SIGTERM', () => onSignal('SIGTERM'));
+
+for (const name of scenarios) {
+  if (name === 'yardstick-direct') await yardstickDirect();
+  if (name === 'yardstick-queue') await yardstickQueue();
+  if (name === 'throughput') for (const w of P.workers) await throughput(w);
+  if (name === 'latency') await latency();
+  if (name === 'activations') await activations();
+  if (name === 'backlog') await backlog();
+}
+await cleanupAll();
+
+// ---------------------------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------------------------
+
+const loadAfter = loadAverage();
+const machineAfter = systemCpu();
+const byName = (name: string) => outcomes.find((o) => o.scenario === name);
+type Row = [measure: string, result: string, target: string, verdict: string];
+const rows: Row[] = [];
+const verdict = (ok: boolean) => (quick ? '(quick)' : ok ? 'ok' : 'MISS');
+const failed = (o: Outcome | undefined) => (o && !o.ok ? `FAILURE: ${(o.failure ?? '').split('\n')[0]!.slice(0, 160)}` : undefined);
+
+const one = byName(`throughput-${P.workers[0]}w`);
+const ya = byName('yardstick-direct');
+const yb = byName('yardstick-queue');
+for (const w of P.workers) {
+  const o = byName(`throughput-${w}w`);
+  if (!o) continue;
+  const isOne = w === 1;
+  rows.push([`Throughput, 1 subscriber + ${w} worker${w > 1 ? 's' : ''} (events/s, ${P.durationS} s at max load)`, failed(o) ?? fmt(o.data.throughput!), isOne ? '≥ 8,000' : '', o.ok ? (isOne ? verdict(o.data.throughput! >= 8000) : '') : 'FAILURE']);
+}
+if (ya) rows.push(['Yardstick (a): seed design, one Keen request per event (events/s)', failed(ya) ?? fmt(ya.data.throughput!), '', ya.ok ? '' : 'FAILURE']);
+if (yb) rows.push(['Yardstick (b): MQTT → queue.add → no-op worker (events/s)', failed(yb) ?? fmt(yb.data.throughput!), '', yb.ok ? '' : 'FAILURE']);
+if (one?.ok && ya?.ok) rows.push([`Throughput (${P.workers[0]} worker) as a multiple of (a)`, `${fmt(one.data.throughput! / ya.data.throughput!, 1)}×`, '≥ 5×', verdict(one.data.throughput! / ya.data.throughput! >= 5)]);
+if (one?.ok && yb?.ok) rows.push([`Throughput (${P.workers[0]} worker) as a fraction of (b)`, `${fmt((one.data.throughput! / yb.data.throughput!) * 100)}%`, '≥ 60%', verdict(one.data.throughput! / yb.data.throughput! >= 0.6)]);
+const lat = byName('latency');
+if (lat) {
+  for (const rate of P.rates) {
+    const target = rate === 500 ? 100 : rate === 2000 ? 250 : undefined;
+    const p99 = lat.data[`p99@${rate}`];
+    rows.push([
+      `Latency publish → Keen at ${fmt(rate)} events/s, p50 / p95 / p99 (ms)`,
+      p99 === undefined ? (failed(lat) ?? '-') : `${fmt(lat.data[`p50@${rate}`]!)} / ${fmt(lat.data[`p95@${rate}`]!)} / ${fmt(p99)}`,
+      target ? `p99 ≤ ${target}` : '',
+      !lat.ok ? 'FAILURE' : target ? verdict(p99 !== undefined && p99 <= target) : '',
+    ]);
+  }
+}
+if (one?.ok) rows.push(['Keen requests per event at saturation', `${fmt(one.data.requestsPerEvent!, 4)} (1 per ${fmt(1 / one.data.requestsPerEvent!)})`, '≤ 0.01', verdict(one.data.requestsPerEvent! <= 0.01)]);
+const low = lat?.data[`requestsPerEvent@${P.rates[0]}`];
+if (low !== undefined) rows.push([`Keen requests per event at ${fmt(P.rates[0]!)} events/s`, `${fmt(low, 4)} (1 per ${fmt(1 / low, 1)})`, '', '']);
+const peaks = (key: 'subscriberRss' | 'workerRss') => {
+  const found = outcomes.filter((o) => o.data[key] !== undefined).map((o) => [o.scenario, o.data[key]!] as const);
+  return found.length ? found.reduce((a, b) => (b[1] > a[1] ? b : a)) : undefined;
+};
+const subPeak = peaks('subscriberRss');
+const workerPeak = peaks('workerRss');
+if (subPeak) rows.push(['Peak RSS, subscriber (highest of all scenarios)', `${mb(subPeak[1])} (${subPeak[0]})`, '≤ 150 MB', verdict(subPeak[1] <= 150 * 1024 * 1024)]);
+if (workerPeak) rows.push(['Peak RSS, worker (highest of all scenarios)', `${mb(workerPeak[1])} (${workerPeak[0]})`, '≤ 200 MB', verdict(workerPeak[1] <= 200 * 1024 * 1024)]);
+const bl = byName('backlog');
+if (bl) {
+  const bytes = bl.data.redisBytesPerEvent;
+  rows.push([
+    `Redis memory per queued event, ${fmt(P.backlog)} backlog (used_memory; from keys)`,
+    bytes === undefined ? (failed(bl) ?? '-') : `${fmt(bytes)} B; ${fmt(bl.data.redisBytesPerEventKeys!)} B`,
+    '≤ 1,024 B',
+    bytes === undefined ? 'FAILURE' : verdict(bytes <= 1024),
+  ]);
+  rows.push([`Backlog drain, ${P.workers[0]} worker (events/s)`, failed(bl) ?? fmt(bl.data.drainRate!), 'no errors', bl.ok ? 'ok' : 'FAILURE']);
+}
+const act = byName('activations');
+if (act) rows.push([`Activations, ${fmt(P.activations)} new lamps at once (devices/s)`, failed(act) ?? fmt(act.data.devicesPerSecond!), '≥ 1,000', act.ok ? verdict(act.data.devicesPerSecond! >= 1000) : 'FAILURE']);
+const allOk = outcomes.every((o) => o.ok);
+rows.push([
+  'Correctness: every published event accepted by Keen exactly once',
+  allOk ? `yes, in all ${outcomes.length} runs` : `NO: ${outcomes.filter((o) => !o.ok).map((o) => o.scenario).join(', ')}`,
+  'no loss, no duplicate',
+  allOk ? 'ok' : 'FAILURE',
+]);
+
+const header = ['Measure', 'Result', 'Target', ''];
+const table = [header, ['---', '---', '---', '---'], ...rows].map((row) => `| ${row.join(' | ')} |`).join('\n');
+const busyShare = ((machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total)) * 100;
+let commit = '';
+try {
+  commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+  const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim();
+  if (dirty) commit += ` + uncommitted changes in src/ (${dirty.split('\n').length} files)`;
+} catch {
+  commit = 'unknown';
+}
+const context = [
+  `\`${command}\` at ${startedAt.toISOString()}, ${fmt((Date.now() - startedAt.getTime()) / 1000)} s; commit ${commit}; Node ${process.version}, ${cpus().length} cores.`,
+  `Load average ${loadBefore.join(' ')} before, ${loadAfter.join(' ')} after; the machine was ${fmt(busyShare)}% busy over the run${busyShare > 0 && loadBefore[0]! > cpus().length ? ' (it was already loaded by other work when the run started: figures are low)' : ''}.`,
+  quick ? 'QUICK RUN: small counts; only correctness is asserted, the figures are not measurements.' : `Max load = ${fmt(P.window)} events in flight (closed loop), ${fmt(P.lamps)} lamps; latency after ${P.warmupS} s warm-up of ${P.latencyS} s per rate.`,
+];
+
+log(`\n${table}\n`);
+for (const line of context) log(line);
+
+if (!args['no-write']) {
+  const dir = path.join(ROOT, 'bench/results');
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${startedAt.toISOString().slice(0, 10)}.md`);
+  const details = outcomes.flatMap((o) => [`- **${o.scenario}**${o.ok ? '' : ` — FAILURE: ${o.failure}`}`, ...o.details.map((d) => `  - ${d.replaceAll('\n', '\n    ')}`)]);
+  const section = [`## ${startedAt.toISOString().slice(11, 16)} UTC${quick ? ' (quick)' : ''}`, '', ...context, '', table, '', '<details><summary>Details</summary>', '', ...details, '', '</details>', ''].join('\n');
+  if (!existsSync(file)) writeFileSync(file, `# Bench results, ${startedAt.toISOString().slice(0, 10)}\n\nEach section is one \`npm run bench\` run (bench/run.ts says what it measures).\n\n`);
+  appendFileSync(file, `${section}\n`);
+  log(`written to ${path.relative(ROOT, file)}`);
+}
+process.exit(allOk ? 0 : 1);

@@ -2,10 +2,10 @@
  * The processes a chaos run owns: our services (logged to files, killed by pid), a Redis and a
  * Mosquitto of its own that it restarts on the same port and data directory, and RSS sampling.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, createWriteStream, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
-import { ROOT, waitFor, waitForPort } from '../test/support/processes.js';
+import { mosquittoUser, ROOT, waitFor, waitForPort } from '../test/support/processes.js';
 
 export interface Proc {
   name: string;
@@ -169,11 +169,3 @@ export function rssOf(pid: number): number | undefined {
   }
 }
 
-function mosquittoUser(): { uid: number; gid: number } | undefined {
-  if (process.getuid?.() !== 0) return undefined;
-  try {
-    return { uid: Number(execFileSync('id', ['-u', 'mosquitto']).toString().trim()), gid: Number(execFileSync('id', ['-g', 'mosquitto']).toString().trim()) };
-  } catch {
-    return undefined; // no such user: Mosquitto stays root
-  }
-}

@@ -3,7 +3,7 @@
  * own on the local Redis, the Keen recorder, our real subscriber and worker processes, and the
  * fleet process. Everything is torn down afterwards (queues obliterated, database dropped).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { Queue } from 'bullmq';
@@ -11,7 +11,7 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import { applyMigrations } from '../../src/migrate/runner.js';
 import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../../src/shared/queues.js';
-import { ROOT, startMosquitto, waitFor, type ManagedProcess } from '../../test/support/processes.js';
+import { manage, ROOT, startMosquitto, waitFor, type ManagedProcess } from '../../test/support/processes.js';
 import type { FleetCommand, FleetReply, PublishReport } from '../fleet.js';
 import { startRecorder, type KeenRecorder } from '../keen-recorder.js';
 import { pidsMatching, ProcWatch } from './procs.js';
@@ -45,22 +45,6 @@ export async function stop(proc: ManagedProcess, graceMs = 20_000): Promise<numb
   } finally {
     clearTimeout(timer);
   }
-}
-
-function manage(child: ChildProcess): ManagedProcess {
-  let output = '';
-  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const exited = new Promise<number | string>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal ?? -1)));
-  return {
-    child,
-    output: () => output,
-    exited,
-    async kill(signal = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
-  };
 }
 
 /**

@@ -2,8 +2,8 @@
  * Real processes for tests that need their own: a Redis or Mosquitto to stop and restart, and
  * our subscriber and worker run exactly as `npm run subscriber|worker` runs them.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chownSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -63,7 +63,8 @@ export interface ManagedProcess {
   kill(signal?: NodeJS.Signals): Promise<number | string>;
 }
 
-function manage(child: ChildProcess): ManagedProcess {
+/** Collects a child's output and knows when it exited. */
+export function manage(child: ChildProcess): ManagedProcess {
   let output = '';
   child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -98,6 +99,10 @@ export async function startMosquitto(options: { port?: number; dir?: string; ext
   const port = options.port ?? (await freePort());
   const dir = options.dir ?? mkdtempSync(path.join(tmpdir(), 'lampi-mosquitto-'));
   const conf = path.join(dir, 'mosquitto.conf');
+  // Started as root, Mosquitto drops to the `mosquitto` user: its persistence directory must be
+  // that user's, or every save fails and a restart loses all sessions.
+  const owner = mosquittoUser();
+  if (owner) chownSync(dir, owner.uid, owner.gid);
   writeFileSync(
     conf,
     [
@@ -138,4 +143,14 @@ export async function scrapeMetrics(proc: ManagedProcess): Promise<string> {
   if (!port) throw new Error('the process has not logged its metrics port');
   const response = await fetch(`http://127.0.0.1:${port}/metrics`);
   return response.text();
+}
+
+/** The uid/gid Mosquitto switches to when started as root; undefined when it will not switch. */
+export function mosquittoUser(): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  try {
+    return { uid: Number(execFileSync('id', ['-u', 'mosquitto']).toString().trim()), gid: Number(execFileSync('id', ['-g', 'mosquitto']).toString().trim()) };
+  } catch {
+    return undefined; // no such user: Mosquitto stays root
+  }
 }

@@ -1,6 +1,6 @@
 # One image for every lampi-ingest process. docker-compose.yml picks the process with `command`:
-#   node --import tsx src/<migrate|subscriber|worker|keen-sink|dashboard>/main.ts
-# TypeScript runs through tsx (a runtime dependency), so there is no build step.
+#   node dist/<migrate|subscriber|worker|keen-sink|dashboard|dlq>/main.mjs
+# built by `npm run build` (esbuild; scripts/build.mjs). `npm run dlq -- ...` also works (tsx).
 FROM node:20-bookworm-slim
 
 WORKDIR /app
@@ -16,16 +16,17 @@ WORKDIR /app
 COPY package.json package-lock.json prisma.config.ts ./
 COPY prisma ./prisma
 COPY scripts ./scripts
-# Then the dev dependencies go (prisma CLI, vitest, typescript...): generate was their only use
-# here, and the generated client needs only @prisma/client at run time.
 RUN npm ci --ignore-scripts --no-audit --no-fund \
  && npm run generate \
- && test -f src/generated/prisma/client.ts \
- && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
- && npm cache clean --force
+ && test -f src/generated/prisma/client.ts
 
+# Then the build, and the dev dependencies go (prisma CLI, esbuild, vitest, typescript...):
+# generate and build were their only use here; the generated client needs only @prisma/client.
 COPY tsconfig.json ./
 COPY src ./src
+RUN npm run build \
+ && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
+ && npm cache clean --force
 
 # Not root: the processes need no privileges (the dashboard and keen-sink ports are above 1024).
 # tsx keeps its compile cache in the system temp folder, which `node` can write.
@@ -33,4 +34,4 @@ USER node
 
 ENV NODE_ENV=production
 # Overridden per service in docker-compose.yml; on its own the image applies the migrations.
-CMD ["node", "--import", "tsx", "src/migrate/main.ts"]
+CMD ["node", "dist/migrate/main.mjs"]

@@ -39,7 +39,7 @@ import mqtt from 'mqtt';
 import { ROOT, sleep } from '../test/support/processes.js';
 import { lampId, type PublishReport } from './fleet.js';
 import { cpuBetween, loadAverage, systemCpu } from './lib/procs.js';
-import { BenchFailure, cleanupAll, KEEN_PROJECT, KEEN_WRITE_KEY, stop, Stack, startBenchProcess, waitForLine, waitProgress, type BenchServices } from './lib/stack.js';
+import { BenchFailure, buildEntryPoints, cleanupAll, KEEN_PROJECT, KEEN_WRITE_KEY, stop, Stack, startBenchProcess, waitForLine, waitProgress, type BenchServices } from './lib/stack.js';
 import { formatSummary, summarize } from './profile-summary.js';
 import type { KeenRecorder } from './keen-recorder.js';
 import type { DrainReply } from './yardstick-queue.js';
@@ -113,6 +113,7 @@ const services: BenchServices = {
   redisUrl: process.env.BENCH_REDIS_URL ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
   databaseAdminUrl: process.env.BENCH_DATABASE_ADMIN_URL ?? process.env.TEST_DATABASE_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres',
 };
+buildEntryPoints();
 const profileDir = args.profile ? mkdtempSync(path.join(tmpdir(), 'lampi-bench-profiles-')) : undefined;
 
 // ---------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
  * own on the local Redis, the Keen recorder, our real subscriber and worker processes, and the
  * fleet process. Everything is torn down afterwards (queues obliterated, database dropped).
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import pg from 'pg';
+import { parse as parseYaml } from 'yaml';
 import { applyMigrations } from '../../src/migrate/runner.js';
 import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../../src/shared/queues.js';
 import { manage, ROOT, startMosquitto, waitFor, type ManagedProcess } from '../../test/support/processes.js';
@@ -48,14 +50,30 @@ export async function stop(proc: ManagedProcess, graceMs = 20_000): Promise<numb
 }
 
 /**
- * Runs one of our entry points as its own process, as `npm run subscriber|worker` does
- * (test/support/processes.ts's startService, plus node options such as --cpu-prof, which
- * NODE_OPTIONS does not allow).
+ * The command docker-compose.yml runs for a service, without its `node`: the bench measures the
+ * processes as users run them (compiled, with the same V8 flags).
+ */
+export function composeCommand(name: 'subscriber' | 'worker'): string[] {
+  const compose = parseYaml(readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8')) as { services: Record<string, { command: string[] }> };
+  const [node, ...args] = compose.services[name]!.command;
+  if (node !== 'node') throw new Error(`docker-compose.yml: ${name} does not run node`);
+  return args;
+}
+
+/** Compiles dist/ as the image does (`npm run build`), unless BENCH_ENTRY=tsx runs the sources. */
+export function buildEntryPoints(): void {
+  if (process.env.BENCH_ENTRY !== 'tsx') execFileSync(process.execPath, ['scripts/build.mjs'], { cwd: ROOT, stdio: 'inherit' });
+}
+
+/**
+ * Runs one of our processes as docker-compose.yml does (BENCH_ENTRY=tsx: from the sources, as
+ * `npm run subscriber|worker` does), plus node options such as --cpu-prof, which NODE_OPTIONS
+ * does not allow, and any in BENCH_NODE_OPTIONS (for experiments).
  */
 export function startService(name: 'subscriber' | 'worker', env: Record<string, string>, nodeOptions: string[] = []): ManagedProcess {
-  // BENCH_ENTRY_DIR (an experiment, not the default): run <dir>/<name>.mjs, e.g. an esbuild bundle, instead of tsx.
-  const entry = process.env.BENCH_ENTRY_DIR ? [path.join(process.env.BENCH_ENTRY_DIR, `${name}.mjs`)] : ['--import', 'tsx', `src/${name}/main.ts`];
-  const child = spawn(process.execPath, [...nodeOptions, ...entry], {
+  const entry = process.env.BENCH_ENTRY === 'tsx' ? ['--import', 'tsx', `src/${name}/main.ts`] : composeCommand(name);
+  const extra = process.env.BENCH_NODE_OPTIONS?.split(' ').filter(Boolean) ?? [];
+  const child = spawn(process.execPath, [...extra, ...nodeOptions, ...entry], {
     cwd: ROOT,
     env: { PATH: process.env.PATH, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

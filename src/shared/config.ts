@@ -47,7 +47,8 @@ const sections = {
   },
   worker: {
     DEFAULT_USER: z.string().min(1).max(150).default('parked_device_user'),
-    WORKER_CONCURRENCY: positiveInt(50),
+    /** Ingest jobs at once; each holds up to a few hundred lamp states. */
+    WORKER_CONCURRENCY: positiveInt(8),
   },
   keen: {
     KEEN_PROJECT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)'),
@@ -58,7 +59,8 @@ const sections = {
     KEEN_BATCH_SIZE: positiveInt(500),
     KEEN_LINGER_MS: z.coerce.number().int().min(0).default(20),
     KEEN_ATTEMPTS: positiveInt(12),
-    KEEN_CONCURRENCY: positiveInt(1000),
+    /** keen-delivery jobs at once; their events share bulk requests (KEEN_BATCH_SIZE each). */
+    KEEN_CONCURRENCY: positiveInt(64),
   },
   dashboard: {
     DASHBOARD_PORT: z.coerce.number().int().min(0).max(65535).default(3000),

@@ -6,22 +6,49 @@ import type { KeenCollection, KeenEvent } from './events.js';
 import type { LampState } from './message.js';
 import type { RejectReason } from './message.js';
 
-/** A message the subscriber accepted, stamped with when it reached us. */
-export type IngestJob =
-  | {
-      kind: 'bridge-state';
-      deviceId: string;
-      connected: boolean;
-      /** Set on a broker's replay of the last known state (after our (re)subscribe). */
-      retained: boolean;
-      receivedAt: string;
-    }
-  | { kind: 'lamp-state'; deviceId: string; state: LampState; receivedAt: string };
+/** A lamp's bridge connected (`1`) or disconnected (`0`): one job, whose id is the message id. */
+export interface BridgeStateJob {
+  kind: 'bridge-state';
+  deviceId: string;
+  connected: boolean;
+  /** Set on a broker's replay of the last known state (after our (re)subscribe). */
+  retained: boolean;
+  /** When the message reached us (ISO 8601): the events' `keen.timestamp`. */
+  receivedAt: string;
+}
 
-/** One event on its way to Keen. Its job id is the event's `keen.uniqueness_token`. */
-export interface KeenDeliveryJob {
+/** One lamp-state message, as parsed. */
+export interface LampStateMessage {
+  kind: 'lamp-state';
+  deviceId: string;
+  state: LampState;
+  receivedAt: string;
+}
+
+/** A message the subscriber accepted, stamped with when it reached us. */
+export type IngestMessage = BridgeStateJob | LampStateMessage;
+
+/**
+ * The lamp states the subscriber took in together. Each keeps the id of its own MQTT message,
+ * from which its Keen uniqueness token is made, so the same message sent twice (in any two
+ * jobs) is one event at Keen.
+ */
+export interface LampStatesJob {
+  kind: 'lamp-states';
+  states: Array<LampStateMessage & { messageId: string }>;
+  /** How many times these states already waited for their lamp's first bridge connect. */
+  waits?: number;
+}
+
+/** One Keen event and its collection. The event carries its `keen.uniqueness_token`. */
+export interface KeenEventRecord {
   collection: KeenCollection;
   event: KeenEvent;
+}
+
+/** Keen events on their way, sent in bulk. Accepted ones are dropped from a job that retries. */
+export interface KeenDeliveryJob {
+  events: KeenEventRecord[];
 }
 
 export interface DeliveryError {
@@ -32,8 +59,12 @@ export interface DeliveryError {
   code?: string;
 }
 
-/** A Keen event that will not be delivered without an operator: the original event and why. */
-export interface DeadLetterJob extends KeenDeliveryJob {
+/**
+ * A Keen event that will not be delivered without an operator: the original event and why.
+ * Its job id is the event's uniqueness token.
+ */
+export interface DeadLetterJob extends KeenEventRecord {
+  /** The keen-delivery job that gave up on the event. */
   sourceJobId: string;
   attemptsMade: number;
   lastError: DeliveryError;
@@ -58,8 +89,8 @@ export interface RejectedMessageJob {
   receivedAt: string;
 }
 
-/** The lamp a Keen delivery (or dead letter) is about, for log lines and listings. */
-export function deviceIdOf(job: KeenDeliveryJob): string | undefined {
-  const id = (job.event as { device_id?: unknown } | undefined)?.device_id;
+/** The lamp a Keen event (or dead letter) is about, for log lines and listings. */
+export function deviceIdOf(record: KeenEventRecord): string | undefined {
+  const id = (record.event as { device_id?: unknown } | undefined)?.device_id;
   return typeof id === 'string' ? id : undefined;
 }

@@ -1,9 +1,9 @@
 /**
- * Turns an MQTT message into an ingest job, or into a rejection with a reason. Pure: no I/O,
+ * Turns an MQTT message into an ingest message, or into a rejection with a reason. Pure: no I/O,
  * never throws, whatever the bytes.
  */
 import { z } from 'zod';
-import type { IngestJob } from './jobs.js';
+import type { IngestMessage } from './jobs.js';
 import { parseTopic } from './topics.js';
 
 export const MAX_LAMP_STATE_BYTES = 64 * 1024;
@@ -42,7 +42,7 @@ export interface IncomingMessage {
 }
 
 export type ParsedMessage =
-  | { ok: true; job: IngestJob }
+  | { ok: true; message: IngestMessage }
   | { ok: false; reason: RejectReason; detail: string; deviceId?: string };
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
@@ -57,7 +57,7 @@ export function parseMessage(message: IncomingMessage): ParsedMessage {
   if (topic.kind === 'bridge-state') {
     const text = message.payload.length === 1 ? String.fromCharCode(message.payload[0]!) : '';
     if (text !== '0' && text !== '1') return reject('invalid_bridge_state', 'bridge state payload must be 1 or 0');
-    return { ok: true, job: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retained, receivedAt } };
+    return { ok: true, message: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retained, receivedAt } };
   }
 
   if (message.payload.length > MAX_LAMP_STATE_BYTES) {
@@ -86,7 +86,7 @@ export function parseMessage(message: IncomingMessage): ParsedMessage {
     return reject('invalid_lamp_state', `${issue.path.join('.') || 'state'}: ${issue.message}`);
   }
   // The zod copy is rebuilt with plain assignment; keep the original, checked, object.
-  return { ok: true, job: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt } };
+  return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt } };
 }
 
 /** Walks the parsed JSON iteratively: too deep, or a number JSON cannot represent (1e999). */

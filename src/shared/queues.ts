@@ -1,10 +1,14 @@
 /**
  * The queues of the pipeline and how jobs live in them:
  *
- *   subscriber ──▶ ingest (lamp states) ─────────┐
- *        │     └──▶ bridge-state-0..7 (ordered) ──┴─▶ registry worker ──▶ keen-delivery ──▶ Keen
- *        │                                                  │                   │
- *        └──────────────────▶ rejected-messages ◀───────────┘                   └──▶ keen-dead-letter
+ *   subscriber ──▶ ingest (lamp states, many per job) ──┐
+ *        │     └──▶ bridge-state-0..7 (ordered) ─────────┴─▶ registry worker ──▶ keen-delivery ──▶ Keen
+ *        │                                                        │                   │
+ *        └──────────────────▶ rejected-messages ◀─────────────────┘                   └──▶ keen-dead-letter
+ *
+ * A job is a Redis round trip and several scripts wherever it goes, so lamp states travel in
+ * groups: the subscriber puts the states it took in together into one ingest job, and the
+ * registry worker passes a job's events on as one keen-delivery job.
  *
  * Bridge states must be handled in the order they arrived, per lamp: a connect and a
  * disconnect handled the other way round would record the wrong state, and only in order is
@@ -14,7 +18,7 @@
  */
 import { Queue, type ConnectionOptions, type DefaultJobOptions } from 'bullmq';
 import { Redis } from 'ioredis';
-import type { DeadLetterJob, IngestJob, KeenDeliveryJob, RejectedMessageJob } from './jobs.js';
+import type { BridgeStateJob, DeadLetterJob, KeenDeliveryJob, LampStatesJob, RejectedMessageJob } from './jobs.js';
 
 export const QUEUE_NAMES = {
   ingest: 'ingest',
@@ -86,12 +90,12 @@ export const JOB_OPTIONS = {
 } satisfies Record<string, DefaultJobOptions | ((n: number) => DefaultJobOptions)>;
 
 export interface PipelineQueues {
-  /** Lamp states. */
-  ingest: Queue<IngestJob>;
+  /** Lamp states, in groups. */
+  ingest: Queue<LampStatesJob>;
   /** Bridge states, partitioned by lamp (see bridgePartition). */
-  bridgeState: Array<Queue<IngestJob>>;
-  /** The queue a message of this kind and lamp goes to. */
-  ingestQueueFor(job: IngestJob): Queue<IngestJob>;
+  bridgeState: Array<Queue<BridgeStateJob>>;
+  /** The partition of this lamp's bridge states. */
+  bridgeStateQueueFor(deviceId: string): Queue<BridgeStateJob>;
   keen: Queue<KeenDeliveryJob>;
   deadLetter: Queue<DeadLetterJob>;
   rejected: Queue<RejectedMessageJob>;
@@ -100,10 +104,10 @@ export interface PipelineQueues {
 
 export function openQueues(connection: ConnectionOptions, prefix: string, keenAttempts = 12): PipelineQueues {
   const queues = {
-    ingest: new Queue<IngestJob>(QUEUE_NAMES.ingest, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+    ingest: new Queue<LampStatesJob>(QUEUE_NAMES.ingest, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     bridgeState: Array.from(
       { length: BRIDGE_PARTITIONS },
-      (_, partition) => new Queue<IngestJob>(QUEUE_NAMES.bridgeState(partition), { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+      (_, partition) => new Queue<BridgeStateJob>(QUEUE_NAMES.bridgeState(partition), { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     ),
     keen: new Queue<KeenDeliveryJob>(QUEUE_NAMES.keen, { connection, prefix, defaultJobOptions: JOB_OPTIONS.keen(keenAttempts) }),
     deadLetter: new Queue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection, prefix, defaultJobOptions: JOB_OPTIONS.deadLetter }),
@@ -111,8 +115,8 @@ export function openQueues(connection: ConnectionOptions, prefix: string, keenAt
   };
   return {
     ...queues,
-    ingestQueueFor(job) {
-      return job.kind === 'bridge-state' ? queues.bridgeState[bridgePartition(job.deviceId)]! : queues.ingest;
+    bridgeStateQueueFor(deviceId) {
+      return queues.bridgeState[bridgePartition(deviceId)]!;
     },
     async close() {
       await Promise.all(allQueues(this).map((queue) => queue.close()));

@@ -1,15 +1,21 @@
 /**
  * The MQTT side of the subscriber. MQTT.js hands a connection's messages to `handleMessage`
- * one at a time and sends the PUBACK only when it is told the message is done, so each
- * connection has one message in flight. Throughput therefore comes from several connections
- * sharing the lamp-state topics through `$share/<group>/...`; the broker spreads messages over
- * them (and over any other subscriber replica in the same group).
+ * one at a time and reads the next only after it sends the PUBACK, which would allow one
+ * message in flight per connection. We take the acknowledgement over instead: each message is
+ * handed to the intake at once and MQTT.js is told not to acknowledge it; its PUBACK is written
+ * when Redis has stored it, on the same connection it arrived on, or never (after a reconnect
+ * the broker resends it). The broker's in-flight window (`max_inflight_messages`) then bounds
+ * the messages waiting per connection, and the intake stores them in groups.
+ *
+ * Several connections share the lamp-state topics through `$share/<group>/...`; the broker
+ * spreads messages over them (and over any other subscriber replica in the same group).
  *
  * Mosquitto does not deliver `$SYS` topics to shared subscriptions, so bridge states are read
  * by the first connection alone, with a plain subscription; that one also gets the retained
  * replay of every connected lamp's state after it subscribes.
  */
 import type { MqttClient } from 'mqtt';
+import mqttPacket from 'mqtt-packet';
 import type { Logger } from '../shared/logger.js';
 import { firstConnect, openMqttClient, type MqttSettings } from '../shared/mqtt.js';
 import { describe } from '../shared/queues.js';
@@ -24,6 +30,8 @@ export interface SubscriberConnectionOptions {
   logger: Logger;
   onMessage(session: string, message: MqttMessage): Promise<void>;
 }
+
+const ACK_IS_OURS = new Error('acknowledged by the subscriber once stored');
 
 export function subscriptionsFor(index: number, shareGroup: string): string[] {
   const lamp = LAMP_CHANGED_TOPICS.map((topic) => `$share/${shareGroup}/${topic}`);
@@ -54,11 +62,24 @@ function openConnection(options: SubscriberConnectionOptions, index: number): Mq
       dup: packet.dup,
       ...(packet.messageId !== undefined ? { messageId: packet.messageId } : {}),
     };
-    // The acknowledgement goes out only after `done()`, i.e. after Redis has the job.
-    options.onMessage(clientId, message).then(
-      () => done(),
+    const handled = options.onMessage(clientId, message);
+    if (packet.qos === 0 || packet.messageId === undefined) {
+      // Nothing to acknowledge; waiting still keeps a flood of QoS 0 messages from piling up.
+      handled.then(() => done(), (err: unknown) => log.error({ err }, 'QoS 0 message dropped: handling failed'));
+      return;
+    }
+    const { messageId } = packet;
+    const stream = client.stream;
+    handled.then(
+      () => {
+        // Only on the connection the message came on: a packet id means nothing on another.
+        if (client.stream !== stream || !client.connected || stream.destroyed) return;
+        stream.write(mqttPacket.generate({ cmd: 'puback', messageId }));
+      },
       (err: unknown) => log.error({ err }, 'message left unacknowledged: handling failed'),
     );
+    // MQTT.js sends no PUBACK for a message whose handler reports an error, and reads on.
+    done(ACK_IS_OURS);
   };
   const topics = subscriptionsFor(index, options.shareGroup);
   client.on('connect', (connack) => {

@@ -2,14 +2,20 @@
  * The subscriber's one job: turn each MQTT message into a durable job, or a durable record of
  * why it was refused. `accept` resolves only when Redis has confirmed one of the two, and only
  * then may the caller acknowledge the message to the broker.
+ *
+ * Messages are stored in groups (group commit): while one write is under way, the messages
+ * that arrive meanwhile wait, and all of them go in the next write. At low load a group is one
+ * message and adds no delay; under load a group grows with the rate, so one Redis round trip
+ * and one ingest job carry many lamp states. Writes are never concurrent, so jobs reach Redis
+ * in the order their messages arrived (which the bridge-state partitions rely on).
  */
 import type { Logger } from '../shared/logger.js';
-import type { RejectedMessageJob } from '../shared/jobs.js';
-import { parseMessage } from '../shared/message.js';
+import type { BridgeStateJob, LampStatesJob, RejectedMessageJob } from '../shared/jobs.js';
+import { parseMessage, type ParsedMessage } from '../shared/message.js';
 import type { Metrics } from '../shared/metrics.js';
 import type { PipelineQueues } from '../shared/queues.js';
 import { describe } from '../shared/queues.js';
-import { newJobId, type RedeliveryLedger } from './redeliveries.js';
+import { newMessageId, type RedeliveryLedger, type RememberedMessage } from './redeliveries.js';
 
 export interface MqttMessage {
   topic: string;
@@ -24,6 +30,8 @@ export interface IntakeOptions {
   ledger: RedeliveryLedger;
   logger: Logger;
   metrics: Metrics;
+  /** Lamp states per ingest job; a larger group becomes several jobs in the same write. */
+  maxStatesPerJob?: number;
   /** Waits between attempts while Redis refuses writes (out of memory, read-only replica, ...). */
   retryDelayMs?: number;
   now?: () => Date;
@@ -31,68 +39,152 @@ export interface IntakeOptions {
 
 const PAYLOAD_HEAD_BYTES = 512;
 const TOPIC_LOG_CHARS = 256;
+export const DEFAULT_MAX_STATES_PER_JOB = 100;
+
+interface Arrival {
+  session: string;
+  message: MqttMessage;
+  parsed: ParsedMessage;
+  receivedAt: Date;
+  stored(): void;
+}
 
 export class Intake {
-  private readonly retryDelayMs: number;
-  private readonly now: () => Date;
+  readonly #options: IntakeOptions;
+  readonly #retryDelayMs: number;
+  readonly #maxStatesPerJob: number;
+  readonly #now: () => Date;
+  #waiting: Arrival[] = [];
+  #writing = false;
+  #scheduled = false;
 
-  constructor(private readonly options: IntakeOptions) {
-    this.retryDelayMs = options.retryDelayMs ?? 1000;
-    this.now = options.now ?? (() => new Date());
+  constructor(options: IntakeOptions) {
+    this.#options = options;
+    this.#retryDelayMs = options.retryDelayMs ?? 1000;
+    this.#maxStatesPerJob = options.maxStatesPerJob ?? DEFAULT_MAX_STATES_PER_JOB;
+    this.#now = options.now ?? (() => new Date());
   }
 
-  async accept(session: string, message: MqttMessage): Promise<void> {
-    const receivedAt = this.now();
+  /** Resolves once Redis holds the message's job or its rejection record. */
+  accept(session: string, message: MqttMessage): Promise<void> {
+    const receivedAt = this.#now();
     const parsed = parseMessage({ topic: message.topic, payload: message.payload, retained: message.retain, receivedAt });
-    const { metrics, logger } = this.options;
-    if (!parsed.ok) {
+    const { metrics, logger } = this.#options;
+    if (parsed.ok) {
+      metrics.messagesReceived.inc({ kind: parsed.message.kind });
+    } else {
       metrics.messagesReceived.inc({ kind: 'invalid' });
       metrics.messagesRejected.inc({ reason: parsed.reason });
-      const record: RejectedMessageJob = {
-        topic: message.topic.slice(0, TOPIC_LOG_CHARS),
-        reason: parsed.reason,
-        detail: parsed.detail,
-        ...(parsed.deviceId ? { deviceId: parsed.deviceId } : {}),
-        payloadBytes: message.payload.length,
-        payloadHead: Buffer.from(message.payload.subarray(0, PAYLOAD_HEAD_BYTES)).toString('base64'),
-        receivedAt: receivedAt.toISOString(),
-      };
-      logger.warn({ reason: parsed.reason, detail: parsed.detail, topic: record.topic, device_id: parsed.deviceId, bytes: record.payloadBytes }, 'message rejected');
-      const jobId = newJobId();
-      await this.untilStored('rejection record', () => this.options.queues.rejected.add(parsed.reason, record, { jobId }));
-      return;
+      logger.warn({ reason: parsed.reason, detail: parsed.detail, topic: message.topic.slice(0, TOPIC_LOG_CHARS), device_id: parsed.deviceId, bytes: message.payload.length }, 'message rejected');
     }
-    const { job } = parsed;
-    metrics.messagesReceived.inc({ kind: job.kind });
-    const { jobId, redelivery } = await this.untilStored('redelivery lookup', () => this.options.ledger.jobIdFor(session, message));
-    if (redelivery) {
-      metrics.redeliveriesDeduplicated.inc();
-      logger.info({ job_id: jobId, device_id: job.deviceId }, 'broker redelivered a message we had already queued');
+    return new Promise<void>((stored) => {
+      this.#waiting.push({ session, message, parsed, receivedAt, stored });
+      this.#scheduleWrite();
+    });
+  }
+
+  /** Messages parsed in the same turn of the event loop (one socket read) share a write. */
+  #scheduleWrite(): void {
+    if (this.#writing || this.#scheduled) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      void this.#write();
+    });
+  }
+
+  async #write(): Promise<void> {
+    const group = this.#waiting;
+    if (group.length === 0) return;
+    this.#waiting = [];
+    this.#writing = true;
+    try {
+      const ids = await this.#untilStored('redelivery lookup', () => this.#messageIds(group));
+      const store = this.#plan(group, ids);
+      // A retry sends the very same jobs (same ids), so it cannot add any twice.
+      await this.#untilStored('jobs', store);
+    } finally {
+      this.#writing = false;
     }
-    // Both commands are sent without waiting for each other; Redis runs them in this order.
-    // A retry reuses the job id, so it cannot add a second job.
-    await this.untilStored('job', () =>
-      Promise.all([redelivery ? undefined : this.options.ledger.remember(session, message, jobId), this.options.queues.ingestQueueFor(job).add(job.kind, job, { jobId })]),
+    for (const arrival of group) arrival.stored();
+    this.#scheduleWrite();
+  }
+
+  /** A new id per message, or the one a DUP resend had the first time. */
+  async #messageIds(group: Arrival[]): Promise<string[]> {
+    const { ledger, metrics, logger } = this.#options;
+    return Promise.all(
+      group.map(async ({ session, message, parsed }) => {
+        if (!parsed.ok || !message.dup) return newMessageId();
+        const remembered = await ledger.remembered(session, message);
+        if (!remembered) return newMessageId();
+        metrics.redeliveriesDeduplicated.inc();
+        logger.info({ message_id: remembered, device_id: parsed.message.deviceId }, 'broker redelivered a message we had already queued');
+        return remembered;
+      }),
     );
-    metrics.messagesEnqueued.inc({ kind: job.kind });
+  }
+
+  /** The Redis commands that store a group, ledger first (see RedeliveryLedger.rememberAll). */
+  #plan(group: Arrival[], ids: string[]): () => Promise<unknown> {
+    const { queues, ledger, metrics } = this.#options;
+    const remember: RememberedMessage[] = [];
+    const bridgeStates: Array<{ job: BridgeStateJob; id: string }> = [];
+    const lampStates: LampStatesJob['states'] = [];
+    const rejections: Array<{ record: RejectedMessageJob; id: string }> = [];
+    group.forEach(({ session, message, parsed, receivedAt }, i) => {
+      const messageId = ids[i]!;
+      if (!parsed.ok) {
+        const record: RejectedMessageJob = {
+          topic: message.topic.slice(0, TOPIC_LOG_CHARS),
+          reason: parsed.reason,
+          detail: parsed.detail,
+          ...(parsed.deviceId ? { deviceId: parsed.deviceId } : {}),
+          payloadBytes: message.payload.length,
+          payloadHead: Buffer.from(message.payload.subarray(0, PAYLOAD_HEAD_BYTES)).toString('base64'),
+          receivedAt: receivedAt.toISOString(),
+        };
+        rejections.push({ record, id: messageId });
+        return;
+      }
+      remember.push({ session, packet: message, messageId });
+      if (parsed.message.kind === 'bridge-state') bridgeStates.push({ job: parsed.message, id: messageId });
+      else lampStates.push({ ...parsed.message, messageId });
+    });
+    const lampJobs: Array<{ job: LampStatesJob; id: string }> = [];
+    for (let i = 0; i < lampStates.length; i += this.#maxStatesPerJob) {
+      lampJobs.push({ job: { kind: 'lamp-states', states: lampStates.slice(i, i + this.#maxStatesPerJob) }, id: newMessageId() });
+    }
+
+    return async () => {
+      // Sent together without waiting for one another; Redis runs them in this order.
+      await Promise.all([
+        ...ledger.rememberAll(remember),
+        ...bridgeStates.map(({ job, id }) => queues.bridgeStateQueueFor(job.deviceId).add(job.kind, job, { jobId: id })),
+        ...lampJobs.map(({ job, id }) => queues.ingest.add(job.kind, job, { jobId: id })),
+        ...rejections.map(({ record, id }) => queues.rejected.add(record.reason, record, { jobId: id })),
+      ]);
+      if (bridgeStates.length > 0) metrics.messagesEnqueued.inc({ kind: 'bridge-state' }, bridgeStates.length);
+      if (lampStates.length > 0) metrics.messagesEnqueued.inc({ kind: 'lamp-state' }, lampStates.length);
+    };
   }
 
   /**
    * Connection loss is absorbed by ioredis (commands wait for the reconnect). An error that
-   * Redis itself returns is retried here, for as long as it takes: the message stays
-   * unacknowledged, so the broker keeps it, and nothing after it on this connection is read.
+   * Redis itself returns is retried here, for as long as it takes: the messages stay
+   * unacknowledged, so the broker keeps them.
    */
-  private async untilStored<T>(what: string, store: () => Promise<T>): Promise<T> {
+  async #untilStored<T>(what: string, store: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt += 1) {
       try {
         const result = await store();
-        if (attempt > 1) this.options.logger.info({ attempt }, `Redis accepted the ${what} again`);
+        if (attempt > 1) this.#options.logger.info({ attempt }, `Redis accepted the ${what} again`);
         return result;
       } catch (err) {
         if (attempt === 1 || attempt % 30 === 0) {
-          this.options.logger.error({ err: describe(err), attempt }, `Redis refused the ${what}; holding the message unacknowledged and retrying`);
+          this.#options.logger.error({ err: describe(err), attempt }, `Redis refused the ${what}; holding the messages unacknowledged and retrying`);
         }
-        await new Promise((resolve) => setTimeout(resolve, this.retryDelayMs));
+        await new Promise((resolve) => setTimeout(resolve, this.#retryDelayMs));
       }
     }
   }

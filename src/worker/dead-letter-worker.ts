@@ -43,10 +43,9 @@ function parkingError(data: DeadLetterJob): UnrecoverableError {
 }
 
 /**
- * Puts a dead letter's event back into keen-delivery with its uniqueness token as job id. The
- * delivery job that gave up usually still sits in keen-delivery's Failed list under that id,
- * and BullMQ ignores an add whose id exists, so a failed (or completed) old copy is removed
- * first. A copy that is still waiting or delayed is left alone; an active one makes the redrive
+ * Puts a dead letter's event back into keen-delivery, alone in a job whose id is its uniqueness
+ * token. An earlier redrive of the same event may have left a job under that id, and BullMQ
+ * ignores an add whose id exists, so a failed (or completed) old copy is removed first. A copy that is still waiting or delayed is left alone; an active one makes the redrive
  * fail (try again later). Safe to repeat: the id, and so Keen's deduplication, never changes.
  */
 export async function redriveDeadLetter(keen: Queue<KeenDeliveryJob>, data: DeadLetterJob): Promise<RedriveOutcome> {
@@ -67,7 +66,7 @@ export async function redriveDeadLetter(keen: Queue<KeenDeliveryJob>, data: Dead
       replaced = true;
     }
   }
-  await keen.add(data.collection, { collection: data.collection, event: data.event }, { jobId });
+  await keen.add(data.collection, { events: [{ collection: data.collection, event: data.event }] }, { jobId });
   return { jobId, outcome: 'redriven', replaced };
 }
 

@@ -1,14 +1,14 @@
 /**
  * Handles the ingest and bridge-state queues: everything that touches the device registry.
- * What goes to Keen leaves through the keen-delivery queue, so a Keen retry never repeats
- * database work.
+ * What goes to Keen leaves through the keen-delivery queue, one job per ingest job, so a Keen
+ * retry never repeats database work.
  */
-import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
-import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken, type KeenCollection, type KeenEvent } from '../shared/events.js';
-import type { IngestJob, RejectedMessageJob } from '../shared/jobs.js';
+import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
+import type { BridgeStateJob, KeenEventRecord, LampStatesJob, RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { jitteredBackoff, type PipelineQueues } from '../shared/queues.js';
+import { jitteredBackoff, jitteredBackoffDelay, QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 import type { AssociationPublisher } from './association-publisher.js';
 import type { DeviceRegistry } from './registry/registry.js';
 
@@ -19,108 +19,135 @@ export interface IngestWorkerOptions {
   registry: DeviceRegistry;
   publisher: AssociationPublisher;
   defaultUser: string;
+  /** Lamp-state jobs handled at once by this process. */
   concurrency: number;
   logger: Logger;
   metrics: Metrics;
   /**
-   * A lamp state or a disconnect can overtake its lamp's first bridge connect in the queues.
-   * Until this many attempts have found no device, the job waits and tries again; then it is
-   * rejected.
+   * A lamp state can overtake its lamp's first bridge connect: they travel in different queues.
+   * Until it has been looked for this many times, a state of a lamp we do not know waits and
+   * is looked for again; then it is rejected.
    */
   unknownDeviceAttempts?: number;
+  /** The first wait of a bridge state held by a failure; later waits double (with jitter), up to five minutes. */
+  bridgeRetryBaseMs?: number;
 }
 
-class DeviceNotRegisteredYet extends Error {
-  override name = 'DeviceNotRegisteredYet';
-}
+type RejectedState = Pick<RejectedMessageJob, 'topic' | 'deviceId' | 'receivedAt'> & { id: string; detail: string; data: unknown };
 
-export async function createIngestWorkers(options: IngestWorkerOptions): Promise<Array<Worker<IngestJob>>> {
+export async function createIngestWorkers(options: IngestWorkerOptions): Promise<Worker[]> {
   const { queues, registry, publisher, logger, metrics } = options;
   const unknownDeviceAttempts = options.unknownDeviceAttempts ?? 6;
+  const bridgeRetryBaseMs = options.bridgeRetryBaseMs ?? 500;
 
-  const sendToKeen = async (job: Job<IngestJob>, collection: KeenCollection, build: (token: string) => KeenEvent) => {
-    const token = uniquenessToken(job.id!, collection);
-    // The token is the job id too: adding it again after a retry is a no-op.
-    await queues.keen.add(collection, { collection, event: build(token) }, { jobId: token });
-  };
+  const sendToKeen = (ingestJobId: string, events: KeenEventRecord[]) =>
+    // Named after the ingest job: adding it again when that job is retried is a no-op.
+    events.length === 0 ? undefined : queues.keen.add(events[0]!.collection, { events }, { jobId: `${ingestJobId}-keen` });
 
-  const reject = async (job: Job<IngestJob>, reason: 'unknown_device', detail: string) => {
-    metrics.messagesRejected.inc({ reason });
-    logger.warn({ job_id: job.id, device_id: job.data.deviceId, reason }, `message rejected: ${detail}`);
+  const reject = async (rejected: RejectedState) => {
+    metrics.messagesRejected.inc({ reason: 'unknown_device' });
+    logger.warn({ message_id: rejected.id, device_id: rejected.deviceId, reason: 'unknown_device' }, `message rejected: ${rejected.detail}`);
     const record: RejectedMessageJob = {
-      topic: job.data.kind === 'lamp-state' ? `devices/${job.data.deviceId}/lamp/changed` : `$SYS/broker/connection/${job.data.deviceId}_broker/state`,
-      reason,
-      detail,
-      deviceId: job.data.deviceId,
+      topic: rejected.topic,
+      reason: 'unknown_device',
+      detail: rejected.detail,
+      ...(rejected.deviceId ? { deviceId: rejected.deviceId } : {}),
       payloadBytes: 0,
-      payloadHead: Buffer.from(JSON.stringify(job.data)).toString('base64'),
-      receivedAt: job.data.receivedAt,
+      payloadHead: Buffer.from(JSON.stringify(rejected.data)).toString('base64'),
+      receivedAt: rejected.receivedAt,
     };
-    await queues.rejected.add(reason, record, { jobId: `${job.id}-rejected` });
+    await queues.rejected.add('unknown_device', record, { jobId: `${rejected.id}-rejected` });
   };
 
-  const process = async (job: Job<IngestJob>) => {
-    const data = job.data;
-    const log = logger.child({ job_id: job.id, device_id: data.deviceId });
-    if (data.kind === 'lamp-state') {
-      if (!(await registry.isKnown(data.deviceId))) {
-        if (job.attemptsMade + 1 < unknownDeviceAttempts) throw new DeviceNotRegisteredYet(`device ${data.deviceId} is not registered (yet)`);
-        return reject(job, 'unknown_device', 'lamp state from a device that never connected its bridge');
+  const handleLampStates = async (job: Job<LampStatesJob>) => {
+    const { states } = job.data;
+    const known = await registry.knownAmong(states.map((s) => s.deviceId));
+    const unknown = states.filter((s) => !known.has(s.deviceId));
+    const waits = job.data.waits ?? 0;
+    if (unknown.length > 0 && waits + 1 < unknownDeviceAttempts) {
+      // The states wait in a job of their own, so the others need not.
+      await queues.ingest.add('lamp-states', { kind: 'lamp-states', states: unknown, waits: waits + 1 }, { jobId: `${job.id}-w`, delay: Math.min(500 * 2 ** waits, 10_000) });
+    } else {
+      for (const s of unknown) {
+        await reject({ id: s.messageId, topic: `devices/${s.deviceId}/lamp/changed`, deviceId: s.deviceId, receivedAt: s.receivedAt, detail: 'lamp state from a device that never connected its bridge', data: s });
       }
-      await sendToKeen(job, 'devicestate', (token) => deviceStateEvent(data.deviceId, data.state, data.receivedAt, token));
-      return;
     }
+    const events = states
+      .filter((s) => known.has(s.deviceId))
+      .map((s): KeenEventRecord => ({ collection: 'devicestate', event: deviceStateEvent(s.deviceId, s.state, s.receivedAt, uniquenessToken(s.messageId, 'devicestate')) }));
+    await sendToKeen(job.id!, events);
+  };
 
+  const handleBridgeState = async (job: Job<BridgeStateJob>) => {
+    const data = job.data;
+    const jobId = job.id!;
+    const events: KeenEventRecord[] = [];
     if (data.connected) {
-      const activation = await registry.activate(data.deviceId, job.id!);
+      const activation = await registry.activate(data.deviceId, jobId);
       if (activation.created) {
         metrics.devicesCreated.inc();
         await publisher.publishUnassociated(data.deviceId, activation.associationCode);
-        await sendToKeen(job, 'activations', (token) => activationEvent(data.deviceId, options.defaultUser, data.receivedAt, token));
-        log.info('new device activated');
+        events.push({ collection: 'activations', event: activationEvent(data.deviceId, options.defaultUser, data.receivedAt, uniquenessToken(jobId, 'activations')) });
+        logger.info({ job_id: jobId, device_id: data.deviceId }, 'new device activated');
       }
     }
-    const outcome = await registry.recordBridgeState(data.deviceId, data.connected, new Date(data.receivedAt), job.id!);
+    const outcome = await registry.recordBridgeState(data.deviceId, data.connected, new Date(data.receivedAt), jobId);
     if (outcome === 'unknown_device') {
-      // A disconnect can overtake the connect that registers its lamp, as a lamp state can.
-      if (job.attemptsMade + 1 < unknownDeviceAttempts) throw new DeviceNotRegisteredYet(`device ${data.deviceId} is not registered (yet)`);
-      return reject(job, 'unknown_device', 'bridge disconnect from a device that never connected');
+      // Its partition runs in order, so no connect of this lamp is still on its way.
+      return reject({ id: jobId, topic: `$SYS/broker/connection/${data.deviceId}_broker/state`, deviceId: data.deviceId, receivedAt: data.receivedAt, detail: 'bridge disconnect from a device that never connected', data });
     }
     if (outcome === 'unchanged') {
       metrics.bridgeReplaysDropped.inc();
-      log.debug({ connected: data.connected, retained: data.retained }, 'bridge state unchanged; not recorded again');
-      return;
+      logger.debug({ job_id: jobId, device_id: data.deviceId, connected: data.connected, retained: data.retained }, 'bridge state unchanged; not recorded again');
+    } else {
+      events.push({ collection: 'devicemonitoring', event: deviceMonitoringEvent(data.deviceId, data.connected, data.receivedAt, uniquenessToken(jobId, 'devicemonitoring')) });
     }
-    await sendToKeen(job, 'devicemonitoring', (token) => deviceMonitoringEvent(data.deviceId, data.connected, data.receivedAt, token));
+    await sendToKeen(jobId, events);
   };
 
-  const settings = {
-    backoffStrategy: (...args: Parameters<typeof jitteredBackoff>) => {
-      const [attemptsMade, , err] = args;
-      // An early lamp state waits a little for its activation; outages back off further.
-      return err instanceof DeviceNotRegisteredYet ? Math.min(500 * 2 ** attemptsMade, 10_000) : jitteredBackoff(...args);
-    },
+  /**
+   * A bridge state that fails is retried where it stands, holding its partition: back in the
+   * queue, the lamp's next state would overtake it. Its attempts and their spacing are those of
+   * any ingest job; when they run out it fails for good, and the partition moves on.
+   */
+  const holdingItsPlace = async (job: Job<BridgeStateJob>) => {
+    const attempts = job.opts.attempts ?? 1;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await handleBridgeState(job);
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        if (attempt >= attempts) throw new UnrecoverableError(`gave up after ${attempt} attempts: ${message}`);
+        const waitMs = jitteredBackoffDelay(attempt, bridgeRetryBaseMs);
+        logger.warn({ job_id: job.id, device_id: job.data.deviceId, attempt, wait_ms: waitMs, err: message }, 'bridge state failed; retrying in place, its lamps wait');
+        await new Promise((resolve) => setTimeout(resolve, waitMs));
+      }
+    }
   };
-  const start = (queue: Queue<IngestJob>, concurrency: number) => {
-    const worker = new Worker<IngestJob>(queue.name, process, {
+
+  const start = <T extends LampStatesJob | BridgeStateJob>(name: string, process: (job: Job<T>) => Promise<unknown>, concurrency: number, lockDuration?: number) => {
+    const worker = new Worker<T>(name, process, {
       connection: options.connection,
       prefix: options.prefix,
       concurrency,
       // A worker killed mid-job must not turn its jobs into failures: they are simply redone.
       maxStalledCount: 10,
-      settings,
+      settings: { backoffStrategy: jitteredBackoff },
+      ...(lockDuration ? { lockDuration } : {}),
     });
-    worker.on('completed', () => metrics.jobsCompleted.inc({ queue: queue.name }));
+    worker.on('completed', () => metrics.jobsCompleted.inc({ queue: name }));
     worker.on('failed', (job, err) => {
-      metrics.jobsFailed.inc({ queue: queue.name });
+      metrics.jobsFailed.inc({ queue: name });
       const final = job && (err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1));
-      const level = err instanceof DeviceNotRegisteredYet ? 'debug' : final ? 'error' : 'warn';
-      logger[level]({ job_id: job?.id, device_id: job?.data.deviceId, queue: queue.name, attempts: job?.attemptsMade, err: err.message }, final ? 'ingest job failed for good' : 'ingest job failed; will retry');
+      logger[final ? 'error' : 'warn']({ job_id: job?.id, queue: name, attempts: job?.attemptsMade, err: err.message }, final ? 'ingest job failed for good' : 'ingest job failed; will retry');
     });
-    worker.on('error', (err) => logger.error({ err: err.message, queue: queue.name }, 'ingest worker error'));
+    worker.on('error', (err) => logger.error({ err: err.message, queue: name }, 'ingest worker error'));
     return worker;
   };
   // One bridge state at a time per partition, across every worker process.
   await Promise.all(queues.bridgeState.map((queue) => queue.setGlobalConcurrency(1)));
-  return [start(queues.ingest, options.concurrency), ...queues.bridgeState.map((queue) => start(queue, 1))];
+  return [
+    start(QUEUE_NAMES.ingest, handleLampStates, options.concurrency),
+    ...queues.bridgeState.map((queue) => start(queue.name, holdingItsPlace, 1)),
+  ];
 }

@@ -1,15 +1,18 @@
 /**
- * The registry stage (ingest queue) against real PostgreSQL, Redis and Mosquitto: activation,
- * bridge monitoring, lamp states, unknown devices, and many workers racing on the same lamps.
+ * The registry stage (ingest and bridge-state queues) against real PostgreSQL, Redis and
+ * Mosquitto: activation, bridge monitoring, lamp states, unknown devices, many workers racing on
+ * the same lamps, and a lamp's bridge states kept in order through a PostgreSQL outage.
  */
-import { Queue, type Worker } from 'bullmq';
+import { randomUUID } from 'node:crypto';
+import { Queue, type Job, type Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { IngestJob, KeenDeliveryJob, RejectedMessageJob } from '../../src/shared/jobs.js';
-import { createLogger } from '../../src/shared/logger.js';
+import type { BridgeStateJob, KeenDeliveryJob, KeenEventRecord, LampStateMessage, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
+import { createLogger, type Logger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { bridgePartition, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
 import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';
@@ -18,83 +21,142 @@ import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { sleep, waitFor } from '../support/processes.js';
 
 const services = inject('services');
-const logger = createLogger('registry-test', 'silent');
+const silent = createLogger('registry-test', 'silent');
 const DEFAULT_USER = 'parked_device_user';
 
+/** An id like the subscriber's message ids. */
+const messageId = () => randomUUID().replaceAll('-', '');
+
+const bridge = (deviceId: string, connected: boolean, extra: Partial<BridgeStateJob> = {}): BridgeStateJob => ({
+  kind: 'bridge-state',
+  deviceId,
+  connected,
+  retained: false,
+  receivedAt: new Date().toISOString(),
+  ...extra,
+});
+
+const lampState = (deviceId: string, state: LampStateMessage['state'], receivedAt = new Date().toISOString()): LampStatesJob['states'][number] => ({
+  kind: 'lamp-state',
+  deviceId,
+  state,
+  receivedAt,
+  messageId: messageId(),
+});
+
+/**
+ * A registry stage of a test's own: a database, a queue prefix, and workers on them. Workers of
+ * one stage take each other's jobs, never another stage's.
+ */
+function registryStage(label: string) {
+  const stage = {
+    db: undefined as unknown as TestDatabase,
+    redis: undefined as unknown as Redis,
+    queues: undefined as unknown as PipelineQueues,
+    prefix: randomPrefix(label),
+    stops: [] as Array<() => Promise<unknown>>,
+
+    async open() {
+      stage.db = await createTestDatabase(services.postgres);
+      stage.redis = new Redis(services.redis, { maxRetriesPerRequest: null });
+      stage.queues = openQueues(stage.redis, stage.prefix);
+    },
+
+    async close() {
+      for (const stop of stage.stops.reverse()) await stop();
+      await stage.queues?.close();
+      await stage.redis?.quit();
+      await stage.db?.drop();
+    },
+
+    async startWorkers(count: number, { concurrency = 20, logger = silent, bridgeRetryBaseMs }: { concurrency?: number; logger?: Logger; bridgeRetryBaseMs?: number } = {}) {
+      const workers: Worker[] = [];
+      for (let i = 0; i < count; i++) {
+        const registry = new DeviceRegistry({ databaseUrl: stage.db.url, defaultUser: DEFAULT_USER, poolSize: 4 });
+        const publisher = await AssociationPublisher.connect({ url: services.mqtt }, `${stage.prefix}-${i}`, logger);
+        const started = await createIngestWorkers({
+          connection: stage.redis,
+          prefix: stage.prefix,
+          queues: stage.queues,
+          registry,
+          publisher,
+          defaultUser: DEFAULT_USER,
+          concurrency,
+          logger,
+          metrics: createMetrics('t'),
+          unknownDeviceAttempts: 3,
+          ...(bridgeRetryBaseMs !== undefined ? { bridgeRetryBaseMs } : {}),
+        });
+        workers.push(...started);
+        stage.stops.push(async () => {
+          await Promise.all(started.map((worker) => worker.close()));
+          await publisher.close();
+          await registry.close();
+        });
+      }
+      return workers;
+    },
+
+    addBridge: (data: BridgeStateJob, jobId: string) => stage.queues.bridgeStateQueueFor(data.deviceId).add(data.kind, data, { jobId }),
+
+    addLampStates: (states: LampStatesJob['states'], jobId: string) => stage.queues.ingest.add('lamp-states', { kind: 'lamp-states', states }, { jobId }),
+
+    async allIngestDone(): Promise<boolean> {
+      for (const queue of [stage.queues.ingest, ...stage.queues.bridgeState]) {
+        const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
+        if (Object.values(counts).some((n) => n > 0)) return false;
+      }
+      return true;
+    },
+
+    async keenJobs(): Promise<Array<Job<KeenDeliveryJob>>> {
+      return stage.queues.keen.getJobs(['waiting'], 0, -1, true);
+    },
+
+    /** Every Keen event queued, from every keen-delivery job. */
+    async keenEvents(): Promise<KeenEventRecord[]> {
+      return (await stage.keenJobs()).flatMap((job) => job.data.events);
+    },
+
+    async prisma() {
+      const { PrismaClient } = await import('../../src/generated/prisma/client.js');
+      const { PrismaPg } = await import('@prisma/adapter-pg');
+      return new PrismaClient({ adapter: new PrismaPg({ connectionString: stage.db.url }) });
+    },
+  };
+  return stage;
+}
+
 describe('registry worker', () => {
-  let db: TestDatabase;
-  let redis: Redis;
-  let queues: PipelineQueues;
-  const prefix = randomPrefix('reg');
-  const stops: Array<() => Promise<unknown>> = [];
+  const stage = registryStage('reg');
   let associations: mqtt.MqttClient;
   const associationMessages: Array<{ topic: string; payload: string; retain: boolean }> = [];
 
-  async function startWorkers(count: number, concurrency = 20) {
-    const workers: Worker[] = [];
-    for (let i = 0; i < count; i++) {
-      const registry = new DeviceRegistry({ databaseUrl: db.url, defaultUser: DEFAULT_USER, poolSize: 4 });
-      const publisher = await AssociationPublisher.connect({ url: services.mqtt }, `${prefix}-${i}`, logger);
-      const started = await createIngestWorkers({ connection: redis, prefix, queues, registry, publisher, defaultUser: DEFAULT_USER, concurrency, logger, metrics: createMetrics('t'), unknownDeviceAttempts: 3 });
-      workers.push(...started);
-      stops.push(async () => {
-        await Promise.all(started.map((worker) => worker.close()));
-        await publisher.close();
-        await registry.close();
-      });
-    }
-    return workers;
-  }
-
-  const bridge = (deviceId: string, connected: boolean, extra: Partial<IngestJob> = {}): IngestJob =>
-    ({ kind: 'bridge-state', deviceId, connected, retained: false, receivedAt: new Date().toISOString(), ...extra }) as IngestJob;
-
-  const add = (data: IngestJob, jobId: string) => queues.ingestQueueFor(data).add(data.kind, data, { jobId });
-
-  async function allIngestDone(): Promise<boolean> {
-    for (const queue of [queues.ingest, ...queues.bridgeState]) {
-      const counts = await queue.getJobCounts('waiting', 'active', 'delayed');
-      if ((counts.waiting ?? 0) + (counts.active ?? 0) + (counts.delayed ?? 0) > 0) return false;
-    }
-    return true;
-  }
-
-  async function keenJobs(): Promise<KeenDeliveryJob[]> {
-    return (await queues.keen.getJobs(['waiting'], 0, -1)).map((job) => job.data);
-  }
-
   beforeAll(async () => {
-    db = await createTestDatabase(services.postgres);
-    redis = new Redis(services.redis, { maxRetriesPerRequest: null });
-    queues = openQueues(redis, prefix);
-    associations = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-observer` });
+    await stage.open();
+    associations = await mqtt.connectAsync(services.mqtt, { clientId: `${stage.prefix}-observer` });
     associations.on('message', (topic, payload, packet) => associationMessages.push({ topic, payload: payload.toString(), retain: packet.retain }));
     await associations.subscribeAsync('/devices/+/lamp/associated', { qos: 1 });
   });
   afterAll(async () => {
-    for (const stop of stops.reverse()) await stop();
+    await stage.close();
     // Retained association messages of our random lamps are cleared from the shared broker.
     for (const topic of new Set(associationMessages.map((m) => m.topic))) await associations.publishAsync(topic, '', { qos: 1, retain: true });
     await associations.endAsync();
-    await queues.close();
-    await redis.quit();
-    await db.drop();
   });
 
   it('activates each new lamp exactly once while eight workers race on duplicate and retained connects', async () => {
-    await startWorkers(8);
+    await stage.startWorkers(8);
     const devices = Array.from({ length: 40 }, randomDeviceId);
-    const jobs: Array<{ data: IngestJob; jobId: string }> = [];
+    const jobs: Array<{ data: BridgeStateJob; jobId: string }> = [];
     let n = 0;
     for (const deviceId of devices) {
       for (let copy = 0; copy < 5; copy++) jobs.push({ data: bridge(deviceId, true, { retained: copy > 0 }), jobId: `race${(n++).toString(16).padStart(8, '0')}` });
     }
-    await Promise.all(jobs.sort(() => Math.random() - 0.5).map((job) => add(job.data, job.jobId)));
-    await waitFor('all ingest jobs done', allIngestDone);
+    await Promise.all(jobs.sort(() => Math.random() - 0.5).map((job) => stage.addBridge(job.data, job.jobId)));
+    await waitFor('all ingest jobs done', stage.allIngestDone);
 
-    const { PrismaClient } = await import('../../src/generated/prisma/client.js');
-    const { PrismaPg } = await import('@prisma/adapter-pg');
-    const prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: db.url }) });
+    const prisma = await stage.prisma();
     try {
       const rows = await prisma.device.findMany({ where: { deviceId: { in: devices } }, include: { user: true } });
       expect(rows).toHaveLength(devices.length);
@@ -107,14 +169,28 @@ describe('registry worker', () => {
       }
       expect(await prisma.user.count()).toBe(1);
 
-      const keen = await keenJobs();
-      const activations = keen.filter((job) => job.collection === 'activations');
-      expect(activations.map((job) => job.event.device_id).sort()).toEqual([...devices].sort());
-      for (const job of activations) expect(job.event).toMatchObject({ device_id: expect.any(String), user: DEFAULT_USER });
+      const keen = await stage.keenEvents();
+      const activations = keen.filter((record) => record.collection === 'activations');
+      expect(activations.map((record) => record.event.device_id).sort()).toEqual([...devices].sort());
+      for (const record of activations) expect(record.event).toMatchObject({ device_id: expect.any(String), user: DEFAULT_USER });
       // Five connects of an already-connected lamp are one state change.
-      const monitoring = keen.filter((job) => job.collection === 'devicemonitoring');
-      expect(monitoring.map((job) => job.event.device_id).sort()).toEqual([...devices].sort());
-      for (const job of monitoring) expect(job.event).toMatchObject({ service: 'mqttbridge', state: 'connected' });
+      const monitoring = keen.filter((record) => record.collection === 'devicemonitoring');
+      expect(monitoring.map((record) => record.event.device_id).sort()).toEqual([...devices].sort());
+      for (const record of monitoring) expect(record.event).toMatchObject({ service: 'mqttbridge', state: 'connected' });
+
+      // The bridge job that created a lamp sends its activation and its connect in one
+      // keen-delivery job named after it, with tokens named after it too.
+      for (const job of await stage.keenJobs()) {
+        expect(job.id).toMatch(/^race[0-9a-f]{8}-keen$/);
+        const bridgeJobId = job.id!.slice(0, -'-keen'.length);
+        const row = rows.find((r) => r.deviceId === job.data.events[0]!.event.device_id)!;
+        expect(bridgeJobId).toBe(row.createdByJobId);
+        expect(job.data.events.map((record) => [record.collection, record.event.device_id, record.event.keen.uniqueness_token])).toEqual([
+          ['activations', row.deviceId, `${bridgeJobId}-activations`],
+          ['devicemonitoring', row.deviceId, `${bridgeJobId}-devicemonitoring`],
+        ]);
+      }
+      expect(await stage.keenJobs()).toHaveLength(devices.length);
 
       await waitFor('one association message per lamp', () => devices.every((d) => associationMessages.some((m) => m.topic === `/devices/${d}/lamp/associated`)));
       await sleep(300);
@@ -131,49 +207,226 @@ describe('registry worker', () => {
   it('records every bridge state change, in arrival order, and drops replays of an unchanged state', async () => {
     const device = randomDeviceId();
     const at = (ms: number) => new Date(Date.parse('2026-11-28T10:00:00.000Z') + ms).toISOString();
-    const sequence: IngestJob[] = [
+    const sequence: BridgeStateJob[] = [
       bridge(device, true, { receivedAt: at(0) }),
       bridge(device, true, { receivedAt: at(10), retained: true }),
       bridge(device, false, { receivedAt: at(20) }),
       bridge(device, false, { receivedAt: at(30), retained: true }),
       bridge(device, true, { receivedAt: at(40) }),
     ];
-    for (const [i, data] of sequence.entries()) await add(data, `seq${device}${i}`);
-    await waitFor('all ingest jobs done', allIngestDone);
-    const events = (await keenJobs()).filter((job) => job.event.device_id === device && job.collection === 'devicemonitoring');
-    expect(events.map((job) => [job.event.state, job.event.keen.timestamp]).sort((a, b) => String(a[1]).localeCompare(String(b[1])))).toEqual([
+    for (const [i, data] of sequence.entries()) await stage.addBridge(data, `seq${device}${i}`);
+    await waitFor('all ingest jobs done', stage.allIngestDone);
+    const events = (await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'devicemonitoring');
+    expect(events.map((record) => [record.event.state, record.event.keen.timestamp]).sort((a, b) => String(a[1]).localeCompare(String(b[1])))).toEqual([
       ['connected', at(0)],
       ['disconnected', at(20)],
       ['connected', at(40)],
     ]);
-    expect((await keenJobs()).filter((job) => job.event.device_id === device && job.collection === 'activations')).toHaveLength(1);
+    expect((await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'activations')).toHaveLength(1);
+    // A replay sends nothing to Keen; a change sends its events in one job named after it.
+    const ids = (await stage.keenJobs()).map((job) => job.id);
+    expect([0, 1, 2, 3, 4].map((i) => ids.includes(`seq${device}${i}-keen`))).toEqual([true, false, true, false, true]);
+    expect((await stage.queues.keen.getJob(`seq${device}0-keen`))!.data.events.map((record) => record.collection)).toEqual(['activations', 'devicemonitoring']);
+    expect((await stage.queues.keen.getJob(`seq${device}2-keen`))!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual([`seq${device}2-devicemonitoring`]);
   });
 
-  it('turns lamp states of known lamps into devicestate events and rejects unknown lamps after waiting for them', async () => {
-    const known = randomDeviceId();
-    const unknown = randomDeviceId();
-    await add(bridge(known, true), `known${known}`);
-    const state = { color: { h: 0.44, s: 1 }, brightness: 0.47, on: true, client: 'lamp_ui' };
-    const receivedAt = new Date().toISOString();
-    await add({ kind: 'lamp-state', deviceId: known, state, receivedAt }, `state${known}`);
-    await add({ kind: 'lamp-state', deviceId: unknown, state, receivedAt }, `state${unknown}`);
+  it('rejects a bridge disconnect of a lamp that never connected at once', async () => {
+    const device = randomDeviceId();
+    const jobId = messageId();
+    await stage.addBridge(bridge(device, false), jobId);
+    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    try {
+      const record = await waitFor('the rejection', async () => (await rejected.getJob(`${jobId}-rejected`))?.data, 5_000, 50);
+      expect(record).toMatchObject({ reason: 'unknown_device', deviceId: device, topic: `$SYS/broker/connection/${device}_broker/state` });
+    } finally {
+      await rejected.close();
+    }
+    expect(await stage.queues.keen.getJob(`${jobId}-keen`)).toBeUndefined();
+    const prisma = await stage.prisma();
+    try {
+      expect(await prisma.device.findUnique({ where: { deviceId: device } })).toBeNull();
+    } finally {
+      await prisma.$disconnect();
+    }
+  });
 
-    const event = await waitFor('devicestate event', async () => (await queues.keen.getJob(`state${known}-devicestate`))?.data);
-    expect(event.collection).toBe('devicestate');
-    expect(event.event).toEqual({
+  it('turns the lamp states of known lamps into one keen-delivery job while unknown lamps wait apart, then are rejected', async () => {
+    const known = randomDeviceId();
+    const alsoKnown = randomDeviceId();
+    const unknown = randomDeviceId();
+    await stage.addBridge(bridge(known, true), `known${known}`);
+    await stage.addBridge(bridge(alsoKnown, true), `known${alsoKnown}`);
+    await waitFor('both lamps registered', stage.allIngestDone);
+
+    const state = { color: { h: 0.44, s: 1 }, brightness: 0.47, on: true, client: 'lamp_ui' };
+    const states = [lampState(known, state), lampState(unknown, { on: true }), lampState(alsoKnown, { ...state, on: false }), lampState(unknown, { on: false })];
+    const jobId = messageId();
+    await stage.addLampStates(states, jobId);
+
+    const keenJob = await waitFor('the devicestate events', async () => (await stage.queues.keen.getJob(`${jobId}-keen`))?.data, 10_000, 20);
+    // The known lamps' states did not wait for the unknown lamp's: theirs wait in a job of their own.
+    const waiting = await stage.queues.ingest.getJob(`${jobId}-w`);
+    expect(waiting).toBeDefined();
+    expect(waiting!.data).toEqual({ kind: 'lamp-states', states: [states[1], states[3]], waits: 1 });
+
+    expect(keenJob.events.map((record) => record.collection)).toEqual(['devicestate', 'devicestate']);
+    expect(keenJob.events[0]!.event).toEqual({
       device_id: known,
       state,
       keen: {
-        timestamp: receivedAt,
-        uniqueness_token: `state${known}-devicestate`,
+        timestamp: states[0]!.receivedAt,
+        uniqueness_token: `${states[0]!.messageId}-devicestate`,
         addons: [{ name: 'keen:date_time_parser', input: { date_time: 'keen.timestamp' }, output: 'timestamp.info' }],
       },
     });
+    expect(keenJob.events[1]!.event).toMatchObject({ device_id: alsoKnown, state: { ...state, on: false }, keen: { uniqueness_token: `${states[2]!.messageId}-devicestate` } });
 
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: redis, prefix });
-    const record = await waitFor('unknown device rejection', async () => (await rejected.getJob(`state${unknown}-rejected`))?.data, 20_000, 250);
-    expect(record).toMatchObject({ reason: 'unknown_device', deviceId: unknown });
-    expect(await queues.keen.getJob(`state${unknown}-devicestate`)).toBeUndefined();
-    await rejected.close();
+    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    try {
+      const records = await waitFor(
+        'unknown device rejections',
+        async () => {
+          const found = await Promise.all([states[1]!, states[3]!].map(async (s) => (await rejected.getJob(`${s.messageId}-rejected`))?.data));
+          return found.every(Boolean) ? (found as RejectedMessageJob[]) : undefined;
+        },
+        20_000,
+        100,
+      );
+      for (const [i, record] of records.entries()) {
+        expect(record).toMatchObject({ reason: 'unknown_device', deviceId: unknown, topic: `devices/${unknown}/lamp/changed` });
+        expect(JSON.parse(Buffer.from(record.payloadHead, 'base64').toString())).toEqual(i === 0 ? states[1] : states[3]);
+      }
+    } finally {
+      await rejected.close();
+    }
+    // They waited the allowed number of times (unknownDeviceAttempts: 3), and nothing of theirs went to Keen.
+    expect((await stage.queues.ingest.getJob(`${jobId}-w-w`))?.data).toMatchObject({ states: [states[1], states[3]], waits: 2 });
+    expect(await stage.queues.ingest.getJob(`${jobId}-w-w-w`)).toBeUndefined();
+    expect((await stage.keenEvents()).filter((record) => record.event.device_id === unknown)).toEqual([]);
+  });
+
+  it('delivers the states of a lamp whose bridge connects while they wait', async () => {
+    const late = randomDeviceId();
+    const states = [lampState(late, { on: true, n: 1 }), lampState(late, { on: true, n: 2 })];
+    const jobId = messageId();
+    await stage.addLampStates(states, jobId);
+    await waitFor('the states waiting', async () => (await stage.queues.ingest.getJob(`${jobId}-w`))?.data, 5_000, 20);
+    await stage.addBridge(bridge(late, true), `late${late}`);
+
+    const events = await waitFor(
+      'the late states delivered',
+      async () => {
+        for (const id of [`${jobId}-w-keen`, `${jobId}-w-w-keen`]) {
+          const job = await stage.queues.keen.getJob(id);
+          if (job) return job.data.events;
+        }
+        return undefined;
+      },
+      10_000,
+      50,
+    );
+    expect(events.map((record) => [record.collection, record.event.device_id, record.event.state, record.event.keen.uniqueness_token])).toEqual([
+      ['devicestate', late, { on: true, n: 1 }, `${states[0]!.messageId}-devicestate`],
+      ['devicestate', late, { on: true, n: 2 }, `${states[1]!.messageId}-devicestate`],
+    ]);
+    await waitFor('all ingest jobs done', stage.allIngestDone);
+    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    try {
+      for (const s of states) expect(await rejected.getJob(`${s.messageId}-rejected`)).toBeUndefined();
+    } finally {
+      await rejected.close();
+    }
+    expect((await stage.keenEvents()).filter((record) => record.event.device_id === late && record.collection === 'devicestate')).toHaveLength(2);
+  });
+});
+
+describe('registry worker through a PostgreSQL outage', () => {
+  const stage = registryStage('reg-outage');
+  const logLines: string[] = [];
+  const logger = createLogger('registry-test', 'warn', { write: (line: string) => void logLines.push(line) });
+  let admin: pg.Client;
+
+  beforeAll(async () => {
+    await stage.open();
+    admin = new pg.Client({ connectionString: services.postgres });
+    await admin.connect();
+  });
+  afterAll(async () => {
+    await admin.query(`ALTER DATABASE ${stage.db.name} ALLOW_CONNECTIONS true`).catch(() => {});
+    await admin.end();
+    await stage.close();
+  });
+
+  /** The database refuses new connections and loses the ones it had, as in a restart. */
+  async function takeDatabaseAway() {
+    await admin.query(`ALTER DATABASE ${stage.db.name} ALLOW_CONNECTIONS false`);
+    await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [stage.db.name]);
+  }
+
+  it('keeps a lamp bridge states in order while the first of them waits for the database', async () => {
+    await stage.startWorkers(2, { logger, bridgeRetryBaseMs: 50 });
+    // The registry has met the database: its pool holds connections that the outage breaks.
+    await stage.addBridge(bridge(randomDeviceId(), true), messageId());
+    await waitFor('the warm-up done', stage.allIngestDone);
+
+    const device = randomDeviceId();
+    const at = (ms: number) => new Date(Date.parse('2026-11-28T10:00:00.000Z') + ms).toISOString();
+    const ids = [messageId(), messageId(), messageId()];
+    await takeDatabaseAway();
+    try {
+      await stage.addBridge(bridge(device, true, { receivedAt: at(0) }), ids[0]!);
+      await stage.addBridge(bridge(device, false, { receivedAt: at(10) }), ids[1]!);
+      await stage.addBridge(bridge(device, true, { receivedAt: at(20) }), ids[2]!);
+
+      const retriesOfFirst = () => logLines.filter((line) => line.includes('retrying in place') && line.includes(ids[0]!)).length;
+      await waitFor('the first state retried in place a few times', () => retriesOfFirst() >= 3, 10_000, 20);
+      // The partition waits behind it: the lamp's later states have not overtaken it.
+      const partition = stage.queues.bridgeState[bridgePartition(device)]!;
+      expect((await partition.getActive()).map((job) => job.id)).toEqual([ids[0]]);
+      expect((await partition.getWaiting(0, -1)).map((job) => job.id).sort()).toEqual([ids[1], ids[2]].sort());
+      expect(await partition.getJobCounts('delayed', 'failed', 'completed')).toEqual({ delayed: 0, failed: 0, completed: 0 });
+      expect(logLines.some((line) => line.includes(ids[1]!) || line.includes(ids[2]!))).toBe(false);
+    } finally {
+      await admin.query(`ALTER DATABASE ${stage.db.name} ALLOW_CONNECTIONS true`);
+    }
+
+    await waitFor('all ingest jobs done', stage.allIngestDone, 30_000);
+    const partition = stage.queues.bridgeState[bridgePartition(device)]!;
+    const done = await Promise.all(ids.map((id) => partition.getJob(id)));
+    for (const job of done) expect(await job!.getState()).toBe('completed');
+    // Handled one after the other, in the order they arrived.
+    for (let i = 1; i < done.length; i++) expect(done[i]!.processedOn!).toBeGreaterThanOrEqual(done[i - 1]!.finishedOn!);
+
+    // One devicemonitoring event per change, none lost, each from its own job, in order.
+    const perJob = await Promise.all(ids.map(async (id) => (await stage.queues.keen.getJob(`${id}-keen`))?.data.events ?? []));
+    expect(perJob.map((events) => events.map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token]))).toEqual([
+      [
+        ['activations', null, `${ids[0]}-activations`],
+        ['devicemonitoring', 'connected', `${ids[0]}-devicemonitoring`],
+      ],
+      [['devicemonitoring', 'disconnected', `${ids[1]}-devicemonitoring`]],
+      [['devicemonitoring', 'connected', `${ids[2]}-devicemonitoring`]],
+    ]);
+    const monitoring = (await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'devicemonitoring');
+    expect(monitoring.map((record) => [record.event.state, record.event.keen.timestamp])).toEqual([
+      ['connected', at(0)],
+      ['disconnected', at(10)],
+      ['connected', at(20)],
+    ]);
+    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    try {
+      expect(await rejected.count()).toBe(0);
+      expect(await rejected.getJobCounts('failed', 'completed')).toEqual({ failed: 0, completed: 0 });
+    } finally {
+      await rejected.close();
+    }
+
+    const prisma = await stage.prisma();
+    try {
+      const row = await prisma.device.findUniqueOrThrow({ where: { deviceId: device } });
+      expect(row).toMatchObject({ bridgeConnected: true, bridgeStateJobId: ids[2], createdByJobId: ids[0], bridgeStateAt: new Date(at(20)) });
+    } finally {
+      await prisma.$disconnect();
+    }
   });
 });

@@ -1,21 +1,28 @@
 /**
  * The subscriber against a real broker and a real Redis: what it enqueues, what it refuses,
- * and that a message is acknowledged only once Redis holds its job.
+ * that lamp states arriving together are stored together (group commit), and that a message
+ * is acknowledged only once Redis holds its job.
  */
+import { createServer, connect, type Socket } from 'node:net';
 import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
+import mqttPacket from 'mqtt-packet';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { IngestJob, RejectedMessageJob } from '../../src/shared/jobs.js';
+import type { BridgeStateJob, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, bridgePartition, connectRedis, openQueues, QUEUE_NAMES } from '../../src/shared/queues.js';
+import { Intake, type MqttMessage } from '../../src/subscriber/intake.js';
+import { RedeliveryLedger } from '../../src/subscriber/redeliveries.js';
 import { startSubscriber, type Subscriber, type SubscriberConfig } from '../../src/subscriber/subscriber.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
-import { sleep, startMosquitto, startRedis, startService, waitFor, waitForLog } from '../support/processes.js';
+import { freePort, sleep, startMosquitto, startRedis, startService, waitFor, waitForLog } from '../support/processes.js';
 
 const services = inject('services');
 const logger = createLogger('subscriber-test', 'silent');
+
+type JobState = 'waiting' | 'failed' | 'completed' | 'active' | 'delayed';
+type StoredLampState = LampStatesJob['states'][number];
 
 function configFor(prefix: string, overrides: Partial<SubscriberConfig> = {}): SubscriberConfig {
   return {
@@ -36,20 +43,38 @@ async function publish(url: string, messages: Array<{ topic: string; payload: st
   await client.endAsync();
 }
 
-async function jobsIn<T>(redisUrl: string, prefix: string, name: string, states: Array<'waiting' | 'failed' | 'completed' | 'active' | 'delayed'> = ['waiting']) {
+/** All at once: the broker passes them on as fast as the subscriber's in-flight windows allow. */
+async function publishAtOnce(url: string, messages: Array<{ topic: string; payload: string | Buffer }>) {
+  const client = await mqtt.connectAsync(url, { clientId: `pub-${randomPrefix()}` });
+  await Promise.all(messages.map((m) => client.publishAsync(m.topic, m.payload, { qos: 1 })));
+  await client.endAsync();
+}
+
+/** Jobs in one queue, oldest first. */
+async function jobsIn<T>(redisUrl: string, prefix: string, name: string, states: JobState[] = ['waiting']) {
   const queue = new Queue<T>(name, { connection: { url: redisUrl }, prefix });
   try {
-    return await queue.getJobs(states, 0, -1);
+    return await queue.getJobs(states, 0, -1, true);
   } finally {
     await queue.close();
   }
 }
 
-/** Jobs of every queue the subscriber feeds: lamp states and each bridge-state partition. */
-async function ingestJobs(redisUrl: string, prefix: string) {
-  const names = [QUEUE_NAMES.ingest, ...Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n))];
-  return (await Promise.all(names.map((name) => jobsIn<IngestJob>(redisUrl, prefix, name)))).flat();
+/** The lamp-states jobs of the ingest queue. */
+const lampStateJobs = (redisUrl: string, prefix: string) => jobsIn<LampStatesJob>(redisUrl, prefix, QUEUE_NAMES.ingest);
+
+/** Every lamp state stored, each with the id of the ingest job that carries it. */
+async function lampStatesIn(redisUrl: string, prefix: string): Promise<Array<StoredLampState & { jobId: string }>> {
+  return (await lampStateJobs(redisUrl, prefix)).flatMap((job) => job.data.states.map((state) => ({ ...state, jobId: job.id! })));
 }
+
+/** Bridge-state jobs of every partition. */
+async function bridgeStateJobs(redisUrl: string, prefix: string) {
+  const names = Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n));
+  return (await Promise.all(names.map((name) => jobsIn<BridgeStateJob>(redisUrl, prefix, name)))).flat();
+}
+
+const HEX_ID = /^[0-9a-f]{32}$/;
 
 describe('subscriber', () => {
   const prefix = randomPrefix('sub');
@@ -74,30 +99,36 @@ describe('subscriber', () => {
       { topic: `$SYS/broker/connection/${b}_broker/state`, payload: '1' },
       { topic: `$SYS/broker/connection/${b}_broker/state`, payload: '0' },
     ]);
-    const jobs = await waitFor('four ingest jobs', async () => {
-      const found = await ingestJobs(services.redis, prefix);
-      return found.length === 4 ? found : undefined;
+    const states = await waitFor('two lamp states', async () => {
+      const found = (await lampStatesIn(services.redis, prefix)).filter((s) => s.deviceId === a);
+      return found.length === 2 ? found : undefined;
+    });
+    const bridges = await waitFor('two bridge states', async () => {
+      const found = (await bridgeStateJobs(services.redis, prefix)).filter((job) => job.data.deviceId === b.toLowerCase());
+      return found.length === 2 ? found : undefined;
     });
     const after = Date.now();
-    const data = jobs.map((job) => job.data).sort((x, y) => x.receivedAt.localeCompare(y.receivedAt));
-    for (const job of data) {
-      expect(Date.parse(job.receivedAt)).toBeGreaterThanOrEqual(before);
-      expect(Date.parse(job.receivedAt)).toBeLessThanOrEqual(after);
+    for (const receivedAt of [...states.map((s) => s.receivedAt), ...bridges.map((job) => job.data.receivedAt)]) {
+      expect(Date.parse(receivedAt)).toBeGreaterThanOrEqual(before);
+      expect(Date.parse(receivedAt)).toBeLessThanOrEqual(after);
     }
-    expect(data.filter((d) => d.kind === 'lamp-state')).toEqual(
+    expect(states.map(({ jobId: _, ...s }) => s)).toEqual(
       expect.arrayContaining([
-        { kind: 'lamp-state', deviceId: a, state, receivedAt: expect.any(String) },
-        { kind: 'lamp-state', deviceId: a, state: { ...state, on: false }, receivedAt: expect.any(String) },
+        { kind: 'lamp-state', deviceId: a, state, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID) },
+        { kind: 'lamp-state', deviceId: a, state: { ...state, on: false }, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID) },
       ]),
     );
-    expect(data.filter((d) => d.kind === 'bridge-state').map((d) => d.kind === 'bridge-state' && [d.deviceId, d.connected, d.retained])).toEqual(
-      expect.arrayContaining([
-        [b.toLowerCase(), true, false],
-        [b.toLowerCase(), false, false],
-      ]),
-    );
-    expect(new Set(jobs.map((job) => job.id)).size).toBe(4);
-    expect(jobs.every((job) => /^[0-9a-f]{32}$/.test(job.id!))).toBe(true);
+    // Both bridge states sit in their lamp's partition, in the order they were published.
+    const partition = await jobsIn<BridgeStateJob>(services.redis, prefix, QUEUE_NAMES.bridgeState(bridgePartition(b.toLowerCase())));
+    expect(partition.filter((job) => job.data.deviceId === b.toLowerCase()).map((job) => [job.data.kind, job.data.connected, job.data.retained])).toEqual([
+      ['bridge-state', true, false],
+      ['bridge-state', false, false],
+    ]);
+    // Every message has an id of its own; a bridge state's job is named after it.
+    const ids = [...states.map((s) => s.messageId), ...bridges.map((job) => job.id!)];
+    expect(new Set(ids).size).toBe(4);
+    expect(ids.every((id) => HEX_ID.test(id))).toBe(true);
+    expect(states.every((s) => HEX_ID.test(s.jobId))).toBe(true);
   });
 
   it('records each bad message with its reason while the good ones around it flow', async () => {
@@ -123,13 +154,74 @@ describe('subscriber', () => {
     const utf8 = rejected.find((job) => job.data.reason === 'invalid_utf8')!;
     expect(Buffer.from(utf8.data.payloadHead, 'base64')).toEqual(Buffer.from([0xc3, 0x28]));
     expect(utf8.data.deviceId).toBe(device);
-    const goodJobs = await waitFor('both good messages', async () => {
-      const found = (await ingestJobs(services.redis, prefix)).filter((job) => job.data.deviceId === device);
+    expect(rejected.every((job) => HEX_ID.test(job.id!))).toBe(true);
+    const goodStates = await waitFor('both good messages', async () => {
+      const found = (await lampStatesIn(services.redis, prefix)).filter((s) => s.deviceId === device);
       return found.length === 2 ? found : undefined;
     });
-    expect(goodJobs.map((job) => (job.data.kind === 'lamp-state' ? job.data.state.n : null)).sort()).toEqual([1, 2]);
+    expect(goodStates.map((s) => s.state.n).sort()).toEqual([1, 2]);
+    expect((await bridgeStateJobs(services.redis, prefix)).filter((job) => job.data.deviceId === device)).toEqual([]);
     const counted = await metrics.messagesRejected.get();
     expect(counted.values.find((v) => v.labels.reason === 'invalid_json')?.value).toBe(1);
+  });
+
+  it('stores lamp states that arrive together in far fewer ingest jobs, each state once with an id of its own', async () => {
+    const device = randomDeviceId();
+    const total = 2000;
+    const jobsBefore = new Set((await lampStateJobs(services.redis, prefix)).map((job) => job.id));
+    await publishAtOnce(
+      services.mqtt,
+      Array.from({ length: total }, (_, seq) => ({ topic: `/devices/${device}/lamp/changed`, payload: JSON.stringify({ on: true, seq }) })),
+    );
+    const states = await waitFor(
+      `${total} lamp states`,
+      async () => {
+        const found = (await lampStatesIn(services.redis, prefix)).filter((s) => s.deviceId === device);
+        return found.length >= total ? found : undefined;
+      },
+      60_000,
+      200,
+    );
+    await sleep(300);
+    const jobs = (await lampStateJobs(services.redis, prefix)).filter((job) => !jobsBefore.has(job.id));
+    const ours = jobs.filter((job) => job.data.states.some((s) => s.deviceId === device));
+    // Every state exactly once, each with an id of its own.
+    expect(states.map((s) => s.state.seq as number).sort((x, y) => x - y)).toEqual(Array.from({ length: total }, (_, i) => i));
+    expect(new Set(states.map((s) => s.messageId)).size).toBe(total);
+    expect(states.every((s) => HEX_ID.test(s.messageId))).toBe(true);
+    // Group commit: the messages that arrived during one write went together into the next.
+    expect(ours.length).toBeLessThan(total / 10);
+    expect(Math.max(...ours.map((job) => job.data.states.length))).toBeGreaterThan(10);
+    for (const job of ours) {
+      expect(job.data.kind).toBe('lamp-states');
+      expect(job.data.waits).toBeUndefined();
+      expect(job.data.states.length).toBeLessThanOrEqual(500);
+    }
+  });
+
+  it('keeps the arrival order of each lamp bridge states in its partition', async () => {
+    const devices = Array.from({ length: 6 }, randomDeviceId);
+    const flips = 12;
+    const messages = [];
+    // Interleaved: lamp after lamp, each alternating connect and disconnect.
+    for (let n = 0; n < flips; n++) {
+      for (const [i, device] of devices.entries()) {
+        messages.push({ topic: `$SYS/broker/connection/${device}_broker/state`, payload: (n + i) % 2 === 0 ? '1' : '0' });
+      }
+    }
+    await publishAtOnce(services.mqtt, messages);
+    await waitFor('every bridge state', async () => {
+      const found = (await bridgeStateJobs(services.redis, prefix)).filter((job) => devices.includes(job.data.deviceId));
+      return found.length >= devices.length * flips;
+    });
+    for (const [i, device] of devices.entries()) {
+      const partition = await jobsIn<BridgeStateJob>(services.redis, prefix, QUEUE_NAMES.bridgeState(bridgePartition(device)));
+      const own = partition.filter((job) => job.data.deviceId === device);
+      expect(own.map((job) => job.data.connected)).toEqual(Array.from({ length: flips }, (_, n) => (n + i) % 2 === 0));
+      const times = own.map((job) => Date.parse(job.data.receivedAt));
+      expect(times).toEqual([...times].sort((x, y) => x - y));
+      expect(new Set(own.map((job) => job.id)).size).toBe(flips);
+    }
   });
 
   it('marks the broker replay of a retained bridge state as retained', async () => {
@@ -140,7 +232,7 @@ describe('subscriber', () => {
     const second = await startSubscriber(configFor(own), logger, createMetrics('t'));
     try {
       const jobs = await waitFor('the retained replay', async () => {
-        const found = (await ingestJobs(services.redis, own)).filter((job) => job.data.deviceId === device);
+        const found = (await bridgeStateJobs(services.redis, own)).filter((job) => job.data.deviceId === device);
         return found.length === 1 ? found : undefined;
       });
       expect(jobs[0]!.data).toMatchObject({ kind: 'bridge-state', connected: true, retained: true });
@@ -150,6 +242,139 @@ describe('subscriber', () => {
     }
   });
 });
+
+describe('subscriber intake', () => {
+  const prefix = randomPrefix('intake');
+  let redis: Awaited<ReturnType<typeof connectRedis>>;
+  let queues: ReturnType<typeof openQueues>;
+
+  beforeAll(async () => {
+    redis = await connectRedis(services.redis, { autoPipelining: true });
+    queues = openQueues(redis, prefix);
+  });
+  afterAll(async () => {
+    await queues.close();
+    await redis.quit();
+  });
+
+  const lamp = (device: string, n: number, packetId?: number, dup = false): MqttMessage => ({
+    topic: `/devices/${device}/lamp/changed`,
+    payload: Buffer.from(JSON.stringify({ on: true, n })),
+    retain: false,
+    dup,
+    ...(packetId !== undefined ? { messageId: packetId } : {}),
+  });
+
+  it('writes one group per Redis round trip, split into jobs of at most maxStatesPerJob states', async () => {
+    const intake = new Intake({ queues, ledger: new RedeliveryLedger(redis, prefix), logger, metrics: createMetrics('t'), maxStatesPerJob: 2 });
+    const device = randomDeviceId();
+    const bridged = randomDeviceId();
+    // Accepted in one turn of the event loop: one group.
+    await Promise.all([
+      ...Array.from({ length: 5 }, (_, n) => intake.accept('s1', lamp(device, n, n + 1))),
+      intake.accept('s1', { topic: `$SYS/broker/connection/${bridged}_broker/state`, payload: Buffer.from('1'), retain: false, dup: false, messageId: 10 }),
+      intake.accept('s1', { topic: `/devices/${device}/lamp/changed`, payload: Buffer.from('nope'), retain: false, dup: false, messageId: 11 }),
+    ]);
+    const jobs = await lampStateJobs(services.redis, prefix);
+    expect(jobs.map((job) => job.data.states.length).sort()).toEqual([1, 2, 2]);
+    expect(jobs.flatMap((job) => job.data.states.map((s) => s.state.n)).sort()).toEqual([0, 1, 2, 3, 4]);
+    const bridge = await jobsIn<BridgeStateJob>(services.redis, prefix, QUEUE_NAMES.bridgeState(bridgePartition(bridged)));
+    expect(bridge.map((job) => job.data)).toEqual([{ kind: 'bridge-state', deviceId: bridged, connected: true, retained: false, receivedAt: expect.any(String) }]);
+    const rejected = await jobsIn<RejectedMessageJob>(services.redis, prefix, QUEUE_NAMES.rejected);
+    expect(rejected.map((job) => job.data.reason)).toEqual(['invalid_json']);
+    // The ledger: one hash for the session, a field per packet id of an accepted message.
+    expect(Object.keys(await redis.hgetall(`${prefix}:mqtt-inflight:s1`)).sort((x, y) => Number(x) - Number(y))).toEqual(['1', '2', '3', '4', '5', '10']);
+  });
+
+  it('gives a DUP resend of a stored message the same message id, and anything else a new one', async () => {
+    const metrics = createMetrics('t');
+    const intake = new Intake({ queues, ledger: new RedeliveryLedger(redis, prefix), logger, metrics });
+    const device = randomDeviceId();
+    await intake.accept('s2', lamp(device, 1, 7));
+    await intake.accept('s2', lamp(device, 1, 7, true)); // the same message again
+    await intake.accept('s2', lamp(device, 2, 7, true)); // the packet id, reused for another message
+    await intake.accept('s3', lamp(device, 1, 7, true)); // the same packet id in another session
+    await intake.accept('s2', lamp(device, 1, 7)); // no DUP flag: a new message
+    const states = (await lampStatesIn(services.redis, prefix)).filter((s) => s.deviceId === device);
+    expect(states).toHaveLength(5);
+    const [first, resent, reused, otherSession, fresh] = states.map((s) => s.messageId);
+    expect(resent).toBe(first);
+    expect(new Set([first, reused, otherSession, fresh]).size).toBe(4);
+    // Each write was its own group, so the resend went into another ingest job.
+    expect(new Set(states.map((s) => s.jobId)).size).toBe(5);
+    expect((await metrics.redeliveriesDeduplicated.get()).values[0]?.value).toBe(1);
+  });
+});
+
+/**
+ * A TCP proxy in front of a broker that sees what the subscriber acknowledges: it reads the
+ * client's packets (dropping its PUBACKs on request) and the PUBLISH packets sent to it.
+ */
+async function startMqttProxy(brokerPort: number) {
+  const sockets = new Set<Socket>();
+  const state = {
+    url: '',
+    /** PUBACK packet ids from the subscriber, forwarded or not. */
+    pubacks: [] as number[],
+    /** PUBLISH packets the broker sent to the subscriber. */
+    delivered: [] as Array<{ messageId?: number; dup: boolean; topic: string; payload: string }>,
+    dropAcks: false,
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+  const server = createServer((client) => {
+    const upstream = connect(brokerPort, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    for (const socket of [client, upstream]) {
+      socket.on('close', end);
+      socket.on('error', end);
+    }
+    const fromBroker = mqttPacket.parser({ protocolVersion: 4 });
+    fromBroker.on('packet', (packet) => {
+      if (packet.cmd === 'publish') state.delivered.push({ messageId: packet.messageId, dup: packet.dup, topic: packet.topic, payload: packet.payload.toString() });
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      fromBroker.parse(chunk);
+      client.write(chunk);
+    });
+    let pending = Buffer.alloc(0);
+    client.on('data', (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      for (let frame = takeFrame(pending); frame; frame = takeFrame(pending)) {
+        pending = pending.subarray(frame.length);
+        if (frame[0]! >> 4 === 4) {
+          state.pubacks.push(frame.readUInt16BE(frame.length - 2));
+          if (state.dropAcks) continue;
+        }
+        upstream.write(frame);
+      }
+    });
+  });
+  const port = await freePort();
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  state.url = `mqtt://127.0.0.1:${port}`;
+  return state;
+}
+
+/** One whole MQTT control packet from the front of the buffer, if it is all there. */
+function takeFrame(buffer: Buffer): Buffer | undefined {
+  let remaining = 0;
+  for (let i = 1; i <= 4; i++) {
+    if (buffer.length <= i) return undefined;
+    const byte = buffer[i]!;
+    remaining += (byte & 0x7f) * 128 ** (i - 1);
+    if ((byte & 0x80) === 0) return buffer.length >= 1 + i + remaining ? buffer.subarray(0, 1 + i + remaining) : undefined;
+  }
+  throw new Error('malformed MQTT remaining length');
+}
 
 describe('subscriber durability', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
@@ -161,9 +386,42 @@ describe('subscriber durability', () => {
     Array.from({ length: count }, (_, i) => ({ topic: `/devices/${device}/lamp/changed`, payload: JSON.stringify({ on: true, seq: from + i }) }));
 
   async function seqsIn(redisUrl: string, prefix: string): Promise<number[]> {
-    const jobs = await jobsIn<IngestJob>(redisUrl, prefix, QUEUE_NAMES.ingest);
-    return jobs.map((job) => (job.data.kind === 'lamp-state' ? (job.data.state.seq as number) : -1)).sort((a, b) => a - b);
+    return (await lampStatesIn(redisUrl, prefix)).map((s) => s.state.seq as number).sort((a, b) => a - b);
   }
+
+  it('acknowledges no message before Redis holds it', async () => {
+    const redis = await startRedis({ appendonly: false });
+    cleanups.push(() => redis.kill('SIGKILL'));
+    const broker = await startMosquitto();
+    cleanups.push(() => broker.kill());
+    const proxy = await startMqttProxy(broker.port);
+    cleanups.push(() => proxy.close());
+    const prefix = randomPrefix('ack');
+    const subscriber = await startSubscriber(configFor(prefix, { REDIS_URL: redis.url, MQTT_URL: proxy.url, SUBSCRIBER_CONNECTIONS: 2 }), logger, createMetrics('t'));
+    cleanups.push(() => subscriber.close());
+    const device = randomDeviceId();
+
+    // Acknowledgements pass through the proxy as they should.
+    await publish(broker.url, lampMessages(device, 0, 1));
+    await waitFor('the first PUBACK', () => proxy.pubacks.length === 1);
+    expect(await seqsIn(redis.url, prefix)).toEqual([0]);
+
+    // Redis stops answering (its process is frozen): messages arrive, none is acknowledged.
+    redis.child.kill('SIGSTOP');
+    cleanups.push(async () => redis.child.kill('SIGCONT'));
+    const delivered = proxy.delivered.length;
+    await publish(broker.url, [...lampMessages(device, 1, 30), { topic: `$SYS/broker/connection/${device}_broker/state`, payload: '1' }]);
+    await waitFor('31 messages delivered to the subscriber', () => proxy.delivered.length - delivered === 31);
+    await sleep(1000);
+    expect(proxy.pubacks).toHaveLength(1);
+
+    // Redis is back: the messages are stored, then acknowledged, each once.
+    redis.child.kill('SIGCONT');
+    await waitFor('31 more PUBACKs', () => proxy.pubacks.length === 32);
+    expect(new Set(proxy.pubacks.slice(1))).toEqual(new Set(proxy.delivered.slice(delivered).map((p) => p.messageId)));
+    expect(await seqsIn(redis.url, prefix)).toEqual(Array.from({ length: 31 }, (_, i) => i));
+    expect((await bridgeStateJobs(redis.url, prefix)).map((job) => job.data.deviceId)).toEqual([device]);
+  });
 
   it('holds messages while Redis is down and enqueues every one, once, when it is back', async () => {
     let redis = await startRedis({ appendonly: true });
@@ -176,23 +434,86 @@ describe('subscriber durability', () => {
     const device = randomDeviceId();
 
     await publish(broker.url, lampMessages(device, 0, 50));
-    await waitFor('first 50 jobs', async () => (await seqsIn(redis.url, prefix)).length === 50);
+    await waitFor('first 50 states', async () => (await seqsIn(redis.url, prefix)).length === 50);
 
     await redis.kill('SIGKILL');
     await publish(broker.url, lampMessages(device, 50, 50));
     await sleep(1500);
     redis = await startRedis({ port: redis.port, dir: redis.dir, appendonly: true });
 
-    const seqs = await waitFor('all 100 jobs', async () => {
+    const seqs = await waitFor('all 100 states', async () => {
       const found = await seqsIn(redis.url, prefix);
       return found.length >= 100 ? found : undefined;
     });
     await sleep(500);
     expect(await seqsIn(redis.url, prefix)).toEqual(Array.from({ length: 100 }, (_, i) => i));
     expect(seqs).toHaveLength(100);
+    expect(new Set((await lampStatesIn(redis.url, prefix)).map((s) => s.messageId)).size).toBe(100);
   });
 
-  it('loses and duplicates nothing when the subscriber process is killed mid-stream', async () => {
+  it('gives a message the broker resends after a crash the id it had, so Keen counts it once', async () => {
+    const broker = await startMosquitto();
+    cleanups.push(() => broker.kill());
+    const proxy = await startMqttProxy(broker.port);
+    cleanups.push(() => proxy.close());
+    const prefix = randomPrefix('dup');
+    const env = {
+      REDIS_URL: services.redis,
+      QUEUE_PREFIX: prefix,
+      MQTT_URL: proxy.url,
+      MQTT_CLIENT_ID: prefix,
+      MQTT_SHARE_GROUP: prefix,
+      SUBSCRIBER_CONNECTIONS: '2',
+    };
+    // The subscriber stores the messages and acknowledges them, but the acks are lost:
+    // to the broker it is as if the process had died between the two.
+    proxy.dropAcks = true;
+    let proc = startService('subscriber', env);
+    cleanups.push(() => proc.kill('SIGKILL'));
+    await waitForLog(proc, 'subscriber ready');
+    const device = randomDeviceId();
+    const total = 20;
+    await publish(broker.url, lampMessages(device, 0, total));
+    await waitFor('every state stored', async () => (await seqsIn(services.redis, prefix)).length === total);
+    await waitFor('every message acknowledged', () => proxy.pubacks.length === total);
+    await proc.kill('SIGKILL');
+
+    proxy.dropAcks = false;
+    const deliveredBefore = proxy.delivered.length;
+    proc = startService('subscriber', env);
+    await waitForLog(proc, 'subscriber ready');
+    const states = await waitFor('every state stored twice', async () => {
+      const found = await lampStatesIn(services.redis, prefix);
+      return found.length >= 2 * total ? found : undefined;
+    });
+    const resent = proxy.delivered.slice(deliveredBefore);
+    expect(resent).toHaveLength(total);
+    expect(resent.every((p) => p.dup)).toBe(true);
+
+    expect(states).toHaveLength(2 * total);
+    const bySeq = new Map<number, typeof states>();
+    for (const s of states) bySeq.set(s.state.seq as number, [...(bySeq.get(s.state.seq as number) ?? []), s]);
+    expect([...bySeq.keys()].sort((a, b) => a - b)).toEqual(Array.from({ length: total }, (_, i) => i));
+    for (const copies of bySeq.values()) {
+      expect(copies).toHaveLength(2);
+      // The same message id, hence the same Keen uniqueness token; in another ingest job.
+      expect(copies[0]!.messageId).toBe(copies[1]!.messageId);
+      expect(copies[0]!.jobId).not.toBe(copies[1]!.jobId);
+    }
+    expect(new Set(states.map((s) => s.messageId)).size).toBe(total);
+    expect(proc.output().split('broker redelivered a message we had already queued').length - 1).toBe(total);
+
+    // This time the acknowledgements reached the broker: after a clean restart nothing comes again.
+    await waitFor('the resends acknowledged', () => proxy.pubacks.length === 2 * total);
+    expect(await proc.kill('SIGTERM')).toBe(0);
+    proc = startService('subscriber', env);
+    await waitForLog(proc, 'subscriber ready');
+    await sleep(1000);
+    expect(await lampStatesIn(services.redis, prefix)).toHaveLength(2 * total);
+    expect(proxy.delivered.length - deliveredBefore).toBe(total);
+  });
+
+  it('loses nothing and gives every message one id when the subscriber process is killed mid-stream', async () => {
     const broker = await startMosquitto();
     cleanups.push(() => broker.kill());
     const prefix = randomPrefix('crash');
@@ -210,14 +531,22 @@ describe('subscriber durability', () => {
     const device = randomDeviceId();
     const total = 3000;
     const publishing = publish(broker.url, lampMessages(device, 0, total));
-    await waitFor('some jobs', async () => (await seqsIn(services.redis, prefix)).length > 300, 30_000, 20);
+    await waitFor('some states', async () => (await seqsIn(services.redis, prefix)).length > 300, 30_000, 20);
     await proc.kill('SIGKILL');
     await publishing;
     proc = startService('subscriber', env);
     await waitForLog(proc, 'subscriber ready');
-    await waitFor('every message', async () => (await seqsIn(services.redis, prefix)).length >= total, 60_000);
+    const distinct = async () => new Set(await seqsIn(services.redis, prefix)).size;
+    await waitFor('every message', async () => (await distinct()) >= total, 60_000);
     await sleep(1000);
-    expect(await seqsIn(services.redis, prefix)).toEqual(Array.from({ length: total }, (_, i) => i));
+    const states = await lampStatesIn(services.redis, prefix);
+    // A message stored but not yet acknowledged when the process died is resent with DUP and
+    // may be stored again: with the same message id, so Keen keeps one event.
+    const idsBySeq = new Map<number, Set<string>>();
+    for (const s of states) idsBySeq.set(s.state.seq as number, (idsBySeq.get(s.state.seq as number) ?? new Set()).add(s.messageId));
+    expect([...idsBySeq.keys()].sort((a, b) => a - b)).toEqual(Array.from({ length: total }, (_, i) => i));
+    expect([...idsBySeq.values()].filter((ids) => ids.size !== 1)).toEqual([]);
+    expect(new Set(states.map((s) => s.messageId)).size).toBe(total);
     expect(await proc.kill('SIGTERM')).toBe(0);
   });
 });

@@ -69,12 +69,20 @@ function sharedSections(): Record<string, string[]> {
 }
 const SECTIONS = sharedSections();
 
-/** `node --import tsx src/<name>/main.ts` → that entry file. */
+/** The image's build (scripts/build.mjs) compiles exactly these entry points to dist/<name>/main.mjs. */
+const BUILT = [...read('scripts/build.mjs').match(/const ENTRIES = \[([^\]]*)\]/)![1]!.matchAll(/'([\w-]+)'/g)].map((m) => m[1]!);
+
+/** `node [V8 flags] dist/<name>/main.mjs` → the source it is built from, src/<name>/main.ts. */
 function entryFile(service: Service): string {
   const command = Array.isArray(service.command) ? service.command : (service.command ?? '').split(/\s+/);
-  expect(command.slice(0, 3)).toEqual(['node', '--import', 'tsx']);
-  expect(command).toHaveLength(4);
-  return command[3]!;
+  expect(command[0]).toBe('node');
+  const script = command.at(-1)!;
+  // Anything between is a V8 flag (heap sizes), never a loader: the image runs compiled code.
+  for (const flag of command.slice(1, -1)) expect(flag).toMatch(/^--max-(old|semi)-space-size=\d+$/);
+  const name = /^dist\/([\w-]+)\/main\.mjs$/.exec(script)?.[1];
+  expect(name, `${script} is not a built entry point`).toBeDefined();
+  expect(BUILT).toContain(name);
+  return `src/${name}/main.ts`;
 }
 
 /** What one process of ours reads: the shared sections its main (or its own config.ts) loads, plus its own config.ts's names. */

@@ -26,8 +26,8 @@ function expectRejected(result: ParsedMessage, reason: (typeof REJECT_REASONS)[n
 
 function acceptedState(result: ParsedMessage): Record<string, unknown> {
   expect(result.ok).toBe(true);
-  if (!result.ok || result.job.kind !== 'lamp-state') throw new Error(`expected a lamp-state job, got ${JSON.stringify(result)}`);
-  return result.job.state as Record<string, unknown>;
+  if (!result.ok || result.message.kind !== 'lamp-state') throw new Error(`expected a lamp-state job, got ${JSON.stringify(result)}`);
+  return result.message.state as Record<string, unknown>;
 }
 
 /** `{"a":{"a":…{}…}}` with `levels` objects in all (the root counts as one). */
@@ -48,21 +48,21 @@ describe('parseMessage: bridge state', () => {
   it('turns payload 1 into a connected job and 0 into a disconnected one, with the receipt time as ISO 8601', () => {
     expect(parse(BRIDGE_TOPIC, '1')).toEqual({
       ok: true,
-      job: { kind: 'bridge-state', deviceId: 'b827eb0a1b2c', connected: true, retained: false, receivedAt: '2025-03-04T05:06:07.089Z' },
+      message: { kind: 'bridge-state', deviceId: 'b827eb0a1b2c', connected: true, retained: false, receivedAt: '2025-03-04T05:06:07.089Z' },
     });
     expect(parse(BRIDGE_TOPIC, '0')).toEqual({
       ok: true,
-      job: { kind: 'bridge-state', deviceId: 'b827eb0a1b2c', connected: false, retained: false, receivedAt: '2025-03-04T05:06:07.089Z' },
+      message: { kind: 'bridge-state', deviceId: 'b827eb0a1b2c', connected: false, retained: false, receivedAt: '2025-03-04T05:06:07.089Z' },
     });
   });
 
   it('carries the retained flag (a broker replay of the last known state)', () => {
-    expect(parse(BRIDGE_TOPIC, '1', true)).toMatchObject({ ok: true, job: { retained: true, connected: true } });
-    expect(parse(BRIDGE_TOPIC, '0', true)).toMatchObject({ ok: true, job: { retained: true, connected: false } });
+    expect(parse(BRIDGE_TOPIC, '1', true)).toMatchObject({ ok: true, message: { retained: true, connected: true } });
+    expect(parse(BRIDGE_TOPIC, '0', true)).toMatchObject({ ok: true, message: { retained: true, connected: false } });
   });
 
   it('takes the device id from an upper-case topic in lower case', () => {
-    expect(parse('$SYS/broker/connection/B827EB0A1B2C_broker/state', '1')).toMatchObject({ ok: true, job: { deviceId: 'b827eb0a1b2c' } });
+    expect(parse('$SYS/broker/connection/B827EB0A1B2C_broker/state', '1')).toMatchObject({ ok: true, message: { deviceId: 'b827eb0a1b2c' } });
   });
 
   it('refuses every other payload as invalid_bridge_state', () => {
@@ -84,12 +84,12 @@ describe('parseMessage: lamp state accepted', () => {
     const sent = { color: { h: 0.44, s: 1.0 }, brightness: 0.47, on: true, client: 'lamp_ui' };
     expect(lamp(JSON.stringify(sent))).toEqual({
       ok: true,
-      job: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c', state: sent, receivedAt: '2025-03-04T05:06:07.089Z' },
+      message: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c', state: sent, receivedAt: '2025-03-04T05:06:07.089Z' },
     });
   });
 
   it('accepts both topic shapes', () => {
-    expect(parse('devices/b827eb0a1b2c/lamp/changed', '{"on":false}')).toMatchObject({ ok: true, job: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c' } });
+    expect(parse('devices/b827eb0a1b2c/lamp/changed', '{"on":false}')).toMatchObject({ ok: true, message: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c' } });
   });
 
   it('accepts partial states, boundary values and extra fields (kept, unvalidated)', () => {

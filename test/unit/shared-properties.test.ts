@@ -1,6 +1,6 @@
 /**
  * Property-based checks of the pure core: whatever a broker delivers, parsing never throws and
- * ends in a job or a known reason; whatever a lamp sends, the Keen event is one Keen accepts,
+ * ends in a message or a known reason; whatever a lamp sends, the Keen event is one Keen accepts,
  * about the right device, with our envelope, and nothing reaches Object.prototype.
  */
 import fc from 'fast-check';
@@ -148,7 +148,7 @@ const payloadArb = fc.oneof(
 const PARSE_REASONS = REJECT_REASONS.filter((reason) => reason !== 'unknown_device');
 
 describe('parseMessage (property)', () => {
-  it('never throws, whatever the topic and bytes: a consistent job, or a known reason with a detail', () => {
+  it('never throws, whatever the topic and bytes: a consistent message, or a known reason with a detail', () => {
     fc.assert(
       fc.property(topicArb, payloadArb, fc.boolean(), (topic, payload, retained) => {
         const result = parseMessage({ topic, payload, retained, receivedAt: RECEIVED_AT });
@@ -163,18 +163,18 @@ describe('parseMessage (property)', () => {
         }
         expect(parsedTopic.ok).toBe(true);
         if (!parsedTopic.ok) return;
-        const { job } = result;
-        expect(job.kind).toBe(parsedTopic.kind);
-        expect(job.deviceId).toBe(parsedTopic.deviceId);
-        expect(job.receivedAt).toBe('2025-03-04T05:06:07.089Z');
-        if (job.kind === 'bridge-state') {
+        const { message } = result;
+        expect(message.kind).toBe(parsedTopic.kind);
+        expect(message.deviceId).toBe(parsedTopic.deviceId);
+        expect(message.receivedAt).toBe('2025-03-04T05:06:07.089Z');
+        if (message.kind === 'bridge-state') {
           expect(payload).toHaveLength(1);
-          expect(job.connected).toBe(payload[0] === 0x31);
+          expect(message.connected).toBe(payload[0] === 0x31);
           expect([0x30, 0x31]).toContain(payload[0]);
-          expect(job.retained).toBe(retained);
+          expect(message.retained).toBe(retained);
         } else {
           expect(payload.length).toBeLessThanOrEqual(MAX_LAMP_STATE_BYTES);
-          expect(typeof job.state === 'object' && job.state !== null && !Array.isArray(job.state)).toBe(true);
+          expect(typeof message.state === 'object' && message.state !== null && !Array.isArray(message.state)).toBe(true);
         }
       }),
       { numRuns: 400 },
@@ -250,10 +250,10 @@ describe('deviceStateEvent of an accepted lamp state (property)', () => {
           expect(PARSE_REASONS).toContain(result.reason);
           return;
         }
-        if (result.job.kind !== 'lamp-state') throw new Error('expected a lamp-state job');
+        if (result.message.kind !== 'lamp-state') throw new Error('expected a lamp-state message');
         accepted += 1;
 
-        const event = deviceStateEvent(result.job.deviceId, result.job.state, result.job.receivedAt, TOKEN);
+        const event = deviceStateEvent(result.message.deviceId, result.message.state, result.message.receivedAt, TOKEN);
         const sent = JSON.parse(JSON.stringify(event)) as Record<string, unknown>;
 
         expect(propertyNames(sent).filter(refusedByKeen)).toEqual([]);

@@ -1,19 +1,21 @@
 /**
- * Handles the keen-delivery queue: one job per Keen event, sent in bulk through the batcher.
+ * Handles the keen-delivery queue: each job holds Keen events, sent in bulk through the batcher
+ * together with those of other jobs. Per event:
  *
- * - accepted by Keen: the job completes;
- * - refused for good (a per-event error, or a 4xx such as 400/401/402/403/413): the event is
- *   copied to keen-dead-letter and the job fails at once;
+ * - accepted by Keen: done;
+ * - refused for good (a per-event error, or a 4xx such as 400/401/402/403/413): copied to
+ *   keen-dead-letter at once, under its uniqueness token;
  * - 429: the whole queue pauses for Keen's `Retry-After` and the job goes back to wait without
  *   spending an attempt;
- * - anything else (5xx, timeout, reset, unreadable answer): retried with jittered backoff, and
- *   dead-lettered when its attempts run out.
+ * - anything else (5xx, timeout, reset, unreadable answer): the job is retried with jittered
+ *   backoff, holding only the events still undelivered, and dead-letters them when its attempts
+ *   run out.
  *
- * The job id is the event's `keen.uniqueness_token`, so an event Keen recorded but whose answer
+ * Every event carries its `keen.uniqueness_token`, so one that Keen recorded but whose answer
  * was lost is dropped by Keen when it is sent again.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { deviceIdOf, type DeadLetterJob, type DeliveryError, type KeenDeliveryJob } from '../../shared/jobs.js';
+import { deviceIdOf, type DeadLetterJob, type DeliveryError, type KeenDeliveryJob, type KeenEventRecord } from '../../shared/jobs.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { QUEUE_NAMES, jitteredBackoff, type PipelineQueues } from '../../shared/queues.js';
@@ -25,7 +27,7 @@ export interface KeenDeliveryWorkerOptions {
   prefix: string;
   /** `deadLetter` receives what cannot be delivered; `keen` must be this worker's queue (same prefix). */
   queues: PipelineQueues;
-  batcher: { submit(collection: string, event: KeenDeliveryJob['event']): Promise<void> };
+  batcher: { submit(collection: string, event: KeenEventRecord['event']): Promise<void> };
   concurrency: number;
   logger: Logger;
   metrics?: Metrics;
@@ -52,57 +54,66 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
   /** One warning per rate-limit window, however many jobs it sends back to wait. */
   let rateLimitReportedUntil = 0;
 
-  const deadLetter = async (job: Job<KeenDeliveryJob>, lastError: DeliveryError) => {
-    const record: DeadLetterJob = {
-      collection: job.data.collection,
-      event: job.data.event,
+  const deadLetter = async (job: Job<KeenDeliveryJob>, record: KeenEventRecord, lastError: DeliveryError) => {
+    const letter: DeadLetterJob = {
+      ...record,
       sourceJobId: job.id!,
       attemptsMade: job.attemptsMade + 1,
       lastError,
       failedAt: new Date().toISOString(),
     };
-    // Same id as the delivery job: a retry of this step cannot add a second dead letter.
-    await queues.deadLetter.add(job.data.collection, record, { jobId: job.id! });
-    metrics?.deadLettered.inc({ collection: job.data.collection });
+    // Under the event's token: a retry of this step cannot add a second dead letter.
+    await queues.deadLetter.add(record.collection, letter, { jobId: record.event.keen.uniqueness_token });
+    metrics?.deadLettered.inc({ collection: record.collection });
   };
 
   const process = async (job: Job<KeenDeliveryJob>) => {
-    const { collection, event } = job.data;
-    const log = logger.child({ job_id: job.id, collection, device_id: deviceIdOf(job.data) });
-    try {
-      await batcher.submit(collection, event);
-    } catch (err) {
-      const attempts = job.attemptsMade + 1;
-      const lastError = toDeliveryError(err);
-
-      if (err instanceof KeenRequestError && err.status === 429) {
-        const waitMs = err.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS;
-        if (Date.now() >= rateLimitReportedUntil) {
-          rateLimitReportedUntil = Date.now() + waitMs;
-          log.warn({ retry_after_ms: waitMs }, 'Keen is rate limiting; pausing keen-delivery');
-        } else {
-          log.debug({ retry_after_ms: waitMs }, 'Keen is rate limiting; job back to wait');
-        }
-        await queues.keen.rateLimit(waitMs);
-        throw Worker.RateLimitError();
-      }
-
+    const { events } = job.data;
+    const outcomes = await Promise.allSettled(events.map(({ collection, event }) => batcher.submit(collection, event)));
+    const attempts = job.attemptsMade + 1;
+    const lastAttempt = attempts >= (job.opts.attempts ?? 1);
+    const undelivered: KeenEventRecord[] = [];
+    let retryError: unknown;
+    for (const [i, outcome] of outcomes.entries()) {
+      if (outcome.status === 'fulfilled') continue;
+      const err: unknown = outcome.reason;
+      const record = events[i]!;
       const permanent = err instanceof KeenEventRejected || (err instanceof KeenRequestError && !err.retryable);
-      const lastAttempt = attempts >= (job.opts.attempts ?? 1);
-      if (permanent || lastAttempt) {
-        await deadLetter(job, lastError);
-        log.error({ attempts, status: lastError.status, code: lastError.code, err: lastError.message }, permanent ? 'Keen refused the event; dead-lettered' : 'Keen delivery attempts exhausted; dead-lettered');
-        throw new UnrecoverableError(lastError.message);
+      if (permanent) {
+        const lastError = toDeliveryError(err);
+        await deadLetter(job, record, lastError);
+        logger.error({ job_id: job.id, collection: record.collection, device_id: deviceIdOf(record), status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen refused the event; dead-lettered');
+        continue;
       }
-
-      if (!(err instanceof KeenRequestError) || !reported.has(err)) {
-        if (err instanceof KeenRequestError) reported.add(err);
-        log.warn({ attempts, status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen delivery failed; will retry');
-      } else {
-        log.debug({ attempts }, 'Keen delivery failed; will retry');
-      }
-      throw err;
+      undelivered.push(record);
+      retryError ??= err;
     }
+    if (undelivered.length === 0) return;
+
+    const log = logger.child({ job_id: job.id, events: undelivered.length });
+    if (retryError instanceof KeenRequestError && retryError.status === 429) {
+      const waitMs = retryError.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS;
+      if (Date.now() >= rateLimitReportedUntil) {
+        rateLimitReportedUntil = Date.now() + waitMs;
+        log.warn({ retry_after_ms: waitMs }, 'Keen is rate limiting; pausing keen-delivery');
+      }
+      await keepOnly(job, undelivered);
+      await queues.keen.rateLimit(waitMs);
+      throw Worker.RateLimitError();
+    }
+
+    const lastError = toDeliveryError(retryError);
+    if (lastAttempt) {
+      for (const record of undelivered) await deadLetter(job, record, lastError);
+      log.error({ attempts, status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen delivery attempts exhausted; dead-lettered');
+      throw new UnrecoverableError(lastError.message);
+    }
+    await keepOnly(job, undelivered);
+    if (!(retryError instanceof KeenRequestError) || !reported.has(retryError)) {
+      if (retryError instanceof KeenRequestError) reported.add(retryError);
+      log.warn({ attempts, status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen delivery failed; will retry');
+    }
+    throw retryError;
   };
 
   const worker = new Worker<KeenDeliveryJob>(QUEUE_NAMES.keen, process, {
@@ -120,6 +131,11 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
   worker.on('failed', () => metrics?.jobsFailed.inc({ queue: QUEUE_NAMES.keen }));
   worker.on('error', (err) => logger.error({ err: err.message }, 'keen delivery worker error'));
   return worker;
+}
+
+/** A retry sends only what is still undelivered (and a crash before this resends all: tokens dedupe). */
+async function keepOnly(job: Job<KeenDeliveryJob>, undelivered: KeenEventRecord[]): Promise<void> {
+  if (undelivered.length < job.data.events.length) await job.updateData({ events: undelivered });
 }
 
 function toDeliveryError(err: unknown): DeliveryError {

@@ -86,11 +86,18 @@ export class DeviceRegistry {
     });
   }
 
-  async isKnown(deviceId: string): Promise<boolean> {
-    if (this.knownDevices.has(deviceId)) return true;
-    const device = await this.prisma.device.findUnique({ where: { deviceId }, select: { deviceId: true } });
-    if (device) this.remember(deviceId);
-    return device !== null;
+  /** Which of these lamps are registered. Lamps already seen cost no query. */
+  async knownAmong(deviceIds: Iterable<string>): Promise<Set<string>> {
+    const known = new Set<string>();
+    const unseen = new Set<string>();
+    for (const id of deviceIds) (this.knownDevices.has(id) ? known : unseen).add(id);
+    if (unseen.size === 0) return known;
+    const found = await this.prisma.device.findMany({ where: { deviceId: { in: [...unseen] } }, select: { deviceId: true } });
+    for (const { deviceId } of found) {
+      this.remember(deviceId);
+      known.add(deviceId);
+    }
+    return known;
   }
 
   async close(): Promise<void> {

@@ -6,15 +6,17 @@
  *   redis-server --port 6390 --save '' --appendonly no --daemonize yes
  *   node --import tsx bench/job-cost.ts [--redis redis://127.0.0.1:6390] [--events 20000]
  *
- * Layouts: our ingest job options (JOB_OPTIONS.ingest); the same with removeOnComplete: true;
- * a minimal job (no options); the worker's connection with ioredis auto-pipelining; and batches
- * of 10 and 100 events per job. Node CPU is this process's (producer and no-op worker). The payload is a
- * lamp-state IngestJob as the subscriber writes it.
+ * Layouts: one lamp state per job (the layout before lamp states were grouped) with our ingest
+ * job options (JOB_OPTIONS.ingest); the same with removeOnComplete: true; a minimal job (no
+ * options); the worker's connection with ioredis auto-pipelining; and groups of 10 and 100
+ * lamp states per job. Node CPU is this process's (producer and no-op worker). A single state is
+ * a LampStateMessage; a group is a LampStatesJob as the subscriber writes it.
  */
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { Queue, Worker, type JobsOptions } from 'bullmq';
 import { Redis } from 'ioredis';
+import type { LampStateMessage, LampStatesJob } from '../src/shared/jobs.js';
 import { JOB_OPTIONS } from '../src/shared/queues.js';
 
 const { values } = parseArgs({ options: { redis: { type: 'string', default: 'redis://127.0.0.1:6390' }, events: { type: 'string', default: '20000' } } });
@@ -23,7 +25,7 @@ const url = new URL(values.redis);
 const connection = { host: url.hostname, port: Number(url.port || 6379) };
 const admin = new Redis(connection);
 
-const job = (seq: number) => ({
+const job = (seq: number): LampStateMessage => ({
   kind: 'lamp-state',
   deviceId: 'b827eb000042',
   state: { color: { h: 0.42, s: 1 }, brightness: 0.5, on: true, client: 'lamp_ui', seq, t: Date.now() },
@@ -54,8 +56,9 @@ async function measure(label: string, perJob: number, opts: JobsOptions, workerA
   const t0 = Date.now();
   const inFlight = new Set<Promise<unknown>>();
   for (let i = 0; i < jobs; i++) {
-    const data = perJob === 1 ? job(i) : { kind: 'lamp-states', events: Array.from({ length: perJob }, (_, k) => job(i * perJob + k)) };
-    const added = queue.add('lamp-state', data, { ...opts, jobId: randomUUID().replaceAll('-', '') }).finally(() => inFlight.delete(added));
+    const data: LampStateMessage | LampStatesJob =
+      perJob === 1 ? job(i) : { kind: 'lamp-states', states: Array.from({ length: perJob }, (_, k) => ({ ...job(i * perJob + k), messageId: randomUUID().replaceAll('-', '') })) };
+    const added = queue.add(data.kind, data, { ...opts, jobId: randomUUID().replaceAll('-', '') }).finally(() => inFlight.delete(added));
     inFlight.add(added);
     if (inFlight.size >= 200) await Promise.race(inFlight);
   }

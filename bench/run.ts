@@ -36,7 +36,7 @@ import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import mqtt from 'mqtt';
-import { ROOT, sleep } from '../test/support/processes.js';
+import { ROOT, scrapeMetrics, sleep } from '../test/support/processes.js';
 import { lampId, type PublishReport } from './fleet.js';
 import { cpuBetween, loadAverage, systemCpu } from './lib/procs.js';
 import { BenchFailure, buildEntryPoints, cleanupAll, KEEN_PROJECT, KEEN_WRITE_KEY, stop, Stack, startBenchProcess, waitForLine, waitProgress, type BenchServices } from './lib/stack.js';
@@ -451,14 +451,20 @@ async function backlog(): Promise<void> {
       const waitKey = `${stack.prefix}:ingest:wait`;
       const usedMemory = async () => Number(/used_memory:(\d+)/.exec(await stack.redis.info('memory'))?.[1]);
       const memoryBefore = await usedMemory();
+      // Lamp states travel many to a job: what is queued is what the subscriber says Redis took.
+      const queuedStates = async () => {
+        const metrics = await scrapeMetrics(stack.subscriber!);
+        return Number(/^lampi_messages_enqueued_total\{[^}]*kind="lamp-state"[^}]*\} (\d+)/m.exec(metrics)?.[1] ?? 0);
+      };
+      const queuedBefore = await queuedStates();
       let queued = 0;
-      const poller = setInterval(() => void stack.redis.llen(waitKey).then((len) => (queued = len), () => {}), 50);
+      const poller = setInterval(() => void queuedStates().then((count) => (queued = count - queuedBefore), () => {}), 50);
       let report: PublishReport;
       const intakeStarted = Date.now();
       try {
         report = await stack.fleet.states({ seqStart: 0, count: n, window: P.window, lamps: P.lamps }, () => queued);
-        if (!(await waitProgress(() => stack.redis.llen(waitKey), n, P.stallMs, stack.running))) {
-          throw new BenchFailure(`backlog: only ${fmt(await stack.redis.llen(waitKey))} of ${fmt(n)} lamp states reached the ingest queue`);
+        if (!(await waitProgress(async () => (await queuedStates()) - queuedBefore, n, P.stallMs, stack.running))) {
+          throw new BenchFailure(`backlog: only ${fmt((await queuedStates()) - queuedBefore)} of ${fmt(n)} lamp states reached the ingest queue`);
         }
       } finally {
         clearInterval(poller);
@@ -482,12 +488,13 @@ async function backlog(): Promise<void> {
         if (ledgerSample.length < 100) ledgerSample = ledgerSample.concat(keys.slice(0, 100 - ledgerSample.length));
       } while (cursor !== '0');
       const ledgerBytes = (await Promise.all(ledgerSample.map(memoryUsage))).reduce((a, b) => a + b, 0) / Math.max(1, ledgerSample.length);
-      const estimate = jobBytes + listBytes / n + (ledgerKeys * ledgerBytes) / n;
+      const jobs = await stack.redis.llen(waitKey);
+      const estimate = (jobBytes * jobs + listBytes + ledgerKeys * ledgerBytes) / n;
       outcome.data.redisBytesPerEvent = perEvent;
       outcome.data.redisBytesPerEventKeys = estimate;
       outcome.details.push(
         `${fmt(n)} lamp states queued with the workers stopped in ${fmt(intakeSeconds, 1)} s (${fmt(n / intakeSeconds)} events/s into Redis): used_memory +${mb(memoryAfter - memoryBefore)} = ${fmt(perEvent)} bytes/event`,
-        `from the keys: job hash ${fmt(jobBytes)} B + wait list ${fmt(listBytes / n, 1)} B/event + redelivery ledger ${fmt(ledgerKeys)} keys × ${fmt(ledgerBytes)} B = ${fmt(estimate)} bytes/event`,
+        `from the keys: ${fmt(jobs)} jobs (${fmt(n / jobs, 1)} states each) × ${fmt(jobBytes)} B + wait list ${fmt(listBytes)} B + redelivery ledger ${fmt(ledgerKeys)} keys × ${fmt(ledgerBytes)} B = ${fmt(estimate)} bytes/event`,
       );
 
       // Drain.

@@ -39,7 +39,7 @@ const sections = {
   subscriber: {
     /** Lamp-state topics are consumed through `$share/<group>/...` so connections (and replicas) split the load. */
     MQTT_SHARE_GROUP: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('lampi-ingest'),
-    /** MQTT.js handles one message per connection at a time; more connections mean more acks in flight. */
+    /** Connections sharing the lamp-state topics; each may hold the broker's in-flight window unacknowledged. */
     SUBSCRIBER_CONNECTIONS: positiveInt(4),
   },
   database: {

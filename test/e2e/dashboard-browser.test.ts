@@ -2,10 +2,11 @@
  * The operator's path through the dashboard in a real browser: headless Chromium from Debian's
  * `chromium` package (never a browser downloaded from npm), driven by playwright-core.
  *
- * A Keen event is refused by (a fake) Keen and dead-lettered by the real Keen delivery worker;
- * the operator logs in with basic auth, opens keen-dead-letter, sees the delivery with Keen's
- * error and the original event, clicks Retry, and sees the event delivered: stored by Keen
- * once, and completed in keen-delivery under the same id. A wrong password gets 401.
+ * One Keen event of a delivery job is refused by (a fake) Keen and dead-lettered, under its
+ * uniqueness token, by the real Keen delivery worker, which delivers the rest of the job; the
+ * operator logs in with basic auth, opens keen-dead-letter, sees the event with Keen's error,
+ * clicks Retry, and sees the event delivered: stored by Keen once, and completed in
+ * keen-delivery in a job whose id is its token. A wrong password gets 401.
  */
 import { existsSync } from 'node:fs';
 import type { Worker } from 'bullmq';
@@ -35,7 +36,11 @@ const logger = createLogger('dashboard-browser-test', 'silent');
 describe('dashboard in a browser', () => {
   const prefix = randomPrefix('browser');
   const deviceId = randomDeviceId();
-  const token = `${randomPrefix('ev')}-devicestate`;
+  const ingestId = randomPrefix('ev');
+  const token = `${ingestId}-1-devicestate`;
+  const otherToken = `${ingestId}-2-devicestate`;
+  /** The delivery job the refused event came in, named as the registry worker names it. */
+  const sourceJobId = `${ingestId}-keen`;
   let redis: Redis;
   let queues: PipelineQueues;
   let keen: FakeKeen;
@@ -62,11 +67,15 @@ describe('dashboard in a browser', () => {
       logger,
     );
 
-    // Keen refuses this lamp's events for good: the delivery is dead-lettered and parked.
+    // Keen refuses this lamp's events for good: its event is dead-lettered and parked, and the
+    // other event of the job is delivered.
     keen.rejectEvents((_collection, event) => (event.device_id === deviceId ? { name: 'InvalidPropertyValueError', description: 'brightness out of range' } : undefined));
     const event = deviceStateEvent(deviceId, { on: true, brightness: 0.7 }, new Date().toISOString(), token);
-    await queues.keen.add('devicestate', { collection: 'devicestate', event }, { jobId: token });
-    await waitFor('the delivery parked as a dead letter', async () => (await (await queues.deadLetter.getJob(token))?.getState()) === 'failed');
+    const other = deviceStateEvent(randomDeviceId(), { on: false }, new Date().toISOString(), otherToken);
+    await queues.keen.add('devicestate', { events: [{ collection: 'devicestate', event }, { collection: 'devicestate', event: other }] }, { jobId: sourceJobId });
+    await waitFor('the refused event parked as a dead letter', async () => (await (await queues.deadLetter.getJob(token))?.getState()) === 'failed');
+    await waitFor('the delivery job completed', async () => (await (await queues.keen.getJob(sourceJobId))?.getState()) === 'completed');
+    expect(keen.tokens('devicestate')).toEqual([otherToken]);
   });
 
   afterAll(async () => {
@@ -115,12 +124,16 @@ describe('dashboard in a browser', () => {
       await expect.poll(() => confirm.innerText(), { timeout: 5000 }).toContain('retry this job');
       await confirm.getByRole('button', { name: 'Confirm' }).click();
 
-      // Delivered: Keen stored it once, under its token, and keen-delivery shows it completed.
+      // Delivered: Keen stored it once, under its token, and keen-delivery shows it completed,
+      // alone in a job named by its token.
       await waitFor('the event stored by Keen', () => keen.tokens('devicestate').includes(token), 20_000);
-      expect(keen.tokens('devicestate').filter((t) => t === token)).toHaveLength(1);
+      expect(keen.tokens('devicestate').sort()).toEqual([token, otherToken].sort());
+      expect(keen.duplicatesDropped).toBe(0);
       await page.goto(new URL(`queue/${QUEUE_NAMES.keen}?status=completed`, dashboard.url).toString());
       await expect.poll(() => page.getByText(token, { exact: true }).count(), { timeout: 15_000 }).toBeGreaterThan(0);
-      expect(await (await queues.keen.getJob(token))?.getState()).toBe('completed');
+      const redriven = await queues.keen.getJob(token);
+      expect(await redriven?.getState()).toBe('completed');
+      expect(redriven?.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual([token]);
 
       // And the dead letter is gone from the dead-letter queue.
       await page.goto(new URL(`queue/${QUEUE_NAMES.deadLetter}?status=failed`, dashboard.url).toString());

@@ -137,6 +137,8 @@ describe('dashboard', () => {
     const retried = await request(dashboard, `/api/queues/${QUEUE_NAMES.deadLetter}/${encodeURIComponent(id)}/retry`, { method: 'PUT', headers: GOOD });
     expect(retried.status).toBe(204);
     await waitFor('the event back in keen-delivery', async () => (await stateIn(queues.keen, id)) === 'waiting');
+    // Alone in a keen-delivery job named by its token.
+    expect((await queues.keen.getJob(id))!.data).toEqual({ events: [{ collection: 'devicestate', event: job.data.event }] });
     await waitFor('the dead letter gone', async () => (await stateIn(queues.deadLetter, id)) === 'missing');
   });
 

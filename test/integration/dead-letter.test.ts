@@ -1,16 +1,17 @@
 /**
- * Dead letters against a real Redis: parked in the Failed list with Keen's error, redriven into
- * keen-delivery under the same uniqueness token when retried, and the `npm run dlq` CLI run as
- * its own process (list, redrive, purge, exit codes).
+ * Dead letters against a real Redis: one per Keen event, under its uniqueness token, parked in
+ * the Failed list with Keen's error; redriven when retried into keen-delivery as a job of that
+ * one event, whose id is the token; and the `npm run dlq` CLI run as its own process (list,
+ * redrive, purge, exit codes).
  */
 import { spawn } from 'node:child_process';
 import { UnrecoverableError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { deviceStateEvent, type KeenCollection } from '../../src/shared/events.js';
-import type { DeadLetterJob, KeenDeliveryJob } from '../../src/shared/jobs.js';
+import type { DeadLetterJob, KeenDeliveryJob, KeenEventRecord } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { connectRedis, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { connectRedis, JITTERED_BACKOFF, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { createDeadLetterWorker, redriveDeadLetter } from '../../src/worker/dead-letter-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
@@ -31,7 +32,9 @@ function deadLetterFor(deviceId = randomDeviceId(), collection: KeenCollection =
   return { collection, event, sourceJobId: token, attemptsMade: 12, lastError: { message: error, status: 400, code: 'InvalidPropertyNameError' }, failedAt: new Date().toISOString() };
 }
 
-const tokenOf = (data: KeenDeliveryJob) => data.event.keen.uniqueness_token;
+const tokenOf = (data: KeenEventRecord) => data.event.keen.uniqueness_token;
+/** A keen-delivery job of this one event, as a redrive adds it. */
+const deliveryOf = (data: KeenEventRecord): KeenDeliveryJob => ({ events: [{ collection: data.collection, event: data.event }] });
 
 async function addDeadLetter(queues: PipelineQueues, data: DeadLetterJob): Promise<string> {
   await queues.deadLetter.add(data.collection, data, { jobId: tokenOf(data) });
@@ -102,8 +105,8 @@ describe('dead-letter worker', () => {
     const delivery = await waitFor('the event back in keen-delivery', () => queues.keen.getJob(tokenOf(data)));
     expect(delivery.id).toBe(tokenOf(data));
     expect(delivery.name).toBe(data.collection);
-    expect(delivery.data).toEqual({ collection: data.collection, event: data.event });
-    expect(delivery.data.event.keen.uniqueness_token).toBe(tokenOf(data));
+    expect(delivery.data).toEqual({ events: [{ collection: data.collection, event: data.event }] });
+    expect(delivery.data.events[0]!.event.keen.uniqueness_token).toBe(tokenOf(data));
     expect(await delivery.getState()).toBe('waiting');
     // A redriven dead letter is removed, so the same event can be dead-lettered again if it fails again.
     await waitFor('the redriven dead letter removed', async () => (await stateOf(queues.deadLetter, id)) === 'missing');
@@ -114,8 +117,8 @@ describe('dead-letter worker', () => {
   it('replaces the old failed delivery job that has the same id', async () => {
     const data = deadLetterFor();
     const token = tokenOf(data);
-    // The delivery job that gave up: failed in keen-delivery under the token.
-    await queues.keen.add(data.collection, { collection: data.collection, event: data.event }, { jobId: token });
+    // An earlier redrive of the event that gave up: failed in keen-delivery under the token.
+    await queues.keen.add(data.collection, deliveryOf(data), { jobId: token });
     const giveUp = new Worker<KeenDeliveryJob>(QUEUE_NAMES.keen, async (job) => {
       if (job.id === token) throw new UnrecoverableError('Keen said no');
     }, { connection: redis, prefix });
@@ -136,14 +139,14 @@ describe('dead-letter worker', () => {
     expect(fresh.attemptsMade).toBe(0);
     expect(fresh.failedReason).toBeFalsy();
     expect(fresh.timestamp).toBeGreaterThan(old.timestamp);
-    expect(fresh.data).toEqual({ collection: data.collection, event: data.event });
+    expect(fresh.data).toEqual(deliveryOf(data));
     expect((await queues.keen.getJobs(['failed'])).map((job) => job.id)).not.toContain(token);
   });
 
   it('adds no second copy when the event is already waiting in keen-delivery', async () => {
     const data = deadLetterFor();
     const token = tokenOf(data);
-    await queues.keen.add(data.collection, { collection: data.collection, event: data.event }, { jobId: token });
+    await queues.keen.add(data.collection, deliveryOf(data), { jobId: token });
     const outcome = await redriveDeadLetter(queues.keen, { ...data, parked: true });
     expect(outcome).toEqual({ jobId: token, outcome: 'already-queued', state: 'waiting' });
     expect((await queues.keen.getJobs(['waiting'])).filter((job) => job.id === token)).toHaveLength(1);
@@ -157,31 +160,83 @@ describe('dead-letter worker', () => {
     expect(await queues.keen.getJob(id)).toBeUndefined();
   });
 
-  it('with the real Keen delivery worker: dead-lettered by Keen, parked, redriven, delivered once', async () => {
+  it('with the real Keen delivery worker: the refused event of a job dead-lettered by Keen, parked, redriven, delivered once', async () => {
     const keen = await startFakeKeen({ projectId: 'dlq-project', writeKey: 'dlq-write-key' });
     const batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
     const delivery = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger });
     try {
       const deviceId = randomDeviceId();
       keen.rejectEvents((_collection, event) => (event.device_id === deviceId ? { name: 'InvalidPropertyValueError', description: 'refused for the test' } : undefined));
-      const token = `${randomPrefix('e2e')}-devicestate`;
+      // A job as the registry worker writes it: the events of one ingest job, one of them refused.
+      // (Earlier tests of this file left redriven events in keen-delivery: only this job's count.)
+      const ingestId = randomPrefix('ingest');
+      const ours = () => keen.tokens('devicestate').filter((t) => t.startsWith(ingestId));
+      const sourceJobId = `${ingestId}-keen`;
+      const token = `${ingestId}-1-devicestate`;
       const event = deviceStateEvent(deviceId, { on: true }, new Date().toISOString(), token);
-      await queues.keen.add('devicestate', { collection: 'devicestate', event }, { jobId: token });
+      const others = [2, 3].map((n) => deviceStateEvent(randomDeviceId(), { on: false }, new Date().toISOString(), `${ingestId}-${n}-devicestate`));
+      await queues.keen.add('devicestate', { events: [event, ...others].map((e) => ({ collection: 'devicestate' as const, event: e })) }, { jobId: sourceJobId });
 
       const job = await parked(queues, token);
       expect(job.failedReason).toContain('InvalidPropertyValueError');
+      expect(job.data).toMatchObject({ collection: 'devicestate', event, sourceJobId, attemptsMade: 1, lastError: { code: 'InvalidPropertyValueError' } });
       expect(job.data.lastError.message).toBe(job.failedReason);
-      expect(keen.tokens('devicestate')).not.toContain(token);
+      // The others were accepted and the job completed; only the refused event is a dead letter.
+      expect(await waitFor('the source job completed', async () => (await stateOf(queues.keen, sourceJobId)) === 'completed')).toBe(true);
+      expect(ours().sort()).toEqual(others.map((e) => e.keen.uniqueness_token).sort());
+      expect((await queues.deadLetter.getJobs(['failed', 'waiting', 'active'])).map((j) => j.id).filter((id) => id?.startsWith(ingestId))).toEqual([token]);
 
       keen.clearFaults();
       await job.retry('failed');
       await waitFor('the event stored by Keen', () => keen.tokens('devicestate').includes(token));
       expect(await waitFor('the delivery completed', async () => (await stateOf(queues.keen, token)) === 'completed')).toBe(true);
+      expect((await queues.keen.getJob(token))!.data).toEqual(deliveryOf(job.data));
+      expect(ours().sort()).toEqual([token, ...others.map((e) => e.keen.uniqueness_token)].sort());
+      expect(keen.duplicatesDropped).toBe(0);
 
       // Redriving an event Keen already took sends it again under its token: Keen drops it.
       await redriveDeadLetter(queues.keen, { ...job.data, parked: true });
       await waitFor('the second copy sent', () => keen.duplicatesDropped === 1);
       expect(keen.tokens('devicestate').filter((t) => t === token)).toHaveLength(1);
+    } finally {
+      await delivery.close();
+      await batcher.close();
+      await keen.close();
+    }
+  });
+
+  it('with the real Keen delivery worker: attempts run out, every event of the job dead-lettered, each redriven and delivered once', async () => {
+    const keen = await startFakeKeen({ projectId: 'dlq-project', writeKey: 'dlq-write-key' });
+    const batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
+    const delivery = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger });
+    try {
+      keen.respondWith({ status: 503, body: { message: 'down for the test', error_code: 'ServiceUnavailableError' } });
+      const ingestId = randomPrefix('ingest');
+      const ours = () => keen.tokens('devicestate').filter((t) => t.startsWith(ingestId));
+      const sourceJobId = `${ingestId}-keen`;
+      const events = [1, 2, 3].map((n) => deviceStateEvent(randomDeviceId(), { on: true }, new Date().toISOString(), `${ingestId}-${n}-devicestate`));
+      const tokens = events.map((e) => e.keen.uniqueness_token);
+      await queues.keen.add('devicestate', { events: events.map((e) => ({ collection: 'devicestate' as const, event: e })) }, { jobId: sourceJobId, attempts: 2, backoff: { type: JITTERED_BACKOFF, delay: 20 } });
+
+      const letters = await Promise.all(tokens.map((token) => parked(queues, token)));
+      for (const [i, letter] of letters.entries()) {
+        expect(letter.data).toMatchObject({ collection: 'devicestate', event: events[i], sourceJobId, attemptsMade: 2, lastError: { status: 503, code: 'ServiceUnavailableError' } });
+        expect(letter.failedReason).toContain('down for the test');
+      }
+      expect(await waitFor('the source job failed', async () => (await stateOf(queues.keen, sourceJobId)) === 'failed')).toBe(true);
+      expect(ours()).toEqual([]);
+
+      keen.clearFaults();
+      for (const letter of letters) await letter.retry('failed');
+      await waitFor('every event stored by Keen', () => ours().length === 3);
+      for (const token of tokens) {
+        expect(await waitFor(`${token} delivered`, async () => (await stateOf(queues.keen, token)) === 'completed')).toBe(true);
+        await waitFor(`${token} no longer a dead letter`, async () => (await stateOf(queues.deadLetter, token)) === 'missing');
+      }
+      expect(ours().sort()).toEqual([...tokens].sort());
+      expect(keen.duplicatesDropped).toBe(0);
+      // The job that gave up stays as the trail, untouched by the redrives.
+      expect(await stateOf(queues.keen, sourceJobId)).toBe('failed');
     } finally {
       await delivery.close();
       await batcher.close();
@@ -258,7 +313,7 @@ describe('npm run dlq', () => {
     worker = startWorker();
     try {
       await waitFor('the queued redrive done by the worker', async () => (await stateOf(queues.keen, first)) === 'waiting');
-      expect((await queues.keen.getJob(first))!.data.event.keen.uniqueness_token).toBe(first);
+      expect((await queues.keen.getJob(first))!.data).toEqual(deliveryOf(letters[0]!));
 
       // A named id that is not a dead letter: the others are redriven, exit code 2.
       const partly = await dlq(prefix, ['redrive', second, 'no-such-dead-letter']);

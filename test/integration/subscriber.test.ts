@@ -314,17 +314,19 @@ async function startMqttProxy(brokerPort: number) {
   const sockets = new Set<Socket>();
   const state = {
     url: '',
-    /** PUBACK packet ids from the subscriber, forwarded or not. */
-    pubacks: [] as number[],
-    /** PUBLISH packets the broker sent to the subscriber. */
-    delivered: [] as Array<{ messageId?: number; dup: boolean; topic: string; payload: string }>,
+    /** PUBACKs from the subscriber, forwarded or not: `<connection>:<packet id>`. */
+    pubacks: [] as string[],
+    /** PUBLISH packets the broker sent to the subscriber; `packet` is `<connection>:<packet id>`. */
+    delivered: [] as Array<{ packet: string; dup: boolean; topic: string; payload: string }>,
     dropAcks: false,
     async close() {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => server.close(resolve));
     },
   };
+  let connections = 0;
   const server = createServer((client) => {
+    const connection = connections++;
     const upstream = connect(brokerPort, '127.0.0.1');
     sockets.add(client).add(upstream);
     const end = () => {
@@ -339,7 +341,7 @@ async function startMqttProxy(brokerPort: number) {
     }
     const fromBroker = mqttPacket.parser({ protocolVersion: 4 });
     fromBroker.on('packet', (packet) => {
-      if (packet.cmd === 'publish') state.delivered.push({ messageId: packet.messageId, dup: packet.dup, topic: packet.topic, payload: packet.payload.toString() });
+      if (packet.cmd === 'publish') state.delivered.push({ packet: `${connection}:${packet.messageId}`, dup: packet.dup, topic: packet.topic, payload: packet.payload.toString() });
     });
     upstream.on('data', (chunk: Buffer) => {
       fromBroker.parse(chunk);
@@ -351,7 +353,7 @@ async function startMqttProxy(brokerPort: number) {
       for (let frame = takeFrame(pending); frame; frame = takeFrame(pending)) {
         pending = pending.subarray(frame.length);
         if (frame[0]! >> 4 === 4) {
-          state.pubacks.push(frame.readUInt16BE(frame.length - 2));
+          state.pubacks.push(`${connection}:${frame.readUInt16BE(frame.length - 2)}`);
           if (state.dropAcks) continue;
         }
         upstream.write(frame);
@@ -418,7 +420,8 @@ describe('subscriber durability', () => {
     // Redis is back: the messages are stored, then acknowledged, each once.
     redis.child.kill('SIGCONT');
     await waitFor('31 more PUBACKs', () => proxy.pubacks.length === 32);
-    expect(new Set(proxy.pubacks.slice(1))).toEqual(new Set(proxy.delivered.slice(delivered).map((p) => p.messageId)));
+    // One PUBACK for each message delivered, on the connection it came on.
+    expect(proxy.pubacks.slice(1).sort()).toEqual(proxy.delivered.slice(delivered).map((p) => p.packet).sort());
     expect(await seqsIn(redis.url, prefix)).toEqual(Array.from({ length: 31 }, (_, i) => i));
     expect((await bridgeStateJobs(redis.url, prefix)).map((job) => job.data.deviceId)).toEqual([device]);
   });
@@ -489,6 +492,7 @@ describe('subscriber durability', () => {
     const resent = proxy.delivered.slice(deliveredBefore);
     expect(resent).toHaveLength(total);
     expect(resent.every((p) => p.dup)).toBe(true);
+    expect(resent.map((p) => JSON.parse(p.payload).seq as number).sort((x, y) => x - y)).toEqual(Array.from({ length: total }, (_, i) => i));
 
     expect(states).toHaveLength(2 * total);
     const bySeq = new Map<number, typeof states>();

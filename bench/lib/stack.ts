@@ -418,7 +418,7 @@ export class Stack {
       const byId = new Map(ingestJobs.map((job) => [job.id, job]));
       const stages: Record<string, number[]> = { 'ingest queue wait': [], 'registry stage': [], 'keen-delivery queue wait': [], 'Keen stage (linger + request)': [] };
       for (const job of keenJobs) {
-        const source = byId.get(String(job.id).replace(/-devicestate$/, ''));
+        const source = byId.get(String(job.id).replace(/-keen$/, ''));
         if (!source?.processedOn || !source.finishedOn || !job.processedOn || !job.finishedOn) continue;
         stages['ingest queue wait']!.push(source.processedOn - source.timestamp);
         stages['registry stage']!.push(source.finishedOn - source.processedOn);

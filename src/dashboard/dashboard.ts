@@ -29,8 +29,8 @@ export interface Dashboard {
 }
 
 const DESCRIPTIONS: Record<string, string> = {
-  [QUEUE_NAMES.ingest]: 'Lamp states on their way past the device registry to Keen.',
-  [QUEUE_NAMES.keen]: 'One job per Keen event; the job id is its keen.uniqueness_token. Failed jobs here are a trail: their events are in keen-dead-letter.',
+  [QUEUE_NAMES.ingest]: 'Lamp states, in groups, on their way past the device registry to Keen.',
+  [QUEUE_NAMES.keen]: 'Keen events in groups (one job per ingest job; a redriven dead letter alone, under its keen.uniqueness_token). Failed jobs here are a trail: their events are in keen-dead-letter.',
   [QUEUE_NAMES.deadLetter]: 'Keen events that failed for good, parked in Failed with the last Keen error. Retry (or Retry all) puts an event back into keen-delivery with the same uniqueness token, so Keen never counts it twice.',
   [QUEUE_NAMES.rejected]: 'Messages the pipeline refused; the failure reason says why.',
 };

@@ -68,7 +68,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
   };
 
   const process = async (job: Job<KeenDeliveryJob>) => {
-    const { events } = job.data;
+    const events = eventsOf(job.data);
     const outcomes = await Promise.allSettled(events.map(({ collection, event }) => batcher.submit(collection, event)));
     const attempts = job.attemptsMade + 1;
     const lastAttempt = attempts >= (job.opts.attempts ?? 1);
@@ -133,9 +133,14 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
   return worker;
 }
 
+/** Jobs queued by the version before groups held one event each: still delivered after an upgrade. */
+function eventsOf(data: KeenDeliveryJob | KeenEventRecord): KeenEventRecord[] {
+  return 'events' in data ? data.events : [data];
+}
+
 /** A retry sends only what is still undelivered (and a crash before this resends all: tokens dedupe). */
 async function keepOnly(job: Job<KeenDeliveryJob>, undelivered: KeenEventRecord[]): Promise<void> {
-  if (undelivered.length < job.data.events.length) await job.updateData({ events: undelivered });
+  if (undelivered.length < eventsOf(job.data).length) await job.updateData({ events: undelivered });
 }
 
 function toDeliveryError(err: unknown): DeliveryError {

@@ -55,9 +55,12 @@ describe('operations endpoints', () => {
     await lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, '1', { qos: 1 });
     for (let i = 0; i < 40; i++) await lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ on: true, brightness: i / 40 }), { qos: 1 });
 
-    await waitFor('40 lamp states waiting', async () => gauge(await scrape(subscriberPort), 'lampi_queue_jobs', { queue: 'ingest', state: 'waiting' }) === 40);
+    await waitFor('40 lamp states queued', async () => gauge(await scrape(subscriberPort), 'lampi_messages_enqueued_total', { kind: 'lamp-state' }) === 40);
     const metrics = await scrape(subscriberPort);
-    expect(gauge(metrics, 'lampi_messages_enqueued_total', { kind: 'lamp-state' })).toBe(40);
+    // Lamp states travel in groups: the backlog is counted in jobs, each holding one or more.
+    const jobs = gauge(metrics, 'lampi_queue_jobs', { queue: 'ingest', state: 'waiting' })!;
+    expect(jobs).toBeGreaterThan(0);
+    expect(jobs).toBeLessThanOrEqual(40);
     expect(gauge(metrics, 'lampi_messages_received_total', { kind: 'bridge-state' })).toBe(1);
 
     const workerPort = await freePort();
@@ -78,7 +81,8 @@ describe('operations endpoints', () => {
       const text = await scrape(workerPort);
       return (gauge(text, 'lampi_keen_events_total', { collection: 'devicestate', outcome: 'accepted' }) ?? 0) >= 40 ? text : undefined;
     });
-    expect(gauge(workerMetrics, 'lampi_jobs_completed_total', { queue: 'ingest' })).toBe(40);
+    // At least those jobs: states that overtook their lamp's activation wait in jobs of their own.
+    expect(gauge(workerMetrics, 'lampi_jobs_completed_total', { queue: 'ingest' })).toBeGreaterThanOrEqual(jobs);
     expect(workerMetrics).toMatch(/lampi_keen_request_duration_seconds_bucket\{/);
     expect(workerMetrics).toMatch(/lampi_keen_responses_total\{status="200"/);
     expect(await (await fetch(`http://127.0.0.1:${workerPort}/readyz`)).json()).toEqual({ status: 'ready', checks: { redis: true, mqtt: true, postgres: true } });

@@ -66,7 +66,8 @@ export class DeviceRegistry {
    * Records a bridge state if it differs from the one we hold: a lamp's bridge states arrive
    * in order (see BRIDGE_PARTITIONS), so the same state twice is a replay, the broker's
    * retained copy after we resubscribe or a message seen twice. Should a retry reorder them,
-   * the held state stays the newest by receipt time. Row-locked, so concurrent workers agree.
+   * the held state stays the newest by receipt time, and an older one is not recorded. Row-locked,
+   * so concurrent workers agree.
    */
   async recordBridgeState(deviceId: string, connected: boolean, receivedAt: Date, jobId: string): Promise<BridgeStateOutcome> {
     return this.prisma.$transaction(async (tx) => {
@@ -75,14 +76,13 @@ export class DeviceRegistry {
       const current = rows[0];
       if (!current) return 'unknown_device';
       if (current.bridge_state_job_id === jobId) return 'recorded';
-      const changed = current.bridge_connected !== connected;
-      if (!current.bridge_state_at || current.bridge_state_at < receivedAt) {
-        await tx.device.update({
-          where: { deviceId },
-          data: { bridgeConnected: connected, bridgeStateAt: receivedAt, bridgeStateJobId: jobId },
-        });
-      }
-      return changed ? 'recorded' : 'unchanged';
+      // Older than the state we hold: a late copy (a second subscriber replica's), not a change.
+      if (current.bridge_state_at && current.bridge_state_at >= receivedAt) return 'unchanged';
+      await tx.device.update({
+        where: { deviceId },
+        data: { bridgeConnected: connected, bridgeStateAt: receivedAt, bridgeStateJobId: jobId },
+      });
+      return current.bridge_connected !== connected ? 'recorded' : 'unchanged';
     });
   }
 

@@ -3,9 +3,8 @@
  * Mosquitto of its own that it restarts on the same port and data directory, and RSS sampling.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, createWriteStream, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
-import path from 'node:path';
-import { mosquittoUser, ROOT, waitFor, waitForPort } from '../test/support/processes.js';
+import { createWriteStream, readFileSync, type WriteStream } from 'node:fs';
+import { ROOT, waitFor, waitForPort, writeMosquittoConfig } from '../test/support/processes.js';
 
 export interface Proc {
   name: string;
@@ -135,26 +134,7 @@ export function redisServer(port: number, dir: string, logFile: string, appendfs
 
 /** A Mosquitto with persistence and queue limits like deploy/mosquitto/mosquitto.conf (anonymous, loopback only). */
 export function mosquittoServer(port: number, dir: string, logFile: string): Restartable {
-  const conf = path.join(dir, 'mosquitto.conf');
-  // Started as root, Mosquitto drops to the `mosquitto` user: its persistence directory must be
-  // that user's, or every save fails ("Permission denied") and a restart loses all sessions.
-  const owner = mosquittoUser();
-  if (owner) chownSync(dir, owner.uid, owner.gid);
-  writeFileSync(
-    conf,
-    [
-      `listener ${port} 127.0.0.1`,
-      'allow_anonymous true',
-      'persistence true',
-      `persistence_location ${dir}/`,
-      'autosave_interval 30',
-      'max_queued_messages 1000000',
-      'max_queued_bytes 0',
-      'max_inflight_messages 100',
-      'set_tcp_nodelay true',
-      '',
-    ].join('\n'),
-  );
+  const conf = writeMosquittoConfig(port, dir, ['autosave_interval 30', 'max_queued_bytes 0', ''].join('\n'));
   return restartable('mosquitto', port, dir, `mqtt://127.0.0.1:${port}`, logFile, () => ['mosquitto', ['-c', conf]]);
 }
 

@@ -94,13 +94,14 @@ export async function startRedis(options: { port?: number; dir?: string; appendo
   return { ...proc, port, dir, url: `redis://127.0.0.1:${port}` };
 }
 
-/** A Mosquitto of the test's own, configured like the one docker-compose.yml ships. */
-export async function startMosquitto(options: { port?: number; dir?: string; extraConfig?: string } = {}) {
-  const port = options.port ?? (await freePort());
-  const dir = options.dir ?? mkdtempSync(path.join(tmpdir(), 'lampi-mosquitto-'));
+/**
+ * Writes <dir>/mosquitto.conf for a Mosquitto of our own: persistence and queue limits like the
+ * one docker-compose.yml ships, anonymous on loopback. Returns its path.
+ */
+export function writeMosquittoConfig(port: number, dir: string, extraConfig = ''): string {
   const conf = path.join(dir, 'mosquitto.conf');
   // Started as root, Mosquitto drops to the `mosquitto` user: its persistence directory must be
-  // that user's, or every save fails and a restart loses all sessions.
+  // that user's, or every save fails ("Permission denied") and a restart loses all sessions.
   const owner = mosquittoUser();
   if (owner) chownSync(dir, owner.uid, owner.gid);
   writeFileSync(
@@ -113,9 +114,17 @@ export async function startMosquitto(options: { port?: number; dir?: string; ext
       'max_queued_messages 1000000',
       'max_inflight_messages 100',
       'set_tcp_nodelay true',
-      options.extraConfig ?? '',
+      extraConfig,
     ].join('\n'),
   );
+  return conf;
+}
+
+/** A Mosquitto of the test's own, configured like the one docker-compose.yml ships. */
+export async function startMosquitto(options: { port?: number; dir?: string; extraConfig?: string } = {}) {
+  const port = options.port ?? (await freePort());
+  const dir = options.dir ?? mkdtempSync(path.join(tmpdir(), 'lampi-mosquitto-'));
+  const conf = writeMosquittoConfig(port, dir, options.extraConfig);
   const child = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
   const proc = manage(child);
   await waitForPort(port);

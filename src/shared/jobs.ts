@@ -6,8 +6,8 @@ import type { KeenCollection, KeenEvent } from './events.js';
 import type { LampState } from './message.js';
 import type { RejectReason } from './message.js';
 
-/** A lamp's bridge connected (`1`) or disconnected (`0`): one job, whose id is the message id. */
-export interface BridgeStateJob {
+/** A lamp's bridge connected (`1`) or disconnected (`0`), as parsed. */
+export interface BridgeStateMessage {
   kind: 'bridge-state';
   deviceId: string;
   connected: boolean;
@@ -26,7 +26,21 @@ export interface LampStateMessage {
 }
 
 /** A message the subscriber accepted, stamped with when it reached us. */
-export type IngestMessage = BridgeStateJob | LampStateMessage;
+export type IngestMessage = BridgeStateMessage | LampStateMessage;
+
+/**
+ * The bridge states of one partition that the subscriber took in together, in the order they
+ * arrived (a lamp's states are handled in that order). Each keeps the id of its own MQTT
+ * message: the device row and the Keen events it causes are named after it, so the same
+ * message handled twice (in any two jobs) has its effects once.
+ */
+export interface BridgeStatesJob {
+  kind: 'bridge-states';
+  states: Array<BridgeStateMessage & { messageId: string }>;
+}
+
+/** A bridge-state job as queued before bridge states were grouped: one state, named by the job id. */
+export type SingleBridgeStateJob = BridgeStateMessage;
 
 /**
  * The lamp states the subscriber took in together. Each keeps the id of its own MQTT message,

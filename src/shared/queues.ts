@@ -1,24 +1,26 @@
 /**
  * The queues of the pipeline and how jobs live in them:
  *
- *   subscriber ──▶ ingest (lamp states, many per job) ──┐
- *        │     └──▶ bridge-state-0..7 (ordered) ─────────┴─▶ registry worker ──▶ keen-delivery ──▶ Keen
- *        │                                                        │                   │
- *        └──────────────────▶ rejected-messages ◀─────────────────┘                   └──▶ keen-dead-letter
+ *   subscriber ─┬─▶ ingest (lamp states, many per job) ───────────┐
+ *               ├─▶ bridge-state-0..7 (ordered, many per job) ────┴─▶ registry worker ──▶ keen-delivery ──▶ Keen
+ *               │                                                            │                  │
+ *               └─▶ rejected-messages ◀──────────────────────────────────────┘                  └──▶ keen-dead-letter
  *
- * A job is a Redis round trip and several scripts wherever it goes, so lamp states travel in
- * groups: the subscriber puts the states it took in together into one ingest job, and the
- * registry worker passes a job's events on as one keen-delivery job.
+ * A job is a Redis round trip and several scripts wherever it goes, so messages travel in
+ * groups: the subscriber puts the lamp states it took in together into one ingest job (and the
+ * bridge states into one job per partition), and the registry worker passes a job's events on
+ * as one keen-delivery job.
  *
  * Bridge states must be handled in the order they arrived, per lamp: a connect and a
  * disconnect handled the other way round would record the wrong state, and only in order is
  * "the same state again" a reliable sign of a replay. Each lamp hashes to one of
  * BRIDGE_PARTITIONS queues, and each of those runs one job at a time across all workers
- * (BullMQ global concurrency). Lamp states need no order: their queue runs fully parallel.
+ * (BullMQ global concurrency); inside a job, each lamp's states are handled in order, lamps in
+ * parallel. Lamp states need no order: their queue runs fully parallel.
  */
 import { Queue, type ConnectionOptions, type DefaultJobOptions } from 'bullmq';
 import { Redis } from 'ioredis';
-import type { BridgeStateJob, DeadLetterJob, KeenDeliveryJob, LampStatesJob, RejectedMessageJob } from './jobs.js';
+import type { BridgeStatesJob, DeadLetterJob, KeenDeliveryJob, LampStatesJob, RejectedMessageJob } from './jobs.js';
 
 export const QUEUE_NAMES = {
   ingest: 'ingest',
@@ -93,9 +95,9 @@ export interface PipelineQueues {
   /** Lamp states, in groups. */
   ingest: Queue<LampStatesJob>;
   /** Bridge states, partitioned by lamp (see bridgePartition). */
-  bridgeState: Array<Queue<BridgeStateJob>>;
+  bridgeState: Array<Queue<BridgeStatesJob>>;
   /** The partition of this lamp's bridge states. */
-  bridgeStateQueueFor(deviceId: string): Queue<BridgeStateJob>;
+  bridgeStateQueueFor(deviceId: string): Queue<BridgeStatesJob>;
   keen: Queue<KeenDeliveryJob>;
   deadLetter: Queue<DeadLetterJob>;
   rejected: Queue<RejectedMessageJob>;
@@ -107,7 +109,7 @@ export function openQueues(connection: ConnectionOptions, prefix: string, keenAt
     ingest: new Queue<LampStatesJob>(QUEUE_NAMES.ingest, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     bridgeState: Array.from(
       { length: BRIDGE_PARTITIONS },
-      (_, partition) => new Queue<BridgeStateJob>(QUEUE_NAMES.bridgeState(partition), { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+      (_, partition) => new Queue<BridgeStatesJob>(QUEUE_NAMES.bridgeState(partition), { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     ),
     keen: new Queue<KeenDeliveryJob>(QUEUE_NAMES.keen, { connection, prefix, defaultJobOptions: JOB_OPTIONS.keen(keenAttempts) }),
     deadLetter: new Queue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection, prefix, defaultJobOptions: JOB_OPTIONS.deadLetter }),

@@ -6,11 +6,13 @@
  * Messages are stored in groups (group commit): while one write is under way, the messages
  * that arrive meanwhile wait, and all of them go in the next write. At low load a group is one
  * message and adds no delay; under load a group grows with the rate, so one Redis round trip
- * and one ingest job carry many lamp states. Writes are never concurrent, so jobs reach Redis
- * in the order their messages arrived (which the bridge-state partitions rely on).
+ * and one job carry many states. Writes are never concurrent, so jobs reach Redis in the order
+ * their messages arrived, and a bridge-state job lists its states in that order too (which the
+ * bridge-state partitions rely on).
  */
+import type { Queue } from 'bullmq';
 import type { Logger } from '../shared/logger.js';
-import type { BridgeStateJob, LampStatesJob, RejectedMessageJob } from '../shared/jobs.js';
+import type { BridgeStatesJob, LampStatesJob, RejectedMessageJob } from '../shared/jobs.js';
 import { parseMessage, type ParsedMessage } from '../shared/message.js';
 import type { Metrics } from '../shared/metrics.js';
 import type { PipelineQueues } from '../shared/queues.js';
@@ -30,7 +32,7 @@ export interface IntakeOptions {
   ledger: RedeliveryLedger;
   logger: Logger;
   metrics: Metrics;
-  /** Lamp states per ingest job; a larger group becomes several jobs in the same write. */
+  /** States per job; a larger group becomes several jobs in the same write. */
   maxStatesPerJob?: number;
   /** Waits between attempts while Redis refuses writes (out of memory, read-only replica, ...). */
   retryDelayMs?: number;
@@ -129,7 +131,7 @@ export class Intake {
   #plan(group: Arrival[], ids: string[]): () => Promise<unknown> {
     const { queues, ledger, metrics } = this.#options;
     const remember: RememberedMessage[] = [];
-    const bridgeStates: Array<{ job: BridgeStateJob; id: string }> = [];
+    const bridgeStates: BridgeStatesJob['states'] = [];
     const lampStates: LampStatesJob['states'] = [];
     const rejections: Array<{ record: RejectedMessageJob; id: string }> = [];
     group.forEach(({ session, message, parsed, receivedAt }, i) => {
@@ -148,25 +150,39 @@ export class Intake {
         return;
       }
       remember.push({ session, packet: message, messageId });
-      if (parsed.message.kind === 'bridge-state') bridgeStates.push({ job: parsed.message, id: messageId });
+      if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId });
       else lampStates.push({ ...parsed.message, messageId });
     });
-    const lampJobs: Array<{ job: LampStatesJob; id: string }> = [];
-    for (let i = 0; i < lampStates.length; i += this.#maxStatesPerJob) {
-      lampJobs.push({ job: { kind: 'lamp-states', states: lampStates.slice(i, i + this.#maxStatesPerJob) }, id: newMessageId() });
+    const byPartition = new Map<Queue<BridgeStatesJob>, BridgeStatesJob['states']>();
+    for (const state of bridgeStates) {
+      const queue = queues.bridgeStateQueueFor(state.deviceId);
+      const states = byPartition.get(queue) ?? [];
+      states.push(state);
+      byPartition.set(queue, states);
     }
+    // Ids are chosen now, so that a retried write sends the very same jobs.
+    const bridgeJobs = [...byPartition].flatMap(([queue, states]) =>
+      this.#chunks(states).map((chunk) => ({ queue, job: { kind: 'bridge-states', states: chunk } satisfies BridgeStatesJob, id: newMessageId() })),
+    );
+    const lampJobs = this.#chunks(lampStates).map((chunk) => ({ job: { kind: 'lamp-states', states: chunk } satisfies LampStatesJob, id: newMessageId() }));
 
     return async () => {
       // Sent together without waiting for one another; Redis runs them in this order.
       await Promise.all([
         ...ledger.rememberAll(remember),
-        ...bridgeStates.map(({ job, id }) => queues.bridgeStateQueueFor(job.deviceId).add(job.kind, job, { jobId: id })),
+        ...bridgeJobs.map(({ queue, job, id }) => queue.add(job.kind, job, { jobId: id })),
         ...lampJobs.map(({ job, id }) => queues.ingest.add(job.kind, job, { jobId: id })),
         ...rejections.map(({ record, id }) => queues.rejected.add(record.reason, record, { jobId: id })),
       ]);
       if (bridgeStates.length > 0) metrics.messagesEnqueued.inc({ kind: 'bridge-state' }, bridgeStates.length);
       if (lampStates.length > 0) metrics.messagesEnqueued.inc({ kind: 'lamp-state' }, lampStates.length);
     };
+  }
+
+  #chunks<T>(items: T[]): T[][] {
+    const chunks: T[][] = [];
+    for (let i = 0; i < items.length; i += this.#maxStatesPerJob) chunks.push(items.slice(i, i + this.#maxStatesPerJob));
+    return chunks;
   }
 
   /**

@@ -5,12 +5,19 @@
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
-import type { BridgeStateJob, KeenEventRecord, LampStatesJob, RejectedMessageJob } from '../shared/jobs.js';
+import type { BridgeStatesJob, KeenEventRecord, LampStatesJob, RejectedMessageJob, SingleBridgeStateJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { jitteredBackoff, jitteredBackoffDelay, QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 import type { AssociationPublisher } from './association-publisher.js';
-import type { DeviceRegistry } from './registry/registry.js';
+import type { Activation, BridgeStateOutcome, DeviceRegistry } from './registry/registry.js';
+
+type BridgeState = BridgeStatesJob['states'][number];
+
+/** A job queued before bridge states were grouped holds one state, named by the job's id. */
+function bridgeStatesOf(job: Job<BridgeStatesJob | SingleBridgeStateJob>): BridgeState[] {
+  return job.data.kind === 'bridge-states' ? job.data.states : [{ ...job.data, messageId: job.id! }];
+}
 
 export interface IngestWorkerOptions {
   connection: ConnectionOptions;
@@ -78,54 +85,77 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
     await sendToKeen(job.id!, events);
   };
 
-  const handleBridgeState = async (job: Job<BridgeStateJob>) => {
-    const data = job.data;
-    const jobId = job.id!;
+  /** One bridge state: the device row and its bridge state, the association message; returns its Keen events. */
+  const handleBridgeState = async (state: BridgeState, activation?: Activation): Promise<KeenEventRecord[]> => {
+    const { deviceId, connected, messageId } = state;
+    const receivedAt = new Date(state.receivedAt);
     const events: KeenEventRecord[] = [];
-    if (data.connected) {
-      const activation = await registry.activate(data.deviceId, jobId);
+    let outcome: BridgeStateOutcome | undefined;
+    if (connected) {
+      activation ??= (await registry.activate([{ deviceId, messageId, connectedAt: receivedAt }])).get(messageId)!;
       if (activation.created) {
+        // Created connected, by this message.
+        outcome = 'recorded';
         metrics.devicesCreated.inc();
-        await publisher.publishUnassociated(data.deviceId, activation.associationCode);
-        events.push({ collection: 'activations', event: activationEvent(data.deviceId, options.defaultUser, data.receivedAt, uniquenessToken(jobId, 'activations')) });
-        logger.info({ job_id: jobId, device_id: data.deviceId }, 'new device activated');
+        await publisher.publishUnassociated(deviceId, activation.associationCode);
+        events.push({ collection: 'activations', event: activationEvent(deviceId, options.defaultUser, state.receivedAt, uniquenessToken(messageId, 'activations')) });
+        logger.info({ message_id: messageId, device_id: deviceId }, 'new device activated');
       }
     }
-    const outcome = await registry.recordBridgeState(data.deviceId, data.connected, new Date(data.receivedAt), jobId);
+    outcome ??= await registry.recordBridgeState(deviceId, connected, receivedAt, messageId);
     if (outcome === 'unknown_device') {
       // Its partition runs in order, so no connect of this lamp is still on its way.
-      return reject({ id: jobId, topic: `$SYS/broker/connection/${data.deviceId}_broker/state`, deviceId: data.deviceId, receivedAt: data.receivedAt, detail: 'bridge disconnect from a device that never connected', data });
-    }
-    if (outcome === 'unchanged') {
+      await reject({ id: messageId, topic: `$SYS/broker/connection/${deviceId}_broker/state`, deviceId, receivedAt: state.receivedAt, detail: 'bridge disconnect from a device that never connected', data: state });
+    } else if (outcome === 'unchanged') {
       metrics.bridgeReplaysDropped.inc();
-      logger.debug({ job_id: jobId, device_id: data.deviceId, connected: data.connected, retained: data.retained }, 'bridge state unchanged; not recorded again');
+      logger.debug({ message_id: messageId, device_id: deviceId, connected, retained: state.retained }, 'bridge state unchanged; not recorded again');
     } else {
-      events.push({ collection: 'devicemonitoring', event: deviceMonitoringEvent(data.deviceId, data.connected, data.receivedAt, uniquenessToken(jobId, 'devicemonitoring')) });
+      events.push({ collection: 'devicemonitoring', event: deviceMonitoringEvent(deviceId, connected, state.receivedAt, uniquenessToken(messageId, 'devicemonitoring')) });
     }
-    await sendToKeen(jobId, events);
+    return events;
   };
 
   /**
-   * A bridge state that fails is retried where it stands, holding its partition: back in the
-   * queue, the lamp's next state would overtake it. Its attempts and their spacing are those of
-   * any ingest job; when they run out it fails for good, and the partition moves on.
+   * A job's lamps are handled in parallel, each lamp's states in order. A state that fails is
+   * retried where it stands, holding its lamp and its partition: back in the queue, the lamp's
+   * next state would overtake it. Its attempts and their spacing are those of any ingest job;
+   * when they run out the job fails for good, and the partition moves on.
    */
-  const holdingItsPlace = async (job: Job<BridgeStateJob>) => {
+  const handleBridgeStates = async (job: Job<BridgeStatesJob | SingleBridgeStateJob>) => {
     const attempts = job.opts.attempts ?? 1;
+    const lamps = new Map<string, BridgeState[]>();
+    for (const state of bridgeStatesOf(job)) {
+      const states = lamps.get(state.deviceId) ?? [];
+      states.push(state);
+      lamps.set(state.deviceId, states);
+    }
+    const events: KeenEventRecord[] = [];
+    const handleLamp = async (states: BridgeState[], activations: Map<string, Activation>) => {
+      while (states.length > 0) {
+        events.push(...(await handleBridgeState(states[0]!, activations.get(states[0]!.messageId))));
+        states.shift();
+      }
+    };
     for (let attempt = 1; ; attempt += 1) {
       try {
-        return await handleBridgeState(job);
+        // Lamps that open with a connect may be new: they are created together, in one statement.
+        const connects = [...lamps.values()].flatMap((states) => (states[0]?.connected ? [states[0]] : []));
+        const activations = connects.length === 0 ? new Map<string, Activation>() : await registry.activate(connects.map((s) => ({ deviceId: s.deviceId, messageId: s.messageId, connectedAt: new Date(s.receivedAt) })));
+        const failed = (await Promise.allSettled([...lamps.values()].map((states) => handleLamp(states, activations)))).find((r) => r.status === 'rejected');
+        if (failed) throw failed.reason;
+        return await sendToKeen(job.id!, events);
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
         if (attempt >= attempts) throw new UnrecoverableError(`gave up after ${attempt} attempts: ${message}`);
         const waitMs = jitteredBackoffDelay(attempt, bridgeRetryBaseMs);
-        logger.warn({ job_id: job.id, device_id: job.data.deviceId, attempt, wait_ms: waitMs, err: message }, 'bridge state failed; retrying in place, its lamps wait');
+        const waiting = [...lamps.values()].filter((states) => states.length > 0).length;
+        logger.warn({ job_id: job.id, lamps_waiting: waiting, attempt, wait_ms: waitMs, err: message }, 'bridge state failed; retrying in place, its lamps wait');
         await new Promise((resolve) => setTimeout(resolve, waitMs));
       }
     }
   };
 
-  const start = <T extends LampStatesJob | BridgeStateJob>(name: string, process: (job: Job<T>) => Promise<unknown>, concurrency: number, lockDuration?: number) => {
+  const start = <T extends LampStatesJob | BridgeStatesJob | SingleBridgeStateJob>(name: string, process: (job: Job<T>) => Promise<unknown>, concurrency: number, lockDuration?: number) => {
     const worker = new Worker<T>(name, process, {
       connection: options.connection,
       prefix: options.prefix,
@@ -148,6 +178,6 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
   await Promise.all(queues.bridgeState.map((queue) => queue.setGlobalConcurrency(1)));
   return [
     start(QUEUE_NAMES.ingest, handleLampStates, options.concurrency),
-    ...queues.bridgeState.map((queue) => start(queue.name, holdingItsPlace, 1)),
+    ...queues.bridgeState.map((queue) => start(queue.name, handleBridgeStates, 1)),
   ];
 }

@@ -9,10 +9,10 @@ import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { BridgeStateJob, KeenDeliveryJob, KeenEventRecord, LampStateMessage, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
+import type { BridgeStateMessage, BridgeStatesJob, KeenDeliveryJob, KeenEventRecord, LampStateMessage, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { bridgePartition, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
 import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';
@@ -27,7 +27,7 @@ const DEFAULT_USER = 'parked_device_user';
 /** An id like the subscriber's message ids. */
 const messageId = () => randomUUID().replaceAll('-', '');
 
-const bridge = (deviceId: string, connected: boolean, extra: Partial<BridgeStateJob> = {}): BridgeStateJob => ({
+const bridge = (deviceId: string, connected: boolean, extra: Partial<BridgeStateMessage> = {}): BridgeStateMessage => ({
   kind: 'bridge-state',
   deviceId,
   connected,
@@ -43,6 +43,16 @@ const lampState = (deviceId: string, state: LampStateMessage['state'], receivedA
   receivedAt,
   messageId: messageId(),
 });
+
+/** Lamps whose bridge states share one partition, as those in one job do. */
+function lampsOfPartition(count: number, partition: number): string[] {
+  const lamps: string[] = [];
+  while (lamps.length < count) {
+    const id = randomDeviceId();
+    if (bridgePartition(id) === partition) lamps.push(id);
+  }
+  return lamps;
+}
 
 /**
  * A registry stage of a test's own: a database, a queue prefix, and workers on them. Workers of
@@ -97,7 +107,12 @@ function registryStage(label: string) {
       return workers;
     },
 
-    addBridge: (data: BridgeStateJob, jobId: string) => stage.queues.bridgeStateQueueFor(data.deviceId).add(data.kind, data, { jobId }),
+    /** A job of one bridge state, named (as its message) `jobId`. */
+    addBridge: (data: BridgeStateMessage, jobId: string) => stage.addBridgeStates([{ ...data, messageId: jobId }], jobId),
+
+    /** A job of several bridge states, as the subscriber writes them: all of one partition. */
+    addBridgeStates: (states: BridgeStatesJob['states'], jobId: string) =>
+      stage.queues.bridgeStateQueueFor(states[0]!.deviceId).add('bridge-states', { kind: 'bridge-states', states }, { jobId }),
 
     addLampStates: (states: LampStatesJob['states'], jobId: string) => stage.queues.ingest.add('lamp-states', { kind: 'lamp-states', states }, { jobId }),
 
@@ -148,7 +163,7 @@ describe('registry worker', () => {
   it('activates each new lamp exactly once while eight workers race on duplicate and retained connects', async () => {
     await stage.startWorkers(8);
     const devices = Array.from({ length: 40 }, randomDeviceId);
-    const jobs: Array<{ data: BridgeStateJob; jobId: string }> = [];
+    const jobs: Array<{ data: BridgeStateMessage; jobId: string }> = [];
     let n = 0;
     for (const deviceId of devices) {
       for (let copy = 0; copy < 5; copy++) jobs.push({ data: bridge(deviceId, true, { retained: copy > 0 }), jobId: `race${(n++).toString(16).padStart(8, '0')}` });
@@ -207,7 +222,7 @@ describe('registry worker', () => {
   it('records every bridge state change, in arrival order, and drops replays of an unchanged state', async () => {
     const device = randomDeviceId();
     const at = (ms: number) => new Date(Date.parse('2026-11-28T10:00:00.000Z') + ms).toISOString();
-    const sequence: BridgeStateJob[] = [
+    const sequence: BridgeStateMessage[] = [
       bridge(device, true, { receivedAt: at(0) }),
       bridge(device, true, { receivedAt: at(10), retained: true }),
       bridge(device, false, { receivedAt: at(20) }),
@@ -248,6 +263,71 @@ describe('registry worker', () => {
     } finally {
       await prisma.$disconnect();
     }
+  });
+
+  it('handles a job of many lamps, each lamp in order, with one keen-delivery job; a message handled twice has its effects once', async () => {
+    const partition = 3;
+    const [a, b, c] = lampsOfPartition(3, partition);
+    const at = (ms: number) => new Date(Date.parse('2026-11-28T11:00:00.000Z') + ms).toISOString();
+    const state = (deviceId: string, connected: boolean, ms: number, retained = false) => ({ ...bridge(deviceId, connected, { receivedAt: at(ms), retained }), messageId: messageId() });
+    const states = [state(a!, true, 0), state(b!, true, 1), state(a!, false, 10), state(c!, false, 11), state(a!, true, 20), state(b!, true, 30, true)];
+    const first = messageId();
+    await stage.addBridgeStates(states, first);
+    await waitFor('the job done', stage.allIngestDone);
+
+    const keenJob = (await stage.queues.keen.getJob(`${first}-keen`))!.data;
+    const of = (device: string) => keenJob.events.filter((record) => record.event.device_id === device).map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token]);
+    expect(of(a!)).toEqual([
+      ['activations', null, `${states[0]!.messageId}-activations`],
+      ['devicemonitoring', 'connected', `${states[0]!.messageId}-devicemonitoring`],
+      ['devicemonitoring', 'disconnected', `${states[2]!.messageId}-devicemonitoring`],
+      ['devicemonitoring', 'connected', `${states[4]!.messageId}-devicemonitoring`],
+    ]);
+    // b's retained replay of its connected state is not a change (though it is now the state held).
+    expect(of(b!)).toEqual([
+      ['activations', null, `${states[1]!.messageId}-activations`],
+      ['devicemonitoring', 'connected', `${states[1]!.messageId}-devicemonitoring`],
+    ]);
+    expect(of(c!)).toEqual([]);
+    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    try {
+      expect((await rejected.getJob(`${states[3]!.messageId}-rejected`))?.data).toMatchObject({ reason: 'unknown_device', deviceId: c });
+    } finally {
+      await rejected.close();
+    }
+
+    // The broker sends a's first connect again, and the subscriber queues it in a later job:
+    // the same Keen events (tokens), the row untouched.
+    const again = messageId();
+    await stage.addBridgeStates([states[0]!], again);
+    await waitFor('the resend handled', stage.allIngestDone);
+    expect((await stage.queues.keen.getJob(`${again}-keen`))!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual([
+      `${states[0]!.messageId}-activations`,
+      `${states[0]!.messageId}-devicemonitoring`,
+    ]);
+    const prisma = await stage.prisma();
+    try {
+      const rows = await prisma.device.findMany({ where: { deviceId: { in: [a!, b!, c!] } }, orderBy: { deviceId: 'asc' } });
+      expect(rows.map((row) => [row.deviceId, row.createdByJobId, row.bridgeConnected, row.bridgeStateJobId])).toEqual(
+        [
+          [a, states[0]!.messageId, true, states[4]!.messageId],
+          [b, states[1]!.messageId, true, states[5]!.messageId],
+        ].sort((x, y) => String(x[0]).localeCompare(String(y[0]))),
+      );
+    } finally {
+      await prisma.$disconnect();
+    }
+  });
+
+  it('still handles a one-state bridge job queued before bridge states were grouped', async () => {
+    const device = randomDeviceId();
+    const jobId = messageId();
+    await stage.queues.bridgeStateQueueFor(device).add('bridge-state', bridge(device, true) as unknown as BridgeStatesJob, { jobId });
+    await waitFor('the job done', stage.allIngestDone);
+    expect((await stage.queues.keen.getJob(`${jobId}-keen`))!.data.events.map((record) => [record.collection, record.event.device_id, record.event.keen.uniqueness_token])).toEqual([
+      ['activations', device, `${jobId}-activations`],
+      ['devicemonitoring', device, `${jobId}-devicemonitoring`],
+    ]);
   });
 
   it('turns the lamp states of known lamps into one keen-delivery job while unknown lamps wait apart, then are rejected', async () => {
@@ -365,11 +445,13 @@ describe('registry worker through a PostgreSQL outage', () => {
 
   it('keeps a lamp bridge states in order while the first of them waits for the database', async () => {
     await stage.startWorkers(2, { logger, bridgeRetryBaseMs: 50 });
+    const device = randomDeviceId();
     // The registry has met the database: its pool holds connections that the outage breaks.
-    await stage.addBridge(bridge(randomDeviceId(), true), messageId());
+    // (Through another partition, which this test then expects to hold the lamp's jobs only.)
+    const [warmUp] = lampsOfPartition(1, (bridgePartition(device) + 1) % BRIDGE_PARTITIONS);
+    await stage.addBridge(bridge(warmUp!, true), messageId());
     await waitFor('the warm-up done', stage.allIngestDone);
 
-    const device = randomDeviceId();
     const at = (ms: number) => new Date(Date.parse('2026-11-28T10:00:00.000Z') + ms).toISOString();
     const ids = [messageId(), messageId(), messageId()];
     await takeDatabaseAway();
@@ -427,6 +509,34 @@ describe('registry worker through a PostgreSQL outage', () => {
       expect(row).toMatchObject({ bridgeConnected: true, bridgeStateJobId: ids[2], createdByJobId: ids[0], bridgeStateAt: new Date(at(20)) });
     } finally {
       await prisma.$disconnect();
+    }
+  });
+
+  it('holds a job of several lamps through the outage, then handles each lamp in order, each event once', async () => {
+    const [x, y] = lampsOfPartition(2, 5);
+    const at = (ms: number) => new Date(Date.parse('2026-11-28T12:00:00.000Z') + ms).toISOString();
+    const states = [bridge(x!, true, { receivedAt: at(0) }), bridge(y!, true, { receivedAt: at(1) }), bridge(x!, false, { receivedAt: at(10) }), bridge(y!, false, { receivedAt: at(11) })].map(
+      (state) => ({ ...state, messageId: messageId() }),
+    );
+    const jobId = messageId();
+    await takeDatabaseAway();
+    try {
+      await stage.addBridgeStates(states, jobId);
+      await waitFor('the job retried in place', () => logLines.some((line) => line.includes('retrying in place') && line.includes(jobId)), 10_000, 20);
+    } finally {
+      await admin.query(`ALTER DATABASE ${stage.db.name} ALLOW_CONNECTIONS true`);
+    }
+    await waitFor('all ingest jobs done', stage.allIngestDone, 30_000);
+    const events = (await stage.queues.keen.getJob(`${jobId}-keen`))!.data.events;
+    for (const [lamp, first, second] of [
+      [x!, states[0]!, states[2]!],
+      [y!, states[1]!, states[3]!],
+    ] as const) {
+      expect(events.filter((record) => record.event.device_id === lamp).map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token])).toEqual([
+        ['activations', null, `${first.messageId}-activations`],
+        ['devicemonitoring', 'connected', `${first.messageId}-devicemonitoring`],
+        ['devicemonitoring', 'disconnected', `${second.messageId}-devicemonitoring`],
+      ]);
     }
   });
 });

@@ -8,7 +8,7 @@ import { Queue } from 'bullmq';
 import mqtt from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { BridgeStateJob, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
+import type { BridgeStatesJob, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { BRIDGE_PARTITIONS, bridgePartition, connectRedis, openQueues, QUEUE_NAMES } from '../../src/shared/queues.js';
@@ -68,10 +68,18 @@ async function lampStatesIn(redisUrl: string, prefix: string): Promise<Array<Sto
   return (await lampStateJobs(redisUrl, prefix)).flatMap((job) => job.data.states.map((state) => ({ ...state, jobId: job.id! })));
 }
 
-/** Bridge-state jobs of every partition. */
-async function bridgeStateJobs(redisUrl: string, prefix: string) {
-  const names = Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n));
-  return (await Promise.all(names.map((name) => jobsIn<BridgeStateJob>(redisUrl, prefix, name)))).flat();
+type StoredBridgeState = BridgeStatesJob['states'][number] & { jobId: string };
+
+/** The bridge states stored in one partition, in the order its worker takes them. */
+async function bridgeStatesInPartition(redisUrl: string, prefix: string, partition: number): Promise<StoredBridgeState[]> {
+  const jobs = await jobsIn<BridgeStatesJob>(redisUrl, prefix, QUEUE_NAMES.bridgeState(partition));
+  return jobs.flatMap((job) => job.data.states.map((state) => ({ ...state, jobId: job.id! })));
+}
+
+/** The bridge states of every partition. */
+async function bridgeStatesIn(redisUrl: string, prefix: string): Promise<StoredBridgeState[]> {
+  const partitions = Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => bridgeStatesInPartition(redisUrl, prefix, n));
+  return (await Promise.all(partitions)).flat();
 }
 
 const HEX_ID = /^[0-9a-f]{32}$/;
@@ -104,11 +112,11 @@ describe('subscriber', () => {
       return found.length === 2 ? found : undefined;
     });
     const bridges = await waitFor('two bridge states', async () => {
-      const found = (await bridgeStateJobs(services.redis, prefix)).filter((job) => job.data.deviceId === b.toLowerCase());
+      const found = (await bridgeStatesIn(services.redis, prefix)).filter((s) => s.deviceId === b.toLowerCase());
       return found.length === 2 ? found : undefined;
     });
     const after = Date.now();
-    for (const receivedAt of [...states.map((s) => s.receivedAt), ...bridges.map((job) => job.data.receivedAt)]) {
+    for (const receivedAt of [...states, ...bridges].map((s) => s.receivedAt)) {
       expect(Date.parse(receivedAt)).toBeGreaterThanOrEqual(before);
       expect(Date.parse(receivedAt)).toBeLessThanOrEqual(after);
     }
@@ -119,16 +127,15 @@ describe('subscriber', () => {
       ]),
     );
     // Both bridge states sit in their lamp's partition, in the order they were published.
-    const partition = await jobsIn<BridgeStateJob>(services.redis, prefix, QUEUE_NAMES.bridgeState(bridgePartition(b.toLowerCase())));
-    expect(partition.filter((job) => job.data.deviceId === b.toLowerCase()).map((job) => [job.data.kind, job.data.connected, job.data.retained])).toEqual([
+    expect(bridges.map((s) => [s.kind, s.connected, s.retained])).toEqual([
       ['bridge-state', true, false],
       ['bridge-state', false, false],
     ]);
-    // Every message has an id of its own; a bridge state's job is named after it.
-    const ids = [...states.map((s) => s.messageId), ...bridges.map((job) => job.id!)];
+    // Every message has an id of its own, and every job.
+    const ids = [...states, ...bridges].map((s) => s.messageId);
     expect(new Set(ids).size).toBe(4);
     expect(ids.every((id) => HEX_ID.test(id))).toBe(true);
-    expect(states.every((s) => HEX_ID.test(s.jobId))).toBe(true);
+    expect([...states, ...bridges].every((s) => HEX_ID.test(s.jobId))).toBe(true);
   });
 
   it('records each bad message with its reason while the good ones around it flow', async () => {
@@ -160,7 +167,7 @@ describe('subscriber', () => {
       return found.length === 2 ? found : undefined;
     });
     expect(goodStates.map((s) => s.state.n).sort()).toEqual([1, 2]);
-    expect((await bridgeStateJobs(services.redis, prefix)).filter((job) => job.data.deviceId === device)).toEqual([]);
+    expect((await bridgeStatesIn(services.redis, prefix)).filter((s) => s.deviceId === device)).toEqual([]);
     const counted = await metrics.messagesRejected.get();
     expect(counted.values.find((v) => v.labels.reason === 'invalid_json')?.value).toBe(1);
   });
@@ -210,17 +217,18 @@ describe('subscriber', () => {
       }
     }
     await publishAtOnce(services.mqtt, messages);
-    await waitFor('every bridge state', async () => {
-      const found = (await bridgeStateJobs(services.redis, prefix)).filter((job) => devices.includes(job.data.deviceId));
-      return found.length >= devices.length * flips;
+    const stored = await waitFor('every bridge state', async () => {
+      const found = (await bridgeStatesIn(services.redis, prefix)).filter((s) => devices.includes(s.deviceId));
+      return found.length >= devices.length * flips ? found : undefined;
     });
+    // States that arrived together share a job (one per partition).
+    expect(new Set(stored.map((s) => s.jobId)).size).toBeLessThan(stored.length);
     for (const [i, device] of devices.entries()) {
-      const partition = await jobsIn<BridgeStateJob>(services.redis, prefix, QUEUE_NAMES.bridgeState(bridgePartition(device)));
-      const own = partition.filter((job) => job.data.deviceId === device);
-      expect(own.map((job) => job.data.connected)).toEqual(Array.from({ length: flips }, (_, n) => (n + i) % 2 === 0));
-      const times = own.map((job) => Date.parse(job.data.receivedAt));
+      const own = (await bridgeStatesInPartition(services.redis, prefix, bridgePartition(device))).filter((s) => s.deviceId === device);
+      expect(own.map((s) => s.connected)).toEqual(Array.from({ length: flips }, (_, n) => (n + i) % 2 === 0));
+      const times = own.map((s) => Date.parse(s.receivedAt));
       expect(times).toEqual([...times].sort((x, y) => x - y));
-      expect(new Set(own.map((job) => job.id)).size).toBe(flips);
+      expect(new Set(own.map((s) => s.messageId)).size).toBe(flips);
     }
   });
 
@@ -232,10 +240,10 @@ describe('subscriber', () => {
     const second = await startSubscriber(configFor(own), logger, createMetrics('t'));
     try {
       const jobs = await waitFor('the retained replay', async () => {
-        const found = (await bridgeStateJobs(services.redis, own)).filter((job) => job.data.deviceId === device);
+        const found = (await bridgeStatesIn(services.redis, own)).filter((s) => s.deviceId === device);
         return found.length === 1 ? found : undefined;
       });
-      expect(jobs[0]!.data).toMatchObject({ kind: 'bridge-state', connected: true, retained: true });
+      expect(jobs[0]).toMatchObject({ kind: 'bridge-state', connected: true, retained: true });
     } finally {
       await second.close();
       await publish(services.mqtt, [{ topic, payload: '', retain: true }]);
@@ -278,8 +286,10 @@ describe('subscriber intake', () => {
     const jobs = await lampStateJobs(services.redis, prefix);
     expect(jobs.map((job) => job.data.states.length).sort()).toEqual([1, 2, 2]);
     expect(jobs.flatMap((job) => job.data.states.map((s) => s.state.n)).sort()).toEqual([0, 1, 2, 3, 4]);
-    const bridge = await jobsIn<BridgeStateJob>(services.redis, prefix, QUEUE_NAMES.bridgeState(bridgePartition(bridged)));
-    expect(bridge.map((job) => job.data)).toEqual([{ kind: 'bridge-state', deviceId: bridged, connected: true, retained: false, receivedAt: expect.any(String) }]);
+    const bridge = await jobsIn<BridgeStatesJob>(services.redis, prefix, QUEUE_NAMES.bridgeState(bridgePartition(bridged)));
+    expect(bridge.map((job) => job.data)).toEqual([
+      { kind: 'bridge-states', states: [{ kind: 'bridge-state', deviceId: bridged, connected: true, retained: false, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID) }] },
+    ]);
     const rejected = await jobsIn<RejectedMessageJob>(services.redis, prefix, QUEUE_NAMES.rejected);
     expect(rejected.map((job) => job.data.reason)).toEqual(['invalid_json']);
     // The ledger: one hash for the session, a field per packet id of an accepted message.
@@ -423,7 +433,7 @@ describe('subscriber durability', () => {
     // One PUBACK for each message delivered, on the connection it came on.
     expect(proxy.pubacks.slice(1).sort()).toEqual(proxy.delivered.slice(delivered).map((p) => p.packet).sort());
     expect(await seqsIn(redis.url, prefix)).toEqual(Array.from({ length: 31 }, (_, i) => i));
-    expect((await bridgeStateJobs(redis.url, prefix)).map((job) => job.data.deviceId)).toEqual([device]);
+    expect((await bridgeStatesIn(redis.url, prefix)).map((s) => s.deviceId)).toEqual([device]);
   });
 
   it('holds messages while Redis is down and enqueues every one, once, when it is back', async () => {

@@ -2,9 +2,9 @@
  * The device registry, as LAMPI keeps it: users own lamps, and a lamp nobody has claimed yet
  * belongs to the default (inactive) user and carries an association code.
  *
- * Every write is idempotent per ingest job: a job that is retried (after a crash, or after a
- * later step failed) finds the rows it wrote itself and carries on as if it had just written
- * them, so side effects that follow a write happen for exactly one job.
+ * Every write is idempotent per message: a message handled again (a retried job, or a resend
+ * queued twice) finds the rows it wrote itself and carries on as if it had just written them,
+ * so side effects that follow a write happen for exactly one message.
  */
 import { randomBytes } from 'node:crypto';
 import { PrismaPg } from '@prisma/adapter-pg';
@@ -16,6 +16,13 @@ export interface Activation {
   /** True only for the job that created the device (including retries of that job). */
   created: boolean;
   associationCode: string;
+}
+
+export interface ActivationRequest {
+  deviceId: string;
+  /** The bridge connect's message: it names the row it creates. */
+  messageId: string;
+  connectedAt: Date;
 }
 
 export interface RegistryOptions {
@@ -42,48 +49,69 @@ export class DeviceRegistry {
     await this.prisma.$queryRaw`SELECT 1`;
   }
 
-  /** Creates the device if it is unknown, owned by the default user. */
-  async activate(deviceId: string, jobId: string): Promise<Activation> {
+  /**
+   * Creates the devices that are unknown (at most one request per lamp), in one statement: each
+   * owned by the default user, its bridge connected by the request's message. Answers per
+   * message id; `created` is true for the message that created its device, however often that
+   * message is handled.
+   */
+  async activate(requests: ActivationRequest[]): Promise<Map<string, Activation>> {
     const userId = await this.ensureDefaultUser();
-    const associationCode = randomBytes(16).toString('hex');
+    const codes = new Map(requests.map((r) => [r.messageId, randomBytes(16).toString('hex')]));
     // ON CONFLICT DO NOTHING: concurrent activations of one lamp leave exactly one row.
-    const { count } = await this.prisma.device.createMany({
-      data: [{ deviceId, associationCode, userId, createdByJobId: jobId }],
+    const inserted = await this.prisma.device.createManyAndReturn({
+      data: requests.map((r) => ({
+        deviceId: r.deviceId,
+        associationCode: codes.get(r.messageId)!,
+        userId,
+        createdByJobId: r.messageId,
+        bridgeConnected: true,
+        bridgeStateAt: r.connectedAt,
+        bridgeStateJobId: r.messageId,
+      })),
       skipDuplicates: true,
+      select: { deviceId: true },
     });
-    this.remember(deviceId);
-    if (count === 1) return { created: true, associationCode };
-    const existing = await this.prisma.device.findUnique({
-      where: { deviceId },
-      select: { associationCode: true, createdByJobId: true },
-    });
-    // Nothing inserted and nothing there: the random code collided with another lamp's. Retry.
-    if (!existing) throw new Error(`device ${deviceId} was neither created nor found; retrying`);
-    return { created: existing.createdByJobId === jobId, associationCode: existing.associationCode };
+    const created = new Set(inserted.map((row) => row.deviceId));
+    const answers = new Map<string, Activation>();
+    const existing = requests.filter((r) => !created.has(r.deviceId));
+    const rows = existing.length === 0 ? [] : await this.prisma.device.findMany({ where: { deviceId: { in: existing.map((r) => r.deviceId) } }, select: { deviceId: true, associationCode: true, createdByJobId: true } });
+    const found = new Map(rows.map((row) => [row.deviceId, row]));
+    for (const r of requests) {
+      const row = found.get(r.deviceId);
+      if (created.has(r.deviceId)) answers.set(r.messageId, { created: true, associationCode: codes.get(r.messageId)! });
+      else if (row) answers.set(r.messageId, { created: row.createdByJobId === r.messageId, associationCode: row.associationCode });
+      // Nothing inserted and nothing there: the random code collided with another lamp's. Retry.
+      else throw new Error(`device ${r.deviceId} was neither created nor found; retrying`);
+      this.remember(r.deviceId);
+    }
+    return answers;
   }
 
   /**
    * Records a bridge state if it differs from the one we hold: a lamp's bridge states arrive
    * in order (see BRIDGE_PARTITIONS), so the same state twice is a replay, the broker's
    * retained copy after we resubscribe or a message seen twice. Should a retry reorder them,
-   * the held state stays the newest by receipt time, and an older one is not recorded. Row-locked,
-   * so concurrent workers agree.
+   * the held state stays the newest by receipt time, and an older one is not recorded. One
+   * statement, the row locked while it decides, so concurrent workers agree.
    */
-  async recordBridgeState(deviceId: string, connected: boolean, receivedAt: Date, jobId: string): Promise<BridgeStateOutcome> {
-    return this.prisma.$transaction(async (tx) => {
-      const rows = await tx.$queryRaw<Array<{ bridge_connected: boolean | null; bridge_state_at: Date | null; bridge_state_job_id: string | null }>>`
-        SELECT bridge_connected, bridge_state_at, bridge_state_job_id FROM devices WHERE device_id = ${deviceId} FOR UPDATE`;
-      const current = rows[0];
-      if (!current) return 'unknown_device';
-      if (current.bridge_state_job_id === jobId) return 'recorded';
-      // Older than the state we hold: a late copy (a second subscriber replica's), not a change.
-      if (current.bridge_state_at && current.bridge_state_at >= receivedAt) return 'unchanged';
-      await tx.device.update({
-        where: { deviceId },
-        data: { bridgeConnected: connected, bridgeStateAt: receivedAt, bridgeStateJobId: jobId },
-      });
-      return current.bridge_connected !== connected ? 'recorded' : 'unchanged';
-    });
+  async recordBridgeState(deviceId: string, connected: boolean, receivedAt: Date, messageId: string): Promise<BridgeStateOutcome> {
+    const rows = await this.prisma.$queryRaw<Array<{ bridge_connected: boolean | null; bridge_state_job_id: string | null; updated: number }>>`
+      WITH held AS (
+        SELECT bridge_connected, bridge_state_at, bridge_state_job_id FROM devices WHERE device_id = ${deviceId} FOR UPDATE
+      ), changed AS (
+        UPDATE devices SET bridge_connected = ${connected}, bridge_state_at = ${receivedAt}, bridge_state_job_id = ${messageId}
+        WHERE device_id = ${deviceId}
+          AND (SELECT bridge_state_job_id IS DISTINCT FROM ${messageId} AND (bridge_state_at IS NULL OR bridge_state_at < ${receivedAt}) FROM held)
+        RETURNING 1
+      )
+      SELECT bridge_connected, bridge_state_job_id, (SELECT count(*) FROM changed)::int AS updated FROM held`;
+    const held = rows[0];
+    if (!held) return 'unknown_device';
+    if (held.bridge_state_job_id === messageId) return 'recorded';
+    // Older than the state we hold: a late copy (a second subscriber replica's), not a change.
+    if (held.updated === 0) return 'unchanged';
+    return held.bridge_connected !== connected ? 'recorded' : 'unchanged';
   }
 
   /** Which of these lamps are registered. Lamps already seen cost no query. */

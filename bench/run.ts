@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: the whole pipeline measured as a user runs it (issue 5).
  *
- *   npm run bench                          every scenario, full length (about 15-20 minutes)
+ *   npm run bench                          every scenario, full length, 3 runs each (about 30 minutes)
  *   npm run bench -- --quick               small counts, correctness only (CI smoke check, < 2 min)
  *   npm run bench -- --scenario latency    one scenario (repeat, or comma-separate, for several)
  *   npm run bench -- --scenario throughput --workers 1 --duration 30 --profile
@@ -11,7 +11,9 @@
  * 1,2,4), --lamps <n>, --window <n> (events in flight at max load), --backlog <n>,
  * --activations <n>, --rates <list>, --latency-duration <s>, --profile (CPU profiles of our
  * subscriber and workers in every scenario, summarised), --env KEY=VALUE (extra
- * environment for our subscriber and workers, repeatable), --no-write.
+ * environment for our subscriber and workers, repeatable), --repeat <n> (runs of each scenario
+ * but backlog, one round after the other; the table gives medians; default 3, --quick 1),
+ * --no-write.
  *
  * Each scenario gets its own Mosquitto (the compose settings that matter: max_queued_messages
  * 1000000, set_tcp_nodelay true), a queue prefix of its own on the local Redis (REDIS_URL, or
@@ -64,6 +66,7 @@ const { values: args } = parseArgs({
     rates: { type: 'string' },
     'latency-duration': { type: 'string' },
     profile: { type: 'boolean', default: false },
+    repeat: { type: 'string' },
     env: { type: 'string', multiple: true },
     'no-write': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
@@ -91,6 +94,7 @@ const P = {
   stallMs: quick ? 30_000 : 60_000,
   graceMs: quick ? 300 : 1500,
   validateEvery: quick ? 1 : 64,
+  repeat: num(args.repeat, quick ? 1 : 3),
 };
 for (const [key, value] of Object.entries(P)) {
   const bad = Array.isArray(value) ? value.some((v) => !(v > 0)) : !(value > 0);
@@ -122,6 +126,8 @@ const profileDir = args.profile ? mkdtempSync(path.join(tmpdir(), 'lampi-bench-p
 
 interface Outcome {
   scenario: string;
+  /** 1-based, when a scenario ran more than once (--repeat). */
+  run?: number;
   ok: boolean;
   failure?: string;
   /** Figures other scenarios and the table read. */
@@ -310,10 +316,12 @@ function summarizeProfiles(scenario: string): string[] {
 // Scenarios
 // ---------------------------------------------------------------------------------------------
 
+let round = 1;
+
 async function scenario(name: string, run: (outcome: Outcome) => Promise<void>): Promise<void> {
-  const outcome: Outcome = { scenario: name, ok: true, data: {}, details: [] };
+  const outcome: Outcome = { scenario: name, ok: true, data: {}, details: [], ...(P.repeat > 1 ? { run: round } : {}) };
   const started = Date.now();
-  log(`\n== ${name}`);
+  log(`\n== ${name}${outcome.run ? ` (run ${outcome.run} of ${P.repeat})` : ''}`);
   try {
     await run(outcome);
   } catch (err) {
@@ -626,13 +634,18 @@ const onSignal = (signal: string) => {
 process.on('SIGINT', () => onSignal('SIGINT'));
 process.on('SIGTERM', () => onSignal('SIGTERM'));
 
-for (const name of scenarios) {
-  if (name === 'yardstick-direct') await yardstickDirect();
-  if (name === 'yardstick-queue') await yardstickQueue();
-  if (name === 'throughput') for (const w of P.workers) await throughput(w);
-  if (name === 'latency') await latency();
-  if (name === 'activations') await activations();
-  if (name === 'backlog') await backlog();
+// Round after round rather than a scenario's runs back to back: a spell of load from elsewhere
+// on the machine then spoils one run of several scenarios, not the median of one.
+for (; round <= P.repeat; round++) {
+  for (const name of scenarios) {
+    if (name === 'yardstick-direct') await yardstickDirect();
+    if (name === 'yardstick-queue') await yardstickQueue();
+    if (name === 'throughput') for (const w of P.workers) await throughput(w);
+    if (name === 'latency') await latency();
+    if (name === 'activations') await activations();
+    // Memory per queued event does not vary between runs; a million events take minutes.
+    if (name === 'backlog' && round === 1) await backlog();
+  }
 }
 await cleanupAll();
 
@@ -642,7 +655,27 @@ await cleanupAll();
 
 const loadAfter = loadAverage();
 const machineAfter = systemCpu();
-const byName = (name: string) => outcomes.find((o) => o.scenario === name);
+/** A scenario's runs as one: its figures are the medians of the runs that passed. */
+function byName(name: string): (Outcome & { runs: Outcome[] }) | undefined {
+  const runs = outcomes.filter((o) => o.scenario === name);
+  if (runs.length === 0) return undefined;
+  const passed = runs.filter((o) => o.ok);
+  const data: Record<string, number> = {};
+  for (const key of new Set(passed.flatMap((o) => Object.keys(o.data)))) {
+    const values = passed.map((o) => o.data[key]).filter((v): v is number => v !== undefined);
+    if (values.length > 0) data[key] = median(values);
+  }
+  const failure = runs.find((o) => !o.ok)?.failure;
+  return { scenario: name, ok: passed.length === runs.length, ...(failure ? { failure } : {}), data, details: [], runs };
+}
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+/** A median, and the runs it comes from when there were several. */
+const figure = (o: Outcome & { runs: Outcome[] }, key: string, show: (n: number) => string = (n) => fmt(n)) =>
+  o.runs.length > 1 ? `${show(o.data[key]!)} (median of ${o.runs.length}: ${o.runs.map((r) => (r.data[key] === undefined ? '-' : show(r.data[key]!))).join(', ')})` : show(o.data[key]!);
 type Row = [measure: string, result: string, target: string, verdict: string];
 const rows: Row[] = [];
 const verdict = (ok: boolean) => (quick ? '(quick)' : ok ? 'ok' : 'MISS');
@@ -655,10 +688,10 @@ for (const w of P.workers) {
   const o = byName(`throughput-${w}w`);
   if (!o) continue;
   const isOne = w === 1;
-  rows.push([`Throughput, 1 subscriber + ${w} worker${w > 1 ? 's' : ''} (events/s, ${P.durationS} s at max load)`, failed(o) ?? fmt(o.data.throughput!), isOne ? '≥ 8,000' : '', o.ok ? (isOne ? verdict(o.data.throughput! >= 8000) : '') : 'FAILURE']);
+  rows.push([`Throughput, 1 subscriber + ${w} worker${w > 1 ? 's' : ''} (events/s, ${P.durationS} s at max load)`, failed(o) ?? figure(o, 'throughput'), isOne ? '≥ 8,000' : '', o.ok ? (isOne ? verdict(o.data.throughput! >= 8000) : '') : 'FAILURE']);
 }
-if (ya) rows.push(['Yardstick (a): seed design, one Keen request per event (events/s)', failed(ya) ?? fmt(ya.data.throughput!), '', ya.ok ? '' : 'FAILURE']);
-if (yb) rows.push(['Yardstick (b): MQTT → queue.add → no-op worker (events/s)', failed(yb) ?? fmt(yb.data.throughput!), '', yb.ok ? '' : 'FAILURE']);
+if (ya) rows.push(['Yardstick (a): seed design, one Keen request per event (events/s)', failed(ya) ?? figure(ya, 'throughput'), '', ya.ok ? '' : 'FAILURE']);
+if (yb) rows.push(['Yardstick (b): MQTT → queue.add → no-op worker (events/s)', failed(yb) ?? figure(yb, 'throughput'), '', yb.ok ? '' : 'FAILURE']);
 if (one?.ok && ya?.ok) rows.push([`Throughput (${P.workers[0]} worker) as a multiple of (a)`, `${fmt(one.data.throughput! / ya.data.throughput!, 1)}×`, '≥ 5×', verdict(one.data.throughput! / ya.data.throughput! >= 5)]);
 if (one?.ok && yb?.ok) rows.push([`Throughput (${P.workers[0]} worker) as a fraction of (b)`, `${fmt((one.data.throughput! / yb.data.throughput!) * 100)}%`, '≥ 60%', verdict(one.data.throughput! / yb.data.throughput! >= 0.6)]);
 const lat = byName('latency');
@@ -668,7 +701,7 @@ if (lat) {
     const p99 = lat.data[`p99@${rate}`];
     rows.push([
       `Latency publish → Keen at ${fmt(rate)} events/s, p50 / p95 / p99 (ms)`,
-      p99 === undefined ? (failed(lat) ?? '-') : `${fmt(lat.data[`p50@${rate}`]!)} / ${fmt(lat.data[`p95@${rate}`]!)} / ${fmt(p99)}`,
+      p99 === undefined ? (failed(lat) ?? '-') : `${fmt(lat.data[`p50@${rate}`]!)} / ${fmt(lat.data[`p95@${rate}`]!)} / ${figure(lat, `p99@${rate}`)}`,
       target ? `p99 ≤ ${target}` : '',
       !lat.ok ? 'FAILURE' : target ? verdict(p99 !== undefined && p99 <= target) : '',
     ]);
@@ -697,7 +730,7 @@ if (bl) {
   rows.push([`Backlog drain, ${P.workers[0]} worker (events/s)`, failed(bl) ?? fmt(bl.data.drainRate!), 'no errors', bl.ok ? 'ok' : 'FAILURE']);
 }
 const act = byName('activations');
-if (act) rows.push([`Activations, ${fmt(P.activations)} new lamps at once (devices/s)`, failed(act) ?? fmt(act.data.devicesPerSecond!), '≥ 1,000', act.ok ? verdict(act.data.devicesPerSecond! >= 1000) : 'FAILURE']);
+if (act) rows.push([`Activations, ${fmt(P.activations)} new lamps at once (devices/s)`, failed(act) ?? figure(act, 'devicesPerSecond'), '≥ 1,000', act.ok ? verdict(act.data.devicesPerSecond! >= 1000) : 'FAILURE']);
 const allOk = outcomes.every((o) => o.ok);
 rows.push([
   'Correctness: every published event accepted by Keen exactly once',
@@ -730,7 +763,7 @@ if (!args['no-write']) {
   const dir = path.join(ROOT, 'bench/results');
   mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `${startedAt.toISOString().slice(0, 10)}.md`);
-  const details = outcomes.flatMap((o) => [`- **${o.scenario}**${o.ok ? '' : ` — FAILURE: ${o.failure}`}`, ...o.details.map((d) => `  - ${d.replaceAll('\n', '\n    ')}`)]);
+  const details = outcomes.flatMap((o) => [`- **${o.scenario}**${o.run ? ` (run ${o.run})` : ''}${o.ok ? '' : ` — FAILURE: ${o.failure}`}`, ...o.details.map((d) => `  - ${d.replaceAll('\n', '\n    ')}`)]);
   const section = [`## ${startedAt.toISOString().slice(11, 16)} UTC${quick ? ' (quick)' : ''}`, '', ...context, '', table, '', '<details><summary>Details</summary>', '', ...details, '', '</details>', ''].join('\n');
   if (!existsSync(file)) writeFileSync(file, `# Bench results, ${startedAt.toISOString().slice(0, 10)}\n\nEach section is one \`npm run bench\` run (bench/run.ts says what it measures).\n\n`);
   appendFileSync(file, `${section}\n`);

@@ -504,9 +504,11 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       }
       expectedMonitoring += expected.connected + expected.disconnected;
       const got = { connected: 0, disconnected: 0 };
-      for (const event of monitoring) if (event.device_id === lamp.id) got[event.state === 'connected' ? 'connected' : 'disconnected'] += 1;
+      const own = monitoring.filter((event) => event.device_id === lamp.id);
+      for (const event of own) got[event.state === 'connected' ? 'connected' : 'disconnected'] += 1;
       if (got.connected !== expected.connected || got.disconnected !== expected.disconnected) {
-        problems.push(`lamp ${lamp.id}: devicemonitoring ${JSON.stringify(got)} at Keen, expected ${JSON.stringify(expected)} (bridge states published: ${lamp.bridgeStates.map(Number).join('')})`);
+        const seen = own.map((event) => `${String(event.state)} at ${String(event.keen.timestamp)} (${String(event.keen.uniqueness_token)})`).join(', ');
+        problems.push(`lamp ${lamp.id}: devicemonitoring ${JSON.stringify(got)} at Keen, expected ${JSON.stringify(expected)} (bridge states published: ${lamp.bridgeStates.map(Number).join('')}); at Keen: ${seen}`);
       }
     }
 

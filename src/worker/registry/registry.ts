@@ -91,27 +91,27 @@ export class DeviceRegistry {
   /**
    * Records a bridge state if it differs from the one we hold: a lamp's bridge states arrive
    * in order (see BRIDGE_PARTITIONS), so the same state twice is a replay, the broker's
-   * retained copy after we resubscribe or a message seen twice. Should a retry reorder them,
-   * the held state stays the newest by receipt time, and an older one is not recorded. One
-   * statement, the row locked while it decides, so concurrent workers agree.
+   * retained copy after we resubscribe or a second replica's copy, and is not recorded (so the
+   * same replay handled twice is still not a change). A state older than the change we hold (a
+   * late copy) is not recorded either. One statement, the row locked while it decides, so
+   * concurrent workers agree.
    */
   async recordBridgeState(deviceId: string, connected: boolean, receivedAt: Date, messageId: string): Promise<BridgeStateOutcome> {
-    const rows = await this.prisma.$queryRaw<Array<{ bridge_connected: boolean | null; bridge_state_job_id: string | null; updated: number }>>`
+    const rows = await this.prisma.$queryRaw<Array<{ bridge_state_job_id: string | null; updated: number }>>`
       WITH held AS (
         SELECT bridge_connected, bridge_state_at, bridge_state_job_id FROM devices WHERE device_id = ${deviceId} FOR UPDATE
       ), changed AS (
         UPDATE devices SET bridge_connected = ${connected}, bridge_state_at = ${receivedAt}, bridge_state_job_id = ${messageId}
         WHERE device_id = ${deviceId}
-          AND (SELECT bridge_state_job_id IS DISTINCT FROM ${messageId} AND (bridge_state_at IS NULL OR bridge_state_at < ${receivedAt}) FROM held)
+          AND (SELECT bridge_connected IS DISTINCT FROM ${connected} AND (bridge_state_at IS NULL OR bridge_state_at < ${receivedAt}) FROM held)
         RETURNING 1
       )
-      SELECT bridge_connected, bridge_state_job_id, (SELECT count(*) FROM changed)::int AS updated FROM held`;
+      SELECT bridge_state_job_id, (SELECT count(*) FROM changed)::int AS updated FROM held`;
     const held = rows[0];
     if (!held) return 'unknown_device';
-    if (held.bridge_state_job_id === messageId) return 'recorded';
-    // Older than the state we hold: a late copy (a second subscriber replica's), not a change.
-    if (held.updated === 0) return 'unchanged';
-    return held.bridge_connected !== connected ? 'recorded' : 'unchanged';
+    // This very message recorded the change we hold: it is being handled again.
+    if (held.bridge_state_job_id === messageId || held.updated > 0) return 'recorded';
+    return 'unchanged';
   }
 
   /** Which of these lamps are registered. Lamps already seen cost no query. */

@@ -34,7 +34,7 @@ const DESCRIPTIONS: Record<string, string> = {
   [QUEUE_NAMES.deadLetter]: 'Keen events that failed for good, parked in Failed with the last Keen error. Retry (or Retry all) puts an event back into keen-delivery with the same uniqueness token, so Keen never counts it twice.',
   [QUEUE_NAMES.rejected]: 'Messages the pipeline refused; the failure reason says why.',
 };
-const BRIDGE_DESCRIPTION = 'Lamp bridge connects and disconnects (activation, monitoring), one partition of the lamps, handled one at a time in arrival order.';
+const BRIDGE_DESCRIPTION = 'Lamp bridge connects and disconnects (activation, monitoring) of one partition of the lamps, many per job, handled one job at a time; each lamp in arrival order.';
 
 const MUTATING = new Set(['PUT', 'POST', 'PATCH', 'DELETE']);
 const OPEN_PATHS = new Set(['/healthz', '/readyz']);

@@ -118,6 +118,15 @@ const services: BenchServices = {
   databaseAdminUrl: process.env.BENCH_DATABASE_ADMIN_URL ?? process.env.TEST_DATABASE_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres',
 };
 buildEntryPoints();
+// What was built, before the sources can change under a long run.
+let commit = '';
+try {
+  commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+  const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim();
+  if (dirty) commit += ` + uncommitted changes in src/ (${dirty.split('\n').length} files)`;
+} catch {
+  commit = 'unknown';
+}
 const profileDir = args.profile ? mkdtempSync(path.join(tmpdir(), 'lampi-bench-profiles-')) : undefined;
 
 // ---------------------------------------------------------------------------------------------
@@ -742,14 +751,6 @@ rows.push([
 const header = ['Measure', 'Result', 'Target', ''];
 const table = [header, ['---', '---', '---', '---'], ...rows].map((row) => `| ${row.join(' | ')} |`).join('\n');
 const busyShare = ((machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total)) * 100;
-let commit = '';
-try {
-  commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
-  const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim();
-  if (dirty) commit += ` + uncommitted changes in src/ (${dirty.split('\n').length} files)`;
-} catch {
-  commit = 'unknown';
-}
 const context = [
   `\`${command}\` at ${startedAt.toISOString()}, ${fmt((Date.now() - startedAt.getTime()) / 1000)} s; commit ${commit}; Node ${process.version}, ${cpus().length} cores.`,
   `Load average ${loadBefore.join(' ')} before, ${loadAfter.join(' ')} after; the machine was ${fmt(busyShare)}% busy over the run${busyShare > 0 && loadBefore[0]! > cpus().length ? ' (it was already loaded by other work when the run started: figures are low)' : ''}.`,

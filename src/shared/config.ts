@@ -47,8 +47,8 @@ const sections = {
   },
   worker: {
     DEFAULT_USER: z.string().min(1).max(150).default('parked_device_user'),
-    /** Ingest jobs at once; each holds up to a few hundred lamp states. */
-    WORKER_CONCURRENCY: positiveInt(8),
+    /** Ingest jobs at once; each holds up to 100 lamp states, and waits while Keen takes them. */
+    WORKER_CONCURRENCY: positiveInt(64),
   },
   keen: {
     KEEN_PROJECT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)'),

@@ -67,6 +67,16 @@ export function toKeenProperties(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(toKeenProperties);
   if (typeof value !== 'object' || value === null) return value;
   const out: Record<string, unknown> = {};
+  const keys = Object.keys(value);
+  // Nearly every lamp state needs no rename: copied as it is, without the bookkeeping below.
+  if (keys.every(isKeenPropertyName)) {
+    for (const key of keys) {
+      const child = toKeenProperties((value as Record<string, unknown>)[key]);
+      if (key === '__proto__') Object.defineProperty(out, key, { value: child, enumerable: true, writable: true, configurable: true });
+      else out[key] = child;
+    }
+    return out;
+  }
   const entries = Object.entries(value);
   const taken = new Set(entries.map(([key]) => key).filter((key) => keenPropertyName(key) === key));
   for (const [key, child] of entries) {
@@ -79,6 +89,10 @@ export function toKeenProperties(value: unknown): unknown {
     Object.defineProperty(out, name, { value: toKeenProperties(child), enumerable: true, writable: true, configurable: true });
   }
   return out;
+}
+
+function isKeenPropertyName(key: string): boolean {
+  return key.length > 0 && key.length <= MAX_PROPERTY_NAME && key[0] !== '$' && !key.includes('.');
 }
 
 function keenPropertyName(key: string): string {

@@ -2,7 +2,6 @@
  * Turns an MQTT message into an ingest message, or into a rejection with a reason. Pure: no I/O,
  * never throws, whatever the bytes.
  */
-import { z } from 'zod';
 import type { IngestMessage } from './jobs.js';
 import { parseTopic } from './topics.js';
 
@@ -24,15 +23,16 @@ export const REJECT_REASONS = [
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 
-const unit = z.number().min(0).max(1);
+export const MAX_CLIENT_CHARS = 256;
+
 /** The fields LAMPI firmware sends must have their types; anything extra is kept as sent. */
-const lampStateSchema = z.looseObject({
-  color: z.looseObject({ h: unit, s: unit }).optional(),
-  brightness: unit.optional(),
-  on: z.boolean().optional(),
-  client: z.string().max(256).optional(),
-});
-export type LampState = z.infer<typeof lampStateSchema>;
+export interface LampState {
+  color?: { h: number; s: number; [key: string]: unknown };
+  brightness?: number;
+  on?: boolean;
+  client?: string;
+  [key: string]: unknown;
+}
 
 export interface IncomingMessage {
   topic: string;
@@ -80,13 +80,36 @@ export function parseMessage(message: IncomingMessage): ParsedMessage {
   }
   const problem = findStructuralProblem(value);
   if (problem) return reject(problem.reason, problem.detail);
-  const state = lampStateSchema.safeParse(value);
-  if (!state.success) {
-    const issue = state.error.issues[0]!;
-    return reject('invalid_lamp_state', `${issue.path.join('.') || 'state'}: ${issue.message}`);
-  }
-  // The zod copy is rebuilt with plain assignment; keep the original, checked, object.
+  const invalid = lampStateProblem(value as Record<string, unknown>);
+  if (invalid) return reject('invalid_lamp_state', invalid);
   return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt } };
+}
+
+/** The first field of LampState with the wrong type or range, as `field: what is wrong`. */
+function lampStateProblem(state: Record<string, unknown>): string | undefined {
+  if (Object.hasOwn(state, 'color')) {
+    const color = state.color;
+    if (typeof color !== 'object' || color === null || Array.isArray(color)) return 'color: expected an object with h and s';
+    for (const key of ['h', 's'] as const) {
+      const problem = unitProblem(Object.hasOwn(color, key) ? (color as Record<string, unknown>)[key] : undefined);
+      if (problem) return `color.${key}: ${problem}`;
+    }
+  }
+  if (Object.hasOwn(state, 'brightness')) {
+    const problem = unitProblem(state.brightness);
+    if (problem) return `brightness: ${problem}`;
+  }
+  if (Object.hasOwn(state, 'on') && typeof state.on !== 'boolean') return 'on: expected true or false';
+  if (Object.hasOwn(state, 'client')) {
+    if (typeof state.client !== 'string') return 'client: expected a string';
+    if (state.client.length > MAX_CLIENT_CHARS) return `client: longer than ${MAX_CLIENT_CHARS} characters`;
+  }
+  return undefined;
+}
+
+function unitProblem(value: unknown): string | undefined {
+  if (typeof value !== 'number') return 'expected a number from 0 to 1';
+  return value >= 0 && value <= 1 ? undefined : `${value} is not from 0 to 1`;
 }
 
 /** Walks the parsed JSON iteratively: too deep, or a number JSON cannot represent (1e999). */

@@ -8,8 +8,8 @@
  *
  * A job is a Redis round trip and several scripts wherever it goes, so messages travel in
  * groups: the subscriber puts the lamp states it took in together into one ingest job (and the
- * bridge states into one job per partition), and the registry worker passes a job's events on
- * as one keen-delivery job.
+ * bridge states into one job per partition), and the registry worker sends a job's lamp-state
+ * events to Keen itself, passing on what Keen did not take as one keen-delivery job.
  *
  * Bridge states must be handled in the order they arrived, per lamp: a connect and a
  * disconnect handled the other way round would record the wrong state, and only in order is

@@ -115,16 +115,20 @@ export class Intake {
   /** A new id per message, or the one a DUP resend had the first time. */
   async #messageIds(group: Arrival[]): Promise<string[]> {
     const { ledger, metrics, logger } = this.#options;
-    return Promise.all(
-      group.map(async ({ session, message, parsed }) => {
-        if (!parsed.ok || !message.dup) return newMessageId();
+    const ids = group.map(() => newMessageId());
+    // Only a DUP resend can have been stored before: a lookup each (they are rare).
+    const resends = group.flatMap((arrival, i) => (arrival.parsed.ok && arrival.message.dup ? [i] : []));
+    await Promise.all(
+      resends.map(async (i) => {
+        const { session, message, parsed } = group[i]!;
         const remembered = await ledger.remembered(session, message);
-        if (!remembered) return newMessageId();
+        if (!remembered) return;
+        ids[i] = remembered;
         metrics.redeliveriesDeduplicated.inc();
-        logger.info({ message_id: remembered, device_id: parsed.message.deviceId }, 'broker redelivered a message we had already queued');
-        return remembered;
+        logger.info({ message_id: remembered, device_id: parsed.ok ? parsed.message.deviceId : undefined }, 'broker redelivered a message we had already queued');
       }),
     );
+    return ids;
   }
 
   /** The Redis commands that store a group, ledger first (see RedeliveryLedger.rememberAll). */

@@ -1,7 +1,8 @@
 /**
  * Handles the ingest and bridge-state queues: everything that touches the device registry.
- * What goes to Keen leaves through the keen-delivery queue, one job per ingest job, so a Keen
- * retry never repeats database work.
+ * Lamp-state events go to Keen from here first; what Keen does not take, and every bridge-state
+ * event, leaves through the keen-delivery queue, one job per ingest job, so a Keen retry never
+ * repeats database work.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
@@ -38,6 +39,12 @@ export interface IngestWorkerOptions {
   unknownDeviceAttempts?: number;
   /** The first wait of a bridge state held by a failure; later waits double (with jitter), up to five minutes. */
   bridgeRetryBaseMs?: number;
+  /**
+   * Where lamp-state events go to Keen first, before their job completes. What it does not
+   * take (an outage, a refusal) goes on in a keen-delivery job, with its retries and dead
+   * letters. Without it, every event goes through keen-delivery.
+   */
+  keen?: { submit(collection: string, event: KeenEventRecord['event']): Promise<void> };
 }
 
 type RejectedState = Pick<RejectedMessageJob, 'topic' | 'deviceId' | 'receivedAt'> & { id: string; detail: string; data: unknown };
@@ -82,7 +89,15 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
     const events = states
       .filter((s) => known.has(s.deviceId))
       .map((s): KeenEventRecord => ({ collection: 'devicestate', event: deviceStateEvent(s.deviceId, s.state, s.receivedAt, uniquenessToken(s.messageId, 'devicestate')) }));
-    await sendToKeen(job.id!, events);
+    await sendToKeen(job.id!, await undeliveredOf(events));
+  };
+
+  /** A job hop less for each group of lamp states: Keen gets them from here when it can. */
+  const undeliveredOf = async (events: KeenEventRecord[]): Promise<KeenEventRecord[]> => {
+    const { keen } = options;
+    if (!keen || events.length === 0) return events;
+    const outcomes = await Promise.allSettled(events.map(({ collection, event }) => keen.submit(collection, event)));
+    return events.filter((_, i) => outcomes[i]!.status === 'rejected');
   };
 
   /** One bridge state: the device row and its bridge state, the association message; returns its Keen events. */

@@ -15,8 +15,11 @@ import { createMetrics } from '../../src/shared/metrics.js';
 import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
 import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
+import { KeenBatcher } from '../../src/worker/keen/batcher.js';
+import { KeenClient } from '../../src/worker/keen/client.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
+import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { sleep, waitFor } from '../support/processes.js';
 
@@ -79,7 +82,10 @@ function registryStage(label: string) {
       await stage.db?.drop();
     },
 
-    async startWorkers(count: number, { concurrency = 20, logger = silent, bridgeRetryBaseMs }: { concurrency?: number; logger?: Logger; bridgeRetryBaseMs?: number } = {}) {
+    async startWorkers(
+      count: number,
+      { concurrency = 20, logger = silent, bridgeRetryBaseMs, keen }: { concurrency?: number; logger?: Logger; bridgeRetryBaseMs?: number; keen?: KeenBatcher } = {},
+    ) {
       const workers: Worker[] = [];
       for (let i = 0; i < count; i++) {
         const registry = new DeviceRegistry({ databaseUrl: stage.db.url, defaultUser: DEFAULT_USER, poolSize: 4 });
@@ -96,6 +102,7 @@ function registryStage(label: string) {
           metrics: createMetrics('t'),
           unknownDeviceAttempts: 3,
           ...(bridgeRetryBaseMs !== undefined ? { bridgeRetryBaseMs } : {}),
+          ...(keen ? { keen } : {}),
         });
         workers.push(...started);
         stage.stops.push(async () => {
@@ -417,6 +424,56 @@ describe('registry worker', () => {
       await rejected.close();
     }
     expect((await stage.keenEvents()).filter((record) => record.event.device_id === late && record.collection === 'devicestate')).toHaveLength(2);
+  });
+});
+
+describe('registry worker delivering lamp states to Keen itself', () => {
+  const stage = registryStage('reg-direct');
+  let keen: FakeKeen;
+  let batcher: KeenBatcher;
+
+  beforeAll(async () => {
+    await stage.open();
+    keen = await startFakeKeen({ projectId: 'direct-project', writeKey: 'direct-write-key' });
+    batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
+    await stage.startWorkers(1, { keen: batcher });
+  });
+  afterAll(async () => {
+    await stage.close();
+    await batcher.close();
+    await keen.close();
+  });
+
+  it('sends what Keen takes before the job completes, and passes only the rest on to keen-delivery', async () => {
+    const [a, b] = [randomDeviceId(), randomDeviceId()];
+    await stage.addBridge(bridge(a, true), messageId());
+    await stage.addBridge(bridge(b, true), messageId());
+    await waitFor('both lamps registered', stage.allIngestDone);
+    // The bridge states' events still travel through keen-delivery (nobody delivers them here).
+    const queuedBefore = (await stage.keenJobs()).length;
+    keen.rejectEvents((_c, e) => ((e.state as { poison?: boolean } | undefined)?.poison ? { name: 'InvalidPropertyValueError', description: 'refused for the test' } : undefined));
+
+    const states = [lampState(a, { on: true }), lampState(b, { on: false, poison: true }), lampState(a, { on: false })];
+    const jobId = messageId();
+    await stage.addLampStates(states, jobId);
+    await waitFor('the job done', stage.allIngestDone);
+    expect(keen.tokens('devicestate').sort()).toEqual([`${states[0]!.messageId}-devicestate`, `${states[2]!.messageId}-devicestate`].sort());
+    // Only the refused event went on, for keen-delivery to retry and dead-letter.
+    const rest = await stage.queues.keen.getJob(`${jobId}-keen`);
+    expect(rest!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual([`${states[1]!.messageId}-devicestate`]);
+    expect((await stage.keenJobs()).length).toBe(queuedBefore + 1);
+
+    // Keen down: the whole group goes on to keen-delivery, none of it is lost.
+    keen.clearFaults();
+    keen.respondWith({ status: 503, body: { message: 'down for the test', error_code: 'ServiceUnavailableError' } });
+    const later = [lampState(a, { on: true, n: 2 }), lampState(b, { on: true, n: 2 })];
+    const laterJobId = messageId();
+    await stage.addLampStates(later, laterJobId);
+    await waitFor('the second job done', stage.allIngestDone);
+    const queued = await stage.queues.keen.getJob(`${laterJobId}-keen`);
+    expect(queued!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual(later.map((s) => `${s.messageId}-devicestate`));
+    expect(keen.tokens('devicestate')).toHaveLength(2);
+    keen.clearFaults();
   });
 });
 

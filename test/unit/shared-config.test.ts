@@ -35,7 +35,7 @@ describe('loadConfig: defaults', () => {
       MQTT_CLIENT_ID: 'lampi-ingest',
       DATABASE_URL: 'postgresql://lampi:dbpass@db:5432/lampi',
       DEFAULT_USER: 'parked_device_user',
-      WORKER_CONCURRENCY: 8,
+      WORKER_CONCURRENCY: 64,
       KEEN_PROJECT_ID: 'proj_123',
       KEEN_WRITE_KEY: 'wk-0123456789',
       KEEN_API_URL: 'https://api.keen.io',
@@ -104,7 +104,7 @@ describe('loadConfig: missing settings', () => {
     const config = loadConfig(WORKER, { ...WORKER_ENV, REDIS_URL: '', LOG_LEVEL: '', WORKER_CONCURRENCY: '', MQTT_PASSWORD: '' });
     expect(config.REDIS_URL).toBe('redis://127.0.0.1:6379');
     expect(config.LOG_LEVEL).toBe('info');
-    expect(config.WORKER_CONCURRENCY).toBe(8);
+    expect(config.WORKER_CONCURRENCY).toBe(64);
     expect(config.MQTT_PASSWORD).toBeUndefined();
   });
 });

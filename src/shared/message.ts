@@ -23,7 +23,7 @@ export const REJECT_REASONS = [
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 
-export const MAX_CLIENT_CHARS = 256;
+const MAX_CLIENT_CHARS = 256;
 
 /** The fields LAMPI firmware sends must have their types; anything extra is kept as sent. */
 export interface LampState {

@@ -408,26 +408,29 @@ export class Stack {
   /**
    * Where the time of the last completed lamp states went, from the timestamps BullMQ keeps on
    * the completed jobs it retains (removeOnComplete keeps the newest 1,000 of each queue): per
-   * stage p50 / p99 in ms.
+   * stage p50 / p99 in ms. An ingest job whose events Keen took from the registry worker has no
+   * keen-delivery job; one whose events went on has both.
    */
   async stageBreakdown(): Promise<Record<string, [number, number]> | undefined> {
     const ingest = new Queue(QUEUE_NAMES.ingest, { connection: this.redis, prefix: this.prefix });
     const keen = new Queue(QUEUE_NAMES.keen, { connection: this.redis, prefix: this.prefix });
     try {
       const [ingestJobs, keenJobs] = await Promise.all([ingest.getJobs(['completed'], 0, 999), keen.getJobs(['completed'], 0, 999)]);
-      const byId = new Map(ingestJobs.map((job) => [job.id, job]));
-      const stages: Record<string, number[]> = { 'ingest queue wait': [], 'registry stage': [], 'keen-delivery queue wait': [], 'Keen stage (linger + request)': [] };
-      for (const job of keenJobs) {
-        const source = byId.get(String(job.id).replace(/-keen$/, ''));
-        if (!source?.processedOn || !source.finishedOn || !job.processedOn || !job.finishedOn) continue;
+      const onward = new Map(keenJobs.map((job) => [String(job.id).replace(/-keen$/, ''), job]));
+      const stages: Record<string, number[]> = { 'ingest queue wait': [], 'registry stage, with Keen when it took them': [], 'keen-delivery queue wait': [], 'keen-delivery stage': [] };
+      for (const source of ingestJobs) {
+        if (!source.processedOn || !source.finishedOn) continue;
         stages['ingest queue wait']!.push(source.processedOn - source.timestamp);
-        stages['registry stage']!.push(source.finishedOn - source.processedOn);
+        stages['registry stage, with Keen when it took them']!.push(source.finishedOn - source.processedOn);
+        const job = onward.get(String(source.id));
+        if (!job?.processedOn || !job.finishedOn) continue;
         stages['keen-delivery queue wait']!.push(job.processedOn - job.timestamp);
-        stages['Keen stage (linger + request)']!.push(job.finishedOn - job.processedOn);
+        stages['keen-delivery stage']!.push(job.finishedOn - job.processedOn);
       }
-      if (stages['ingest queue wait']!.length === 0) return undefined;
       const pick = (values: number[], p: number) => values.sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil((p / 100) * values.length) - 1)]!;
-      return Object.fromEntries(Object.entries(stages).map(([name, values]) => [name, [pick(values, 50), pick(values, 99)] as [number, number]]));
+      const measured = Object.entries(stages).filter(([, values]) => values.length > 0);
+      if (measured.length === 0) return undefined;
+      return Object.fromEntries(measured.map(([name, values]) => [name, [pick(values, 50), pick(values, 99)] as [number, number]]));
     } finally {
       await Promise.all([ingest.close(), keen.close()]);
     }

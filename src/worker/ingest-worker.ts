@@ -11,6 +11,7 @@ import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { jitteredBackoff, jitteredBackoffDelay, QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 import type { AssociationPublisher } from './association-publisher.js';
+import type { KeenBatcher } from './keen/batcher.js';
 import type { Activation, BridgeStateOutcome, DeviceRegistry } from './registry/registry.js';
 
 type BridgeState = BridgeStatesJob['states'][number];
@@ -44,7 +45,7 @@ export interface IngestWorkerOptions {
    * take (an outage, a refusal) goes on in a keen-delivery job, with its retries and dead
    * letters. Without it, every event goes through keen-delivery.
    */
-  keen?: { submit(collection: string, event: KeenEventRecord['event']): Promise<void> };
+  keen?: Pick<KeenBatcher, 'submit'>;
 }
 
 type RejectedState = Pick<RejectedMessageJob, 'topic' | 'deviceId' | 'receivedAt'> & { id: string; detail: string; data: unknown };

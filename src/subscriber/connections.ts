@@ -33,6 +33,18 @@ export interface SubscriberConnectionOptions {
 
 const ACK_IS_OURS = new Error('acknowledged by the subscriber once stored');
 
+/**
+ * The messages of a group are stored together and acknowledged in the same turn: corked until
+ * the turn ends, their PUBACKs leave in one write, not one system call each.
+ */
+function writePuback(stream: MqttClient['stream'], messageId: number): void {
+  if (!stream.writableCorked) {
+    stream.cork();
+    process.nextTick(() => stream.uncork());
+  }
+  stream.write(mqttPacket.generate({ cmd: 'puback', messageId }));
+}
+
 export function subscriptionsFor(index: number, shareGroup: string): string[] {
   const lamp = LAMP_CHANGED_TOPICS.map((topic) => `$share/${shareGroup}/${topic}`);
   return index === 0 ? [BRIDGE_STATE_TOPIC, ...lamp] : lamp;
@@ -74,7 +86,7 @@ function openConnection(options: SubscriberConnectionOptions, index: number): Mq
       () => {
         // Only on the connection the message came on: a packet id means nothing on another.
         if (client.stream !== stream || !client.connected || stream.destroyed) return;
-        stream.write(mqttPacket.generate({ cmd: 'puback', messageId }));
+        writePuback(stream, messageId);
       },
       (err: unknown) => log.error({ err }, 'message left unacknowledged: handling failed'),
     );

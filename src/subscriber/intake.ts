@@ -10,7 +10,7 @@
  * their messages arrived, and a bridge-state job lists its states in that order too (which the
  * bridge-state partitions rely on).
  */
-import type { Queue } from 'bullmq';
+import { groupBy } from '../shared/collections.js';
 import type { Logger } from '../shared/logger.js';
 import type { BridgeStatesJob, LampStatesJob, RejectedMessageJob } from '../shared/jobs.js';
 import { parseMessage, type ParsedMessage } from '../shared/message.js';
@@ -157,13 +157,7 @@ export class Intake {
       if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId });
       else lampStates.push({ ...parsed.message, messageId });
     });
-    const byPartition = new Map<Queue<BridgeStatesJob>, BridgeStatesJob['states']>();
-    for (const state of bridgeStates) {
-      const queue = queues.bridgeStateQueueFor(state.deviceId);
-      const states = byPartition.get(queue) ?? [];
-      states.push(state);
-      byPartition.set(queue, states);
-    }
+    const byPartition = groupBy(bridgeStates, (state) => queues.bridgeStateQueueFor(state.deviceId));
     // Ids are chosen now, so that a retried write sends the very same jobs.
     const bridgeJobs = [...byPartition].flatMap(([queue, states]) =>
       this.#chunks(states).map((chunk) => ({ queue, job: { kind: 'bridge-states', states: chunk } satisfies BridgeStatesJob, id: newMessageId() })),

@@ -5,6 +5,7 @@
  * repeats database work.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { groupBy } from '../shared/collections.js';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
 import type { BridgeStatesJob, KeenEventRecord, LampStatesJob, RejectedMessageJob, SingleBridgeStateJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
@@ -139,12 +140,7 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
    */
   const handleBridgeStates = async (job: Job<BridgeStatesJob | SingleBridgeStateJob>) => {
     const attempts = job.opts.attempts ?? 1;
-    const lamps = new Map<string, BridgeState[]>();
-    for (const state of bridgeStatesOf(job)) {
-      const states = lamps.get(state.deviceId) ?? [];
-      states.push(state);
-      lamps.set(state.deviceId, states);
-    }
+    const lamps = groupBy(bridgeStatesOf(job), (state) => state.deviceId);
     const events: KeenEventRecord[] = [];
     const handleLamp = async (states: BridgeState[], activations: Map<string, Activation>) => {
       while (states.length > 0) {

@@ -78,7 +78,7 @@ export function toKeenProperties(value: unknown): unknown {
     return out;
   }
   const entries = Object.entries(value);
-  const taken = new Set(entries.map(([key]) => key).filter((key) => keenPropertyName(key) === key));
+  const taken = new Set(entries.map(([key]) => key).filter(isKeenPropertyName));
   for (const [key, child] of entries) {
     const wanted = keenPropertyName(key);
     let name = wanted;

@@ -45,10 +45,22 @@ const sections = {
   database: {
     DATABASE_URL: url(['postgres:', 'postgresql:']),
   },
-  worker: {
+  registry: {
+    /** `lampi`: our own users and devices tables. `django`: the LAMPI site's own lampi_lampi and auth_user. */
+    REGISTRY_SCHEMA: z.enum(['lampi', 'django']).default('lampi'),
+    /** Owner of lamps nobody has claimed. */
     DEFAULT_USER: z.string().min(1).max(150).default('parked_device_user'),
+    /** Where a lamp listens for its association message; `{device_id}` stands for the lamp's id. */
+    ASSOCIATION_TOPIC: z
+      .string()
+      .refine((t) => t.includes('{device_id}') && !/[+#]/.test(t), 'must contain {device_id} and no MQTT wildcard (+ or #)')
+      .default('/devices/{device_id}/lamp/associated'),
+  },
+  worker: {
     /** Ingest jobs at once; each holds up to 100 lamp states, and waits while Keen takes them. */
     WORKER_CONCURRENCY: positiveInt(64),
+    /** A lamp state from a lamp the registry does not know: `record` it as devicestate (the seed's way), or `reject` it. */
+    UNKNOWN_DEVICE_STATES: z.enum(['record', 'reject']).default('record'),
   },
   keen: {
     KEEN_PROJECT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)'),

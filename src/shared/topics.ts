@@ -35,7 +35,10 @@ export function isDeviceId(value: string): boolean {
   return DEVICE_ID.test(value);
 }
 
-/** Where a lamp listens for its association code. */
-export function associationTopic(deviceId: string): string {
-  return `/devices/${deviceId}/lamp/associated`;
+/** The seed's association topic; ASSOCIATION_TOPIC changes it (course firmware without the leading slash). */
+export const DEFAULT_ASSOCIATION_TOPIC = '/devices/{device_id}/lamp/associated';
+
+/** Where a lamp listens for its association message, from an ASSOCIATION_TOPIC template. */
+export function associationTopic(deviceId: string, template: string = DEFAULT_ASSOCIATION_TOPIC): string {
+  return template.replaceAll('{device_id}', deviceId);
 }

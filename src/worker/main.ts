@@ -6,7 +6,7 @@ import { runService } from '../shared/process.js';
 import { startWorker } from './worker.js';
 
 await runService('worker', async () => {
-  const config = loadConfig(['common', 'ops', 'mqtt', 'database', 'worker', 'keen']);
+  const config = loadConfig(['common', 'ops', 'mqtt', 'database', 'registry', 'worker', 'keen']);
   const logger = createLogger('worker', config.LOG_LEVEL);
   const metrics = createMetrics('worker');
   const worker = await startWorker(config, logger, metrics);

@@ -18,7 +18,7 @@ import { createKeenDeliveryWorker } from './keen/delivery-worker.js';
 import { DeviceRegistry } from './registry/registry.js';
 import { createRejectedWorker } from './rejected-worker.js';
 
-export type WorkerConfig = Config<'common' | 'mqtt' | 'database' | 'worker' | 'keen'>;
+export type WorkerConfig = Config<'common' | 'mqtt' | 'database' | 'registry' | 'worker' | 'keen'>;
 
 export interface WorkerProcess {
   workers: Worker[];

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/shared/config.js';
 
-const WORKER = ['common', 'mqtt', 'database', 'worker', 'keen'] as const;
+const WORKER = ['common', 'mqtt', 'database', 'registry', 'worker', 'keen'] as const;
 const SUBSCRIBER = ['common', 'mqtt', 'subscriber'] as const;
 const WORKER_ENV = {
   DATABASE_URL: 'postgresql://lampi:dbpass@db:5432/lampi',
@@ -34,8 +34,11 @@ describe('loadConfig: defaults', () => {
       MQTT_PASSWORD: undefined,
       MQTT_CLIENT_ID: 'lampi-ingest',
       DATABASE_URL: 'postgresql://lampi:dbpass@db:5432/lampi',
+      REGISTRY_SCHEMA: 'lampi',
       DEFAULT_USER: 'parked_device_user',
+      ASSOCIATION_TOPIC: '/devices/{device_id}/lamp/associated',
       WORKER_CONCURRENCY: 64,
+      UNKNOWN_DEVICE_STATES: 'record',
       KEEN_PROJECT_ID: 'proj_123',
       KEEN_WRITE_KEY: 'wk-0123456789',
       KEEN_API_URL: 'https://api.keen.io',

@@ -16,6 +16,15 @@ const OWNER_MAX_CHARS = 150;
 const NAME_MAX_CHARS = 50;
 const ASSOCIATION_CODE = /^[0-9a-f]{32}$/i;
 
+export function isAssociationCode(value: string): boolean {
+  return ASSOCIATION_CODE.test(value);
+}
+
+/** A username as the LAMPI site allows it: 1-150 characters, no control characters. */
+export function isOwnerName(value: string): boolean {
+  return value !== '' && [...value].length <= OWNER_MAX_CHARS && !/\p{Cc}/u.test(value);
+}
+
 export interface FleetRow {
   /** Where the row starts in the file (1-based), for messages about it. */
   line: number;
@@ -70,16 +79,16 @@ function validate(raw: RawParse): FleetFileParse {
       else if (problem) problems.push(value === '' && key !== 'name' ? `${key} is missing` : problem);
     };
     check('device_id', deviceId, isDeviceId(deviceId) ? undefined : `device_id ${quote(deviceId)} must be 1-12 lower-case hex characters`);
-    check('owner', owner, owner !== '' && [...owner].length <= OWNER_MAX_CHARS && !/\p{Cc}/u.test(owner) ? undefined : `owner must be 1-${OWNER_MAX_CHARS} characters, none of them control characters`);
-    check('code', code, ASSOCIATION_CODE.test(code) ? undefined : 'code must be 32 hex characters');
+    check('owner', owner, isOwnerName(owner) ? undefined : `owner must be 1-${OWNER_MAX_CHARS} characters, none of them control characters`);
+    check('code', code, isAssociationCode(code) ? undefined : 'code must be 32 hex characters');
     check('name', name, [...name].length <= NAME_MAX_CHARS && !/\p{Cc}/u.test(name) ? undefined : `name must be at most ${NAME_MAX_CHARS} characters, none of them control characters`);
     if (problems.length === 0) {
       const sameDevice = lineOfDevice.get(deviceId);
       const sameCode = lineOfCode.get(code);
       if (sameDevice !== undefined) problems.push(`device ${deviceId} is also on line ${sameDevice}`);
       if (sameCode !== undefined) problems.push(`its code is also on line ${sameCode} (every lamp's code is its own)`);
-      lineOfDevice.set(deviceId, line);
-      lineOfCode.set(code, line);
+      if (sameDevice === undefined) lineOfDevice.set(deviceId, line);
+      if (sameCode === undefined) lineOfCode.set(code, line);
     }
     if (problems.length > 0) errors.push({ line, reason: problems.join('; ') });
     else rows.push({ line, deviceId, owner, code, ...(name === '' ? {} : { name }) });

@@ -81,7 +81,7 @@ export class DeviceAdmin {
     try {
       await this.prisma.$queryRaw`SELECT 1`;
     } catch (err) {
-      throw new StartupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix DATABASE_URL`);
+      throw new StartupError(`cannot reach PostgreSQL at ${where} (${driverMessage(err)}): start PostgreSQL or fix DATABASE_URL`);
     }
     try {
       await this.prisma.$queryRaw`SELECT 1 FROM devices, users LIMIT 0`;
@@ -229,6 +229,12 @@ export class DeviceAdmin {
       bridgeStateMessageId: row.bridgeStateJobId,
     };
   }
+}
+
+/** Prisma wraps the driver's own words ("role \"x\" does not exist") in a generic P2010. */
+function driverMessage(err: unknown): string {
+  const message = err instanceof Error ? /Message: `([^`]*)`/.exec(err.message)?.[1] : undefined;
+  return message ?? describe(err);
 }
 
 function chunks<T>(items: T[]): T[][] {

@@ -1,6 +1,6 @@
 # One image for every lampi-ingest process. docker-compose.yml picks the process with `command`:
-#   node dist/<migrate|subscriber|worker|keen-sink|dashboard|dlq>/main.mjs
-# built by `npm run build` (esbuild; scripts/build.mjs). `npm run dlq -- ...` also works (tsx).
+#   node dist/<migrate|subscriber|worker|keen-sink|dashboard|dlq|devices>/main.mjs
+# built by `npm run build` (esbuild; scripts/build.mjs). `npm run dlq -- ...` and `npm run devices -- ...` also work (tsx).
 FROM node:20-bookworm-slim
 
 WORKDIR /app

@@ -6,6 +6,7 @@
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { groupBy } from '../shared/collections.js';
+import type { Config } from '../shared/config.js';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
 import type { BridgeStatesJob, KeenEventRecord, LampStatesJob, RejectedMessageJob, SingleBridgeStateJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
@@ -34,9 +35,14 @@ export interface IngestWorkerOptions {
   logger: Logger;
   metrics: Metrics;
   /**
-   * A lamp state can overtake its lamp's first bridge connect: they travel in different queues.
-   * Until it has been looked for this many times, a state of a lamp we do not know waits and
-   * is looked for again; then it is rejected.
+   * A lamp state from a lamp the registry does not know: `record` (the default, the seed's way)
+   * records it as devicestate at once, like any other; `reject` holds it for the connect that
+   * may still be on its way (unknownDeviceAttempts), then rejects it as unknown_device.
+   */
+  unknownDeviceStates?: Config<'worker'>['UNKNOWN_DEVICE_STATES'];
+  /**
+   * With `reject`, how often a state of a lamp we do not know is looked for before it is
+   * rejected: it can overtake its lamp's first bridge connect, which travels in another queue.
    */
   unknownDeviceAttempts?: number;
   /** The first wait of a bridge state held by a failure; later waits double (with jitter), up to five minutes. */
@@ -75,7 +81,8 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
     await queues.rejected.add('unknown_device', record, { jobId: `${rejected.id}-rejected` });
   };
 
-  const handleLampStates = async (job: Job<LampStatesJob>) => {
+  /** The states of lamps the registry knows; the others wait apart for their lamp's connect, or are rejected. */
+  const statesOfKnownLamps = async (job: Job<LampStatesJob>) => {
     const { states } = job.data;
     const known = await registry.knownAmong(states.map((s) => s.deviceId));
     const unknown = states.filter((s) => !known.has(s.deviceId));
@@ -88,9 +95,12 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
         await reject({ id: s.messageId, topic: `devices/${s.deviceId}/lamp/changed`, deviceId: s.deviceId, receivedAt: s.receivedAt, detail: 'lamp state from a device that never connected its bridge', data: s });
       }
     }
-    const events = states
-      .filter((s) => known.has(s.deviceId))
-      .map((s): KeenEventRecord => ({ collection: 'devicestate', event: deviceStateEvent(s.deviceId, s.state, s.receivedAt, uniquenessToken(s.messageId, 'devicestate')) }));
+    return states.filter((s) => known.has(s.deviceId));
+  };
+
+  const handleLampStates = async (job: Job<LampStatesJob>) => {
+    const recorded = options.unknownDeviceStates === 'reject' ? await statesOfKnownLamps(job) : job.data.states;
+    const events = recorded.map((s): KeenEventRecord => ({ collection: 'devicestate', event: deviceStateEvent(s.deviceId, s.state, s.receivedAt, uniquenessToken(s.messageId, 'devicestate')) }));
     await sendToKeen(job.id!, await undeliveredOf(events));
   };
 

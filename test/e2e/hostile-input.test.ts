@@ -255,7 +255,8 @@ describe('hostile input through the real subscriber and worker', () => {
     keen = await startFakeKeen({ projectId: PROJECT, writeKey: WRITE_KEY });
     ports = { subscriber: await freePort(), worker: await freePort() };
     const common = { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, MQTT_URL: broker.url, MQTT_CLIENT_ID: prefix, METRICS_HOST: '127.0.0.1', LOG_LEVEL: 'error' };
-    worker = startService('worker', { ...common, METRICS_PORT: String(ports.worker), DATABASE_URL: db.url, KEEN_API_URL: keen.url, KEEN_PROJECT_ID: PROJECT, KEEN_WRITE_KEY: WRITE_KEY, KEEN_TIMEOUT_MS: '5000' });
+    // With the default (record), a stranger's lamp states would be recorded; this run checks that `reject` rejects them.
+    worker = startService('worker', { ...common, METRICS_PORT: String(ports.worker), DATABASE_URL: db.url, KEEN_API_URL: keen.url, KEEN_PROJECT_ID: PROJECT, KEEN_WRITE_KEY: WRITE_KEY, KEEN_TIMEOUT_MS: '5000', UNKNOWN_DEVICE_STATES: 'reject' });
     subscriber = startService('subscriber', { ...common, METRICS_PORT: String(ports.subscriber), MQTT_SHARE_GROUP: prefix, SUBSCRIBER_CONNECTIONS: '2' });
     await Promise.all([
       waitFor('the worker metrics endpoint', () => fetch(`http://127.0.0.1:${ports.worker}/healthz`).then((r) => r.ok), 60_000, 200),

@@ -71,6 +71,11 @@ describe('pipeline into keen-sink', () => {
     }
 
     await waitFor('6 devicestate events in keen-sink', async () => (await query('count', { event_collection: 'devicestate', timeframe: 'this_1_days', filters: ours() })) === 6);
+    // Lamp states are recorded without waiting for their lamp's connect (UNKNOWN_DEVICE_STATES=record), so they may arrive first.
+    await waitFor('2 activations and 2 devicemonitoring events in keen-sink', async () => {
+      const counts = await Promise.all(['activations', 'devicemonitoring'].map((collection) => query('count', { event_collection: collection, timeframe: 'this_1_days', filters: ours() })));
+      return counts.every((n) => n === 2);
+    });
 
     // The seed's Explorer example.
     const activated = (await query('select_unique', { event_collection: 'activations', target_property: 'device_id', timeframe: 'this_14_days', filters: ours() })) as string[];

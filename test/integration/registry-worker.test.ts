@@ -84,7 +84,13 @@ function registryStage(label: string) {
 
     async startWorkers(
       count: number,
-      { concurrency = 20, logger = silent, bridgeRetryBaseMs, keen }: { concurrency?: number; logger?: Logger; bridgeRetryBaseMs?: number; keen?: KeenBatcher } = {},
+      {
+        concurrency = 20,
+        logger = silent,
+        bridgeRetryBaseMs,
+        keen,
+        unknownDeviceStates,
+      }: { concurrency?: number; logger?: Logger; bridgeRetryBaseMs?: number; keen?: KeenBatcher; unknownDeviceStates?: 'record' | 'reject' } = {},
     ) {
       const workers: Worker[] = [];
       for (let i = 0; i < count; i++) {
@@ -103,6 +109,7 @@ function registryStage(label: string) {
           unknownDeviceAttempts: 3,
           ...(bridgeRetryBaseMs !== undefined ? { bridgeRetryBaseMs } : {}),
           ...(keen ? { keen } : {}),
+          ...(unknownDeviceStates ? { unknownDeviceStates } : {}),
         });
         workers.push(...started);
         stage.stops.push(async () => {
@@ -168,7 +175,7 @@ describe('registry worker', () => {
   });
 
   it('activates each new lamp exactly once while eight workers race on duplicate and retained connects', async () => {
-    await stage.startWorkers(8);
+    await stage.startWorkers(8, { unknownDeviceStates: 'reject' });
     const devices = Array.from({ length: 40 }, randomDeviceId);
     const jobs: Array<{ data: BridgeStateMessage; jobId: string }> = [];
     let n = 0;
@@ -337,7 +344,7 @@ describe('registry worker', () => {
     ]);
   });
 
-  it('turns the lamp states of known lamps into one keen-delivery job while unknown lamps wait apart, then are rejected', async () => {
+  it('with UNKNOWN_DEVICE_STATES=reject, turns the lamp states of known lamps into one keen-delivery job while unknown lamps wait apart, then are rejected', async () => {
     const known = randomDeviceId();
     const alsoKnown = randomDeviceId();
     const unknown = randomDeviceId();
@@ -474,6 +481,49 @@ describe('registry worker delivering lamp states to Keen itself', () => {
     expect(queued!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual(later.map((s) => `${s.messageId}-devicestate`));
     expect(keen.tokens('devicestate')).toHaveLength(2);
     keen.clearFaults();
+  });
+});
+
+describe('registry worker with UNKNOWN_DEVICE_STATES=record (the default)', () => {
+  const stage = registryStage('reg-record');
+
+  beforeAll(async () => {
+    await stage.open();
+    await stage.startWorkers(1);
+  });
+  afterAll(() => stage.close());
+
+  it('records the lamp states of a lamp the registry does not know at once, like any other, and registers nothing', async () => {
+    const known = randomDeviceId();
+    const unknown = randomDeviceId();
+    await stage.addBridge(bridge(known, true), messageId());
+    await waitFor('the known lamp registered', stage.allIngestDone);
+
+    const states = [lampState(unknown, { on: true }), lampState(known, { on: false }), lampState(unknown, { on: false, brightness: 0.2 })];
+    const jobId = messageId();
+    await stage.addLampStates(states, jobId);
+    await waitFor('the job done', stage.allIngestDone);
+
+    const keenJob = (await stage.queues.keen.getJob(`${jobId}-keen`))!.data;
+    expect(keenJob.events.map((record) => [record.collection, record.event.device_id, record.event.state, record.event.keen.uniqueness_token])).toEqual(
+      states.map((s) => ['devicestate', s.deviceId, s.state, `${s.messageId}-devicestate`]),
+    );
+    expect(keenJob.events[0]!.event.keen).toMatchObject({ timestamp: states[0]!.receivedAt, addons: [{ name: 'keen:date_time_parser' }] });
+    // Nothing waited and nothing was rejected.
+    expect(await stage.queues.ingest.getJob(`${jobId}-w`)).toBeUndefined();
+    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    try {
+      expect(Object.values(await rejected.getJobCounts()).reduce((a, b) => a + b, 0)).toBe(0);
+    } finally {
+      await rejected.close();
+    }
+    // A lamp state is not a connect: the unknown lamp is still not registered.
+    const prisma = await stage.prisma();
+    try {
+      expect(await prisma.device.findUnique({ where: { deviceId: unknown } })).toBeNull();
+    } finally {
+      await prisma.$disconnect();
+    }
   });
 });
 

@@ -19,7 +19,7 @@ import { ensureDatabase } from '../migrate/database.js';
 import { applyMigrations, MigrationError } from '../migrate/runner.js';
 import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
 import { isAnalysis, JsonText, parseQuery, QueryError, runQuery } from './query.js';
-import { expireUniquenessTokens, storeEvents } from './store.js';
+import { expireUniquenessTokens, storeEvents, type StoreOutcome } from './store.js';
 
 export const MIGRATIONS = path.resolve(import.meta.dirname, 'migrations');
 export const MIGRATIONS_TABLE = '_keen_sink_migrations';
@@ -133,6 +133,11 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     }
   };
 
+  /** Validation should have refused what PostgreSQL refuses: each such event is worth a line (never its content). */
+  const reportRefusal = (event: PreparedEvent, outcome: StoreOutcome | undefined) => {
+    if (outcome?.status === 'refused') logger.warn({ collection: event.collection, problem: outcome.problem }, 'PostgreSQL refused an event that passed validation; refused it alone');
+  };
+
   async function writeOne(req: IncomingMessage, res: ServerResponse, collectionSegment: string) {
     let collection: string;
     try {
@@ -145,6 +150,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     const prepared = prepareEvent(collection, parseJson(body), new Date());
     if (!prepared.ok) throw new HttpError(400, prepared.error.name, prepared.error.description);
     const [outcome] = await storeEvents(db, options.projectId, [prepared.value]);
+    reportRefusal(prepared.value, outcome);
     if (outcome?.status === 'refused') throw new HttpError(400, 'InvalidPropertyValueError', outcome.problem);
     reportAddons([prepared.value]);
     if (outcome?.status === 'duplicate') {
@@ -185,6 +191,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     const valid = slots.flatMap(([, results]) => results.flatMap((slot) => ('event' in slot ? [slot.event] : [])));
     const outcomes = await storeEvents(db, options.projectId, valid);
     const outcomeById = new Map(valid.map((event, index) => [event.id, outcomes[index]]));
+    for (const event of valid) reportRefusal(event, outcomeById.get(event.id));
     reportAddons(valid.filter((event) => outcomeById.get(event.id)?.status !== 'refused'));
     // Collection names are the sender's: a null-prototype object keeps `__proto__` a plain key.
     const response: Record<string, unknown> = Object.create(null);
@@ -195,7 +202,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
         if (outcome?.status === 'refused') return { success: false, error: { name: 'InvalidPropertyValueError', description: outcome.problem } };
         return outcome?.status === 'duplicate' ? { success: true, duplicate: true, message: duplicateMessage } : { success: true };
       });
-      Object.defineProperty(response, collection, { value: answer, enumerable: true, writable: true, configurable: true });
+      response[collection] = answer;
     }
     send(res, 200, response);
   }

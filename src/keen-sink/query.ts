@@ -263,6 +263,8 @@ export function parseQuery(analysis: Analysis, params: Record<string, unknown>, 
   const param = (name: string) => own(params, name);
   const collection = param('event_collection');
   if (typeof collection !== 'string' || collection.length === 0) throw new QueryError('MissingRequiredParameterError', 'event_collection is required.');
+  const collectionText = unstorableText(collection);
+  if (collectionText) throw new QueryError('InvalidParameterError', `event_collection contains ${collectionText}, which no collection name can.`);
   const offset = parseTimezone(param('timezone'));
   const query: ParsedQuery = { analysis, collection, filters: parseFilters(param('filters')), groupBy: parseGroupBy(param('group_by')) };
   if (analysis !== 'count' && analysis !== 'extraction') {

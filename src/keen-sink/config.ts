@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { ConfigError, loadConfig } from '../shared/config.js';
+import { DEFAULT_MAX_RESULT_BYTES } from './query.js';
 
 const postgresUrl = z.string().refine((value) => {
   try {
@@ -21,6 +22,8 @@ const schema = z.object({
   KEEN_PROJECT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)'),
   KEEN_WRITE_KEY: z.string().min(1),
   KEEN_READ_KEY: z.string().min(1),
+  /** The most one query's answer may hold, as JSON bytes (32 MiB): bounds the memory a query can take. */
+  KEEN_SINK_MAX_RESULT_BYTES: z.coerce.number().int().min(1024).default(DEFAULT_MAX_RESULT_BYTES),
 });
 
 export type KeenSinkConfig = z.infer<typeof schema> & { LOG_LEVEL: string };

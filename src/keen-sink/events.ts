@@ -3,6 +3,7 @@
  * keen.timestamp) and the add-ons. Nothing here touches the database or the network.
  */
 import { randomBytes } from 'node:crypto';
+import { unstorableText } from '../shared/text.js';
 
 export const LIMITS = {
   /** One event, as JSON bytes. */
@@ -46,11 +47,18 @@ const fail = (name: KeenErrorName, description: string): PrepareResult => ({ ok:
 
 const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 
+/**
+ * A property the object itself holds, never one it inherits: user data is walked only this way,
+ * so a key such as `__proto__` or `constructor` is data like any other.
+ */
+export const own = (object: Record<string, unknown>, key: string): unknown => (Object.hasOwn(object, key) ? object[key] : undefined);
+
 export function collectionNameProblem(name: string): string | undefined {
   if (name.length === 0) return 'Collection names must not be empty.';
   if (name.length > LIMITS.collectionName) return `Collection names must be at most ${LIMITS.collectionName} characters: "${name.slice(0, 80)}..." has ${name.length}.`;
   if (name.startsWith('$')) return `Collection names must not start with "$": "${name}".`;
-  if (name.includes('\u0000')) return 'Collection names must not contain NUL characters.';
+  const text = unstorableText(name);
+  if (text) return `Collection names must not contain ${text}.`;
   return undefined;
 }
 
@@ -59,7 +67,8 @@ function propertyNameProblem(name: string, where: string): string | undefined {
   if (name.includes('.')) return `Property names must not contain ".": "${shown}" at ${where}.`;
   if (name.startsWith('$')) return `Property names must not start with "$": "${shown}" at ${where}.`;
   if (name.length > LIMITS.propertyName) return `Property names must be at most ${LIMITS.propertyName} characters: "${shown}" at ${where} has ${name.length}.`;
-  if (name.includes('\u0000')) return `Property names must not contain NUL characters (at ${where}).`;
+  const text = unstorableText(name);
+  if (text) return `Property names must not contain ${text} (at ${where}).`;
   return undefined;
 }
 
@@ -70,7 +79,10 @@ function checkTree(event: Record<string, unknown>): EventError | undefined {
     const { value, where, depth } = stack.pop()!;
     if (depth > LIMITS.depth) return { name: 'InvalidPropertyValueError', description: `Events may nest at most ${LIMITS.depth} levels deep.` };
     if (typeof value === 'string') {
-      if (value.includes('\u0000')) return { name: 'InvalidPropertyValueError', description: `String values must not contain NUL characters (at ${where}).` };
+      const text = unstorableText(value);
+      if (text) return { name: 'InvalidPropertyValueError', description: `String values must not contain ${text} (at ${where}).` };
+    } else if (typeof value === 'number' && !Number.isFinite(value)) {
+      return { name: 'InvalidPropertyValueError', description: `Numbers must be finite (at ${where}: a literal too large for a double).` };
     } else if (Array.isArray(value)) {
       value.forEach((item, index) => stack.push({ value: item, where: `${where}[${index}]`, depth: depth + 1 }));
     } else if (isObject(value)) {
@@ -92,15 +104,45 @@ export function newKeenId(now: Date): string {
   return id.toString('hex');
 }
 
-const ISO_DATE = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+const ISO_DATE = /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-](\d{2}):?(\d{2}))?)?$/;
 
-/** Parses an ISO-8601 date-time; a time without an offset is taken as UTC, as Keen does. */
-export function parseTimestamp(value: unknown): Date | undefined {
-  if (typeof value !== 'string' || !ISO_DATE.test(value)) return undefined;
+/** The instants both JavaScript and PostgreSQL's timestamptz hold, and ISO 8601 writes with four digits. */
+export const EARLIEST = new Date('0001-01-01T00:00:00.000Z');
+export const LATEST = new Date('9999-12-31T23:59:59.999Z');
+
+export type DateTimeResult = { ok: true; date: Date } | { ok: false; problem: string };
+
+const isLeap = (year: number) => (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0;
+const daysIn = (year: number, month: number) => [31, isLeap(year) ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]!;
+
+/**
+ * Parses an ISO-8601 date-time; a time without an offset is taken as UTC, as Keen does. A day
+ * that does not exist (2026-02-30) is refused, never moved to another day, and so is an instant
+ * before year 1 or after 9999 (PostgreSQL and `toISOString` could not both hold it).
+ */
+export function parseDateTime(value: unknown): DateTimeResult {
+  const problem = (why: string): DateTimeResult => ({ ok: false, problem: why });
+  if (typeof value !== 'string') return problem('it is not a string');
+  const shown = JSON.stringify(value.slice(0, 40));
+  const match = ISO_DATE.exec(value);
+  if (!match) return problem(`${shown} is not an ISO-8601 date-time (e.g. 2026-03-18T15:42:10Z)`);
+  const [, year, month, day, hour = '0', minute = '0', second = '0', offset, offsetHours = '0', offsetMinutes = '0'] = match as unknown as string[];
+  const y = Number(year);
+  const m = Number(month);
+  if (m < 1 || m > 12) return problem(`${shown} has no month ${m}`);
+  if (Number(day) < 1 || Number(day) > daysIn(y, m)) return problem(`${shown} names a day that does not exist`);
+  if (Number(hour) > 23 || Number(minute) > 59 || Number(second) > 59) return problem(`${shown} names a time that does not exist`);
+  if (Number(offsetHours) > 23 || Number(offsetMinutes) > 59) return problem(`${shown} has an impossible UTC offset`);
   const hasTime = value.includes('T');
-  const hasOffset = /(Z|[+-]\d{2}:?\d{2})$/.test(value) && hasTime;
-  const date = new Date(hasTime && !hasOffset ? `${value}Z` : value);
-  return Number.isNaN(date.getTime()) ? undefined : date;
+  const date = new Date(hasTime && !offset ? `${value}Z` : value);
+  if (Number.isNaN(date.getTime()) || date < EARLIEST || date > LATEST) return problem(`${shown} is outside the years 0001 to 9999 (UTC)`);
+  return { ok: true, date };
+}
+
+/** parseDateTime, for callers that need only the date. */
+export function parseTimestamp(value: unknown): Date | undefined {
+  const parsed = parseDateTime(value);
+  return parsed.ok ? parsed.date : undefined;
 }
 
 const DAY_NAMES = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
@@ -172,21 +214,23 @@ export function prepareEvent(collection: string, event: unknown, now: Date): Pre
   if (!isObject(keen)) return fail('InvalidPropertyValueError', 'The root "keen" property must be an object.');
 
   let timestamp = now;
-  if (keen.timestamp !== undefined) {
-    const parsed = parseTimestamp(keen.timestamp);
-    if (!parsed) return fail('InvalidPropertyValueError', `keen.timestamp must be an ISO-8601 date-time string, got ${JSON.stringify(keen.timestamp)?.slice(0, 80)}.`);
-    timestamp = parsed;
+  const givenTimestamp = own(keen, 'timestamp');
+  if (givenTimestamp !== undefined) {
+    const parsed = parseDateTime(givenTimestamp);
+    if (!parsed.ok) return fail('InvalidPropertyValueError', `keen.timestamp must be an ISO-8601 date-time string: ${parsed.problem}.`);
+    timestamp = parsed.date;
   }
 
   let token: string | null = null;
-  if (keen.uniqueness_token !== undefined) {
-    if (typeof keen.uniqueness_token !== 'string' || keen.uniqueness_token.length === 0 || keen.uniqueness_token.length > LIMITS.uniquenessToken) {
+  const givenToken = own(keen, 'uniqueness_token');
+  if (givenToken !== undefined) {
+    if (typeof givenToken !== 'string' || givenToken.length === 0 || givenToken.length > LIMITS.uniquenessToken) {
       return fail('InvalidPropertyValueError', `keen.uniqueness_token must be a string of 1 to ${LIMITS.uniquenessToken} characters.`);
     }
-    token = keen.uniqueness_token;
+    token = givenToken;
   }
 
-  const addons = keen.addons ?? [];
+  const addons = own(keen, 'addons') ?? [];
   if (!Array.isArray(addons)) return fail('InvalidPropertyValueError', 'keen.addons must be an array.');
   const id = newKeenId(now);
   const enriched: Record<string, unknown> = { ...keen, timestamp: timestamp.toISOString(), created_at: now.toISOString(), id };
@@ -195,22 +239,25 @@ export function prepareEvent(collection: string, event: unknown, now: Date): Pre
 
   const unknownAddons: string[] = [];
   for (const [index, addon] of addons.entries()) {
-    if (!isObject(addon) || typeof addon.name !== 'string') return fail('InvalidPropertyValueError', `keen.addons[${index}] must be an object with a "name".`);
-    if (addon.name !== DATE_TIME_PARSER) {
-      unknownAddons.push(addon.name);
+    const name = isObject(addon) ? own(addon, 'name') : undefined;
+    if (!isObject(addon) || typeof name !== 'string') return fail('InvalidPropertyValueError', `keen.addons[${index}] must be an object with a "name".`);
+    if (name !== DATE_TIME_PARSER) {
+      unknownAddons.push(name);
       continue;
     }
-    const input = isObject(addon.input) ? addon.input.date_time : undefined;
+    const addonInput = own(addon, 'input');
+    const input = isObject(addonInput) ? own(addonInput, 'date_time') : undefined;
     if (typeof input !== 'string' || input.length === 0) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} needs input.date_time naming a property (e.g. "keen.timestamp").`);
-    if (typeof addon.output !== 'string' || addon.output.length === 0) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} needs an output property name (e.g. "timestamp.info").`);
-    const outputPath = addon.output.split('.');
+    const output = own(addon, 'output');
+    if (typeof output !== 'string' || output.length === 0) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} needs an output property name (e.g. "timestamp.info").`);
+    const outputPath = output.split('.');
     const outputProblem = outputPath.map((key) => propertyNameProblem(key, `${DATE_TIME_PARSER} output`)).find(Boolean);
     if (outputProblem) return fail('InvalidPropertyNameError', outputProblem);
     if (outputPath[0] === 'keen') return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} may not write inside "keen".`);
-    const date = parseTimestamp(getPath(stored, input.split('.')));
-    if (!date) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER}: input "${input}" is not an ISO-8601 date-time in this event.`);
-    const problem = setPath(stored, outputPath, dateTimeInfo(date));
-    if (problem) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} cannot write "${addon.output}": ${problem}.`);
+    const date = parseDateTime(getPath(stored, input.split('.')));
+    if (!date.ok) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER}: input "${input}" is not an ISO-8601 date-time in this event (${date.problem}).`);
+    const problem = setPath(stored, outputPath, dateTimeInfo(date.date));
+    if (problem) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} cannot write "${output}": ${problem}.`);
   }
   return { ok: true, value: { id, collection, timestamp, createdAt: now, token, event: stored, unknownAddons } };
 }

@@ -19,6 +19,7 @@ await runService('keen-sink', async () => {
     readKey: config.KEEN_READ_KEY,
     port: config.KEEN_SINK_PORT,
     host: config.KEEN_SINK_HOST,
+    maxResultBytes: config.KEEN_SINK_MAX_RESULT_BYTES,
     logger,
   });
   logger.info({ port: sink.port, host: config.KEEN_SINK_HOST, project: config.KEEN_PROJECT_ID, database: safeUrl(config.KEEN_SINK_DATABASE_URL) }, 'keen-sink ready');

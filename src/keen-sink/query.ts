@@ -6,7 +6,8 @@
  * column; `eq` filters become jsonb containment, which the GIN index on the event serves.
  */
 import type pg from 'pg';
-import { parseTimestamp } from './events.js';
+import { unstorableText } from '../shared/text.js';
+import { EARLIEST, LATEST, LIMITS, own, parseDateTime } from './events.js';
 
 export const ANALYSES = ['count', 'count_unique', 'select_unique', 'sum', 'minimum', 'maximum', 'average', 'extraction'] as const;
 export type Analysis = (typeof ANALYSES)[number];
@@ -30,6 +31,11 @@ const INTERVALS: Record<string, Unit> = { minutely: 'minute', hourly: 'hour', da
 export const MAX_INTERVALS = 2500;
 /** Largest synchronous extraction. */
 export const MAX_EXTRACTION = 100_000;
+/** Filters per query, and names per extraction's property_names: far above any real query, low enough to bound the work. */
+export const MAX_FILTERS = 100;
+export const MAX_PROPERTY_NAMES = 100;
+/** Default of KEEN_SINK_MAX_RESULT_BYTES: the most one answer may hold, as JSON. */
+export const DEFAULT_MAX_RESULT_BYTES = 32 * 1024 * 1024;
 
 const OPERATORS = ['eq', 'ne', 'lt', 'lte', 'gt', 'gte', 'exists', 'in', 'contains'] as const;
 type Operator = (typeof OPERATORS)[number];
@@ -74,9 +80,34 @@ function structured(name: string, value: unknown, openers = '[{'): unknown {
 
 export function propertyPath(name: unknown, what: string): string[] {
   if (typeof name !== 'string' || name.length === 0) throw new QueryError('InvalidParameterError', `${what} must be a non-empty property name (nested names use ".", e.g. "state.on").`);
+  const text = unstorableText(name);
+  if (text) throw new QueryError('InvalidParameterError', `${what} contains ${text}, which no stored property name can.`);
   const path = name.split('.');
-  if (path.some((key) => key.length === 0)) throw new QueryError('InvalidParameterError', `${what} "${name}" has an empty segment.`);
+  if (path.some((key) => key.length === 0)) throw new QueryError('InvalidParameterError', `${what} "${name.slice(0, 80)}" has an empty segment.`);
+  if (path.length > LIMITS.depth) throw new QueryError('InvalidParameterError', `${what} has ${path.length} segments; events nest at most ${LIMITS.depth} levels deep.`);
   return path;
+}
+
+/** A filter value is compared with stored JSON: it must be JSON PostgreSQL can hold, as shallow as a stored event. */
+function valueProblem(root: unknown): string | undefined {
+  const stack: Array<[unknown, number]> = [[root, 0]];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (depth > LIMITS.depth) return `nests deeper than ${LIMITS.depth} levels`;
+    if (typeof value === 'string') {
+      const text = unstorableText(value);
+      if (text) return `contains ${text}`;
+    } else if (typeof value === 'number' && !Number.isFinite(value)) {
+      return 'holds a number too large for a double';
+    } else if (typeof value === 'object' && value !== null) {
+      for (const [key, child] of Object.entries(value)) {
+        const text = unstorableText(key);
+        if (text) return `has a key that contains ${text}`;
+        stack.push([child, depth + 1]);
+      }
+    }
+  }
+  return undefined;
 }
 
 // ---- time -------------------------------------------------------------------------------
@@ -123,9 +154,13 @@ const RELATIVE = /^(this|previous)(?:_(\d{1,6}))?_(minute|hour|day|week|month|ye
 export function parseTimeframe(raw: unknown, now: Date, offsetSeconds: number): Timeframe {
   const value = structured('timeframe', raw);
   if (isObject(value)) {
-    const start = parseTimestamp(value.start);
-    const end = parseTimestamp(value.end);
-    if (!start || !end) throw new QueryError('TimeframeDefinitionError', 'An absolute timeframe needs "start" and "end" as ISO-8601 date-times.');
+    const instant = (name: 'start' | 'end') => {
+      const parsed = parseDateTime(own(value, name));
+      if (!parsed.ok) throw new QueryError('TimeframeDefinitionError', `An absolute timeframe needs "start" and "end" as ISO-8601 date-times: "${name}" is wrong, ${parsed.problem}.`);
+      return parsed.date;
+    };
+    const start = instant('start');
+    const end = instant('end');
     if (start >= end) throw new QueryError('TimeframeDefinitionError', 'The timeframe "start" must be before its "end".');
     return { start, end };
   }
@@ -143,7 +178,12 @@ export function parseTimeframe(raw: unknown, now: Date, offsetSeconds: number): 
   // previous_N_units: the N complete units before the current one.
   const startLocal = kind === 'this' ? addUnits(current, unit, -(n - 1)) : addUnits(current, unit, -n);
   const endLocal = kind === 'this' ? localNow : current;
-  return { start: new Date(startLocal.getTime() - shift), end: new Date(endLocal.getTime() - shift) };
+  const timeframe = { start: new Date(startLocal.getTime() - shift), end: new Date(endLocal.getTime() - shift) };
+  // NaN (beyond JavaScript's dates) fails these comparisons too.
+  if (!(timeframe.start >= EARLIEST && timeframe.end <= LATEST)) {
+    throw new QueryError('TimeframeDefinitionError', `${value.slice(0, 80)} reaches outside the years 0001 to 9999: use fewer ${unit}s.`);
+  }
+  return timeframe;
 }
 
 export function intervalBoundaries(timeframe: Timeframe, unit: Unit, offsetSeconds: number): Date[] {
@@ -152,7 +192,9 @@ export function intervalBoundaries(timeframe: Timeframe, unit: Unit, offsetSecon
   const boundaries = [timeframe.start];
   for (let k = 1; boundaries[boundaries.length - 1]! < timeframe.end; k += 1) {
     if (k > MAX_INTERVALS) throw new QueryError('InvalidIntervalError', `That timeframe holds more than ${MAX_INTERVALS} ${unit}s: use a longer interval or a shorter timeframe.`);
-    boundaries.push(new Date(addUnits(startLocal, unit, k).getTime() - shift));
+    const boundary = new Date(addUnits(startLocal, unit, k).getTime() - shift);
+    if (!(boundary <= LATEST)) throw new QueryError('InvalidIntervalError', `The last ${unit} of that timeframe ends after the year 9999: end the timeframe earlier.`);
+    boundaries.push(boundary);
   }
   return boundaries;
 }
@@ -173,15 +215,18 @@ function parseFilters(raw: unknown): Filter[] {
   if (raw === undefined || raw === null || raw === '') return [];
   const value = structured('filters', raw);
   if (!Array.isArray(value)) throw new QueryError('FilterDefinitionError', 'filters must be a JSON array of {property_name, operator, property_value}.');
+  if (value.length > MAX_FILTERS) throw new QueryError('FilterDefinitionError', `A query takes at most ${MAX_FILTERS} filters.`);
   return value.map((item, index) => {
     if (!isObject(item)) throw new QueryError('FilterDefinitionError', `filters[${index}] must be an object.`);
-    const path = propertyPath(item.property_name, `filters[${index}].property_name`);
-    const operator = item.operator;
+    const path = propertyPath(own(item, 'property_name'), `filters[${index}].property_name`);
+    const operator = own(item, 'operator');
     if (typeof operator !== 'string' || !(OPERATORS as readonly string[]).includes(operator)) {
       throw new QueryError('FilterDefinitionError', `filters[${index}].operator must be one of ${OPERATORS.join(', ')}.`);
     }
     if (!Object.hasOwn(item, 'property_value')) throw new QueryError('FilterDefinitionError', `filters[${index}] needs a property_value.`);
     let value = item.property_value;
+    const problem = valueProblem(value);
+    if (problem) throw new QueryError('FilterDefinitionError', `filters[${index}].property_value ${problem}.`);
     switch (operator as Operator) {
       case 'exists':
         if (value === 'true' || value === 'false') value = value === 'true';
@@ -215,34 +260,39 @@ function parseGroupBy(raw: unknown): ParsedQuery['groupBy'] {
 }
 
 export function parseQuery(analysis: Analysis, params: Record<string, unknown>, now = new Date()): ParsedQuery {
-  const collection = params.event_collection;
+  const param = (name: string) => own(params, name);
+  const collection = param('event_collection');
   if (typeof collection !== 'string' || collection.length === 0) throw new QueryError('MissingRequiredParameterError', 'event_collection is required.');
-  const offset = parseTimezone(params.timezone);
-  const query: ParsedQuery = { analysis, collection, filters: parseFilters(params.filters), groupBy: parseGroupBy(params.group_by) };
+  const collectionText = unstorableText(collection);
+  if (collectionText) throw new QueryError('InvalidParameterError', `event_collection contains ${collectionText}, which no collection name can.`);
+  const offset = parseTimezone(param('timezone'));
+  const query: ParsedQuery = { analysis, collection, filters: parseFilters(param('filters')), groupBy: parseGroupBy(param('group_by')) };
   if (analysis !== 'count' && analysis !== 'extraction') {
-    if (params.target_property === undefined || params.target_property === '') throw new QueryError('MissingRequiredParameterError', `target_property is required for ${analysis}.`);
-    query.target = propertyPath(params.target_property, 'target_property');
+    if (param('target_property') === undefined || param('target_property') === '') throw new QueryError('MissingRequiredParameterError', `target_property is required for ${analysis}.`);
+    query.target = propertyPath(param('target_property'), 'target_property');
   }
-  if (params.timeframe !== undefined && params.timeframe !== '') query.timeframe = parseTimeframe(params.timeframe, now, offset);
-  if (params.interval !== undefined && params.interval !== '') {
-    const unit = typeof params.interval === 'string' ? INTERVALS[params.interval] : undefined;
+  if (param('timeframe') !== undefined && param('timeframe') !== '') query.timeframe = parseTimeframe(param('timeframe'), now, offset);
+  if (param('interval') !== undefined && param('interval') !== '') {
+    const interval = param('interval');
+    const unit = typeof interval === 'string' && Object.hasOwn(INTERVALS, interval) ? INTERVALS[interval] : undefined;
     if (!unit) throw new QueryError('InvalidIntervalError', `interval must be one of ${Object.keys(INTERVALS).join(', ')}.`);
     if (!query.timeframe) throw new QueryError('InvalidIntervalError', 'An interval needs a timeframe.');
     query.intervals = intervalBoundaries(query.timeframe, unit, offset);
   }
   if (analysis === 'extraction') {
     if (query.groupBy.length > 0 || query.intervals) throw new QueryError('InvalidParameterError', 'extraction takes neither group_by nor interval.');
-    if (params.latest !== undefined && params.latest !== '') {
-      const latest = Number(params.latest);
+    if (param('latest') !== undefined && param('latest') !== '') {
+      const latest = Number(param('latest'));
       if (!Number.isInteger(latest) || latest < 1 || latest > MAX_EXTRACTION) throw new QueryError('InvalidParameterError', `latest must be an integer from 1 to ${MAX_EXTRACTION}.`);
       query.latest = latest;
     }
-    if (params.property_names !== undefined && params.property_names !== '') {
-      const names = structured('property_names', params.property_names);
+    if (param('property_names') !== undefined && param('property_names') !== '') {
+      const names = structured('property_names', param('property_names'));
       if (!Array.isArray(names) || names.length === 0) throw new QueryError('InvalidParameterError', 'property_names must be a JSON array of property names.');
+      if (names.length > MAX_PROPERTY_NAMES) throw new QueryError('InvalidParameterError', `property_names takes at most ${MAX_PROPERTY_NAMES} names.`);
       query.propertyNames = names.map((name, index) => propertyPath(name, `property_names[${index}]`));
     }
-    if (params.email !== undefined) throw new QueryError('InvalidParameterError', 'keen-sink answers extractions synchronously only: drop "email".');
+    if (param('email') !== undefined) throw new QueryError('InvalidParameterError', 'keen-sink answers extractions synchronously only: drop "email".');
   }
   return query;
 }
@@ -315,8 +365,6 @@ function aggregateSql(sql: Statement, query: ParsedQuery): string {
   switch (query.analysis) {
     case 'count_unique':
       return `count(DISTINCT ${target}) FILTER (WHERE jsonb_typeof(${target}) <> 'null')`;
-    case 'select_unique':
-      return `coalesce(jsonb_agg(DISTINCT ${target} ORDER BY ${target}) FILTER (WHERE jsonb_typeof(${target}) <> 'null'), '[]'::jsonb)`;
     case 'sum':
       return `coalesce(sum(${number}), 0)`;
     case 'minimum':
@@ -343,17 +391,43 @@ export function buildSql(projectId: string, query: ParsedQuery): BuiltQuery {
     const order = query.latest ? 'DESC' : 'ASC';
     return { text: `SELECT event FROM keen_events\n WHERE ${where}\n ORDER BY keen_timestamp ${order}, id ${order}\n LIMIT ${limit}`, values: sql.values };
   }
-  const columns = [`${aggregateSql(sql, query)} AS value`];
+  // select_unique answers one row per distinct value (folded into arrays by shapeResult), so
+  // that its answer is read and bounded row by row instead of built whole in one jsonb_agg.
+  const distinct = query.analysis === 'select_unique';
+  const columns = [`${distinct ? `event #> ${sql.param(query.target, 'text[]')}` : aggregateSql(sql, query)} AS value`];
   query.groupBy.forEach((group, index) => columns.push(`event #> ${sql.param(group.path, 'text[]')} AS g${index}`));
   if (query.intervals) columns.push(`width_bucket(keen_timestamp, ${sql.param(query.intervals.map((d) => d.toISOString()), 'timestamptz[]')}) AS bucket`);
   const where = whereSql(sql, projectId, query);
   // Ordinal positions of the grouping columns: fixed numbers, never user input.
   const grouping = columns.slice(1).map((_, index) => String(index + 2));
+  if (distinct) grouping.push('1');
   const tail = grouping.length > 0 ? `\n GROUP BY ${grouping.join(', ')}\n ORDER BY ${grouping.join(', ')}` : '';
   return { text: `SELECT ${columns.join(', ')}\n  FROM keen_events\n WHERE ${where}${tail}`, values: sql.values };
 }
 
 // ---- results ----------------------------------------------------------------------------
+// Rows arrive as PostgreSQL's text, unparsed (see readRows), and are parsed here.
+
+/** Text PostgreSQL returned for one row: every column as text, SQL NULL as null. */
+type Row = Record<string, string | null>;
+
+/** An answer already serialized as JSON (an extraction's events, kept as PostgreSQL wrote them). */
+export class JsonText {
+  constructor(readonly text: string) {}
+}
+
+interface ResultRow {
+  value: unknown;
+  groups: unknown[];
+  bucket: number | undefined;
+}
+
+const parseJsonText = (text: string | null | undefined): unknown => (text === null || text === undefined ? null : JSON.parse(text));
+
+/** Defines an own property, whatever the key (`__proto__` included). */
+function define(target: object, key: string, value: unknown): void {
+  Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
+}
 
 function emptyValue(analysis: Analysis): unknown {
   if (analysis === 'count' || analysis === 'count_unique' || analysis === 'sum') return 0;
@@ -367,49 +441,66 @@ function toValue(analysis: Analysis, raw: unknown): unknown {
   return Number(raw);
 }
 
-function pick(event: Record<string, unknown>, paths: string[][]): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+/** The properties `paths` name, copied from `event` into a null-prototype object of the same shape. */
+function pick(event: unknown, paths: string[][]): Record<string, unknown> {
+  const out: Record<string, unknown> = Object.create(null);
   for (const path of paths) {
     let source: unknown = event;
-    for (const key of path) source = isObject(source) && Object.hasOwn(source, key) ? source[key] : undefined;
+    for (const key of path) source = isObject(source) ? own(source, key) : undefined;
     if (source === undefined) continue;
     let target = out;
-    path.forEach((key, index) => {
-      if (index === path.length - 1) {
-        Object.defineProperty(target, key, { value: source, enumerable: true, writable: true, configurable: true });
-      } else {
-        if (!isObject(target[key])) Object.defineProperty(target, key, { value: {}, enumerable: true, writable: true, configurable: true });
-        target = target[key] as Record<string, unknown>;
-      }
-    });
+    for (const key of path.slice(0, -1)) {
+      const next = own(target, key);
+      if (!isObject(next)) define(target, key, Object.create(null));
+      target = own(target, key) as Record<string, unknown>;
+    }
+    define(target, path[path.length - 1]!, source);
   }
   return out;
 }
 
-type Row = { value?: unknown; bucket?: number; event?: Record<string, unknown> } & Record<string, unknown>;
+function readRow(query: ParsedQuery, row: Row): ResultRow {
+  return {
+    value: query.analysis === 'select_unique' ? parseJsonText(row.value) : row.value,
+    groups: query.groupBy.map((_, index) => parseJsonText(row[`g${index}`])),
+    bucket: row.bucket === null || row.bucket === undefined ? undefined : Number(row.bucket),
+  };
+}
 
-function groupedResult(query: ParsedQuery, rows: Row[]): Array<Record<string, unknown>> {
+/** select_unique's rows (one per group, interval and distinct value, in order) as one row per group and interval, holding its values; null is no value. */
+function foldDistinct(rows: ResultRow[]): ResultRow[] {
+  const folded: ResultRow[] = [];
+  let key: string | undefined;
+  for (const row of rows) {
+    const rowKey = JSON.stringify([row.groups, row.bucket ?? null]);
+    if (rowKey !== key) {
+      folded.push({ ...row, value: [] });
+      key = rowKey;
+    }
+    if (row.value !== null) (folded[folded.length - 1]!.value as unknown[]).push(row.value);
+  }
+  return folded;
+}
+
+function groupedResult(query: ParsedQuery, rows: ResultRow[]): Array<Record<string, unknown>> {
   return rows.map((row) => {
-    const entry: Record<string, unknown> = {};
-    query.groupBy.forEach((group, index) => Object.defineProperty(entry, group.name, { value: row[`g${index}`] ?? null, enumerable: true, writable: true, configurable: true }));
+    // Group names are the user's: a null-prototype entry keeps `__proto__` a plain key.
+    const entry: Record<string, unknown> = Object.create(null);
+    query.groupBy.forEach((group, index) => define(entry, group.name, row.groups[index] ?? null));
     entry.result = toValue(query.analysis, row.value);
     return entry;
   });
 }
 
-export function shapeResult(query: ParsedQuery, rows: Row[]): unknown {
-  if (query.analysis === 'extraction') {
-    if (rows.length > MAX_EXTRACTION) throw new QueryError('ExtractionTooLargeError', `More than ${MAX_EXTRACTION} events match: add "latest" or narrow the timeframe or filters.`);
-    const events = rows.map((row) => row.event!);
-    if (query.latest) events.reverse();
-    return query.propertyNames ? events.map((event) => pick(event, query.propertyNames!)) : events;
-  }
-  const single = (subset: Row[]) => (query.groupBy.length > 0 ? groupedResult(query, subset) : toValue(query.analysis, subset[0]?.value));
+export function shapeResult(query: ParsedQuery, rawRows: Row[]): unknown {
+  const parsed = rawRows.map((row) => readRow(query, row));
+  const rows = query.analysis === 'select_unique' ? foldDistinct(parsed) : parsed;
+  const single = (subset: ResultRow[]) => (query.groupBy.length > 0 ? groupedResult(query, subset) : toValue(query.analysis, subset[0]?.value));
   if (!query.intervals) return single(rows);
   const boundaries = query.intervals;
-  const byBucket = new Map<number, Row[]>();
+  const byBucket = new Map<number, ResultRow[]>();
   for (const row of rows) {
-    const bucket = Number(row.bucket);
+    const bucket = row.bucket ?? 0;
     const list = byBucket.get(bucket);
     if (list) list.push(row);
     else byBucket.set(bucket, [row]);
@@ -420,9 +511,89 @@ export function shapeResult(query: ParsedQuery, rows: Row[]): unknown {
   }));
 }
 
-export async function runQuery(db: pg.Pool, projectId: string, query: ParsedQuery): Promise<unknown> {
-  const { text, values } = buildSql(projectId, query);
-  const { rows } = await db.query<Row>(text, values);
-  return shapeResult(query, rows);
+// ---- reading ----------------------------------------------------------------------------
+
+export interface RunOptions {
+  /** The most one answer may hold, as JSON bytes; larger answers are refused with advice on paging. Default DEFAULT_MAX_RESULT_BYTES. */
+  maxResultBytes?: number;
 }
 
+/** Each FETCH asks for about this many bytes of rows, judged by the rows read so far. */
+const FETCH_BYTES = 1024 * 1024;
+const MAX_FETCH_ROWS = 10_000;
+/** Every column as PostgreSQL's text: nothing is parsed before it is counted and kept. */
+const AS_TEXT = { getTypeParser: () => (value: string) => value };
+
+/**
+ * Runs `built` through a cursor and hands each row to `take`, which keeps what it needs and
+ * returns the bytes that adds to the answer. Once the answer would pass `maxBytes`, the query is
+ * cancelled (the cursor closes with the transaction) and `tooLarge` is thrown: what is held
+ * never grows past the limit plus one FETCH, whatever matches.
+ */
+async function readRows(db: pg.Pool, built: BuiltQuery, maxBytes: number, tooLarge: () => Error, take: (row: Row) => number): Promise<void> {
+  const client = await db.connect();
+  let broken = false;
+  try {
+    await client.query('BEGIN READ ONLY');
+    // Plan as for a plain query (the default 0.1 would favour fast first rows).
+    await client.query('SET LOCAL cursor_tuple_fraction = 1');
+    await client.query(`DECLARE answer NO SCROLL CURSOR FOR ${built.text}`, built.values);
+    let bytes = 0;
+    let rows = 0;
+    let fetch = 16;
+    for (;;) {
+      const page = await client.query<Row>({ text: `FETCH ${fetch} FROM answer`, types: AS_TEXT });
+      for (const row of page.rows) {
+        bytes += take(row);
+        rows += 1;
+        if (bytes > maxBytes) throw tooLarge();
+      }
+      if (page.rows.length < fetch) break;
+      fetch = Math.max(1, Math.min(MAX_FETCH_ROWS, Math.floor(FETCH_BYTES / Math.max(1, bytes / rows))));
+    }
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => {
+      broken = true;
+    });
+    throw err;
+  } finally {
+    client.release(broken);
+  }
+}
+
+const rowBytes = (row: Row) => Object.values(row).reduce((sum, text) => sum + (text === null ? 4 : Buffer.byteLength(text)), 0);
+
+export async function runQuery(db: pg.Pool, projectId: string, query: ParsedQuery, options: RunOptions = {}): Promise<unknown> {
+  const maxBytes = options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES;
+  const built = buildSql(projectId, query);
+  if (query.analysis === 'extraction') {
+    const events: string[] = [];
+    const tooLarge = () =>
+      new QueryError(
+        'ResultTooLargeError',
+        `The extraction holds more than ${maxBytes} bytes of events, this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES): page through it with narrower timeframes (split it in halves, or in intervals), ask for the newest events only with "latest", or fewer properties with "property_names".`,
+      );
+    await readRows(db, built, maxBytes, tooLarge, (row) => {
+      if (events.length === MAX_EXTRACTION) throw new QueryError('ExtractionTooLargeError', `More than ${MAX_EXTRACTION} events match: add "latest" or narrow the timeframe or filters.`);
+      const text = query.propertyNames ? JSON.stringify(pick(parseJsonText(row.event), query.propertyNames)) : row.event!;
+      events.push(text);
+      return Buffer.byteLength(text) + 1;
+    });
+    if (query.latest) events.reverse();
+    return new JsonText(`[${events.join(',')}]`);
+  }
+  const rows: Row[] = [];
+  // Each group's name is repeated in every entry of the answer.
+  const namesBytes = query.groupBy.reduce((sum, group) => sum + Buffer.byteLength(group.name) + 4, 16);
+  const tooLarge = () =>
+    new QueryError(
+      'ResultTooLargeError',
+      `The answer holds more than ${maxBytes} bytes, this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES): narrow the timeframe or filters, group by fewer properties, or use a longer interval.`,
+    );
+  await readRows(db, built, maxBytes, tooLarge, (row) => {
+    rows.push(row);
+    return rowBytes(row) + namesBytes;
+  });
+  return shapeResult(query, rows);
+}

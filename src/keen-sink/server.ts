@@ -18,8 +18,8 @@ import { describe, safeUrl, StartupError } from '../shared/queues.js';
 import { ensureDatabase } from '../migrate/database.js';
 import { applyMigrations, MigrationError } from '../migrate/runner.js';
 import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
-import { isAnalysis, parseQuery, QueryError, runQuery } from './query.js';
-import { expireUniquenessTokens, storeEvents } from './store.js';
+import { isAnalysis, JsonText, parseQuery, QueryError, runQuery } from './query.js';
+import { expireUniquenessTokens, storeEvents, type StoreOutcome } from './store.js';
 
 export const MIGRATIONS = path.resolve(import.meta.dirname, 'migrations');
 export const MIGRATIONS_TABLE = '_keen_sink_migrations';
@@ -34,6 +34,8 @@ export interface KeenSinkOptions {
   logger: Logger;
   /** Longest a query may run before it is answered 503, as Keen does. */
   statementTimeoutMs?: number;
+  /** The most one query's answer may hold, as JSON bytes (KEEN_SINK_MAX_RESULT_BYTES). Default 32 MiB. */
+  maxResultBytes?: number;
 }
 
 export interface KeenSink {
@@ -58,7 +60,10 @@ class HttpError extends Error {
 const DRAIN_LIMIT = 64 * 1024 * 1024;
 
 function send(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
+  sendText(res, status, JSON.stringify(body));
+}
+
+function sendText(res: ServerResponse, status: number, text: string): void {
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }
@@ -128,6 +133,11 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     }
   };
 
+  /** Validation should have refused what PostgreSQL refuses: each such event is worth a line (never its content). */
+  const reportRefusal = (event: PreparedEvent, outcome: StoreOutcome | undefined) => {
+    if (outcome?.status === 'refused') logger.warn({ collection: event.collection, problem: outcome.problem }, 'PostgreSQL refused an event that passed validation; refused it alone');
+  };
+
   async function writeOne(req: IncomingMessage, res: ServerResponse, collectionSegment: string) {
     let collection: string;
     try {
@@ -140,8 +150,10 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     const prepared = prepareEvent(collection, parseJson(body), new Date());
     if (!prepared.ok) throw new HttpError(400, prepared.error.name, prepared.error.description);
     const [outcome] = await storeEvents(db, options.projectId, [prepared.value]);
+    reportRefusal(prepared.value, outcome);
+    if (outcome?.status === 'refused') throw new HttpError(400, 'InvalidPropertyValueError', outcome.problem);
     reportAddons([prepared.value]);
-    if (outcome === 'duplicate') {
+    if (outcome?.status === 'duplicate') {
       send(res, 200, { created: false, duplicate: true, message: duplicateMessage });
     } else {
       send(res, 201, { created: true });
@@ -163,51 +175,66 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
       const problem = collectionNameProblem(collection);
       const results = events.map((event, index): Slot => {
         if (problem) return { error: { name: 'InvalidCollectionNameError', description: problem } };
+        // Validated first: its nesting is then bounded, so measuring it cannot overflow the stack.
+        const prepared = prepareEvent(collection, event, now);
+        if (!prepared.ok) return { error: prepared.error };
         // Alone, an oversized event is a 413; in a batch it fails alone, so a sender's batch of
         // good events is not refused (and dead-lettered) whole because of one.
-        const bytes = Buffer.byteLength(JSON.stringify(event) ?? '');
+        const bytes = Buffer.byteLength(JSON.stringify(event));
         if (bytes > LIMITS.eventBytes) {
           return { error: { name: 'EventTooLargeError', description: `Event ${index} of "${collection.slice(0, 80)}" has ${bytes} bytes; an event may be at most ${LIMITS.eventBytes}.` } };
         }
-        const prepared = prepareEvent(collection, event, now);
-        return prepared.ok ? { event: prepared.value } : { error: prepared.error };
+        return { event: prepared.value };
       });
       slots.push([collection, results]);
     }
     const valid = slots.flatMap(([, results]) => results.flatMap((slot) => ('event' in slot ? [slot.event] : [])));
     const outcomes = await storeEvents(db, options.projectId, valid);
     const outcomeById = new Map(valid.map((event, index) => [event.id, outcomes[index]]));
-    reportAddons(valid);
-    const response: Record<string, unknown> = {};
+    for (const event of valid) reportRefusal(event, outcomeById.get(event.id));
+    reportAddons(valid.filter((event) => outcomeById.get(event.id)?.status !== 'refused'));
+    // Collection names are the sender's: a null-prototype object keeps `__proto__` a plain key.
+    const response: Record<string, unknown> = Object.create(null);
     for (const [collection, results] of slots) {
       const answer = results.map((slot) => {
         if ('error' in slot) return { success: false, error: slot.error };
-        return outcomeById.get(slot.event.id) === 'duplicate' ? { success: true, duplicate: true, message: duplicateMessage } : { success: true };
+        const outcome = outcomeById.get(slot.event.id);
+        if (outcome?.status === 'refused') return { success: false, error: { name: 'InvalidPropertyValueError', description: outcome.problem } };
+        return outcome?.status === 'duplicate' ? { success: true, duplicate: true, message: duplicateMessage } : { success: true };
       });
-      Object.defineProperty(response, collection, { value: answer, enumerable: true, writable: true, configurable: true });
+      response[collection] = answer;
     }
     send(res, 200, response);
   }
 
   async function query(req: IncomingMessage, res: ServerResponse, url: URL, analysis: string) {
     if (!isAnalysis(analysis)) throw new HttpError(404, 'ResourceNotFoundError', `Unknown analysis "${analysis.slice(0, 40)}": keen-sink answers count, count_unique, select_unique, sum, minimum, maximum, average and extraction.`);
-    const params: Record<string, unknown> = Object.fromEntries([...url.searchParams].filter(([key]) => key !== 'api_key'));
+    // The sender names the keys: a null-prototype object, filled with own properties only, so
+    // `__proto__` or `constructor` is a parameter like any other (and unknown, so ignored).
+    const params: Record<string, unknown> = Object.create(null);
+    for (const [key, value] of url.searchParams) if (key !== 'api_key') params[key] = value;
     if (req.method === 'POST') {
       const { body, tooLarge } = await readBody(req, 1024 * 1024);
       if (tooLarge) throw new HttpError(413, 'RequestTooLargeError', 'A query body may be at most 1 MiB.');
       if (body.length > 0) {
         const parsed = parseJson(body);
         if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HttpError(400, 'InvalidParameterError', 'A query body must be a JSON object of parameters.');
-        Object.assign(params, parsed);
+        for (const [key, value] of Object.entries(parsed)) params[key] = value;
       }
     }
     const parsed = parseQuery(analysis, params);
-    const result = await runQuery(db, options.projectId, parsed);
+    const result = await runQuery(db, options.projectId, parsed, { maxResultBytes: options.maxResultBytes });
+    if (result instanceof JsonText) return sendText(res, 200, `{"result":${result.text}}`);
     send(res, 200, { result });
   }
 
   async function route(req: IncomingMessage, res: ServerResponse) {
-    const url = new URL(req.url ?? '/', 'http://keen-sink');
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://keen-sink');
+    } catch {
+      throw new HttpError(400, 'InvalidRequestError', 'The request target is not a valid URL path.');
+    }
     const parts = url.pathname.split('/').filter(Boolean);
     if (req.method === 'GET' && url.pathname === '/healthz') return send(res, 200, { status: 'ok' });
     if (req.method === 'GET' && url.pathname === '/readyz') {

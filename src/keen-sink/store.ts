@@ -1,12 +1,24 @@
 /**
  * Writes prepared events to PostgreSQL. One statement per request claims the uniqueness tokens
  * and inserts the events whose claim succeeded, so a token and its event are stored together
- * or not at all, and concurrent duplicates leave exactly one event.
+ * or not at all, and concurrent duplicates leave exactly one event. An event PostgreSQL refuses
+ * (which validation should already have caught) is refused alone: the statement is split until
+ * it stands by itself, and its neighbours are stored.
  */
 import type pg from 'pg';
 import { UNIQUENESS_WINDOW_DAYS, type PreparedEvent } from './events.js';
 
-export type StoreOutcome = 'created' | 'duplicate';
+export type StoreOutcome = { status: 'created' } | { status: 'duplicate' } | { status: 'refused'; problem: string };
+
+/**
+ * What an event's own content can cause: a data exception (class 22: text, number or date it
+ * cannot hold), a program limit (class 54: nesting too deep) or a failed CHECK. Anything else
+ * (a lost connection, a timeout) is the server's, and fails the request.
+ */
+const isDataError = (err: unknown) => {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && (code.startsWith('22') || code.startsWith('54') || code === '23514');
+};
 
 const INSERT = `
 WITH input AS (
@@ -36,11 +48,25 @@ stored AS (
 SELECT id FROM stored`;
 
 /**
- * Stores `events` (already validated) and says, for each, whether it was stored or was a
- * duplicate of an event stored earlier (or earlier in the same list) with the same token.
+ * Stores `events` (already validated) and says, for each, whether it was stored, was a
+ * duplicate of an event stored earlier (or earlier in the same list) with the same token, or
+ * was refused by PostgreSQL. A refusal costs about 2·log2(n) statements, and nothing is stored
+ * twice: a failed statement stored nothing, and halves already stored keep their token claims.
  */
 export async function storeEvents(db: pg.Pool, projectId: string, events: PreparedEvent[]): Promise<StoreOutcome[]> {
   if (events.length === 0) return [];
+  try {
+    return await insertEvents(db, projectId, events);
+  } catch (err) {
+    if (!isDataError(err)) throw err;
+    if (events.length === 1) return [{ status: 'refused', problem: `PostgreSQL cannot store this event: ${(err as Error).message}` }];
+    const half = Math.ceil(events.length / 2);
+    const first = await storeEvents(db, projectId, events.slice(0, half));
+    return [...first, ...(await storeEvents(db, projectId, events.slice(half)))];
+  }
+}
+
+async function insertEvents(db: pg.Pool, projectId: string, events: PreparedEvent[]): Promise<StoreOutcome[]> {
   // Within one request the first event with a token wins; later ones never reach the database
   // (ON CONFLICT may not touch the same row twice in one statement).
   const seen = new Set<string>();
@@ -63,7 +89,7 @@ export async function storeEvents(db: pg.Pool, projectId: string, events: Prepar
     }));
   const { rows: stored } = await db.query<{ id: string }>(INSERT, [projectId, JSON.stringify(rows), UNIQUENESS_WINDOW_DAYS]);
   const storedIds = new Set(stored.map((row) => row.id));
-  return events.map((event) => (storedIds.has(event.id) ? 'created' : 'duplicate'));
+  return events.map((event) => ({ status: storedIds.has(event.id) ? 'created' : 'duplicate' }));
 }
 
 /** Forgets claims older than the window; they could be taken over anyway, this only bounds the table. */

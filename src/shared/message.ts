@@ -3,6 +3,7 @@
  * never throws, whatever the bytes.
  */
 import type { IngestMessage } from './jobs.js';
+import { unstorableText } from './text.js';
 import { parseTopic } from './topics.js';
 
 export const MAX_LAMP_STATE_BYTES = 64 * 1024;
@@ -18,6 +19,7 @@ export const REJECT_REASONS = [
   'invalid_json',
   'not_an_object',
   'too_deeply_nested',
+  'unstorable_text',
   'invalid_lamp_state',
   'unknown_device',
 ] as const;
@@ -112,19 +114,33 @@ function unitProblem(value: unknown): string | undefined {
   return value >= 0 && value <= 1 ? undefined : `${value} is not from 0 to 1`;
 }
 
-/** Walks the parsed JSON iteratively: too deep, or a number JSON cannot represent (1e999). */
+/**
+ * Walks the parsed JSON iteratively: too deep, a number JSON cannot represent (1e999), or text
+ * that no Keen can store (a NUL or a lone surrogate, which JSON escapes let through valid UTF-8)
+ * in a key or a value: refused here, it cannot fail a Keen request of other lamps' events later.
+ */
 function findStructuralProblem(root: object): { reason: RejectReason; detail: string } | undefined {
-  const stack: Array<[unknown, number]> = [[root, 1]];
+  const stack: Array<[unknown, number, string]> = [[root, 1, '(root)']];
   while (stack.length > 0) {
-    const [value, depth] = stack.pop()!;
+    const [value, depth, where] = stack.pop()!;
     if (typeof value === 'number' && !Number.isFinite(value)) {
       return { reason: 'invalid_lamp_state', detail: 'a number is too large to represent' };
+    }
+    if (typeof value === 'string') {
+      const text = unstorableText(value);
+      if (text) return { reason: 'unstorable_text', detail: `the value at ${where} contains ${text}` };
     }
     if (typeof value !== 'object' || value === null) continue;
     if (depth > MAX_LAMP_STATE_DEPTH) {
       return { reason: 'too_deeply_nested', detail: `lamp state is nested deeper than ${MAX_LAMP_STATE_DEPTH} levels` };
     }
-    for (const child of Object.values(value)) stack.push([child, depth + 1]);
+    for (const [key, child] of Object.entries(value)) {
+      const path = where === '(root)' ? key : `${where}.${key}`;
+      const text = unstorableText(key);
+      // The key is not quoted: it may hold the very character that is refused.
+      if (text) return { reason: 'unstorable_text', detail: `a key ${where === '(root)' ? 'at the top level' : `in ${where}`} contains ${text}` };
+      stack.push([child, depth + 1, path]);
+    }
   }
   return undefined;
 }

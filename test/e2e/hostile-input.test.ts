@@ -145,9 +145,12 @@ function buildCorpus(): { messages: Message[]; flood: Message[] } {
     (seq) => `{"seq":${seq},"keen":{"timestamp":"1970-01-01T00:00:00.000Z","uniqueness_token":"evil","id":"x","addons":[]},"device_id":"ffffffffffff"}`,
     (seq) => `{"seq":${seq},"toString":1,"hasOwnProperty":"x","valueOf":null,"__defineGetter__":2}`,
     (seq) => `{"seq":${seq},"${'k'.repeat(300)}":1,"${'.'.repeat(300)}":2}`,
-    (seq) => `{"seq":${seq},"list":[{"a.b":1},{"$x":[{"keen.id":2}]}],"s":"\\ud800\\u0000"}`,
+    (seq) => `{"seq":${seq},"list":[{"a.b":1},{"$x":[{"keen.id":2}]}],"s":"\\ud83d\\udca1"}`,
   ];
   for (let i = 0; i < 700; i++) validState('keys: __proto__, constructor, dotted, $, keen, long', sneaky[i % sneaky.length]!);
+  // Valid UTF-8 and valid JSON, but text no Keen can store: JSON escapes for NUL and lone surrogates.
+  const unstorable = ['{"s":"\\ud800"}', '{"s":"a\\u0000b"}', '{"list":[{"deep":"\\udfff"}]}', '{"k\\ud800":1}', '{"a":{"\\u0000":true}}', '{"on":true,"client":"\\udc00\\ud800"}'];
+  for (let i = 0; i < 300; i++) lampMsg('JSON: text no Keen can store (NUL, lone surrogate)', 'unstorable_text', pick(unstorable));
   const hostileKey = fc.oneof(
     fc.constantFrom('__proto__', 'constructor', 'prototype', 'keen', 'keen.id', 'keen.uniqueness_token', 'device_id', '$where', '$', '.', '..', 'a.b.c', '', 'toString'),
     fc.string({ unit: fc.constantFrom(...'ab.$_k'.split('')), maxLength: 12 }),

@@ -11,7 +11,8 @@
  *   answered as a success and not stored again (counted in `duplicatesDropped`).
  *
  * Faults can be injected for the next N requests or until cleared: any status/body/headers,
- * hanging (the request is read and never answered), connection resets, and per-event refusals.
+ * hanging (the request is read and never answered), connection resets, per-event refusals, and
+ * poisoned events that fail every request carrying them (a 500 or 413, nothing stored).
  *
  * The validation functions at the top are pure and independent of the server, so a real
  * Keen-compatible service can reuse them.
@@ -150,6 +151,13 @@ export interface AfterStoreOption {
 /** Returns an error (name, or name and description) to refuse the event, or nothing to accept it. */
 export type EventRejector = (collection: string, event: Record<string, unknown>) => string | KeenEventError | undefined | null | false;
 
+/** Fails every request that carries a matching event with this status and body, storing none of it. */
+export interface RequestPoison {
+  matches: (collection: string, event: Record<string, unknown>) => boolean;
+  status: number;
+  body?: unknown;
+}
+
 export interface FakeKeen {
   url: string;
   projectId: string;
@@ -172,7 +180,9 @@ export interface FakeKeen {
   resetConnections(options?: FaultOptions & AfterStoreOption): void;
   /** Refuses matching events with a per-event error (400 on the single-event endpoint) until cleared. */
   rejectEvents(rejector: EventRejector | undefined): void;
-  /** Removes every fault and rejector. Stored events and the request log stay. */
+  /** Fails whole requests that carry a matching event, until cleared (see RequestPoison). */
+  failRequestsContaining(poison: RequestPoison | undefined): void;
+  /** Removes every fault, rejector and poison. Stored events and the request log stay. */
   clearFaults(): void;
   close(): Promise<void>;
 }
@@ -196,6 +206,7 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
   let duplicatesDropped = 0;
   let faults: Fault[] = [];
   let rejector: EventRejector | undefined;
+  let poison: RequestPoison | undefined;
   const sockets = new Set<Socket>();
 
   const store = (collection: string, event: Record<string, unknown>) => {
@@ -248,8 +259,10 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
       return apiError(400, 'InvalidJSONError', 'The request body is not valid JSON.');
     }
 
+    const poisoned = (collection: string, event: unknown) => poison !== undefined && typeof event === 'object' && event !== null && poison.matches(collection, event as Record<string, unknown>);
     if (record.kind === 'single') {
       const collection = decodeURIComponent(match[2]!);
+      if (poisoned(collection, parsed)) return { status: poison!.status, body: poison!.body };
       record.eventCount = 1;
       if (body.length > KEEN_LIMITS.maxEventBytes) return apiError(413, 'EventTooLargeError', `An event must be at most ${KEEN_LIMITS.maxEventBytes} bytes.`);
       const error = checkEvent(collection, parsed);
@@ -265,6 +278,7 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
     const notArray = entries.find(([, list]) => !Array.isArray(list));
     if (notArray) return apiError(400, 'InvalidEventError', `The value of collection ${JSON.stringify(notArray[0])} must be an array of events.`);
     record.eventCount = entries.reduce((n, [, list]) => n + (list as unknown[]).length, 0);
+    if (entries.some(([collection, list]) => (list as unknown[]).some((event) => poisoned(collection, event)))) return { status: poison!.status, body: poison!.body };
     const results: Record<string, unknown[]> = {};
     for (const [collection, list] of entries) {
       results[collection] = (list as unknown[]).map((event) => {
@@ -372,9 +386,13 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
     rejectEvents(next) {
       rejector = next;
     },
+    failRequestsContaining(next) {
+      poison = next;
+    },
     clearFaults() {
       faults = [];
       rejector = undefined;
+      poison = undefined;
     },
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -250,10 +250,28 @@ describe('parseMessage: lamp state refused', () => {
         'invalid_json',
         'not_an_object',
         'too_deeply_nested',
+        'unstorable_text',
         'invalid_lamp_state',
         'unknown_device',
       ].sort(),
     );
+  });
+});
+
+describe('parseMessage: text no Keen can store', () => {
+  it('refuses a NUL or a lone surrogate, in any key or value at any depth, as unstorable_text', () => {
+    const refused = ['{"s":"\\u0000"}', '{"s":"\\ud800"}', '{"s":"x\\udfff"}', '{"s":"\\udc00\\ud800"}', '{"a":{"b":[1,{"c":"\\ud83d"}]}}', '{"\\u0000":1}', '{"a":[{"k\\udbff":1}]}'];
+    for (const payload of refused) {
+      const result = lamp(payload);
+      expect(result, payload).toMatchObject({ ok: false, reason: 'unstorable_text', detail: expect.stringMatching(/NUL|surrogate/) });
+    }
+    expect(lamp('{"s":"a\\u0000"}')).toMatchObject({ detail: 'the value at s contains a NUL character (\\u0000)' });
+  });
+
+  it('accepts surrogate pairs and other control characters', () => {
+    for (const payload of ['{"s":"\\ud83d\\udca1"}', '{"\\ud83d\\udca1":"\\u0001\\t\\uffff"}', '{"client":"lamp \u{1F4A1}"}']) {
+      expect(lamp(payload), payload).toMatchObject({ ok: true });
+    }
   });
 });
 

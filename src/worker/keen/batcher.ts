@@ -153,26 +153,57 @@ export class KeenBatcher {
     this.#inFlight.add(request);
   }
 
+  /**
+   * Sends a batch. A 500 or 413 answered to the whole request may be one event's doing (an event
+   * Keen chokes on, or a request too large), so the request is split in halves and each half sent
+   * again, down to the event that causes it, which alone fails; its neighbours are delivered.
+   * When nothing at all is accepted after two rounds of splitting (seven requests), Keen is
+   * failing as a whole, and the batch's events fail with the error instead of splitting on.
+   */
   async #send(entries: Entry[]): Promise<void> {
-    const limited = this.#rateLimited();
-    if (limited) {
-      for (const entry of entries) entry.reject(limited);
-      return;
+    let round: Entry[][] = [entries];
+    let accepted = false;
+    for (let depth = 0; round.length > 0; depth += 1) {
+      const failed: Array<{ part: Entry[]; err: unknown }> = [];
+      await Promise.all(
+        round.map(async (part) => {
+          const limited = this.#rateLimited();
+          if (limited) return this.#fail(part, limited);
+          try {
+            const results = await this.#request(part);
+            accepted = true;
+            this.#settle(part, results);
+          } catch (err) {
+            failed.push({ part, err });
+          }
+        }),
+      );
+      const next: Entry[][] = [];
+      for (const { part, err } of failed) {
+        if (part.length > 1 && splitsOn(err) && (accepted || depth < 2)) {
+          const half = Math.ceil(part.length / 2);
+          next.push(part.slice(0, half), part.slice(half));
+        } else {
+          this.#fail(part, err);
+        }
+      }
+      round = next;
     }
+  }
+
+  /** One bulk request, with its metrics; throws what the client throws. */
+  async #request(entries: Entry[]): Promise<KeenBulkResults> {
     const byCollection: Record<string, string[]> = {};
-    const owners: Record<string, Entry[]> = {};
-    for (const entry of entries) {
-      (byCollection[entry.collection] ??= []).push(entry.serialized);
-      (owners[entry.collection] ??= []).push(entry);
-    }
+    for (const entry of entries) (byCollection[entry.collection] ??= []).push(entry.serialized);
     const metrics = this.#metrics;
     metrics?.keenEventsPerRequest.observe(entries.length);
     const started = process.hrtime.bigint();
     const seconds = () => Number(process.hrtime.bigint() - started) / 1e9;
-
-    let results: KeenBulkResults;
     try {
-      results = await this.#client.recordSerialized(byCollection);
+      const results = await this.#client.recordSerialized(byCollection);
+      metrics?.keenRequestSeconds.observe({ outcome: 'ok' }, seconds());
+      metrics?.keenResponses.inc({ status: '200' });
+      return results;
     } catch (err) {
       if (err instanceof KeenRequestError) {
         metrics?.keenRequestSeconds.observe({ outcome: requestOutcome(err) }, seconds());
@@ -187,37 +218,47 @@ export class KeenBatcher {
       } else {
         metrics?.keenRequestSeconds.observe({ outcome: 'error' }, seconds());
       }
-      for (const [collection, list] of Object.entries(owners)) {
-        this.#countEvents(collection, 'request_failed', list.length);
-        for (const entry of list) entry.reject(err);
-      }
-      return;
+      throw err;
     }
+  }
 
-    metrics?.keenRequestSeconds.observe({ outcome: 'ok' }, seconds());
-    metrics?.keenResponses.inc({ status: '200' });
-    for (const [collection, list] of Object.entries(owners)) {
-      const outcomes = results[collection] ?? [];
-      list.forEach((entry, i) => {
-        const result = outcomes[i];
-        if (result?.success) {
-          this.#countEvents(collection, 'accepted');
-          entry.resolve();
-        } else if (result) {
-          this.#countEvents(collection, 'rejected');
-          entry.reject(new KeenEventRejected(result.error.name, result.error.description));
-        } else {
-          // The client checks that every event has a result; this only guards against a bug.
-          this.#countEvents(collection, 'request_failed');
-          entry.reject(new KeenRequestError('Keen returned no result for this event', { code: 'MalformedResponse', retryable: true }));
-        }
-      });
+  /** Every event of a failed request fails with its error. */
+  #fail(entries: Entry[], err: unknown): void {
+    for (const entry of entries) {
+      this.#countEvents(entry.collection, 'request_failed');
+      entry.reject(err);
+    }
+  }
+
+  /** Each event settles with its own result from Keen's answer. */
+  #settle(entries: Entry[], results: KeenBulkResults): void {
+    const seen: Record<string, number> = {};
+    for (const entry of entries) {
+      const index = seen[entry.collection] ?? 0;
+      seen[entry.collection] = index + 1;
+      const result = Object.hasOwn(results, entry.collection) ? results[entry.collection]![index] : undefined;
+      if (result?.success) {
+        this.#countEvents(entry.collection, 'accepted');
+        entry.resolve();
+      } else if (result) {
+        this.#countEvents(entry.collection, 'rejected');
+        entry.reject(new KeenEventRejected(result.error.name, result.error.description));
+      } else {
+        // The client checks that every event has a result; this only guards against a bug.
+        this.#countEvents(entry.collection, 'request_failed');
+        entry.reject(new KeenRequestError('Keen returned no result for this event', { code: 'MalformedResponse', retryable: true }));
+      }
     }
   }
 
   #countEvents(collection: string, outcome: 'accepted' | 'rejected' | 'request_failed', n = 1): void {
     this.#metrics?.keenEvents.inc({ collection, outcome }, n);
   }
+}
+
+/** What one event can cause: Keen failing on it (500), or a request too large with it (413). */
+function splitsOn(err: unknown): boolean {
+  return err instanceof KeenRequestError && (err.status === 500 || err.status === 413);
 }
 
 function requestOutcome(err: KeenRequestError): string {

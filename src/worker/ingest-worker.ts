@@ -114,10 +114,13 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
         // Created connected, by this message.
         outcome = 'recorded';
         metrics.devicesCreated.inc();
-        await publisher.publishUnassociated(deviceId, activation.associationCode);
         events.push({ collection: 'activations', event: activationEvent(deviceId, options.defaultUser, state.receivedAt, uniquenessToken(messageId, 'activations')) });
         logger.info({ message_id: messageId, device_id: deviceId }, 'new device activated');
       }
+      // Every connect, not only the first: the lamp's retained message is made to say what the
+      // registry says now (a claim made on the site, a broker that lost its retained messages).
+      const association = await registry.publishAssociation(deviceId, (message) => publisher.publish(deviceId, message));
+      if (!association) logger.info({ message_id: messageId, device_id: deviceId }, 'lamp deleted while it connected; no association message sent');
     }
     outcome ??= await registry.recordBridgeState(deviceId, connected, receivedAt, messageId);
     if (outcome === 'unknown_device') {

@@ -426,6 +426,32 @@ describe('registry worker', () => {
     }
     expect((await stage.keenEvents()).filter((record) => record.event.device_id === late && record.collection === 'devicestate')).toHaveLength(2);
   });
+
+  it('tells a claimed lamp that reconnects it is claimed, read from the registry at that moment', async () => {
+    const device = randomDeviceId();
+    await stage.addBridge(bridge(device, true), `claim${device}0`);
+    await waitFor('the lamp registered', stage.allIngestDone);
+    const prisma = await stage.prisma();
+    try {
+      const owner = await prisma.user.create({ data: { username: `owner-${device}`, isActive: true } });
+      await prisma.device.update({ where: { deviceId: device }, data: { userId: owner.id } });
+      const row = await prisma.device.findUniqueOrThrow({ where: { deviceId: device } });
+      await stage.addBridge(bridge(device, false), `claim${device}1`);
+      await stage.addBridge(bridge(device, true), `claim${device}2`);
+      await waitFor('the reconnect handled', stage.allIngestDone);
+      const topic = `/devices/${device}/lamp/associated`;
+      await waitFor('two association messages', () => associationMessages.filter((m) => m.topic === topic).length === 2);
+      expect(associationMessages.filter((m) => m.topic === topic).map((m) => [JSON.parse(m.payload), m.retain])).toEqual([
+        [{ associated: false, code: row.associationCode }, false],
+        [{ associated: true }, false],
+      ]);
+      // Claimed, not re-created: the same row, one activation.
+      expect(await prisma.device.findUniqueOrThrow({ where: { deviceId: device } })).toEqual({ ...row, bridgeConnected: true, bridgeStateAt: expect.any(Date), bridgeStateJobId: `claim${device}2` });
+      expect((await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'activations')).toHaveLength(1);
+    } finally {
+      await prisma.$disconnect();
+    }
+  });
 });
 
 describe('registry worker delivering lamp states to Keen itself', () => {

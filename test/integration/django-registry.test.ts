@@ -7,7 +7,6 @@
  */
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Worker } from 'bullmq';
 import { Queue } from 'bullmq';
@@ -22,14 +21,13 @@ import { applyMigrations } from '../../src/migrate/runner.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
 import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';
-import { startDjangoSite, type DjangoSite } from '../support/django.js';
+import { DJANGO_MODE_MIGRATIONS, startDjangoSite, type DjangoSite } from '../support/django.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
-import { ROOT, sleep, startService, waitFor } from '../support/processes.js';
+import { sleep, startService, waitFor } from '../support/processes.js';
 
 const services = inject('services');
 const silent = createLogger('django-registry-test', 'silent');
 const PARKED = 'parked_device_user';
-const DJANGO_MODE_MIGRATIONS = path.join(ROOT, 'prisma/django-migrations');
 const run = promisify(execFile);
 const messageId = () => randomUUID().replaceAll('-', '');
 

@@ -13,6 +13,8 @@ import { ROOT } from './processes.js';
 /** Debian's interpreter: it has python3-django 3.2, python3-paho-mqtt and python3-psycopg2 (a pyenv python3 on PATH may not). */
 export const PYTHON = '/usr/bin/python3';
 export const DJANGO_SITE = path.join(ROOT, 'test/django');
+/** Our own tables beside the site's (`npm run migrate` with REGISTRY_SCHEMA=django). */
+export const DJANGO_MODE_MIGRATIONS = path.join(ROOT, 'prisma/django-migrations');
 
 const run = promisify(execFile);
 

@@ -119,8 +119,16 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       }
       // Every connect, not only the first: the lamp's retained message is made to say what the
       // registry says now (a claim made on the site, a broker that lost its retained messages).
-      const association = await registry.publishAssociation(deviceId, (message) => publisher.publish(deviceId, message));
-      if (!association) logger.info({ message_id: messageId, device_id: deviceId }, 'lamp deleted while it connected; no association message sent');
+      try {
+        const association = await registry.publishAssociation(deviceId, (message) => publisher.publish(deviceId, message));
+        if (!association) logger.info({ message_id: messageId, device_id: deviceId }, 'lamp deleted while it connected; no association message sent');
+      } catch (err) {
+        // A new lamp must get its code: its state is retried. A known lamp's message is only
+        // refreshed; holding its partition for a broker that is away would delay every lamp
+        // behind it, and the bridge's next connect (after the broker is back) refreshes it.
+        if (activation.created) throw err;
+        logger.warn({ message_id: messageId, device_id: deviceId, err: err instanceof Error ? err.message : String(err) }, 'association message not refreshed; the next connect will');
+      }
     }
     outcome ??= await registry.recordBridgeState(deviceId, connected, receivedAt, messageId);
     if (outcome === 'unknown_device') {

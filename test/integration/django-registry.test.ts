@@ -23,7 +23,7 @@ import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';
 import { DJANGO_MODE_MIGRATIONS, startDjangoSite, type DjangoSite } from '../support/django.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
-import { sleep, startService, waitFor } from '../support/processes.js';
+import { sleep, startMosquitto, startService, waitFor } from '../support/processes.js';
 
 const services = inject('services');
 const silent = createLogger('django-registry-test', 'silent');
@@ -129,29 +129,34 @@ describe('workers on a LAMPI site', () => {
     stops.push(() => registry.close());
     return registry;
   };
-  const newPublisher = async (label: string) => {
-    const publisher = await AssociationPublisher.connect({ url: services.mqtt }, `${prefix}-${label}`, silent, TOPIC);
+  const newPublisher = async (label: string, url = services.mqtt) => {
+    const publisher = await AssociationPublisher.connect({ url }, `${prefix}-${label}`, silent, TOPIC);
     stops.push(() => publisher.close());
     return publisher;
   };
-  async function startWorkers(count: number): Promise<Worker[]> {
-    const workers: Worker[] = [];
+  const workers: Worker[] = [];
+  /** `brokerUrl`: where the workers publish association messages (default: the test broker). */
+  async function startWorkers(count: number, { brokerUrl = services.mqtt } = {}): Promise<Worker[]> {
+    const started: Worker[] = [];
     for (let i = 0; i < count; i++) {
-      const started = await createIngestWorkers({
+      const publisher = await newPublisher(`w${workers.length}-${i}`, brokerUrl);
+      const ingest = await createIngestWorkers({
         connection: redis,
         prefix,
         queues,
         registry: newRegistry(),
-        publisher: await newPublisher(`w${i}`),
+        publisher,
         defaultUser: PARKED,
         concurrency: 10,
         logger: silent,
         metrics: createMetrics('t'),
+        bridgeRetryBaseMs: 100,
       });
-      stops.push(() => Promise.all(started.map((worker) => worker.close())));
-      workers.push(...started);
+      stops.push(() => Promise.all(ingest.map((worker) => worker.close())));
+      started.push(...ingest);
     }
-    return workers;
+    workers.push(...started);
+    return started;
   }
   const addBridgeStates = (states: BridgeStatesJob['states'], jobId: string) => queues.bridgeStateQueueFor(states[0]!.deviceId).add('bridge-states', { kind: 'bridge-states', states }, { jobId });
   const bridge = (deviceId: string, connected: boolean, retained = false) => ({ kind: 'bridge-state' as const, deviceId, connected, retained, receivedAt: new Date().toISOString(), messageId: messageId() });
@@ -250,6 +255,32 @@ emit(True)`)
     expect(associations.filter((m) => m.topic === topic).map((m) => JSON.parse(m.payload))).toEqual([{ associated: false, code }, { associated: true }]);
     // Read again now, the registry says the same as the site.
     expect(await registry.publishAssociation(device, (association) => publisher.publish(device, association))).toEqual({ associated: true });
+  });
+
+  it("with the broker away, a known lamp's connect is still recorded (its message waits for the next connect), a new lamp's waits for the broker", async () => {
+    const known = randomDeviceId();
+    await addBridgeStates([bridge(known, true)], messageId());
+    await waitFor('the known lamp registered', allDone);
+    // From now on one worker, whose publisher talks to a broker of its own that goes away.
+    for (const worker of workers.splice(0)) await worker.close();
+    const broker = await startMosquitto();
+    stops.push(() => broker.kill('SIGKILL'));
+    await startWorkers(1, { brokerUrl: broker.url });
+    await broker.kill('SIGKILL');
+
+    await addBridgeStates([bridge(known, false)], messageId());
+    await addBridgeStates([bridge(known, true)], messageId());
+    const recorded = async () => (await keenEvents()).filter((r) => r.event.device_id === known && r.collection === 'devicemonitoring').length === 3;
+    await waitFor('both states of the known lamp recorded', recorded, 10_000);
+    const newLamp = bridge(randomDeviceId(), true);
+    const newJob = await addBridgeStates([newLamp], messageId());
+    await sleep(1500);
+    expect(await newJob.getState()).toBe('active'); // retried in place: its code must reach it
+    expect((await keenEvents()).filter((r) => r.event.device_id === newLamp.deviceId)).toEqual([]);
+
+    const back = await startMosquitto({ port: broker.port, dir: broker.dir });
+    stops.push(() => back.kill('SIGKILL'));
+    await waitFor('the new lamp activated once the broker is back', async () => (await keenEvents()).some((r) => r.event.device_id === newLamp.deviceId && r.collection === 'activations'), 20_000);
   });
 
   it('a lamp deleted on the site is unknown at once: its lamp states are not taken as known, its disconnect is rejected', async () => {

@@ -125,6 +125,20 @@ async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>)
   }
 }
 
+/** Every column of every table in `public` but Prisma's bookkeeping, as the catalog has it. */
+async function catalogColumns(client: pg.Client) {
+  const { rows } = await client.query<{ table: string; column: string; type: string; nullable: boolean; default: string | null }>(`
+    SELECT c.relname AS table, a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type,
+           NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default
+    FROM pg_attribute a
+    JOIN pg_class c ON c.oid = a.attrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped AND c.relname <> '_prisma_migrations'
+    ORDER BY c.relname, a.attnum`);
+  return rows;
+}
+
 const run = promisify(execFile);
 
 /** `npm run --silent migrate` as a user runs it; only PATH/HOME plus `env` are passed. */
@@ -190,16 +204,7 @@ describe('migrations create what schema.prisma describes', () => {
   it('has exactly the tables and columns of the schema, with their types, nullability and defaults', async () => {
     const catalog = await withClient(db.url, async (c) => {
       const tables = await c.query<{ table_name: string }>(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`);
-      const columns = await c.query<{ table: string; column: string; type: string; nullable: boolean; default: string | null }>(`
-        SELECT c.relname AS table, a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type,
-               NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default
-        FROM pg_attribute a
-        JOIN pg_class c ON c.oid = a.attrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
-        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped AND c.relname <> '_prisma_migrations'
-        ORDER BY c.relname, a.attnum`);
-      return { tables: tables.rows.map((r) => r.table_name), columns: columns.rows };
+      return { tables: tables.rows.map((r) => r.table_name), columns: await catalogColumns(c) };
     });
     expect(catalog.tables).toEqual([...expected.map((m) => m.table), '_prisma_migrations'].sort());
     const want = expected
@@ -544,18 +549,8 @@ describe("REGISTRY_SCHEMA=django: Django's migrate and prisma/django-migrations 
   });
 
   it('every model has exactly its table\'s columns, types, nullability and defaults (Django keeps none in the database)', async () => {
-    const columns = await withClient(site.db.url, async (c) =>
-      (
-        await c.query<{ table: string; column: string; type: string; nullable: boolean; default: string | null }>(`
-        SELECT c.relname AS table, a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type,
-               NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default
-        FROM pg_attribute a
-        JOIN pg_class c ON c.oid = a.attrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
-        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped AND c.relname = ANY($1::text[])`, [expected.map((m) => m.table)])
-      ).rows,
-    );
+    const tables = new Set(expected.map((m) => m.table));
+    const columns = (await withClient(site.db.url, catalogColumns)).filter((c) => tables.has(c.table));
     const key = (r: { table: string; column: string }) => `${r.table}.${r.column}`;
     const want = expected.flatMap((m) => m.columns.map((c) => ({ table: m.table, column: c.column, type: c.type, nullable: c.nullable, default: c.default ?? null })));
     expect([...columns].sort((a, b) => key(a).localeCompare(key(b)))).toEqual(want.sort((a, b) => key(a).localeCompare(key(b))));

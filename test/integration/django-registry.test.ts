@@ -211,10 +211,14 @@ emit({'users': users, 'lamps': lamps})`);
     const activations = (await keenEvents()).filter((record) => record.collection === 'activations');
     expect(activations.map((record) => record.event.device_id).sort()).toEqual([...lamps].sort());
 
-    // Every connect told its lamp its code, on the configured topic.
-    await waitFor('three association messages per lamp', () => lamps.every((d) => associations.filter((m) => m.topic === `devices/${d}/lamp/associated`).length === 3));
+    // The connect that created a lamp told it its code, on the configured topic, and so did its
+    // live copy if that was another (retained replays are no new connects).
+    await waitFor('an association message per lamp', () => lamps.every((d) => associations.some((m) => m.topic === `devices/${d}/lamp/associated`)));
+    await sleep(300);
     for (const [deviceId, , code] of seen.lamps) {
-      for (const message of associations.filter((m) => m.topic === `devices/${deviceId}/lamp/associated`)) expect(JSON.parse(message.payload)).toEqual({ associated: false, code });
+      const received = associations.filter((m) => m.topic === `devices/${deviceId}/lamp/associated`);
+      expect(received.length).toBeLessThanOrEqual(2);
+      for (const message of received) expect(JSON.parse(message.payload)).toEqual({ associated: false, code });
     }
   });
 

@@ -20,6 +20,8 @@ export type BridgeStateOutcome = 'recorded' | 'unchanged' | 'unknown_device';
 export interface Activation {
   /** True only for the job that created the device (including retries of that job). */
   created: boolean;
+  /** Created by this very call: nobody has been told its code yet, so nobody can have claimed it. */
+  insertedNow: boolean;
   associationCode: string;
 }
 
@@ -106,8 +108,8 @@ export class DeviceRegistry {
     const found = new Map(rows.map((row) => [row.device_id, row]));
     for (const r of requests) {
       const row = found.get(r.deviceId);
-      if (created.has(r.deviceId)) answers.set(r.messageId, { created: true, associationCode: codes.get(r.messageId)! });
-      else if (row) answers.set(r.messageId, { created: row.created_by_job_id === r.messageId, associationCode: row.association_code });
+      if (created.has(r.deviceId)) answers.set(r.messageId, { created: true, insertedNow: true, associationCode: codes.get(r.messageId)! });
+      else if (row) answers.set(r.messageId, { created: row.created_by_job_id === r.messageId, insertedNow: false, associationCode: row.association_code });
       // Nothing inserted and nothing there: the random code collided with another lamp's. Retry.
       else throw new Error(`device ${r.deviceId} was neither created nor found; retrying`);
       this.remember(r.deviceId);

@@ -8,24 +8,56 @@
  * A database that does not exist yet is created, as `prisma migrate deploy` does, so a fresh
  * PostgreSQL needs no manual `createdb`. The line saying so names the database, so a typo in
  * DATABASE_URL is visible at once; a user without CREATEDB gets a line telling them to create it.
+ *
+ * With REGISTRY_SCHEMA=django the database is the LAMPI site's: migrate creates nothing of
+ * Django's (not even the database), checks that the site's tables are there, and applies
+ * prisma/django-migrations, our own bookkeeping beside them.
  */
 import path from 'node:path';
+import pg from 'pg';
 import { ConfigError, loadConfig } from '../shared/config.js';
+import { checkDjangoTables, djangoTablesProblem } from '../shared/django-site.js';
 import { describe } from '../shared/queues.js';
 import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, shown } from './database.js';
 import { applyMigrations, MigrationError } from './runner.js';
 
 const NAME = 'migrate';
-const MIGRATIONS = path.resolve(import.meta.dirname, '../../prisma/migrations');
+const MIGRATIONS = {
+  lampi: path.resolve(import.meta.dirname, '../../prisma/migrations'),
+  django: path.resolve(import.meta.dirname, '../../prisma/django-migrations'),
+};
 
+/** The LAMPI site's tables must be there before we add ours beside them. */
+async function checkSiteDatabase(url: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    const check = await checkDjangoTables(async (sql, values) => (await client.query(sql, values)).rows);
+    if (!check.ok) throw new DatabaseSetupError(djangoTablesProblem(check.missing, `DATABASE_URL=${shown(url)}`));
+  } catch (err) {
+    if (err instanceof DatabaseSetupError) throw err;
+    if (pgCode(err) === '3D000') {
+      throw new DatabaseSetupError(`REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${shown(url)}: point DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`);
+    }
+    throw connectionProblem(err, url) ?? err;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
 
 async function migrate(): Promise<void> {
-  const { DATABASE_URL: url } = loadConfig(['database', 'common']);
-  const created = await ensureDatabase(url);
-  if (created) process.stdout.write(`${NAME}: database "${created}" did not exist: created it\n`);
+  const { DATABASE_URL: url, REGISTRY_SCHEMA: schema } = loadConfig(['database', 'common', 'registry']);
+  const directory = MIGRATIONS[schema];
+  if (schema === 'django') {
+    await checkSiteDatabase(url);
+  } else {
+    const created = await ensureDatabase(url);
+    if (created) process.stdout.write(`${NAME}: database "${created}" did not exist: created it\n`);
+  }
   let result;
   try {
-    result = await applyMigrations({ databaseUrl: url, directory: MIGRATIONS });
+    result = await applyMigrations({ databaseUrl: url, directory });
   } catch (err) {
     if (err instanceof MigrationError) {
       // The runner applies each migration in a transaction: a failed one left nothing behind.
@@ -35,7 +67,7 @@ async function migrate(): Promise<void> {
       throw err;
     }
     const code = pgCode(err);
-    if (code === 'ENOENT') throw new DatabaseSetupError(`cannot read migrations from ${MIGRATIONS} (ENOENT): run migrate from a complete checkout of the project`);
+    if (code === 'ENOENT') throw new DatabaseSetupError(`cannot read migrations from ${directory} (ENOENT): run migrate from a complete checkout of the project`);
     throw connectionProblem(err, url) ?? new DatabaseSetupError(`failed against DATABASE_URL=${shown(url)} (${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user may create tables in this database`);
   }
   for (const name of result.applied) process.stdout.write(`${NAME}: applied ${name}\n`);

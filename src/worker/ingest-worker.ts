@@ -112,6 +112,25 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
     return events.filter((_, i) => outcomes[i]!.status === 'rejected');
   };
 
+  /**
+   * A connect (not the broker's replay of one when we subscribe: that is no new connect, and
+   * would cost a locked read per lamp of the fleet at every restart) makes the lamp's retained
+   * message say what the registry says now: a claim made on the site, a broker that lost its
+   * retained messages.
+   */
+  const refreshAssociation = async (deviceId: string, messageId: string, created: boolean) => {
+    try {
+      const association = await registry.publishAssociation(deviceId, (message) => publisher.publish(deviceId, message));
+      if (!association) logger.info({ message_id: messageId, device_id: deviceId }, 'lamp deleted while it connected; no association message sent');
+    } catch (err) {
+      // A lamp this message created must get its code: its state is retried. A known lamp's
+      // message is only refreshed; holding its partition for a broker that is away would delay
+      // every lamp behind it, and the bridge's next connect (once the broker is back) refreshes it.
+      if (created) throw err;
+      logger.warn({ message_id: messageId, device_id: deviceId, err: err instanceof Error ? err.message : String(err) }, 'association message not refreshed; the next connect will');
+    }
+  };
+
   /** One bridge state: the device row and its bridge state, the association message; returns its Keen events. */
   const handleBridgeState = async (state: BridgeState, activation?: Activation): Promise<KeenEventRecord[]> => {
     const { deviceId, connected, messageId } = state;
@@ -124,9 +143,15 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
         // Created connected, by this message.
         outcome = 'recorded';
         metrics.devicesCreated.inc();
-        await publisher.publishUnassociated(deviceId, activation.associationCode);
         events.push({ collection: 'activations', event: activationEvent(deviceId, options.defaultUser, state.receivedAt, uniquenessToken(messageId, 'activations')) });
         logger.info({ message_id: messageId, device_id: deviceId }, 'new device activated');
+      }
+      if (activation.insertedNow) {
+        // Nobody knows the code yet, so nobody has claimed the lamp: the code is what the registry says.
+        await publisher.publish(deviceId, { associated: false, code: activation.associationCode });
+      } else if (activation.created || !state.retained) {
+        // A lamp this message created, handled again, may never have got its code: refreshed too.
+        await refreshAssociation(deviceId, messageId, activation.created);
       }
     }
     outcome ??= await registry.recordBridgeState(deviceId, connected, receivedAt, messageId);

@@ -6,6 +6,7 @@
 import type { Worker } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
+import { checkDjangoTables, DJANGO_MODE_OWN_TABLES, djangoTablesProblem } from '../shared/django-site.js';
 import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
 import { mqttSettings } from '../shared/mqtt.js';
 import { allQueues, connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
@@ -29,7 +30,7 @@ export interface WorkerProcess {
 }
 
 export async function startWorker(config: WorkerConfig, logger: Logger, metrics: Metrics): Promise<WorkerProcess> {
-  const registry = new DeviceRegistry({ databaseUrl: config.DATABASE_URL, defaultUser: config.DEFAULT_USER });
+  const registry = new DeviceRegistry({ databaseUrl: config.DATABASE_URL, defaultUser: config.DEFAULT_USER, schema: config.REGISTRY_SCHEMA });
   const cleanups: Array<() => Promise<unknown>> = [() => registry.close()];
   const closeAll = async () => {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
@@ -40,7 +41,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     cleanups.push(() => redis.quit());
     const queues = openQueues(redis, config.QUEUE_PREFIX, config.KEEN_ATTEMPTS);
     cleanups.push(() => queues.close());
-    const publisher = await AssociationPublisher.connect(mqttSettings(config), config.MQTT_CLIENT_ID, logger);
+    const publisher = await AssociationPublisher.connect(mqttSettings(config), config.MQTT_CLIENT_ID, logger, config.ASSOCIATION_TOPIC);
     cleanups.push(() => publisher.close());
 
     const batcher = new KeenBatcher({
@@ -89,9 +90,16 @@ async function checkDatabase(registry: DeviceRegistry, databaseUrl: string): Pro
   } catch (err) {
     throw new StartupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix DATABASE_URL`);
   }
-  try {
-    await registry.prisma.$queryRaw`SELECT 1 FROM devices LIMIT 0`;
-  } catch {
-    throw new StartupError(`the database at ${where} has no devices table: run \`npm run migrate\` first`);
+  if (registry.schema === 'django') {
+    const check = await checkDjangoTables((sql, values) => registry.prisma.$queryRawUnsafe(sql, ...values));
+    if (!check.ok) throw new StartupError(djangoTablesProblem(check.missing, where));
+  }
+  const own = registry.schema === 'django' ? DJANGO_MODE_OWN_TABLES : ['devices'];
+  for (const table of own) {
+    try {
+      await registry.prisma.$queryRawUnsafe(`SELECT 1 FROM ${table} LIMIT 0`);
+    } catch {
+      throw new StartupError(`the database at ${where} has no ${table} table: run \`npm run migrate\`${registry.schema === 'django' ? ' with REGISTRY_SCHEMA=django' : ''} first`);
+    }
   }
 }

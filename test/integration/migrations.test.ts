@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Prisma, PrismaClient } from '../../src/generated/prisma/client.js';
 import { applyMigrations, listMigrations, MigrationError } from '../../src/migrate/runner.js';
 import { createTestDatabase, PRISMA_MIGRATIONS, type TestDatabase } from '../support/database.js';
+import { DJANGO_MODE_MIGRATIONS, startDjangoSite, type DjangoSite } from '../support/django.js';
 import { ROOT } from '../support/processes.js';
 
 const services = inject('services');
@@ -36,6 +37,8 @@ interface ExpectedColumn {
 interface ExpectedModel {
   model: string;
   table: string;
+  /** The REGISTRY_SCHEMA whose migrations create (or, for Django's tables, whose site has) the table: its doc comment names `REGISTRY_SCHEMA=django`. */
+  mode: 'lampi' | 'django';
   columns: ExpectedColumn[];
   indexes: string[][]; // @@index column lists (db names)
   relations: Array<{ columns: string[]; table: string; references: string[] }>;
@@ -43,10 +46,10 @@ interface ExpectedModel {
 
 function parseSchema(text: string): ExpectedModel[] {
   const models: ExpectedModel[] = [];
-  const blocks = [...text.matchAll(/^model\s+(\w+)\s*\{([\s\S]*?)^\}/gm)];
+  const blocks = [...text.matchAll(/((?:^\/\/\/.*\n)*)^model\s+(\w+)\s*\{([\s\S]*?)^\}/gm)];
   const columnsOf = new Map<string, Map<string, string>>();
-  const tableOf = new Map(blocks.map(([, name, body]) => [name!, /@@map\("([^"]+)"\)/.exec(body!)?.[1] ?? name!]));
-  for (const [, model, body] of blocks) {
+  const tableOf = new Map(blocks.map(([, , name, body]) => [name!, /@@map\("([^"]+)"\)/.exec(body!)?.[1] ?? name!]));
+  for (const [, doc, model, body] of blocks) {
     const table = tableOf.get(model!)!;
     const columns: ExpectedColumn[] = [];
     const fieldToColumn = new Map<string, string>();
@@ -77,7 +80,7 @@ function parseSchema(text: string): ExpectedModel[] {
       const pgType =
         nativeType === undefined
           ? ({ Int: 'integer', String: 'text', Boolean: 'boolean', DateTime: 'timestamp(3) without time zone', BigInt: 'bigint', Float: 'double precision' } as Record<string, string>)[type]
-          : nativeType.replace(/^VarChar\((\d+)\)$/, 'character varying($1)').replace(/^Char\((\d+)\)$/, 'character($1)').replace(/^Timestamptz\((\d+)\)$/, 'timestamp($1) with time zone');
+          : nativeType.replace(/^VarChar\((\d+)\)$/, 'character varying($1)').replace(/^Char\((\d+)\)$/, 'character($1)').replace(/^Timestamptz\((\d+)\)$/, 'timestamp($1) with time zone').replace(/^Timestamptz$/, 'timestamp with time zone');
       if (!pgType) throw new Error(`schema reader does not know type ${type}`);
       const def = attrs.find((a) => a.name === 'default')?.args;
       let pgDefault: string | undefined;
@@ -101,6 +104,7 @@ function parseSchema(text: string): ExpectedModel[] {
     models.push({
       model: model!,
       table,
+      mode: doc!.includes('REGISTRY_SCHEMA=django') ? 'django' : 'lampi',
       columns,
       indexes: pendingIndexes.map((fields) => fields.map(col)),
       relations: pendingRelations.map((r) => ({ columns: r.fields.map(col), table: tableOf.get(r.model)!, references: r.references })),
@@ -119,6 +123,20 @@ async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>)
   } finally {
     await client.end();
   }
+}
+
+/** Every column of every table in `public` but Prisma's bookkeeping, as the catalog has it. */
+async function catalogColumns(client: pg.Client) {
+  const { rows } = await client.query<{ table: string; column: string; type: string; nullable: boolean; default: string | null }>(`
+    SELECT c.relname AS table, a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type,
+           NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default
+    FROM pg_attribute a
+    JOIN pg_class c ON c.oid = a.attrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped AND c.relname <> '_prisma_migrations'
+    ORDER BY c.relname, a.attnum`);
+  return rows;
 }
 
 const run = promisify(execFile);
@@ -165,7 +183,7 @@ async function rejection(promise: Promise<unknown>): Promise<Prisma.PrismaClient
 // ---------------------------------------------------------------------------------------------
 
 describe('migrations create what schema.prisma describes', () => {
-  const expected = parseSchema(SCHEMA);
+  const expected = parseSchema(SCHEMA).filter((m) => m.mode === 'lampi');
   let db: TestDatabase;
   let prisma: PrismaClient;
 
@@ -186,16 +204,7 @@ describe('migrations create what schema.prisma describes', () => {
   it('has exactly the tables and columns of the schema, with their types, nullability and defaults', async () => {
     const catalog = await withClient(db.url, async (c) => {
       const tables = await c.query<{ table_name: string }>(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`);
-      const columns = await c.query<{ table: string; column: string; type: string; nullable: boolean; default: string | null }>(`
-        SELECT c.relname AS table, a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type,
-               NOT a.attnotnull AS nullable, pg_get_expr(d.adbin, d.adrelid) AS default
-        FROM pg_attribute a
-        JOIN pg_class c ON c.oid = a.attrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
-        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-        WHERE c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped AND c.relname <> '_prisma_migrations'
-        ORDER BY c.relname, a.attnum`);
-      return { tables: tables.rows.map((r) => r.table_name), columns: columns.rows };
+      return { tables: tables.rows.map((r) => r.table_name), columns: await catalogColumns(c) };
     });
     expect(catalog.tables).toEqual([...expected.map((m) => m.table), '_prisma_migrations'].sort());
     const want = expected
@@ -511,5 +520,73 @@ describe('npm run migrate', () => {
     expect(result.stderr).toBe(
       `migrate: migration ${first!.name} failed: relation "users" already exists; nothing of it was applied: fix the database or the migration, then run migrate again\n`,
     );
+  });
+});
+
+describe("REGISTRY_SCHEMA=django: Django's migrate and prisma/django-migrations give what schema.prisma describes", () => {
+  const expected = parseSchema(SCHEMA).filter((m) => m.mode === 'django');
+  let site: DjangoSite;
+  let djangoTables: string[];
+  let prisma: PrismaClient;
+
+  beforeAll(async () => {
+    site = await startDjangoSite(services.postgres, services.mqtt);
+    djangoTables = await withClient(site.db.url, async (c) => (await c.query<{ t: string }>(`SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`)).rows.map((r) => r.t));
+    await applyMigrations({ databaseUrl: site.db.url, directory: DJANGO_MODE_MIGRATIONS });
+    prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: site.db.url }) });
+  });
+  afterAll(async () => {
+    await prisma?.$disconnect();
+    await site?.drop();
+  });
+
+  it("reads Django's two tables and our bookkeeping; Django's are the site's, ours are exactly what our migrations add", async () => {
+    expect(expected.map((m) => m.table).sort()).toEqual(['auth_user', 'ingest_lamps', 'lampi_lampi']);
+    const ours = expected.filter((m) => !djangoTables.includes(m.table)).map((m) => m.table);
+    expect(ours).toEqual(['ingest_lamps']);
+    const after = await withClient(site.db.url, async (c) => (await c.query<{ t: string }>(`SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`)).rows.map((r) => r.t));
+    expect(after).toEqual([...djangoTables, ...ours, '_prisma_migrations'].sort());
+  });
+
+  it('every model has exactly its table\'s columns, types, nullability and defaults (Django keeps none in the database)', async () => {
+    const tables = new Set(expected.map((m) => m.table));
+    const columns = (await withClient(site.db.url, catalogColumns)).filter((c) => tables.has(c.table));
+    const key = (r: { table: string; column: string }) => `${r.table}.${r.column}`;
+    const want = expected.flatMap((m) => m.columns.map((c) => ({ table: m.table, column: c.column, type: c.type, nullable: c.nullable, default: c.default ?? null })));
+    expect([...columns].sort((a, b) => key(a).localeCompare(key(b)))).toEqual(want.sort((a, b) => key(a).localeCompare(key(b))));
+  });
+
+  it('primary keys, unique columns, indexes and the lamp → user foreign key are there (Django names its own)', async () => {
+    const { indexes, foreignKeys } = await withClient(site.db.url, async (c) => ({
+      indexes: (
+        await c.query<{ table: string; unique: boolean; primary: boolean; columns: string[] }>(`
+        SELECT t.relname AS table, x.indisunique AS unique, x.indisprimary AS primary, array_agg(a.attname ORDER BY k.ord)::text[] AS columns
+        FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace AND n.nspname = 'public'
+        CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
+        GROUP BY x.indexrelid, 1, 2, 3`)
+      ).rows,
+      foreignKeys: (await c.query<{ table: string; definition: string }>(`SELECT conrelid::regclass::text AS table, pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE contype = 'f'`)).rows,
+    }));
+    for (const m of expected) {
+      const of = indexes.filter((i) => i.table === m.table);
+      for (const c of m.columns.filter((c) => c.id)) expect(of).toContainEqual({ table: m.table, unique: true, primary: true, columns: [c.column] });
+      for (const c of m.columns.filter((c) => c.unique)) expect(of).toContainEqual({ table: m.table, unique: true, primary: false, columns: [c.column] });
+      for (const cols of m.indexes) expect(of).toContainEqual({ table: m.table, unique: false, primary: false, columns: cols });
+      for (const r of m.relations) {
+        expect(foreignKeys.filter((f) => f.table === m.table).map((f) => f.definition)).toContainEqual(expect.stringContaining(`FOREIGN KEY (${r.columns.join(', ')}) REFERENCES ${r.table}(${r.references.join(', ')})`));
+      }
+    }
+    // Nothing of ours points at Django's tables: the site deletes lamps without asking us.
+    expect(foreignKeys.filter((f) => f.table === 'ingest_lamps')).toEqual([]);
+  });
+
+  it('the client writes through the models what Django reads back', async () => {
+    const user = await prisma.authUser.create({
+      data: { username: 'prisma-made', password: '!x', isSuperuser: false, firstName: '', lastName: '', email: '', isStaff: false, isActive: true, dateJoined: new Date() },
+    });
+    await prisma.lampi.create({ data: { deviceId: 'b827eb00d1a0', name: 'Desk', associationCode: 'f'.repeat(32), createdAt: new Date(), userId: user.id } });
+    await prisma.ingestLamp.create({ data: { deviceId: 'b827eb00d1a0', associationCode: 'f'.repeat(32), bridgeConnected: true } });
+    expect(await site.python(`l = Lampi.objects.get(device_id='b827eb00d1a0')\nemit([l.name, l.user.username, l.association_code])`)).toEqual(['Desk', 'prisma-made', 'f'.repeat(32)]);
+    expect((await prisma.lampi.findUniqueOrThrow({ where: { associationCode: 'f'.repeat(32) }, include: { user: true } })).user.username).toBe('prisma-made');
   });
 });

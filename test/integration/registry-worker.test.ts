@@ -221,12 +221,16 @@ describe('registry worker', () => {
       }
       expect(await stage.keenJobs()).toHaveLength(devices.length);
 
-      await waitFor('one association message per lamp', () => devices.every((d) => associationMessages.some((m) => m.topic === `/devices/${d}/lamp/associated`)));
+      // The connect that created a lamp tells it its code; so does every other live connect (the
+      // broker's retained replays are no new connects): one code per lamp.
+      const liveCopy = new Map(jobs.filter((job) => !job.data.retained).map((job) => [job.data.deviceId, job.jobId]));
+      const expectedCount = (row: (typeof rows)[number]) => (row.createdByJobId === liveCopy.get(row.deviceId) ? 1 : 2);
+      await waitFor('the association messages', () => rows.every((row) => associationMessages.filter((m) => m.topic === `/devices/${row.deviceId}/lamp/associated`).length === expectedCount(row)));
       await sleep(300);
       for (const row of rows) {
         const received = associationMessages.filter((m) => m.topic === `/devices/${row.deviceId}/lamp/associated`);
-        expect(received).toHaveLength(1);
-        expect(JSON.parse(received[0]!.payload)).toEqual({ associated: false, code: row.associationCode });
+        expect(received).toHaveLength(expectedCount(row));
+        for (const message of received) expect(JSON.parse(message.payload)).toEqual({ associated: false, code: row.associationCode });
       }
     } finally {
       await prisma.$disconnect();
@@ -431,6 +435,32 @@ describe('registry worker', () => {
       await rejected.close();
     }
     expect((await stage.keenEvents()).filter((record) => record.event.device_id === late && record.collection === 'devicestate')).toHaveLength(2);
+  });
+
+  it('tells a claimed lamp that reconnects it is claimed, read from the registry at that moment', async () => {
+    const device = randomDeviceId();
+    await stage.addBridge(bridge(device, true), `claim${device}0`);
+    await waitFor('the lamp registered', stage.allIngestDone);
+    const prisma = await stage.prisma();
+    try {
+      const owner = await prisma.user.create({ data: { username: `owner-${device}`, isActive: true } });
+      await prisma.device.update({ where: { deviceId: device }, data: { userId: owner.id } });
+      const row = await prisma.device.findUniqueOrThrow({ where: { deviceId: device } });
+      await stage.addBridge(bridge(device, false), `claim${device}1`);
+      await stage.addBridge(bridge(device, true), `claim${device}2`);
+      await waitFor('the reconnect handled', stage.allIngestDone);
+      const topic = `/devices/${device}/lamp/associated`;
+      await waitFor('two association messages', () => associationMessages.filter((m) => m.topic === topic).length === 2);
+      expect(associationMessages.filter((m) => m.topic === topic).map((m) => [JSON.parse(m.payload), m.retain])).toEqual([
+        [{ associated: false, code: row.associationCode }, false],
+        [{ associated: true }, false],
+      ]);
+      // Claimed, not re-created: the same row, one activation.
+      expect(await prisma.device.findUniqueOrThrow({ where: { deviceId: device } })).toEqual({ ...row, bridgeConnected: true, bridgeStateAt: expect.any(Date), bridgeStateJobId: `claim${device}2` });
+      expect((await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'activations')).toHaveLength(1);
+    } finally {
+      await prisma.$disconnect();
+    }
   });
 });
 

@@ -14,6 +14,15 @@ const postgresUrl = z.string().refine((value) => {
   }
 }, 'must be a URL starting with postgres:// or postgresql://');
 
+function isOrigin(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return ['http:', 'https:'].includes(url.protocol) && url.origin === value;
+  } catch {
+    return false;
+  }
+}
+
 const schema = z.object({
   KEEN_SINK_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   KEEN_SINK_HOST: z.string().min(1).default('0.0.0.0'),
@@ -21,6 +30,15 @@ const schema = z.object({
   KEEN_PROJECT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)'),
   KEEN_WRITE_KEY: z.string().min(1),
   KEEN_READ_KEY: z.string().min(1),
+  /**
+   * Origins whose web pages may call keen-sink (CORS), comma-separated exact origins such as
+   * "https://lamps.example.com", or "*" for any. Default: none.
+   */
+  KEEN_SINK_CORS_ORIGINS: z
+    .string()
+    .default('')
+    .transform((value) => value.split(',').map((origin) => origin.trim()).filter(Boolean))
+    .refine((origins) => origins.every((origin) => origin === '*' || isOrigin(origin)), 'must be comma-separated origins such as https://lamps.example.com (scheme, host and port only), or *'),
 });
 
 export type KeenSinkConfig = z.infer<typeof schema> & { LOG_LEVEL: string };

@@ -14,7 +14,8 @@ export interface CorsOptions {
 }
 
 const ALLOWED_METHODS = 'GET, POST, OPTIONS';
-const ALLOWED_HEADERS = 'Authorization, Content-Type';
+// Keen's JavaScript SDKs name themselves in a keen-sdk header.
+const ALLOWED_HEADERS = 'Authorization, Content-Type, Keen-Sdk';
 
 export class Cors {
   private readonly any: boolean;

@@ -315,7 +315,7 @@ function render() {
   if (state.chart) state.chart.destroy();
   state.chart = null;
   const data = chartData(params, body.result);
-  $('chart').hidden = !data;
+  $('chart').parentElement.hidden = !data;
   $('chart-note').textContent = data ? '' : 'Charts need an interval or a group_by.';
   if (data && window.Chart) {
     state.chart = new window.Chart($('chart'), {

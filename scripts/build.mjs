@@ -21,4 +21,6 @@ await build({
 });
 // Read at run time next to the code, as in src/ (see MIGRATIONS in src/keen-sink/server.ts).
 await cp('src/keen-sink/migrations', 'dist/keen-sink/migrations', { recursive: true });
+// The explorer's pages (see src/keen-sink/explorer.ts), served as they are: no build step.
+await cp('src/keen-sink/explorer', 'dist/keen-sink/explorer', { recursive: true });
 console.log(`built ${ENTRIES.map((name) => `dist/${name}/main.mjs`).join(', ')}`);

@@ -15,6 +15,15 @@ const postgresUrl = z.string().refine((value) => {
   }
 }, 'must be a URL starting with postgres:// or postgresql://');
 
+function isOrigin(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return ['http:', 'https:'].includes(url.protocol) && url.origin === value;
+  } catch {
+    return false;
+  }
+}
+
 const schema = z.object({
   KEEN_SINK_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   KEEN_SINK_HOST: z.string().min(1).default('0.0.0.0'),
@@ -24,6 +33,15 @@ const schema = z.object({
   KEEN_READ_KEY: z.string().min(1),
   /** The most one query's answer may hold, as JSON bytes (32 MiB): bounds the memory a query can take. */
   KEEN_SINK_MAX_RESULT_BYTES: z.coerce.number().int().min(1024).default(DEFAULT_MAX_RESULT_BYTES),
+  /**
+   * Origins whose web pages may call keen-sink (CORS), comma-separated exact origins such as
+   * "https://lamps.example.com", or "*" for any. Default: none.
+   */
+  KEEN_SINK_CORS_ORIGINS: z
+    .string()
+    .default('')
+    .transform((value) => value.split(',').map((origin) => origin.trim()).filter(Boolean))
+    .refine((origins) => origins.every((origin) => origin === '*' || isOrigin(origin)), 'must be comma-separated origins such as https://lamps.example.com (scheme, host and port only), or *'),
 });
 
 export type KeenSinkConfig = z.infer<typeof schema> & { LOG_LEVEL: string };

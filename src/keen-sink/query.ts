@@ -8,8 +8,9 @@
 import type pg from 'pg';
 import { unstorableText } from '../shared/text.js';
 import { EARLIEST, LATEST, LIMITS, own, parseDateTime } from './events.js';
+import { fixedOffset, fromWallClock, parseTimeZone, toWallClock, type TimeZone } from './timezone.js';
 
-export const ANALYSES = ['count', 'count_unique', 'select_unique', 'sum', 'minimum', 'maximum', 'average', 'extraction'] as const;
+export const ANALYSES = ['count', 'count_unique', 'select_unique', 'sum', 'minimum', 'maximum', 'average', 'median', 'percentile', 'extraction'] as const;
 export type Analysis = (typeof ANALYSES)[number];
 
 export const isAnalysis = (value: string): value is Analysis => (ANALYSES as readonly string[]).includes(value);
@@ -62,12 +63,14 @@ export interface ParsedQuery {
   intervals?: Date[];
   latest?: number;
   propertyNames?: string[][];
+  /** percentile only: 0 to 100. median is the 50th. */
+  percentile?: number;
 }
 
-const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+export const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 
 /** GET parameters arrive as strings; structured ones are JSON. POST bodies are JSON already. */
-function structured(name: string, value: unknown, openers = '[{'): unknown {
+export function structured(name: string, value: unknown, openers = '[{'): unknown {
   if (typeof value !== 'string') return value;
   const trimmed = value.trim();
   if (!openers.includes(trimmed.charAt(0)) || trimmed.length === 0) return value;
@@ -111,8 +114,8 @@ function valueProblem(root: unknown): string | undefined {
 }
 
 // ---- time -------------------------------------------------------------------------------
-// Relative timeframes and intervals are computed on wall-clock time shifted by `timezone`
-// (seconds east of UTC, 0 by default), then shifted back.
+// Relative timeframes and intervals of a day or longer are computed on the wall clock of
+// `timezone` (UTC by default; see timezone.ts), then mapped back to instants.
 
 function floorTo(date: Date, unit: Unit): Date {
   const d = new Date(date.getTime());
@@ -151,7 +154,9 @@ function addUnits(date: Date, unit: Unit, n: number): Date {
 
 const RELATIVE = /^(this|previous)(?:_(\d{1,6}))?_(minute|hour|day|week|month|year)s?$/;
 
-export function parseTimeframe(raw: unknown, now: Date, offsetSeconds: number): Timeframe {
+/** `zone` as a number is an offset in seconds east of UTC. */
+export function parseTimeframe(raw: unknown, now: Date, zone: TimeZone | number): Timeframe {
+  const tz = typeof zone === 'number' ? fixedOffset(zone) : zone;
   const value = structured('timeframe', raw);
   if (isObject(value)) {
     const instant = (name: 'start' | 'end') => {
@@ -171,14 +176,12 @@ export function parseTimeframe(raw: unknown, now: Date, offsetSeconds: number): 
   const [, kind, count = '1', unit] = match as unknown as [string, 'this' | 'previous', string | undefined, Unit];
   const n = Number(count);
   if (n < 1) throw new QueryError('TimeframeDefinitionError', 'A relative timeframe needs at least 1 unit.');
-  const shift = offsetSeconds * 1000;
-  const localNow = new Date(now.getTime() + shift);
+  const localNow = toWallClock(tz, now);
   const current = floorTo(localNow, unit);
   // this_N_units: the current (partial) unit and the N-1 before it, up to now.
   // previous_N_units: the N complete units before the current one.
   const startLocal = kind === 'this' ? addUnits(current, unit, -(n - 1)) : addUnits(current, unit, -n);
-  const endLocal = kind === 'this' ? localNow : current;
-  const timeframe = { start: new Date(startLocal.getTime() - shift), end: new Date(endLocal.getTime() - shift) };
+  const timeframe = { start: fromWallClock(tz, startLocal), end: kind === 'this' ? now : fromWallClock(tz, current) };
   // NaN (beyond JavaScript's dates) fails these comparisons too.
   if (!(timeframe.start >= EARLIEST && timeframe.end <= LATEST)) {
     throw new QueryError('TimeframeDefinitionError', `${value.slice(0, 80)} reaches outside the years 0001 to 9999: use fewer ${unit}s.`);
@@ -186,27 +189,26 @@ export function parseTimeframe(raw: unknown, now: Date, offsetSeconds: number): 
   return timeframe;
 }
 
-export function intervalBoundaries(timeframe: Timeframe, unit: Unit, offsetSeconds: number): Date[] {
-  const shift = offsetSeconds * 1000;
-  const startLocal = new Date(timeframe.start.getTime() + shift);
+export function intervalBoundaries(timeframe: Timeframe, unit: Unit, zone: TimeZone | number): Date[] {
+  const tz = typeof zone === 'number' ? fixedOffset(zone) : zone;
+  // Minutes and hours are fixed lengths of real time; days and longer follow the wall clock, so
+  // a daily interval across a daylight-saving change lasts 23 or 25 hours.
+  const fixed = unit === 'minute' || unit === 'hour';
+  const startLocal = toWallClock(tz, timeframe.start);
   const boundaries = [timeframe.start];
   for (let k = 1; boundaries[boundaries.length - 1]! < timeframe.end; k += 1) {
     if (k > MAX_INTERVALS) throw new QueryError('InvalidIntervalError', `That timeframe holds more than ${MAX_INTERVALS} ${unit}s: use a longer interval or a shorter timeframe.`);
-    const boundary = new Date(addUnits(startLocal, unit, k).getTime() - shift);
+    const boundary = fixed ? addUnits(timeframe.start, unit, k) : fromWallClock(tz, addUnits(startLocal, unit, k));
     if (!(boundary <= LATEST)) throw new QueryError('InvalidIntervalError', `The last ${unit} of that timeframe ends after the year 9999: end the timeframe earlier.`);
     boundaries.push(boundary);
   }
   return boundaries;
 }
 
-function parseTimezone(raw: unknown): number {
-  if (raw === undefined || raw === null || raw === '') return 0;
-  if (typeof raw === 'string' && /^(UTC|Etc\/UTC|GMT|Z)$/i.test(raw)) return 0;
-  const value = typeof raw === 'string' && /^[+-]?\d+$/.test(raw.trim()) ? Number(raw) : raw;
-  if (typeof value !== 'number' || !Number.isInteger(value) || Math.abs(value) > 14 * 3600) {
-    throw new QueryError('InvalidTimezoneError', 'timezone must be an offset from UTC in seconds (e.g. -28800); named time zones are not supported by keen-sink.');
-  }
-  return value;
+export function parseTimezone(raw: unknown): TimeZone {
+  const parsed = parseTimeZone(raw);
+  if (!parsed.ok) throw new QueryError('InvalidTimezoneError', parsed.message);
+  return parsed.zone;
 }
 
 // ---- parameters -------------------------------------------------------------------------
@@ -259,25 +261,36 @@ function parseGroupBy(raw: unknown): ParsedQuery['groupBy'] {
   return names.map((name, index) => ({ name: name as string, path: propertyPath(name, `group_by[${index}]`) }));
 }
 
+function parsePercentile(raw: unknown): number {
+  if (raw === undefined || raw === null || raw === '') throw new QueryError('MissingRequiredParameterError', 'percentile is required for percentile: a number from 0 to 100 (e.g. 95).');
+  const value = typeof raw === 'string' ? Number(raw) : raw;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > 100) {
+    throw new QueryError('InvalidParameterError', 'percentile must be a number from 0 to 100 (e.g. 95 or 99.9).');
+  }
+  return value;
+}
+
 export function parseQuery(analysis: Analysis, params: Record<string, unknown>, now = new Date()): ParsedQuery {
   const param = (name: string) => own(params, name);
   const collection = param('event_collection');
   if (typeof collection !== 'string' || collection.length === 0) throw new QueryError('MissingRequiredParameterError', 'event_collection is required.');
   const collectionText = unstorableText(collection);
   if (collectionText) throw new QueryError('InvalidParameterError', `event_collection contains ${collectionText}, which no collection name can.`);
-  const offset = parseTimezone(param('timezone'));
+  const zone = parseTimezone(param('timezone'));
   const query: ParsedQuery = { analysis, collection, filters: parseFilters(param('filters')), groupBy: parseGroupBy(param('group_by')) };
   if (analysis !== 'count' && analysis !== 'extraction') {
     if (param('target_property') === undefined || param('target_property') === '') throw new QueryError('MissingRequiredParameterError', `target_property is required for ${analysis}.`);
     query.target = propertyPath(param('target_property'), 'target_property');
   }
-  if (param('timeframe') !== undefined && param('timeframe') !== '') query.timeframe = parseTimeframe(param('timeframe'), now, offset);
+  if (analysis === 'median') query.percentile = 50;
+  if (analysis === 'percentile') query.percentile = parsePercentile(param('percentile'));
+  if (param('timeframe') !== undefined && param('timeframe') !== '') query.timeframe = parseTimeframe(param('timeframe'), now, zone);
   if (param('interval') !== undefined && param('interval') !== '') {
     const interval = param('interval');
     const unit = typeof interval === 'string' && Object.hasOwn(INTERVALS, interval) ? INTERVALS[interval] : undefined;
     if (!unit) throw new QueryError('InvalidIntervalError', `interval must be one of ${Object.keys(INTERVALS).join(', ')}.`);
     if (!query.timeframe) throw new QueryError('InvalidIntervalError', 'An interval needs a timeframe.');
-    query.intervals = intervalBoundaries(query.timeframe, unit, offset);
+    query.intervals = intervalBoundaries(query.timeframe, unit, zone);
   }
   if (analysis === 'extraction') {
     if (query.groupBy.length > 0 || query.intervals) throw new QueryError('InvalidParameterError', 'extraction takes neither group_by nor interval.');
@@ -299,10 +312,10 @@ export function parseQuery(analysis: Analysis, params: Record<string, unknown>, 
 
 // ---- SQL --------------------------------------------------------------------------------
 
-class Statement {
+export class Statement {
   readonly values: unknown[] = [];
   /** A bind parameter with an explicit type; the SQL text only ever holds `$n::type`. */
-  param(value: unknown, type: 'text' | 'text[]' | 'jsonb' | 'timestamptz' | 'timestamptz[]' | 'int' | 'boolean'): string {
+  param(value: unknown, type: 'text' | 'text[]' | 'jsonb' | 'timestamptz' | 'timestamptz[]' | 'int' | 'boolean' | 'float8'): string {
     this.values.push(value);
     return `$${this.values.length}::${type}`;
   }
@@ -348,7 +361,7 @@ function filterSql(sql: Statement, filter: Filter): string {
   }
 }
 
-function whereSql(sql: Statement, projectId: string, query: ParsedQuery): string {
+export function whereSql(sql: Statement, projectId: string, query: ParsedQuery): string {
   const clauses = [`project_id = ${sql.param(projectId, 'text')}`, `collection = ${sql.param(query.collection, 'text')}`];
   if (query.timeframe) {
     clauses.push(`keen_timestamp >= ${sql.param(query.timeframe.start.toISOString(), 'timestamptz')}`);
@@ -373,6 +386,10 @@ function aggregateSql(sql: Statement, query: ParsedQuery): string {
       return `max(${number})`;
     case 'average':
       return `avg(${number})`;
+    case 'median':
+    case 'percentile':
+      // Interpolated between the two nearest values, as a median of an even count usually is.
+      return `percentile_cont(${sql.param(query.percentile! / 100, 'float8')}) WITHIN GROUP (ORDER BY ${number})`;
     default:
       throw new Error(`no aggregate for ${query.analysis}`);
   }
@@ -429,7 +446,7 @@ function define(target: object, key: string, value: unknown): void {
   Object.defineProperty(target, key, { value, enumerable: true, writable: true, configurable: true });
 }
 
-function emptyValue(analysis: Analysis): unknown {
+export function emptyValue(analysis: Analysis): unknown {
   if (analysis === 'count' || analysis === 'count_unique' || analysis === 'sum') return 0;
   if (analysis === 'select_unique') return [];
   return null;

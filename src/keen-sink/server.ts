@@ -4,8 +4,11 @@
  *
  *   POST     /3.0/projects/{id}/events/{collection}   write key   201 {"created": true}
  *   POST     /3.0/projects/{id}/events                write key   200 {collection: [{success}...]}
+ *   GET      /3.0/projects/{id}/events                read key    200 [{name, properties, url}]
  *   GET|POST /3.0/projects/{id}/queries/{analysis}    read key    200 {"result": ...}
+ *   GET      /, /explorer/*                           none        the browser explorer (the page asks for the read key)
  *   GET      /healthz, /readyz
+ *   OPTIONS  (CORS preflight, for KEEN_SINK_CORS_ORIGINS)
  *
  * Keys come from the `Authorization` header or the `api_key` query parameter.
  */
@@ -18,7 +21,11 @@ import { describe, safeUrl, StartupError } from '../shared/queues.js';
 import { ensureDatabase } from '../migrate/database.js';
 import { applyMigrations, MigrationError } from '../migrate/runner.js';
 import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
-import { isAnalysis, JsonText, parseQuery, QueryError, runQuery } from './query.js';
+import { answerQuery, isQueryName, QUERY_NAMES } from './analyses.js';
+import { listCollections } from './collections.js';
+import { Cors } from './cors.js';
+import { Explorer } from './explorer.js';
+import { JsonText, QueryError } from './query.js';
 import { expireUniquenessTokens, storeEvents, type StoreOutcome } from './store.js';
 
 export const MIGRATIONS = path.resolve(import.meta.dirname, 'migrations');
@@ -32,6 +39,8 @@ export interface KeenSinkOptions {
   port: number;
   host: string;
   logger: Logger;
+  /** Origins whose web pages may call keen-sink (CORS); "*" for any. Default: none. */
+  corsOrigins?: readonly string[];
   /** Longest a query may run before it is answered 503, as Keen does. */
   statementTimeoutMs?: number;
   /** The most one query's answer may hold, as JSON bytes (KEEN_SINK_MAX_RESULT_BYTES). Default 32 MiB. */
@@ -116,6 +125,8 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   const db = new pg.Pool({ connectionString: options.databaseUrl, max: 10, statement_timeout: options.statementTimeoutMs ?? 60_000 });
   db.on('error', (err) => logger.warn({ err: describe(err) }, 'idle PostgreSQL connection failed'));
   const reportedAddons = new Set<string>();
+  const cors = new Cors({ origins: options.corsOrigins ?? [] });
+  const explorer = new Explorer(options.projectId);
 
   const authorize = (req: IncomingMessage, url: URL, key: string) => {
     const given = req.headers.authorization ?? url.searchParams.get('api_key') ?? undefined;
@@ -208,7 +219,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   }
 
   async function query(req: IncomingMessage, res: ServerResponse, url: URL, analysis: string) {
-    if (!isAnalysis(analysis)) throw new HttpError(404, 'ResourceNotFoundError', `Unknown analysis "${analysis.slice(0, 40)}": keen-sink answers count, count_unique, select_unique, sum, minimum, maximum, average and extraction.`);
+    if (!isQueryName(analysis)) throw new HttpError(404, 'ResourceNotFoundError', `Unknown analysis "${analysis.slice(0, 40)}": keen-sink answers ${QUERY_NAMES.join(', ')}.`);
     // The sender names the keys: a null-prototype object, filled with own properties only, so
     // `__proto__` or `constructor` is a parameter like any other (and unknown, so ignored).
     const params: Record<string, unknown> = Object.create(null);
@@ -222,10 +233,10 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
         for (const [key, value] of Object.entries(parsed)) params[key] = value;
       }
     }
-    const parsed = parseQuery(analysis, params);
-    const result = await runQuery(db, options.projectId, parsed, { maxResultBytes: options.maxResultBytes });
-    if (result instanceof JsonText) return sendText(res, 200, `{"result":${result.text}}`);
-    send(res, 200, { result });
+    const body = await answerQuery(db, options.projectId, analysis, params, { maxResultBytes: options.maxResultBytes });
+    // An extraction arrives as PostgreSQL's JSON text, sent on without a parse and a stringify.
+    const members = Object.entries(body).map(([key, value]) => `${JSON.stringify(key)}:${value instanceof JsonText ? value.text : JSON.stringify(value)}`);
+    sendText(res, 200, `{${members.join(',')}}`);
   }
 
   async function route(req: IncomingMessage, res: ServerResponse) {
@@ -236,6 +247,8 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
       throw new HttpError(400, 'InvalidRequestError', 'The request target is not a valid URL path.');
     }
     const parts = url.pathname.split('/').filter(Boolean);
+    if (cors.handle(req, res)) return undefined;
+    if (req.method === 'GET' && explorer.serve(url.pathname, res)) return undefined;
     if (req.method === 'GET' && url.pathname === '/healthz') return send(res, 200, { status: 'ok' });
     if (req.method === 'GET' && url.pathname === '/readyz') {
       try {
@@ -248,6 +261,10 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     if (parts[0] !== '3.0' || parts[1] !== 'projects' || parts.length < 4) throw new HttpError(404, 'ResourceNotFoundError', `Nothing at ${url.pathname.slice(0, 200)}.`);
     if (parts[2] !== options.projectId) throw new HttpError(404, 'ProjectNotFoundError', `Project ${parts[2]!.slice(0, 64)} does not exist on this keen-sink.`);
     const [resource, name, ...rest] = parts.slice(3);
+    if (resource === 'events' && name === undefined && req.method === 'GET') {
+      authorize(req, url, options.readKey);
+      return send(res, 200, await listCollections(db, options.projectId));
+    }
     if (resource === 'events' && rest.length === 0) {
       if (req.method !== 'POST') throw new HttpError(405, 'MethodNotAllowedError', 'Events are recorded with POST.');
       authorize(req, url, options.writeKey);

@@ -558,14 +558,14 @@ describe('query API', () => {
       ['count', { event_collection: coll, filters: [{ property_name: 'a', operator: 'like', property_value: 1 }] }, 'FilterDefinitionError'],
       ['count', { event_collection: coll, filters: '{"not": "an array"}' }, 'FilterDefinitionError'],
       ['count', { event_collection: coll, filters: '[' }, 'InvalidParameterError'],
-      ['count', { event_collection: coll, timezone: 'US/Pacific' }, 'InvalidTimezoneError'],
+      ['count', { event_collection: coll, timezone: 'Mars/Olympus' }, 'InvalidTimezoneError'],
       ['sum', { event_collection: coll, target_property: 'a..b' }, 'InvalidParameterError'],
     ];
     for (const [analysis, params, code] of bad) {
       const reply = await query(analysis, params);
       expect([reply.status, reply.body], JSON.stringify(params)).toEqual([400, { message: expect.any(String), error_code: code }]);
     }
-    const unknown = await query('funnel', { event_collection: coll });
+    const unknown = await query('retention', { event_collection: coll });
     expect(unknown.status).toBe(404);
   });
 

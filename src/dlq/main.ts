@@ -2,27 +2,32 @@
  * The dead-letter queue without a browser:
  *
  *   npm run dlq -- list
- *   npm run dlq -- redrive --all | <job id>...
- *   npm run dlq -- purge --older-than <duration: 30s, 30m, 12h, 7d, 2w>
+ *   npm run dlq -- redrive [--wait <duration>] (--all | <job id>...)
+ *   npm run dlq -- purge --older-than <duration: 30s, 30m, 12h, 7d, 2w> [--dry-run] [--yes]
  *
- * `redrive` retries parked dead letters exactly as Bull Board's Retry button does; the
- * dead-letter worker in every `npm run worker` process then puts each event back into
- * keen-delivery under its uniqueness token. One path for both, run with the worker's own
- * settings. When a worker is running the command waits (up to `--wait`, default 10s) and says
- * which events are back in keen-delivery; without one it says they are queued for redrive.
+ * `list` shows every dead letter with its redrive history. `redrive` retries parked dead
+ * letters exactly as Bull Board's Retry button does (the dead-letter worker in every
+ * `npm run worker` puts each event back into keen-delivery under its uniqueness token), then
+ * waits up to `--wait` (default 30s) for each event's outcome and prints it: delivered, refused
+ * again (and why), redrive failed, or still queued (and where). `purge` lists what it would
+ * delete, then asks (see purge.ts).
  *
- * Exit codes: 0 done; 1 bad arguments, no Redis, or a redrive that failed; 2 some named ids
- * are not parked dead letters (not found, or not parked yet).
+ * Exit codes: 0 done; 1 bad arguments, no Redis, an event refused again or not redriven, or a
+ * purge refused; 2 some named ids are not parked dead letters; 3 some redrives had no outcome
+ * within --wait.
  *
  * Settings: REDIS_URL and QUEUE_PREFIX.
  */
-import type { Job } from 'bullmq';
+import { pino } from 'pino';
 import { ConfigError, loadConfig } from '../shared/config.js';
-import { deviceIdOf, type DeadLetterJob } from '../shared/jobs.js';
+import { createLogger } from '../shared/logger.js';
 import { connectRedis, openQueues, QUEUE_NAMES, StartupError, type PipelineQueues } from '../shared/queues.js';
-import { deadLetterReason } from '../worker/dead-letter-worker.js';
+import { err, jobsIn, out, printTable, rowOf, shownState } from './listing.js';
+import { purge } from './purge.js';
+import { redrive } from './redrive.js';
 
-const USAGE = 'usage: npm run dlq -- list | redrive [--wait <duration>] (--all | <job id>...) | purge --older-than <duration, e.g. 7d, 12h, 30m>';
+const USAGE =
+  'usage: npm run dlq -- list | redrive [--wait <duration>] (--all | <job id>...) | purge --older-than <duration, e.g. 7d, 12h, 30m> [--dry-run] [--yes]';
 
 class UsageError extends Error {}
 
@@ -35,40 +40,14 @@ export function parseDuration(text: string): number {
   return Number(match[1]) * UNITS_MS[match[2]!]!;
 }
 
-const out = (line: string) => process.stdout.write(`${line}\n`);
-const err = (line: string) => process.stderr.write(`${line}\n`);
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const oneLine = (text: string, max = 200) => {
-  const flat = text.replace(/\s+/g, ' ').trim();
-  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
-};
-
-const PAGE = 500;
-
-async function* jobsIn(queue: PipelineQueues['deadLetter'], states: Array<'failed' | 'waiting' | 'active' | 'delayed' | 'prioritized' | 'paused'>) {
-  for (let start = 0; ; start += PAGE) {
-    const page = await queue.getJobs(states, start, start + PAGE - 1, true);
-    for (const job of page) if (job) yield job;
-    if (page.length < PAGE) return;
-  }
-}
-
 async function list(queues: PipelineQueues): Promise<number> {
   const rows: string[][] = [];
-  const counts = { parked: 0, new: 0, redriving: 0 };
+  const counts = { parked: 0, new: 0, redriving: 0, redriven: 0, everRedriven: 0 };
   for (const state of ['failed', 'waiting', 'active', 'delayed', 'prioritized', 'paused'] as const) {
     for await (const job of jobsIn(queues.deadLetter, [state])) {
-      const data = job.data;
-      let shown: string;
-      let error = deadLetterReason(data);
-      if (state === 'failed') {
-        shown = 'parked';
-        if (job.failedReason && job.failedReason !== error) error = `${error} (last redrive failed: ${job.failedReason})`;
-      } else {
-        shown = job.attemptsMade > 0 ? 'redriving' : 'new';
-      }
-      counts[shown as keyof typeof counts] += 1;
-      rows.push([job.id ?? '?', shown, data.collection ?? '?', deviceIdOf(data) ?? '-', String(data.attemptsMade ?? '?'), data.failedAt ?? '-', oneLine(error)]);
+      counts[shownState(job, state)] += 1;
+      if ((job.data.redrives?.count ?? 0) > 0) counts.everRedriven += 1;
+      rows.push(rowOf(job, state));
     }
   }
   const where = `${queues.deadLetter.opts.prefix}:${QUEUE_NAMES.deadLetter}`;
@@ -76,12 +55,11 @@ async function list(queues: PipelineQueues): Promise<number> {
     out(`no dead letters in ${where}`);
     return 0;
   }
-  const header = ['ID', 'STATE', 'COLLECTION', 'DEVICE_ID', 'ATTEMPTS', 'FAILED_AT', 'LAST_ERROR'];
-  const widths = header.map((h, i) => (i === header.length - 1 ? 0 : Math.max(h.length, ...rows.map((r) => r[i]!.length))));
-  for (const row of [header, ...rows]) out(row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  '));
+  printTable(rows);
   const notes = [
     counts.new > 0 ? `, ${counts.new} new (a dead-letter worker parks them when one runs)` : '',
     counts.redriving > 0 ? `, ${counts.redriving} being redriven` : '',
+    counts.everRedriven > 0 ? `; ${counts.everRedriven} refused again after a redrive` : '',
   ].join('');
   out(`${rows.length} dead letter${rows.length === 1 ? '' : 's'} in ${where}: ${counts.parked} parked${notes}`);
   return 0;
@@ -91,7 +69,7 @@ type Command =
   | { name: 'help' }
   | { name: 'list' }
   | { name: 'redrive'; all: boolean; ids: string[]; waitMs: number }
-  | { name: 'purge'; olderThan: string; graceMs: number };
+  | { name: 'purge'; olderThan: string; graceMs: number; dryRun: boolean; yes: boolean };
 
 /** Checks every argument before Redis is reached, so a typo fails fast. */
 function parseArgs(argv: string[]): Command {
@@ -104,7 +82,7 @@ function parseArgs(argv: string[]): Command {
   }
   if (name === 'redrive') {
     let all = false;
-    let waitMs = 10_000;
+    let waitMs = 30_000;
     const ids: string[] = [];
     for (let i = 0; i < args.length; i += 1) {
       const arg = args[i]!;
@@ -119,98 +97,22 @@ function parseArgs(argv: string[]): Command {
   }
   if (name === 'purge') {
     let olderThan: string | undefined;
+    let dryRun = false;
+    let yes = false;
     for (let i = 0; i < args.length; i += 1) {
       const arg = args[i]!;
       if (arg === '--older-than') olderThan = args[++i];
       else if (arg.startsWith('--older-than=')) olderThan = arg.slice('--older-than='.length);
+      else if (arg === '--dry-run') dryRun = true;
+      else if (arg === '--yes' || arg === '-y') yes = true;
       else throw new UsageError(`unexpected argument ${arg}`);
     }
     if (olderThan === undefined) throw new UsageError('purge needs --older-than <duration>');
-    return { name, olderThan, graceMs: parseDuration(olderThan) };
+    const graceMs = parseDuration(olderThan);
+    if (graceMs === 0) throw new UsageError(`--older-than ${olderThan} would purge every dead letter, even one dead-lettered a moment ago: give an age above zero`);
+    return { name, olderThan, graceMs, dryRun, yes };
   }
   throw new UsageError(`unknown command ${JSON.stringify(name)}`);
-}
-
-async function redrive(queues: PipelineQueues, { all, ids, waitMs }: { all: boolean; ids: string[]; waitMs: number }): Promise<number> {
-  const targets: Job<DeadLetterJob>[] = [];
-  let missing = 0;
-  if (all) {
-    for await (const job of jobsIn(queues.deadLetter, ['failed'])) targets.push(job);
-    if (targets.length === 0) {
-      out('no parked dead letters to redrive');
-      return 0;
-    }
-  } else {
-    for (const id of ids) {
-      const job = await queues.deadLetter.getJob(id);
-      const state = job ? await job.getState() : 'missing';
-      if (job && state === 'failed') targets.push(job);
-      else {
-        missing += 1;
-        err(job ? `${id}: not a parked dead letter (it is ${state}); only parked ones can be redriven` : `${id}: not found in ${QUEUE_NAMES.deadLetter}`);
-      }
-    }
-  }
-
-  const retried: Job<DeadLetterJob>[] = [];
-  let failed = 0;
-  for (const job of targets) {
-    try {
-      // Keeps attemptsMade: the dead-letter worker tells an operator's retry from a first run by it.
-      await job.retry('failed');
-      retried.push(job);
-    } catch (e) {
-      failed += 1;
-      err(`${job.id}: could not retry: ${(e as Error).message}`);
-    }
-  }
-
-  const workers = retried.length > 0 ? await queues.deadLetter.getWorkersCount() : 0;
-  const pending = new Map(retried.map((job) => [job.id!, job]));
-  let redriven = 0;
-  if (workers > 0) {
-    const deadline = Date.now() + waitMs;
-    for (;;) {
-      for (const [id, job] of pending) {
-        const now = await queues.deadLetter.getJob(id);
-        const state = now ? await now.getState() : 'removed';
-        if (state === 'removed' || state === 'completed') {
-          const token = job.data.event?.keen?.uniqueness_token ?? id;
-          const delivery = await queues.keen.getJob(token);
-          out(`redriven: ${id} -> ${QUEUE_NAMES.keen} job ${token}${delivery ? ` (${await delivery.getState()})` : ''}`);
-          redriven += 1;
-          pending.delete(id);
-        } else if (state === 'failed' && now!.attemptsMade > job.attemptsMade) {
-          err(`${id}: redrive failed: ${now!.failedReason}`);
-          failed += 1;
-          pending.delete(id);
-        }
-      }
-      if (pending.size === 0 || Date.now() >= deadline) break;
-      await sleep(100);
-    }
-  }
-  for (const id of pending.keys()) out(`queued for redrive: ${id}`);
-  if (pending.size > 0) {
-    out(
-      workers > 0
-        ? `${pending.size} not redriven within ${waitMs} ms; the dead-letter worker will get to them (see \`npm run dlq -- list\`)`
-        : `no worker is consuming ${QUEUE_NAMES.deadLetter} now: the redrive happens when one runs (npm run worker)`,
-    );
-  }
-  out(`redrive: ${redriven} redriven, ${pending.size} queued, ${failed} failed, ${missing} not found`);
-  return failed > 0 ? 1 : missing > 0 ? 2 : 0;
-}
-
-async function purge(queues: PipelineQueues, { olderThan, graceMs }: { olderThan: string; graceMs: number }): Promise<number> {
-  // Parked dead letters count from when they were parked, ones no worker has parked yet from
-  // when they were dead-lettered; completed ones are redrive records (kept only by older settings).
-  const parked = await queues.deadLetter.clean(graceMs, 0, 'failed');
-  const unparked = await queues.deadLetter.clean(graceMs, 0, 'wait');
-  const done = await queues.deadLetter.clean(graceMs, 0, 'completed');
-  const total = parked.length + unparked.length + done.length;
-  out(`purged ${total} dead letter${total === 1 ? '' : 's'} older than ${olderThan} (${parked.length} parked, ${unparked.length} not parked yet, ${done.length} already redriven)`);
-  return 0;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -225,7 +127,8 @@ async function main(argv: string[]): Promise<number> {
   try {
     if (command.name === 'list') return await list(queues);
     if (command.name === 'redrive') return await redrive(queues, command);
-    return await purge(queues, command);
+    // The audit line is written whatever LOG_LEVEL says, to stderr: stdout is the report.
+    return await purge(queues, command, createLogger('dlq', 'info', pino.destination({ dest: 2, sync: true })));
   } finally {
     await queues.close();
     redis.disconnect();

@@ -58,6 +58,17 @@ export interface LampStatesJob {
 export interface KeenEventRecord {
   collection: KeenCollection;
   event: KeenEvent;
+  /**
+   * Set on an event an operator redrove out of the dead-letter queue. It travels with the event
+   * (never to Keen), so a dead letter refused again still shows how often it was redriven.
+   */
+  redrives?: RedriveHistory;
+}
+
+/** How many times an event was redriven from the dead-letter queue, and when last (ISO 8601). */
+export interface RedriveHistory {
+  count: number;
+  lastAt: string;
 }
 
 /** Keen events on their way, sent in bulk. Accepted ones are dropped from a job that retries. */
@@ -89,6 +100,11 @@ export interface DeadLetterJob extends KeenEventRecord {
    * then redriven into keen-delivery.
    */
   parked?: boolean;
+}
+
+/** The failure reason a parked dead letter shows: the last error Keen delivery met. */
+export function deadLetterReason(data: DeadLetterJob): string {
+  return data.lastError?.message || 'failed for good without an error message';
 }
 
 /** What an operator sees of a message we refused. The payload is kept short and printable. */

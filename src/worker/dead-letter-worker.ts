@@ -10,7 +10,7 @@
  *      original id, the event's `keen.uniqueness_token`, so Keen drops it if it already took it.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
-import { deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
+import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 
@@ -27,11 +27,6 @@ export type RedriveOutcome =
   | { jobId: string; outcome: 'redriven'; replaced: boolean }
   /** keen-delivery already has the event waiting or delayed: nothing was added. */
   | { jobId: string; outcome: 'already-queued'; state: string };
-
-/** The failure reason a parked dead letter shows: the last error Keen delivery met. */
-export function deadLetterReason(data: DeadLetterJob): string {
-  return data.lastError?.message || 'failed for good without an error message';
-}
 
 /** The failure a parked dead letter shows (Bull Board prints its stack): Keen's error and what to do. */
 function parkingError(data: DeadLetterJob): UnrecoverableError {
@@ -66,8 +61,32 @@ export async function redriveDeadLetter(keen: Queue<KeenDeliveryJob>, data: Dead
       replaced = true;
     }
   }
-  await keen.add(data.collection, { events: [{ collection: data.collection, event: data.event }] }, { jobId });
+  const redrives = { count: (data.redrives?.count ?? 0) + 1, lastAt: new Date().toISOString() };
+  await keen.add(data.collection, { events: [{ collection: data.collection, event: data.event, redrives }] }, { jobId });
   return { jobId, outcome: 'redriven', replaced };
+}
+
+const OLD_DEAD_LETTER_WAIT_MS = 10_000;
+
+/**
+ * Adds a dead letter under its event's uniqueness token. BullMQ ignores an add whose id exists,
+ * which is right for a retried delivery step (its dead letter is already there) but would lose
+ * a redriven event that Keen refused again within moments: its old dead letter may still be
+ * active, finishing the redrive. So a copy that is still active is waited for, then the add is
+ * made again; one that is parked or waiting is the same event already dead-lettered.
+ */
+export async function addDeadLetter(deadLetter: Queue<DeadLetterJob>, letter: DeadLetterJob): Promise<void> {
+  const jobId = letter.event.keen.uniqueness_token;
+  const deadline = Date.now() + OLD_DEAD_LETTER_WAIT_MS;
+  for (;;) {
+    await deadLetter.add(letter.collection, letter, { jobId });
+    const stored = await deadLetter.getJob(jobId);
+    if (stored?.data.failedAt === letter.failedAt) return;
+    // Missing: the old copy finished its redrive between the add and the read; add again.
+    if (stored && (await stored.getState()) !== 'active') return;
+    if (Date.now() > deadline) throw new Error(`dead letter ${jobId} is still being redriven after ${OLD_DEAD_LETTER_WAIT_MS} ms; the delivery will be retried`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }
 
 export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker<DeadLetterJob> {

@@ -138,7 +138,7 @@ describe('dashboard', () => {
     expect(retried.status).toBe(204);
     await waitFor('the event back in keen-delivery', async () => (await stateIn(queues.keen, id)) === 'waiting');
     // Alone in a keen-delivery job named by its token.
-    expect((await queues.keen.getJob(id))!.data).toEqual({ events: [{ collection: 'devicestate', event: job.data.event }] });
+    expect((await queues.keen.getJob(id))!.data).toEqual({ events: [{ collection: 'devicestate', event: job.data.event, redrives: { count: 1, lastAt: expect.any(String) } }] });
     await waitFor('the dead letter gone', async () => (await stateIn(queues.deadLetter, id)) === 'missing');
   });
 

@@ -35,6 +35,8 @@ function deadLetterFor(deviceId = randomDeviceId(), collection: KeenCollection =
 const tokenOf = (data: KeenEventRecord) => data.event.keen.uniqueness_token;
 /** A keen-delivery job of this one event, as a redrive adds it. */
 const deliveryOf = (data: KeenEventRecord): KeenDeliveryJob => ({ events: [{ collection: data.collection, event: data.event }] });
+/** The keen-delivery job a redrive adds: the one event, carrying its redrive history. */
+const redrivenDeliveryOf = (data: KeenEventRecord, count = 1) => ({ events: [{ collection: data.collection, event: data.event, redrives: { count, lastAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) } }] });
 
 async function addDeadLetter(queues: PipelineQueues, data: DeadLetterJob): Promise<string> {
   await queues.deadLetter.add(data.collection, data, { jobId: tokenOf(data) });
@@ -105,7 +107,7 @@ describe('dead-letter worker', () => {
     const delivery = await waitFor('the event back in keen-delivery', () => queues.keen.getJob(tokenOf(data)));
     expect(delivery.id).toBe(tokenOf(data));
     expect(delivery.name).toBe(data.collection);
-    expect(delivery.data).toEqual({ events: [{ collection: data.collection, event: data.event }] });
+    expect(delivery.data).toEqual(redrivenDeliveryOf(data));
     expect(delivery.data.events[0]!.event.keen.uniqueness_token).toBe(tokenOf(data));
     expect(await delivery.getState()).toBe('waiting');
     // A redriven dead letter is removed, so the same event can be dead-lettered again if it fails again.
@@ -139,7 +141,7 @@ describe('dead-letter worker', () => {
     expect(fresh.attemptsMade).toBe(0);
     expect(fresh.failedReason).toBeFalsy();
     expect(fresh.timestamp).toBeGreaterThan(old.timestamp);
-    expect(fresh.data).toEqual(deliveryOf(data));
+    expect(fresh.data).toEqual(redrivenDeliveryOf(data));
     expect((await queues.keen.getJobs(['failed'])).map((job) => job.id)).not.toContain(token);
   });
 
@@ -190,7 +192,7 @@ describe('dead-letter worker', () => {
       await job.retry('failed');
       await waitFor('the event stored by Keen', () => keen.tokens('devicestate').includes(token));
       expect(await waitFor('the delivery completed', async () => (await stateOf(queues.keen, token)) === 'completed')).toBe(true);
-      expect((await queues.keen.getJob(token))!.data).toEqual(deliveryOf(job.data));
+      expect((await queues.keen.getJob(token))!.data).toEqual(redrivenDeliveryOf(job.data));
       expect(ours().sort()).toEqual([token, ...others.map((e) => e.keen.uniqueness_token)].sort());
       expect(keen.duplicatesDropped).toBe(0);
 
@@ -245,12 +247,44 @@ describe('dead-letter worker', () => {
   });
 });
 
+/** Runs the CLI under a pseudo-terminal (util-linux `script`), typing `answer` at its prompt. */
+function dlqOnTerminal(prefix: string, args: string[], answer: string): Promise<{ code: number | null; output: string }> {
+  const command = [process.execPath, '--import', 'tsx', 'src/dlq/main.ts', ...args].map((part) => `'${part.replace(/'/g, `'\\''`)}'`).join(' ');
+  return new Promise((resolve) => {
+    const child = spawn('script', ['-qec', command, '/dev/null'], { cwd: ROOT, env: { PATH: process.env.PATH, REDIS_URL: services.redis, QUEUE_PREFIX: prefix }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let output = '';
+    let answered = false;
+    const collect = (chunk: Buffer) => {
+      output += chunk.toString();
+      if (!answered && output.includes('[y/N]')) {
+        answered = true;
+        child.stdin.write(`${answer}\n`);
+      }
+    };
+    child.stdout.on('data', collect);
+    child.stderr.on('data', collect);
+    child.on('close', (code) => resolve({ code, output }));
+  });
+}
+
+/** The JSON lines of a CLI's stderr (the audit line), parsed. */
+const jsonLines = (text: string) => text.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as Record<string, unknown>);
+
 describe('npm run dlq', () => {
   const prefix = randomPrefix('dlqcli');
   let redis: Redis;
   let queues: PipelineQueues;
 
   const startWorker = () => createDeadLetterWorker({ connection: redis, prefix, queues, logger });
+  const parkAll = async (letters: DeadLetterJob[]) => {
+    const worker = startWorker();
+    try {
+      for (const data of letters) await parked(queues, await addDeadLetter(queues, data));
+    } finally {
+      await worker.close();
+    }
+    return letters.map(tokenOf);
+  };
 
   beforeAll(async () => {
     redis = await connectRedis(services.redis);
@@ -262,13 +296,17 @@ describe('npm run dlq', () => {
   });
 
   it('refuses bad arguments with a usage line and exit code 1', async () => {
-    const cases = [[], ['bogus'], ['list', 'extra'], ['redrive'], ['redrive', '--all', 'some-id'], ['redrive', '--bogus'], ['purge'], ['purge', '--older-than', '7x'], ['purge', '--older-than', '7d', 'extra']];
+    const cases = [
+      [], ['bogus'], ['list', 'extra'], ['redrive'], ['redrive', '--all', 'some-id'], ['redrive', '--bogus'],
+      ['purge'], ['purge', '--older-than', '7x'], ['purge', '--older-than', '7d', 'extra'], ['purge', '--older-than', '0s', '--yes'], ['purge', '--older-than=0d'],
+    ];
     const results = await Promise.all(cases.map((args) => dlq(prefix, args)));
     for (const [i, result] of results.entries()) {
       expect(result.code, `dlq ${cases[i]!.join(' ')}`).toBe(1);
       expect(result.stderr).toMatch(/^dlq: .+\nusage: npm run dlq -- list \| redrive/);
       expect(result.stdout).toBe('');
     }
+    expect(results[9]!.stderr).toContain('would purge every dead letter, even one dead-lettered a moment ago: give an age above zero');
   });
 
   it('says in one line when Redis cannot be reached (exit 1)', async () => {
@@ -278,68 +316,165 @@ describe('npm run dlq', () => {
     expect(result.stderr).toContain('cannot reach Redis at REDIS_URL=redis://127.0.0.1:1');
   });
 
-  it('lists, redrives and purges dead letters', async () => {
+  it('lists dead letters; without a worker a redrive is still queued (exit 3), and a worker then does it', async () => {
     expect(await dlq(prefix, ['list'])).toMatchObject({ code: 0, stdout: `no dead letters in ${prefix}:${QUEUE_NAMES.deadLetter}\n` });
 
     const devices = [randomDeviceId(), randomDeviceId(), randomDeviceId()];
     const letters = [deadLetterFor(devices[0], 'devicestate', 'Keen answered 503: Service Unavailable'), deadLetterFor(devices[1], 'activations'), deadLetterFor(devices[2], 'devicemonitoring')];
-    let worker = startWorker();
-    for (const data of letters) await parked(queues, await addDeadLetter(queues, data));
-    await worker.close();
+    const [first, second, third] = (await parkAll(letters)) as [string, string, string];
 
     const listed = await dlq(prefix, ['list']);
     expect(listed.code).toBe(0);
     const lines = listed.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(/^ID\s+STATE\s+COLLECTION\s+DEVICE_ID\s+ATTEMPTS\s+FAILED_AT\s+LAST_ERROR$/);
+    expect(lines[0]).toMatch(/^ID\s+STATE\s+COLLECTION\s+DEVICE_ID\s+ATTEMPTS\s+FAILED_AT\s+REDRIVES\s+LAST_REDRIVE\s+LAST_ERROR$/);
     expect(lines).toHaveLength(5);
     for (const data of letters) {
       const line = lines.find((l) => l.startsWith(tokenOf(data)));
       expect(line, tokenOf(data)).toBeDefined();
       const cells = line!.split(/\s{2,}/);
-      expect(cells.slice(0, 6)).toEqual([tokenOf(data), 'parked', data.collection, data.event.device_id, '12', data.failedAt]);
+      expect(cells.slice(0, 8)).toEqual([tokenOf(data), 'parked', data.collection, data.event.device_id, '12', data.failedAt, '0', '-']);
       expect(line!.endsWith(data.lastError.message)).toBe(true);
     }
     expect(lines[4]).toBe(`3 dead letters in ${prefix}:${QUEUE_NAMES.deadLetter}: 3 parked`);
 
-    // Without a worker: queued, and it says when the redrive will happen.
-    const [first, second, third] = letters.map(tokenOf) as [string, string, string];
     const queued = await dlq(prefix, ['redrive', first]);
-    expect(queued.code).toBe(0);
-    expect(queued.stdout).toContain(`queued for redrive: ${first}\n`);
+    expect(queued.code).toBe(3);
+    expect(queued.stdout).toContain(`${first}: still queued: in keen-dead-letter (waiting), waiting for the dead-letter worker\n`);
     expect(queued.stdout).toContain('no worker is consuming keen-dead-letter now: the redrive happens when one runs (npm run worker)');
-    expect(queued.stdout).toContain('redrive: 0 redriven, 1 queued, 0 failed, 0 not found');
+    expect(queued.stdout).toContain('redrive: 0 delivered, 0 refused again, 0 redrive failed, 1 still queued, 0 not found');
     expect(await stateOf(queues.keen, first)).toBe('missing');
 
-    worker = startWorker();
+    const worker = startWorker();
     try {
       await waitFor('the queued redrive done by the worker', async () => (await stateOf(queues.keen, first)) === 'waiting');
-      expect((await queues.keen.getJob(first))!.data).toEqual(deliveryOf(letters[0]!));
+      expect((await queues.keen.getJob(first))!.data).toEqual(redrivenDeliveryOf(letters[0]!));
 
-      // A named id that is not a dead letter: the others are redriven, exit code 2.
-      const partly = await dlq(prefix, ['redrive', second, 'no-such-dead-letter']);
+      // No keen-delivery worker runs: the events wait there, and --wait bounds how long we look.
+      const partly = await dlq(prefix, ['redrive', '--wait', '1s', second, 'no-such-dead-letter']);
+      // A missing id (2) outranks an outcome not known yet (3).
       expect(partly.code).toBe(2);
       expect(partly.stderr).toContain('no-such-dead-letter: not found in keen-dead-letter');
-      expect(partly.stdout).toContain(`redriven: ${second} -> keen-delivery job ${second} (waiting)`);
-      expect(partly.stdout).toContain('redrive: 1 redriven, 0 queued, 0 failed, 1 not found');
+      expect(partly.stdout).toContain(`${second}: still queued: in keen-delivery job ${second} (waiting, 0 of 12 attempts made)\n`);
+      expect(partly.stdout).toContain('still queued: no outcome within 1000 ms (--wait). Nothing is lost');
+      expect(partly.stdout).toContain('redrive: 0 delivered, 0 refused again, 0 redrive failed, 1 still queued, 1 not found');
 
-      const all = await dlq(prefix, ['redrive', '--all']);
-      expect(all.code).toBe(0);
-      expect(all.stdout).toContain(`redriven: ${third} -> keen-delivery job ${third} (waiting)`);
-      expect(all.stdout).toContain('redrive: 1 redriven, 0 queued, 0 failed, 0 not found');
+      const all = await dlq(prefix, ['redrive', '--all', '--wait=1s']);
+      expect(all.code).toBe(3);
+      expect(all.stdout).toContain(`${third}: still queued: in keen-delivery job ${third} (waiting`);
       expect(await dlq(prefix, ['redrive', '--all'])).toMatchObject({ code: 0, stdout: 'no parked dead letters to redrive\n' });
       for (const token of [first, second, third]) expect(await stateOf(queues.keen, token)).toBe('waiting');
-
-      // Purge: nothing is older than an hour; everything is older than a second, a second later.
-      const fresh = [deadLetterFor(), deadLetterFor()];
-      for (const data of fresh) await parked(queues, await addDeadLetter(queues, data));
-      expect(await dlq(prefix, ['purge', '--older-than', '1h'])).toMatchObject({ code: 0, stdout: 'purged 0 dead letters older than 1h (0 parked, 0 not parked yet, 0 already redriven)\n' });
-      expect(await queues.deadLetter.getFailedCount()).toBe(2);
-      await sleep(1100);
-      expect(await dlq(prefix, ['purge', '--older-than=1s'])).toMatchObject({ code: 0, stdout: 'purged 2 dead letters older than 1s (2 parked, 0 not parked yet, 0 already redriven)\n' });
-      expect(await queues.deadLetter.getFailedCount()).toBe(0);
-      expect((await dlq(prefix, ['list'])).stdout).toBe(`no dead letters in ${prefix}:${QUEUE_NAMES.deadLetter}\n`);
     } finally {
       await worker.close();
+    }
+  });
+
+  it('redrive reports each outcome from the real Keen delivery: delivered, refused again (exit 1), and list shows the history', async () => {
+    const keen = await startFakeKeen({ projectId: 'dlq-project', writeKey: 'dlq-write-key' });
+    const batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
+    const delivery = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger });
+    const worker = startWorker();
+    try {
+      const refusedDevice = randomDeviceId();
+      const good = deadLetterFor();
+      const bad = deadLetterFor(refusedDevice);
+      for (const data of [good, bad]) await parked(queues, await addDeadLetter(queues, data));
+      keen.rejectEvents((_collection, event) => (event.device_id === refusedDevice ? { name: 'InvalidPropertyValueError', description: 'still out of range' } : undefined));
+
+      const result = await dlq(prefix, ['redrive', tokenOf(good), tokenOf(bad)]);
+      expect(result.stdout).toContain(`${tokenOf(good)}: delivered to Keen\n`);
+      expect(result.stdout).toContain(`${tokenOf(bad)}: refused again: Keen rejected the event: InvalidPropertyValueError: still out of range\n`);
+      expect(result.stdout).toContain('redrive: 1 delivered, 1 refused again, 0 redrive failed, 0 still queued, 0 not found');
+      expect(result.code).toBe(1);
+      expect(keen.tokens('devicestate')).toContain(tokenOf(good));
+      expect(keen.tokens('devicestate')).not.toContain(tokenOf(bad));
+
+      // The refused event is a dead letter again, with its history; a second redrive counts 2.
+      const again = await parked(queues, tokenOf(bad));
+      expect(again.data.redrives).toEqual({ count: 1, lastAt: expect.any(String) });
+      const second = await dlq(prefix, ['redrive', tokenOf(bad)]);
+      expect(second.code).toBe(1);
+      expect(second.stdout).toContain(`${tokenOf(bad)}: refused again:`);
+      await parked(queues, tokenOf(bad));
+      const listed = await dlq(prefix, ['list']);
+      const line = listed.stdout.split('\n').find((l) => l.startsWith(tokenOf(bad)))!;
+      const cells = line.split(/\s{2,}/);
+      expect(cells[1]).toBe('parked');
+      expect(cells[6]).toBe('2');
+      expect(cells[7]).toMatch(/^\d{4}-\d\d-\d\dT\S+ refused again$/);
+      expect(cells[8]).toBe('Keen rejected the event: InvalidPropertyValueError: still out of range');
+      expect(listed.stdout).toContain('1 refused again after a redrive');
+
+      // Keen down: the redriven event is retried in keen-delivery; the CLI says so when --wait ends.
+      keen.clearFaults();
+      keen.respondWith({ status: 503, body: { message: 'down for the test', error_code: 'ServiceUnavailableError' } });
+      const down = await dlq(prefix, ['redrive', '--wait', '2s', tokenOf(bad)]);
+      expect(down.code).toBe(3);
+      expect(down.stdout).toMatch(new RegExp(`${tokenOf(bad)}: still queued: in keen-delivery job ${tokenOf(bad)} \\((delayed|active|waiting), [0-9]+ of 12 attempts made`));
+      keen.clearFaults();
+      await waitFor('the event delivered once Keen is back', () => keen.tokens('devicestate').includes(tokenOf(bad)), 20_000);
+    } finally {
+      await worker.close();
+      await delivery.close();
+      await batcher.close();
+      await keen.close();
+    }
+  });
+
+  it('purge lists first, refuses without a terminal or --yes, has --dry-run, and audits every id it deletes', async () => {
+    const purgePrefix = randomPrefix('dlqpurge');
+    const own = openQueues(redis, purgePrefix);
+    const run = (args: string[]) => dlq(purgePrefix, args);
+    const worker = createDeadLetterWorker({ connection: redis, prefix: purgePrefix, queues: own, logger });
+    try {
+      const letters = [deadLetterFor(), deadLetterFor(), deadLetterFor()];
+      for (const data of letters) await parked(own, await addDeadLetter(own, data));
+      const ids = letters.map(tokenOf);
+
+      expect(await run(['purge', '--older-than', '1h'])).toMatchObject({ code: 0, stdout: `no dead letters older than 1h in ${purgePrefix}:${QUEUE_NAMES.deadLetter}: nothing to purge\n` });
+      await sleep(1100);
+
+      const dry = await run(['purge', '--older-than', '1s', '--dry-run']);
+      expect(dry.code).toBe(0);
+      for (const id of ids) expect(dry.stdout).toContain(id);
+      expect(dry.stdout).toContain(`dry run: would delete these 3 dead letters older than 1s from ${purgePrefix}:${QUEUE_NAMES.deadLetter}; nothing was deleted`);
+      expect(await own.deadLetter.getFailedCount()).toBe(3);
+
+      const refused = await run(['purge', '--older-than', '1s']);
+      expect(refused.code).toBe(1);
+      for (const id of ids) expect(refused.stdout).toContain(id);
+      expect(refused.stderr).toContain('refusing to purge 3 dead letters without confirmation: stdin is not a terminal. Add --yes');
+      expect(await own.deadLetter.getFailedCount()).toBe(3);
+
+      // On a terminal: "n" keeps everything, "y" deletes.
+      const no = await dlqOnTerminal(purgePrefix, ['purge', '--older-than', '1s'], 'n');
+      expect(no.output).toContain('delete these 3 dead letters for good? Their events will never reach Keen. [y/N]');
+      expect(no.output).toContain('nothing deleted');
+      expect(no.code).toBe(1);
+      expect(await own.deadLetter.getFailedCount()).toBe(3);
+
+      const [kept] = await Promise.all([own.deadLetter.getJob(ids[0]!)]);
+      const yes = await dlqOnTerminal(purgePrefix, ['purge', '--older-than', '1s'], 'y');
+      expect(yes.code, yes.output).toBe(0);
+      expect(yes.output).toContain('purged 3 dead letters older than 1s');
+      expect(await own.deadLetter.getFailedCount()).toBe(0);
+      expect(kept).toBeDefined();
+
+      // --yes for scripts; the JSON audit line on stderr names every id deleted.
+      const more = [deadLetterFor(), deadLetterFor()];
+      for (const data of more) await parked(own, await addDeadLetter(own, data));
+      await sleep(1100);
+      const scripted = await run(['purge', '--older-than=1s', '--yes']);
+      expect(scripted.code).toBe(0);
+      expect(scripted.stdout).toContain('purged 2 dead letters older than 1s');
+      const audit = jsonLines(scripted.stderr);
+      expect(audit).toHaveLength(1);
+      expect(audit[0]).toMatchObject({ level: 'info', process: 'dlq', msg: 'dead letters purged', audit: 'dlq-purge', older_than: '1s', deleted_count: 2, skipped: [], queue: `${purgePrefix}:${QUEUE_NAMES.deadLetter}` });
+      expect((audit[0]!.deleted as string[]).sort()).toEqual(more.map(tokenOf).sort());
+      expect(audit[0]!.user).toEqual(expect.any(String));
+      expect((await run(['list'])).stdout).toBe(`no dead letters in ${purgePrefix}:${QUEUE_NAMES.deadLetter}\n`);
+    } finally {
+      await worker.close();
+      await own.close();
     }
   });
 
@@ -347,6 +482,6 @@ describe('npm run dlq', () => {
     const result = await dlq(prefix, ['redrive', 'nothing-here']);
     expect(result).toMatchObject({ code: 2 });
     expect(result.stderr).toBe('nothing-here: not found in keen-dead-letter\n');
-    expect(result.stdout).toBe('redrive: 0 redriven, 0 queued, 0 failed, 1 not found\n');
+    expect(result.stdout).toBe('redrive: 0 delivered, 0 refused again, 0 redrive failed, 0 still queued, 1 not found\n');
   });
 });

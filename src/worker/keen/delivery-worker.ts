@@ -19,6 +19,7 @@ import { deviceIdOf, type DeadLetterJob, type DeliveryError, type KeenDeliveryJo
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { QUEUE_NAMES, jitteredBackoff, type PipelineQueues } from '../../shared/queues.js';
+import { addDeadLetter } from '../dead-letter-worker.js';
 import { KeenEventRejected } from './batcher.js';
 import { DEFAULT_RATE_LIMIT_MS, KeenRequestError } from './client.js';
 
@@ -63,7 +64,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
       failedAt: new Date().toISOString(),
     };
     // Under the event's token: a retry of this step cannot add a second dead letter.
-    await queues.deadLetter.add(record.collection, letter, { jobId: record.event.keen.uniqueness_token });
+    await addDeadLetter(queues.deadLetter, letter);
     metrics?.deadLettered.inc({ collection: record.collection });
   };
 

@@ -1,6 +1,6 @@
 /**
  * Decides which Redis, PostgreSQL and Mosquitto the tests talk to, and says so:
- * testcontainers where a Docker engine answers, otherwise the URLs in the environment,
+ * testcontainers where a Docker engine answers and has the images (or TEST_USE_CONTAINERS=true), otherwise the URLs in the environment,
  * otherwise the services this machine runs on their default ports.
  */
 import 'vitest';

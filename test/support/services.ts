@@ -14,32 +14,43 @@ const LOCAL: ServiceUrls = {
   mqtt: 'mqtt://127.0.0.1:1883',
 };
 
-async function dockerAnswers(): Promise<boolean> {
-  try {
-    await promisify(execFile)('docker', ['info', '--format', '{{.ServerVersion}}'], { timeout: 5000 });
-    return true;
-  } catch {
-    return false;
-  }
+const IMAGES = { redis: 'redis:7.4-alpine', postgres: 'postgres:16-alpine', mosquitto: 'eclipse-mosquitto:2.0' };
+
+/**
+ * Whether to start containers: `TEST_USE_CONTAINERS=true` always (pulling what is missing),
+ * `false` never, and unset only when a Docker engine answers AND already has every image. An
+ * engine that cannot pull (no registry access) must not turn the suite into pull failures.
+ */
+async function useContainers(): Promise<{ use: boolean; why: string }> {
+  const choice = process.env.TEST_USE_CONTAINERS;
+  if (choice === 'false') return { use: false, why: 'TEST_USE_CONTAINERS=false' };
+  const docker = (args: string[]) => promisify(execFile)('docker', args, { timeout: 5000 }).then(() => true, () => false);
+  if (choice === 'true') return { use: true, why: 'TEST_USE_CONTAINERS=true' };
+  if (!(await docker(['info', '--format', '{{.ServerVersion}}']))) return { use: false, why: 'no Docker engine' };
+  const present = await Promise.all(Object.values(IMAGES).map((image) => docker(['image', 'inspect', '--format', '{{.Id}}', image])));
+  const missing = Object.values(IMAGES).filter((_, i) => !present[i]);
+  if (missing.length) return { use: false, why: `Docker engine found but not its images (${missing.join(', ')}; TEST_USE_CONTAINERS=true pulls them)` };
+  return { use: true, why: 'Docker engine with the images found' };
 }
 
 export async function resolveServices(): Promise<{ urls: ServiceUrls; source: string; stop: () => Promise<void> }> {
-  if (process.env.TEST_USE_CONTAINERS !== 'false' && (await dockerAnswers())) {
+  const containers = await useContainers();
+  if (containers.use) {
     const { GenericContainer, Wait } = await import('testcontainers');
     const [redis, postgres, mosquitto] = await Promise.all([
-      new GenericContainer('redis:7.4-alpine').withExposedPorts(6379).start(),
-      new GenericContainer('postgres:16-alpine')
+      new GenericContainer(IMAGES.redis).withExposedPorts(6379).start(),
+      new GenericContainer(IMAGES.postgres)
         .withEnvironment({ POSTGRES_PASSWORD: 'test' })
         .withExposedPorts(5432)
         .withWaitStrategy(Wait.forLogMessage(/ready to accept connections/, 2))
         .start(),
-      new GenericContainer('eclipse-mosquitto:2.0')
+      new GenericContainer(IMAGES.mosquitto)
         .withCommand(['mosquitto', '-c', '/mosquitto-no-auth.conf'])
         .withExposedPorts(1883)
         .start(),
     ]);
     return {
-      source: 'testcontainers (Docker engine found)',
+      source: `testcontainers (${containers.why})`,
       urls: {
         redis: `redis://${redis.getHost()}:${redis.getMappedPort(6379)}`,
         postgres: `postgresql://postgres:test@${postgres.getHost()}:${postgres.getMappedPort(5432)}/postgres`,
@@ -57,7 +68,7 @@ export async function resolveServices(): Promise<{ urls: ServiceUrls; source: st
   };
   const used = Object.entries(fromEnv).filter(([, v]) => v).map(([k]) => k);
   return {
-    source: `no Docker engine: ${used.length ? `environment for ${used.join(', ')}, ` : ''}local services for the rest`,
+    source: `${containers.why}: ${used.length ? `environment for ${used.join(', ')}, ` : ''}local services for the rest`,
     urls: {
       redis: fromEnv.redis ?? LOCAL.redis,
       postgres: fromEnv.postgres ?? LOCAL.postgres,

@@ -27,8 +27,11 @@ async function useContainers(): Promise<{ use: boolean; why: string }> {
   const docker = (args: string[]) => promisify(execFile)('docker', args, { timeout: 5000 }).then(() => true, () => false);
   if (choice === 'true') return { use: true, why: 'TEST_USE_CONTAINERS=true' };
   if (!(await docker(['info', '--format', '{{.ServerVersion}}']))) return { use: false, why: 'no Docker engine' };
-  const present = await Promise.all(Object.values(IMAGES).map((image) => docker(['image', 'inspect', '--format', '{{.Id}}', image])));
-  const missing = Object.values(IMAGES).filter((_, i) => !present[i]);
+  // testcontainers also starts its reaper (ryuk) unless told not to: that image must be there too.
+  const reaper = process.env.TESTCONTAINERS_RYUK_DISABLED === 'true' ? [] : [process.env.RYUK_CONTAINER_IMAGE ?? 'testcontainers/ryuk:0.14.0'];
+  const needed = [...Object.values(IMAGES), ...reaper];
+  const present = await Promise.all(needed.map((image) => docker(['image', 'inspect', '--format', '{{.Id}}', image])));
+  const missing = needed.filter((_, i) => !present[i]);
   if (missing.length) return { use: false, why: `Docker engine found but not its images (${missing.join(', ')}; TEST_USE_CONTAINERS=true pulls them)` };
   return { use: true, why: 'Docker engine with the images found' };
 }

@@ -172,9 +172,9 @@ describe('docker-compose.yml', () => {
     expect(new URL(worker.DATABASE_URL!).host).toBe('postgres:5432');
   });
 
-  it('publishes only the broker (1883) and the dashboard (3000); nothing else has a host port or a fixed name', () => {
+  it('publishes only the broker (1883), the dashboard (3000) and keen-sink on loopback (8080); nothing else has a host port or a fixed name', () => {
     const published = Object.fromEntries(Object.entries(services).filter(([, s]) => s.ports?.length).map(([name, s]) => [name, s.ports!.map(String)]));
-    expect(published).toEqual({ mosquitto: ['1883:1883'], dashboard: ['3000:3000'] });
+    expect(published).toEqual({ mosquitto: ['1883:1883'], dashboard: ['3000:3000'], 'keen-sink': ['127.0.0.1:8080:8080'] });
     for (const [name, service] of Object.entries(services)) expect(service.container_name, `${name} has a container_name`).toBeUndefined();
     expect(environmentOf(services.dashboard!, hostEnv).DASHBOARD_PORT).toBe('3000');
   });

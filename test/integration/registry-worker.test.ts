@@ -446,8 +446,10 @@ describe('registry worker', () => {
       const owner = await prisma.user.create({ data: { username: `owner-${device}`, isActive: true } });
       await prisma.device.update({ where: { deviceId: device }, data: { userId: owner.id } });
       const row = await prisma.device.findUniqueOrThrow({ where: { deviceId: device } });
-      await stage.addBridge(bridge(device, false), `claim${device}1`);
-      await stage.addBridge(bridge(device, true), `claim${device}2`);
+      // The bridge drops and reconnects within one millisecond: the reconnect is still a change.
+      const receivedAt = new Date().toISOString();
+      await stage.addBridge(bridge(device, false, { receivedAt }), `claim${device}1`);
+      await stage.addBridge(bridge(device, true, { receivedAt }), `claim${device}2`);
       await waitFor('the reconnect handled', stage.allIngestDone);
       const topic = `/devices/${device}/lamp/associated`;
       await waitFor('two association messages', () => associationMessages.filter((m) => m.topic === topic).length === 2);

@@ -185,8 +185,9 @@ export class DeviceRegistry {
    * in order (see BRIDGE_PARTITIONS), so the same state twice is a replay, the broker's
    * retained copy after we resubscribe or a second replica's copy, and is not recorded (so the
    * same replay handled twice is still not a change). A state older than the change we hold (a
-   * late copy) is not recorded either. One statement, the row locked while it decides, so
-   * concurrent workers agree.
+   * late copy) is not recorded either; a different state stamped in the same millisecond is a
+   * change, since it arrived after the one we hold (a bridge that flaps faster than the clock
+   * ticks). One statement, the row locked while it decides, so concurrent workers agree.
    */
   async recordBridgeState(deviceId: string, connected: boolean, receivedAt: Date, messageId: string): Promise<BridgeStateOutcome> {
     if (this.schema === 'django' && !(await this.adoptSiteLamp(deviceId))) return 'unknown_device';
@@ -197,7 +198,7 @@ export class DeviceRegistry {
       ), changed AS (
         UPDATE ${bookkeeping} SET bridge_connected = ${connected}, bridge_state_at = ${receivedAt}, bridge_state_job_id = ${messageId}
         WHERE device_id = ${deviceId}
-          AND (SELECT bridge_connected IS DISTINCT FROM ${connected} AND (bridge_state_at IS NULL OR bridge_state_at < ${receivedAt}) FROM held)
+          AND (SELECT bridge_connected IS DISTINCT FROM ${connected} AND (bridge_state_at IS NULL OR bridge_state_at <= ${receivedAt}) FROM held)
         RETURNING 1
       )
       SELECT bridge_state_job_id, (SELECT count(*) FROM changed)::int AS updated FROM held`;

@@ -37,7 +37,11 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ port:
           const checks = Object.fromEntries(Object.entries(results).map(([name, result]) => [name, result === true]));
           const reasons = Object.entries(results).filter(([, result]) => typeof result === 'string');
           const ready = Object.values(checks).every(Boolean);
-          const body = { status: ready ? 'ready' : 'not ready', checks, ...(reasons.length > 0 ? { reasons: Object.fromEntries(reasons) } : {}) };
+          const body = {
+            status: ready ? 'ready' : 'not ready',
+            checks,
+            ...(reasons.length > 0 ? { reasons: Object.fromEntries(reasons) } : {}),
+          };
           respond(ready ? 200 : 503, 'application/json', `${JSON.stringify(body)}\n`);
         },
         (err: unknown) => respond(503, 'application/json', `${JSON.stringify({ status: 'not ready', error: String(err) })}\n`),

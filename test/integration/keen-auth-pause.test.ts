@@ -19,7 +19,8 @@ const WRITE_KEY = 'auth-pause-write-key';
 const STATES = 20;
 
 function gauge(metrics: string, name: string, labels: Record<string, string>): number | undefined {
-  const line = metrics.split('\n').find((l) => l.startsWith(`${name}{`) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
+  const matches = (l: string) => l.startsWith(`${name}{`) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`));
+  const line = metrics.split('\n').find(matches);
   return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
 }
 
@@ -66,16 +67,21 @@ describe('a Keen key refused with 401', () => {
     const device = randomDeviceId();
     const lamp = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-lamp` });
     await lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, '1', { qos: 1 });
-    for (let i = 0; i < STATES; i++) await lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ on: true, brightness: i / STATES }), { qos: 1 });
+    for (let i = 0; i < STATES; i++) {
+      await lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ on: true, brightness: i / STATES }), { qos: 1 });
+    }
     await lamp.endAsync();
 
+    type Readiness = { status: string; checks: Record<string, boolean>; reasons?: Record<string, string> };
     const readyz = async () => {
       const response = await fetch(`http://127.0.0.1:${workerPort}/readyz`);
-      return { status: response.status, body: (await response.json()) as { status: string; checks: Record<string, boolean>; reasons?: Record<string, string> } };
+      return { status: response.status, body: (await response.json()) as Readiness };
     };
     const metrics = async () => (await fetch(`http://127.0.0.1:${workerPort}/metrics`)).text();
     const queues = openQueues(redis, prefix, 2);
-    const deadLetters = async () => Object.values(await queues.deadLetter.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed')).reduce((a, b) => a + b, 0);
+    const total = (counts: Record<string, number>) => Object.values(counts).reduce((a, b) => a + b, 0);
+    const deadLetters = async () => total(await queues.deadLetter.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed'));
+    const undelivered = async () => total(await queues.keen.getJobCounts('waiting', 'active', 'delayed', 'prioritized'));
     try {
       // More refused probes than KEEN_ATTEMPTS: had a probe spent an attempt, the events would be dead letters by now.
       await waitFor('five refused probes', () => keen.requests.filter((r) => r.status === 401).length >= 5, 30_000);
@@ -91,12 +97,13 @@ describe('a Keen key refused with 401', () => {
       // One line for the operator (this test runs well inside the minute it may repeat after).
       const pausedLines = worker.output().split('\n').filter((line) => line.includes('Keen delivery is paused'));
       expect(pausedLines).toHaveLength(1);
-      expect(JSON.parse(pausedLines[0]!)).toMatchObject({ level: 'error', reason: 'unauthorized', status: 401, code: 'InvalidApiKeyError' });
+      const line = JSON.parse(pausedLines[0]!) as Record<string, unknown>;
+      expect(line).toMatchObject({ level: 'error', reason: 'unauthorized', status: 401, code: 'InvalidApiKeyError' });
       expect(pausedLines[0]).toContain('KEEN_WRITE_KEY');
 
       keen.clearFaults();
       await waitFor(`${STATES} lamp states at Keen`, () => keen.eventsIn('devicestate').length === STATES, 30_000);
-      await waitFor('keen-delivery drained', async () => Object.values(await queues.keen.getJobCounts('waiting', 'active', 'delayed', 'prioritized')).every((n) => n === 0), 30_000);
+      await waitFor('keen-delivery drained', async () => (await undelivered()) === 0, 30_000);
       const ready = await waitFor('ready again', async () => ((await readyz()).status === 200 ? readyz() : undefined));
       expect(ready.body).toEqual({ status: 'ready', checks: { redis: true, mqtt: true, postgres: true, keen: true } });
       expect(gauge(await metrics(), 'lampi_keen_delivery_paused', { reason: 'unauthorized' })).toBe(0);

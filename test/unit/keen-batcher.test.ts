@@ -135,15 +135,19 @@ describe('KeenBatcher', () => {
     });
     const lines = (text: string) => output.split('\n').filter((line) => line.includes(text));
     const metrics = createMetrics('pause-test');
-    const gauge = async () => (await metrics.registry.getSingleMetric('lampi_keen_delivery_paused')!.get()).values.map((v) => [v.labels.reason, v.value]);
-    const pause = new KeenDeliveryPause({ probeIntervalMs: 30_000, logger: createLogger('pause-test', 'info', sink), metrics, now: () => now });
+    const gauge = async () => {
+      const { values } = await metrics.registry.getSingleMetric('lampi_keen_delivery_paused')!.get();
+      return values.map((v) => [v.labels.reason, v.value]);
+    };
+    const logger = createLogger('pause-test', 'info', sink);
+    const pause = new KeenDeliveryPause({ probeIntervalMs: 30_000, logger, metrics, now: () => now });
     const b = batcher({ lingerMs: 0, pause });
     expect(await gauge()).toEqual([['unauthorized', 0], ['account_blocked', 0], ['forbidden', 0]]);
     expect(pause.readiness()).toBe(true);
 
     keen.respondWith({ status: 401, body: { message: 'The API key is invalid for this project.', error_code: 'InvalidApiKeyError' } });
     const first = await b.submit('devicestate', event()).catch((e: unknown) => e);
-    expect(first).toMatchObject({ status: 401, code: 'InvalidApiKeyError', deploymentFault: 'unauthorized', retryable: true, retryAfterMs: 30_000 });
+    expect(first).toMatchObject({ status: 401, code: 'InvalidApiKeyError', deploymentFault: 'unauthorized', retryAfterMs: 30_000 });
     expect(pause.fault).toBe('unauthorized');
     expect(pause.readiness()).toEqual(expect.stringContaining('KEEN_WRITE_KEY'));
     expect(await gauge()).toEqual([['unauthorized', 1], ['account_blocked', 0], ['forbidden', 0]]);
@@ -163,7 +167,8 @@ describe('KeenBatcher', () => {
     now += 60_000;
     await b.submit('devicestate', event()).catch(() => {});
     expect(lines('Keen delivery is paused')).toHaveLength(2);
-    expect(JSON.parse(lines('Keen delivery is paused')[0]!)).toMatchObject({ level: 'error', reason: 'unauthorized', status: 401, code: 'InvalidApiKeyError' });
+    const line = JSON.parse(lines('Keen delivery is paused')[0]!) as Record<string, unknown>;
+    expect(line).toMatchObject({ level: 'error', reason: 'unauthorized', status: 401, code: 'InvalidApiKeyError' });
 
     keen.clearFaults();
     now += 30_000;

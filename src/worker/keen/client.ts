@@ -29,7 +29,8 @@ export const DEPLOYMENT_FAULTS = { 401: 'unauthorized', 402: 'account_blocked', 
 export type DeploymentFault = (typeof DEPLOYMENT_FAULTS)[keyof typeof DEPLOYMENT_FAULTS];
 
 export function deploymentFaultOf(status: number | undefined): DeploymentFault | undefined {
-  return status !== undefined && Object.hasOwn(DEPLOYMENT_FAULTS, status) ? DEPLOYMENT_FAULTS[status as keyof typeof DEPLOYMENT_FAULTS] : undefined;
+  if (status === undefined || !Object.hasOwn(DEPLOYMENT_FAULTS, status)) return undefined;
+  return DEPLOYMENT_FAULTS[status as keyof typeof DEPLOYMENT_FAULTS];
 }
 
 export interface KeenRequestErrorDetails {

@@ -23,8 +23,8 @@ const REPEAT_LOG_MS = 60_000;
 
 /** What the operator must do, per fault: named settings only, never their values. */
 const REMEDY: Record<DeploymentFault, string> = {
-  unauthorized: 'Keen does not accept KEEN_WRITE_KEY for KEEN_PROJECT_ID: set the project\'s write key in KEEN_WRITE_KEY (and check KEEN_PROJECT_ID)',
-  account_blocked: 'Keen has blocked the account of KEEN_PROJECT_ID: settle it with Keen, or point KEEN_PROJECT_ID and KEEN_WRITE_KEY at another project',
+  unauthorized: 'Keen does not accept KEEN_WRITE_KEY for KEEN_PROJECT_ID: set the write key of that project in KEEN_WRITE_KEY',
+  account_blocked: 'Keen has blocked the account of KEEN_PROJECT_ID: settle it with Keen or set another KEEN_PROJECT_ID and KEEN_WRITE_KEY',
   forbidden: 'Keen forbids writes with KEEN_WRITE_KEY to KEEN_PROJECT_ID: give the key write access, or set a write key in KEEN_WRITE_KEY',
 };
 
@@ -84,7 +84,8 @@ export class KeenDeliveryPause {
     const now = this.#now();
     const previous = this.#state;
     const logDue = !previous || previous.fault !== fault || now - previous.loggedAt >= REPEAT_LOG_MS;
-    this.#state = { fault, error: err, since: previous?.since ?? now, probeAt: now + this.probeIntervalMs, loggedAt: logDue || !previous ? now : previous.loggedAt };
+    const loggedAt = logDue || !previous ? now : previous.loggedAt;
+    this.#state = { fault, error: err, since: previous?.since ?? now, probeAt: now + this.probeIntervalMs, loggedAt };
     if (!previous || previous.fault !== fault) this.#setGauge(fault);
     if (logDue) {
       this.#logger?.error(

@@ -8,9 +8,10 @@ import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import { checkDjangoTables, DJANGO_MODE_OWN_TABLES, djangoTablesProblem } from '../shared/django-site.js';
 import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
+import { checkConnection, MISSING_REGISTRY_DATABASE, MISSING_SITE_DATABASE } from '../shared/postgres.js';
 import { mqttSettings } from '../shared/mqtt.js';
 import type { ReadinessCheck } from '../shared/ops-server.js';
-import { allQueues, connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
+import { allQueues, connectRedis, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
 import { createDeadLetterWorker } from './dead-letter-worker.js';
 import { createIngestWorkers } from './ingest-worker.js';
@@ -67,7 +68,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
       ...(await createIngestWorkers({ connection: redis, prefix, queues, registry, publisher, defaultUser: config.DEFAULT_USER, concurrency: config.WORKER_CONCURRENCY, unknownDeviceStates: config.UNKNOWN_DEVICE_STATES, logger, metrics, keen: batcher })),
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: config.KEEN_CONCURRENCY, logger, metrics }),
       createDeadLetterWorker({ connection: redis, prefix, queues, logger }),
-      createRejectedWorker(redis, prefix),
+      createRejectedWorker(redis, prefix, logger),
     ];
     // Workers close first: each finishes its active jobs (which may need the batcher, the
     // publisher and the database), then those close in turn.
@@ -90,11 +91,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
 
 async function checkDatabase(registry: DeviceRegistry, databaseUrl: string): Promise<void> {
   const where = `DATABASE_URL=${safeUrl(databaseUrl)}`;
-  try {
-    await registry.ping();
-  } catch (err) {
-    throw new StartupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix DATABASE_URL`);
-  }
+  await checkConnection(databaseUrl, { missingDatabase: registry.schema === 'django' ? MISSING_SITE_DATABASE : MISSING_REGISTRY_DATABASE });
   if (registry.schema === 'django') {
     const check = await checkDjangoTables((sql, values) => registry.prisma.$queryRawUnsafe(sql, ...values));
     if (!check.ok) throw new StartupError(djangoTablesProblem(check.missing, where));

@@ -384,20 +384,48 @@ describe('docker-compose.yml', () => {
 describe('Dockerfile and .dockerignore', () => {
   // Instructions only: the comments mention the same words.
   const dockerfile = read('Dockerfile').split('\n').filter((line) => !line.trimStart().startsWith('#')).join('\n');
-  it('one image: node 20 slim, npm ci, Prisma client generated at install, non-root', () => {
-    expect(dockerfile).toMatch(/^FROM node:20-bookworm-slim$/m);
-    expect(dockerfile).toMatch(/^RUN npm ci\b/m);
-    expect(dockerfile).toMatch(/npm run generate/);
-    expect(dockerfile).toMatch(/^USER node$/m);
+  const stages = dockerfile.split(/^(?=FROM )/m).filter((stage) => stage.startsWith('FROM '));
+  const runtime = stages.at(-1)!;
+
+  it('multi-stage on Node 22 LTS: every stage from node:22-bookworm-slim', () => {
+    expect(stages.length).toBeGreaterThanOrEqual(2);
+    for (const stage of stages) expect(stage).toMatch(/^FROM node:22-bookworm-slim( AS [\w-]+)?\n/);
+    // The code still runs where Node 20 is installed (the machines the tests run on).
+    const pkg = JSON.parse(read('package.json')) as { engines: { node: string }; scripts: Record<string, string> };
+    expect(pkg.engines.node).toMatch(/^>=20\./);
+  });
+
+  it('the build stage installs everything, generates the Prisma client and builds dist/', () => {
+    const build = stages[0]!;
+    expect(build).toMatch(/^RUN npm ci\b/m);
+    expect(build).toMatch(/npm run generate/);
+    expect(build).toMatch(/npm run build/);
     // What `npm run generate` needs is in the image before it runs.
-    const generate = dockerfile.indexOf('npm run generate');
+    const generate = build.indexOf('npm run generate');
     for (const needed of ['prisma.config.ts', 'COPY prisma', 'COPY scripts', 'package-lock.json']) {
-      const at = dockerfile.indexOf(needed);
+      const at = build.indexOf(needed);
       expect(at, `${needed} must be copied before generate`).toBeGreaterThan(-1);
       expect(at).toBeLessThan(generate);
     }
     const pkg = JSON.parse(read('package.json')) as { scripts: Record<string, string> };
     expect(pkg.scripts.postinstall).toBe('npm run generate');
+  });
+
+  it('the runtime stage holds dist/, the SQL, the TLS script and production dependencies only, and runs as a non-root user', () => {
+    expect(runtime).toMatch(/^USER node$/m);
+    expect(runtime.indexOf('USER node')).toBeGreaterThan(runtime.lastIndexOf('RUN '));
+    expect(runtime).not.toMatch(/^COPY (src|tsconfig\.json)\b/m);
+    expect(runtime).not.toMatch(/npm (ci|install|run)/);
+    const copies = [...runtime.matchAll(/^COPY (?:--from=([\w-]+) )?(\S+)/gm)].map((m) => `${m[1] ?? 'context'}:${m[2]}`);
+    expect(copies).toEqual(expect.arrayContaining(['build:/app/dist', 'production-dependencies:/app/node_modules', 'context:prisma/migrations', 'context:scripts/make-tls-certs.sh']));
+    const deps = stages.find((stage) => /^FROM \S+ AS production-dependencies$/m.test(stage))!;
+    // --legacy-peer-deps: without it npm installs @prisma/client's peers, the Prisma CLI and TypeScript.
+    expect(deps).toMatch(/npm ci --omit=dev --legacy-peer-deps\b/);
+    expect(deps).toMatch(/rm -rf node_modules\/tsx\b/);
+    // Every entry point compose runs is one the build makes.
+    for (const [, service] of ours) expect(BUILT).toContain(/^dist\/([\w-]+)\//.exec((service.command as string[]).at(-1)!)![1]);
+    // secrets-init runs scripts/make-tls-certs.sh, which needs openssl in the image.
+    expect(runtime).toMatch(/apt-get install -y --no-install-recommends openssl/);
   });
 
   it('the build context leaves out node_modules and the generated client (both are made in the image)', () => {

@@ -41,7 +41,8 @@ export function oneLine(text: string): string {
 function isTransient(err: unknown): boolean {
   const code = pgCode(err);
   const message = err instanceof Error ? err.message : String(err);
-  return (code !== undefined && UNREACHABLE.has(code)) || code === '57P03' || /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError;
+  if (code !== undefined && (UNREACHABLE.has(code) || code === '57P03')) return true;
+  return /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError;
 }
 
 /**

@@ -48,10 +48,12 @@ async function checkSiteDatabase(url: string): Promise<void> {
 }
 
 async function migrate(): Promise<void> {
-  const { DATABASE_URL: url, REGISTRY_SCHEMA: schema, MIGRATE_WAIT_SECONDS: wait } = loadConfig(['database', 'common', 'registry', 'migrate']);
+  const config = loadConfig(['database', 'common', 'registry', 'migrate']);
+  const { DATABASE_URL: url, REGISTRY_SCHEMA: schema, MIGRATE_WAIT_SECONDS: wait } = config;
   const directory = MIGRATIONS[schema];
   await waitForDatabase(url, wait, (reason) => {
-    process.stdout.write(`${NAME}: PostgreSQL at ${shown(url)} is not accepting connections yet (${oneLine(reason)}): waiting up to ${wait}s (MIGRATE_WAIT_SECONDS)\n`);
+    const line = `PostgreSQL at ${shown(url)} is not accepting connections yet (${oneLine(reason)}): waiting up to ${wait}s (MIGRATE_WAIT_SECONDS)`;
+    process.stdout.write(`${NAME}: ${line}\n`);
   });
   if (schema === 'django') {
     await checkSiteDatabase(url);

@@ -2,8 +2,8 @@
  * compose's one-shot `secrets-init`: makes sure every secret the deployment needs is a file in
  * SECRETS_DIR (src/secrets-init/secrets.ts), prints one line per secret saying where it came
  * from (never its value) and where to find the dashboard's login, makes the broker's TLS
- * certificates (scripts/make-tls-certs.sh) unless SECRETS_DIR/tls has them, and exits 0. Any failure is
- * one line on stderr and exit 1; nothing else starts, since every service waits for it.
+ * certificates (scripts/make-tls-certs.sh) unless SECRETS_DIR/tls has them, and exits 0. Any
+ * failure is one line on stderr and exit 1; nothing else starts, since every service waits for it.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -37,13 +37,14 @@ try {
     const made = spawnSync('sh', [MAKE_CERTS, tls, ...config.TLS_SERVER_NAMES], { stdio: ['ignore', 'inherit', 'pipe'], encoding: 'utf8' });
     if (made.status !== 0) throw new Error(`${MAKE_CERTS} failed: ${made.stderr || made.error?.message || `exit ${made.status}`}`);
   }
-  process.stdout.write(`${NAME}: lamps verify the broker with ${path.join(tls, 'ca.crt')}: docker compose exec mosquitto cat ${path.join(tls, 'ca.crt')}\n`);
-  process.stdout.write(
-    `${NAME}: dashboard login: user ${config.DASHBOARD_USERNAME ?? 'admin'}, password: docker compose exec dashboard cat ${path.join(dir, 'dashboard-password')}\n`,
-  );
+  const ca = path.join(tls, 'ca.crt');
+  process.stdout.write(`${NAME}: lamps verify the broker with ${ca}: docker compose exec mosquitto cat ${ca}\n`);
+  const user = config.DASHBOARD_USERNAME ?? 'admin';
+  process.stdout.write(`${NAME}: dashboard login: user ${user}, password: docker compose exec dashboard cat ${path.join(dir, 'dashboard-password')}\n`);
   process.exit(0);
 } catch (err) {
-  const line = err instanceof ConfigError ? err.message : `cannot write the secrets (${(err as Error).message}): check the secrets volume (SECRETS_DIR)`;
+  const line =
+    err instanceof ConfigError ? err.message : `cannot write the secrets (${(err as Error).message}): check the secrets volume (SECRETS_DIR)`;
   process.stderr.write(`${NAME}: ${line.replace(/\s+/g, ' ')}\n`);
   process.exit(1);
 }

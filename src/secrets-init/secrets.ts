@@ -50,7 +50,11 @@ export function generateSecret(random: (n: number) => Buffer = randomBytes): str
  * Writes every secret in `specs` into `dir`. `values` are the environment's (empty = unset).
  * Ownership is set only when running as root (in compose); otherwise the files are the caller's.
  */
-export function ensureSecrets(dir: string, values: Readonly<Record<string, unknown>>, specs: readonly SecretSpec[] = SECRETS): SecretOutcome[] {
+export function ensureSecrets(
+  dir: string,
+  values: Readonly<Record<string, unknown>>,
+  specs: readonly SecretSpec[] = SECRETS,
+): SecretOutcome[] {
   const asRoot = process.getuid?.() === 0;
   return specs.map((spec) => {
     const target = path.join(dir, spec.file);

@@ -94,7 +94,10 @@ const sections = {
       .string()
       .default('localhost,127.0.0.1')
       .transform((value) => value.split(',').map((name) => name.trim()).filter(Boolean))
-      .refine((names) => names.length > 0 && names.every((name) => /^[A-Za-z0-9.:*-]+$/.test(name)), 'must be comma-separated host names or IP addresses'),
+      .refine(
+        (names) => names.length > 0 && names.every((name) => /^[A-Za-z0-9.:*-]+$/.test(name)),
+        'must be comma-separated host names or IP addresses',
+      ),
     POSTGRES_PASSWORD: optionalSecret,
     KEEN_WRITE_KEY: optionalSecret,
     KEEN_READ_KEY: optionalSecret,
@@ -131,7 +134,9 @@ export function loadConfig<S extends SectionName>(names: readonly S[], env: Node
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
       const key = String(issue.path[0]);
-      if (!problems.some((p) => p.startsWith(`${key}_FILE`))) problems.push(input[key] === undefined ? `${key} is required` : `${key} ${issue.message}`);
+      // A file that could not be read was reported already, as the file.
+      if (problems.some((p) => p.startsWith(`${key}_FILE`))) continue;
+      problems.push(input[key] === undefined ? `${key} is required` : `${key} ${issue.message}`);
     }
   }
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
@@ -149,7 +154,10 @@ export function loadConfig<S extends SectionName>(names: readonly S[], env: Node
  * empty counts as unset. A file that cannot be read, or X and X_FILE both set, is a problem
  * (one phrase naming the variable), never an exception.
  */
-export function readSettings(keys: readonly string[], env: NodeJS.ProcessEnv): { input: Record<string, string | undefined>; problems: string[] } {
+export function readSettings(
+  keys: readonly string[],
+  env: NodeJS.ProcessEnv,
+): { input: Record<string, string | undefined>; problems: string[] } {
   const input: Record<string, string | undefined> = {};
   const problems: string[] = [];
   for (const key of keys) {

@@ -3,7 +3,9 @@
  * into ONE parameterised SQL statement. Nothing a user sends is ever spliced into SQL text:
  * property paths travel as text[] bind parameters used with `#>`, values as jsonb parameters,
  * and operators are looked up in a fixed table. Timeframes filter the indexed keen_timestamp
- * column; `eq` filters become jsonb containment, which the GIN index on the event serves.
+ * column; `eq` filters become jsonb containment, which the GIN index on the event serves, or,
+ * on device_id, equality on its expression index. count_unique and select_unique of device_id
+ * read an hourly rollup (see "fast paths"); every fast path answers exactly what the plain SQL does.
  */
 import type pg from 'pg';
 import { unstorableText } from '../shared/text.js';
@@ -346,13 +348,15 @@ const indexed = (path: string[] | undefined): string | undefined =>
  */
 function indexedEqSql(sql: Statement, name: string, value: unknown): string {
   const x = `(event -> '${name}')`;
-  return `(${x} = ${sql.param(JSON.stringify(value), 'jsonb')} OR (jsonb_typeof(${x}) = 'array' AND ${x} @> ${sql.param(JSON.stringify([value]), 'jsonb')}))`;
+  const scalar = sql.param(JSON.stringify(value), 'jsonb');
+  return `(${x} = ${scalar} OR (jsonb_typeof(${x}) = 'array' AND ${x} @> ${sql.param(JSON.stringify([value]), 'jsonb')}))`;
 }
 
 function filterSql(sql: Statement, filter: Filter): string {
   const json = (value: unknown) => sql.param(JSON.stringify(value), 'jsonb');
   const name = indexed(filter.path);
-  if (sql.fast && name && filter.operator === 'eq' && (filter.value === null || typeof filter.value !== 'object')) return indexedEqSql(sql, name, filter.value);
+  const scalar = filter.value === null || typeof filter.value !== 'object';
+  if (sql.fast && name && filter.operator === 'eq' && scalar) return indexedEqSql(sql, name, filter.value);
   if (filter.operator === 'eq' && (filter.value === null || typeof filter.value !== 'object') && !filter.path.some((key) => /^\d+$/.test(key))) {
     // Scalars use containment, which the GIN index serves: {"p": v}, or {"p": [v]} so that on an
     // array property eq matches any element, as Keen's eq does. Containment cannot step into
@@ -440,7 +444,8 @@ function rollupSql(projectId: string, query: ParsedQuery, name: string): BuiltQu
   const project = sql.param(projectId, 'text');
   const collection = sql.param(query.collection, 'text');
   // The last interval may end after the timeframe, which is what bounds the events.
-  const boundaries = [...(query.intervals ?? []), ...(query.timeframe ? [query.timeframe.start, query.timeframe.end] : [])].sort((a, b) => a.getTime() - b.getTime());
+  const edges = query.timeframe ? [query.timeframe.start, query.timeframe.end] : [];
+  const boundaries = [...(query.intervals ?? []), ...edges].sort((a, b) => a.getTime() - b.getTime());
   // Hours a boundary falls inside (not on), in order and once each: read from the events.
   const cut: Date[] = [];
   for (const boundary of boundaries) {
@@ -460,7 +465,8 @@ SELECT e.value, e.at
   FROM unnest(${cutHours}) AS cut(hour),
        LATERAL (SELECT event -> '${name}' AS value, keen_timestamp AS at FROM keen_events
                  WHERE project_id = ${project} AND collection = ${collection}
-                   AND keen_timestamp >= greatest(cut.hour, ${start}) AND keen_timestamp < least(cut.hour + interval '1 hour', ${end})) AS e`);
+                   AND keen_timestamp >= greatest(cut.hour, ${start})
+                   AND keen_timestamp < least(cut.hour + interval '1 hour', ${end})) AS e`);
   }
   const seen = `SELECT value, hour AS at FROM keen_property_hours WHERE ${hours.join(' AND ')}${events.join('')}`;
   const bucket = query.intervals ? `width_bucket(at, ${sql.param(query.intervals.map((d) => d.toISOString()), 'timestamptz[]')})` : '1';
@@ -471,16 +477,15 @@ SELECT e.value, e.at
     return { text: `SELECT value${order && ', bucket'} FROM (${distinct}) AS d\n ORDER BY ${order && 'bucket, '}value`, values: sql.values };
   }
   const count = `count(*) FILTER (WHERE jsonb_typeof(value) <> 'null') AS value`;
-  const text = order ? `SELECT ${count}, bucket FROM (${distinct}) AS d\n GROUP BY bucket ORDER BY bucket` : `SELECT ${count} FROM (${distinct}) AS d`;
-  return { text, values: sql.values };
+  if (!order) return { text: `SELECT ${count} FROM (${distinct}) AS d`, values: sql.values };
+  return { text: `SELECT ${count}, bucket FROM (${distinct}) AS d\n GROUP BY bucket ORDER BY bucket`, values: sql.values };
 }
 
 /** The SQL that answers `query`: a fast path where one applies (answers identical to buildSql's), else buildSql's. */
 export function planSql(projectId: string, query: ParsedQuery): BuiltQuery {
   const name = indexed(query.target);
-  if (name && (query.analysis === 'count_unique' || query.analysis === 'select_unique') && query.filters.length === 0 && query.groupBy.length === 0) {
-    return rollupSql(projectId, query, name);
-  }
+  const distinctOf = query.analysis === 'count_unique' || query.analysis === 'select_unique';
+  if (name && distinctOf && query.filters.length === 0 && query.groupBy.length === 0) return rollupSql(projectId, query, name);
   return buildSql(projectId, query, true);
 }
 

@@ -30,7 +30,8 @@ CREATE TABLE keen_property_hours (
 CREATE FUNCTION keen_property_hours_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO keen_property_hours (project_id, collection, property, value, hour)
-  SELECT DISTINCT project_id, collection, 'device_id', event -> 'device_id', date_bin('1 hour', keen_timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+  SELECT DISTINCT project_id, collection, 'device_id', event -> 'device_id',
+         date_bin('1 hour', keen_timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00')
     FROM added WHERE jsonb_typeof(event -> 'device_id') <> 'null'
    ORDER BY 1, 2, 3, 5, 4
   ON CONFLICT DO NOTHING;
@@ -42,5 +43,6 @@ CREATE TRIGGER keen_property_hours_add AFTER INSERT ON keen_events
   REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION keen_property_hours_add();
 
 INSERT INTO keen_property_hours (project_id, collection, property, value, hour)
-SELECT DISTINCT project_id, collection, 'device_id', event -> 'device_id', date_bin('1 hour', keen_timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00')
+SELECT DISTINCT project_id, collection, 'device_id', event -> 'device_id',
+       date_bin('1 hour', keen_timestamp, TIMESTAMPTZ '2000-01-01 00:00:00+00')
   FROM keen_events WHERE jsonb_typeof(event -> 'device_id') <> 'null';

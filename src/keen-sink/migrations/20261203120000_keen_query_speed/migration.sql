@@ -1,7 +1,7 @@
 -- The seed's queries, fast over millions of events (query.ts, "fast paths"). They name device_id:
 -- counts filtered by `device_id` eq, and count_unique / select_unique of device_id per day.
 -- Applied in place: the indexes are built and the rollup filled from the events already stored
--- (writes wait while this runs, about a minute per 10 million events).
+-- (writes wait while this runs: minutes for millions of events).
 
 -- eq on device_id over a timeframe: one index range per lamp, in time order, within a collection.
 -- The GIN index answers eq on any property, but for every collection and all time at once.

@@ -4,7 +4,7 @@
  * and how fast it stores bulk writes, beside the pipeline's max-load throughput (issue 16).
  *
  *   node --import tsx bench/keen-sink-queries.ts [--events 10000000] [--days 28] [--lamps 1000]
- *       [--runs 20] [--seq-runs 20] [--writes 200000] [--no-pipeline] [--keep]
+ *       [--runs 20] [--seq-runs 20] [--writes 200000] [--no-pipeline] [--pipeline-duration 30] [--keep]
  *
  * Creates a scratch database on the PostgreSQL at BENCH_DATABASE_ADMIN_URL (default: the local
  * postgres superuser), starts keen-sink in-process on it (so its migrations, indexes and rollup

@@ -424,6 +424,8 @@ describe('Dockerfile and .dockerignore', () => {
     // optional peers), 226 MB of the image's layers when measured; the stage removes them.
     expect(deps).toMatch(/p\.devOptional\) require\('fs'\)\.rmSync\(dir/);
     expect(deps).toMatch(/rm -rf node_modules\/tsx\b/);
+    // Source maps and TypeScript files, which Node never loads from node_modules.
+    expect(deps).toMatch(/find node_modules -type f .*-name '\*\.map' -o -name '\*\.ts'.* -delete/);
     // Every entry point compose runs is one the build makes.
     for (const [, service] of ours) expect(BUILT).toContain(/^dist\/([\w-]+)\//.exec((service.command as string[]).at(-1)!)![1]);
     // secrets-init runs scripts/make-tls-certs.sh, which needs openssl in the image.

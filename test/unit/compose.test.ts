@@ -434,7 +434,8 @@ describe('Dockerfile and .dockerignore', () => {
 
   it('the build context leaves out node_modules and the generated client (both are made in the image)', () => {
     const ignored = read('.dockerignore').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
-    expect(ignored).toEqual(expect.arrayContaining(['node_modules', 'src/generated', '.git', '.env']));
+    // .local: run-local.sh keeps the broker's TLS private keys there.
+    expect(ignored).toEqual(expect.arrayContaining(['node_modules', 'src/generated', '.git', '.env', '.local']));
     // Everything the processes run must stay in the context.
     for (const needed of ['src', 'prisma', 'scripts', 'package.json', 'package-lock.json', 'prisma.config.ts']) expect(ignored).not.toContain(needed);
   });

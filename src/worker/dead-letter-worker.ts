@@ -117,6 +117,5 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     if (err instanceof UnrecoverableError || !job) return;
     logger.error({ job_id: job.id, device_id: deviceIdOf(job.data), err: err.message }, 'dead letter redrive failed; it stays in the Failed list, retry it again');
   });
-  worker.on('error', (err) => logger.error({ err: err.message }, 'dead-letter worker error'));
   return worker;
 }

@@ -218,7 +218,6 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       const final = job && (err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1));
       logger[final ? 'error' : 'warn']({ job_id: job?.id, queue: name, attempts: job?.attemptsMade, err: err.message }, final ? 'ingest job failed for good' : 'ingest job failed; will retry');
     });
-    worker.on('error', (err) => logger.error({ err: err.message, queue: name }, 'ingest worker error'));
     return worker;
   };
   // One bridge state at a time per partition, across every worker process.

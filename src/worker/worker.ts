@@ -6,6 +6,7 @@
 import type { Worker } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
+import { DependencyWatch } from '../shared/dependency-watch.js';
 import { checkDjangoTables, DJANGO_MODE_OWN_TABLES, djangoTablesProblem } from '../shared/django-site.js';
 import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
 import { mqttSettings } from '../shared/mqtt.js';
@@ -29,8 +30,13 @@ export interface WorkerProcess {
   close(): Promise<void>;
 }
 
+const POSTGRES_PING_MS = 2000;
+/** A ping of PostgreSQL this often is how the worker notices it is gone (and back) while idle. */
+const POSTGRES_CHECK_MS = 5000;
+
 export async function startWorker(config: WorkerConfig, logger: Logger, metrics: Metrics): Promise<WorkerProcess> {
   const registry = new DeviceRegistry({ databaseUrl: config.DATABASE_URL, defaultUser: config.DEFAULT_USER, schema: config.REGISTRY_SCHEMA });
+  const watch = new DependencyWatch(logger);
   const cleanups: Array<() => Promise<unknown>> = [() => registry.close()];
   const closeAll = async () => {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
@@ -67,12 +73,18 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     // Workers close first: each finishes its active jobs (which may need the batcher, the
     // publisher and the database), then those close in turn.
     cleanups.push(() => Promise.all(workers.map((worker) => worker.close())));
+    // Pushed last, so it runs first: from then on the connections are ours to close, not an outage.
+    cleanups.push(async () => watch.stop());
+    watch.redis(redis, config.REDIS_URL, 'jobs wait until it is back');
+    watch.bullmq([...allQueues(queues), ...workers]);
+    publisher.reportTo(watch, config.MQTT_URL);
+    watch.poll('postgres', config.DATABASE_URL, 'ingest jobs are retried until it is back', () => withTimeout(registry.ping(), POSTGRES_PING_MS), POSTGRES_CHECK_MS);
     logger.info({ concurrency: config.WORKER_CONCURRENCY, keen_concurrency: config.KEEN_CONCURRENCY, keen_api: safeUrl(config.KEEN_API_URL) }, 'worker ready');
     return {
       workers,
       close: closeAll,
       async readiness() {
-        const postgres = await withTimeout(registry.ping(), 2000).then(() => true, () => false);
+        const postgres = await withTimeout(registry.ping(), POSTGRES_PING_MS).then(() => true, () => false);
         return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres };
       },
       refreshQueueGauges: () => refreshQueueDepths(metrics, allQueues(queues)),

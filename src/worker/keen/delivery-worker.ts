@@ -130,7 +130,6 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
   });
   worker.on('completed', () => metrics?.jobsCompleted.inc({ queue: QUEUE_NAMES.keen }));
   worker.on('failed', () => metrics?.jobsFailed.inc({ queue: QUEUE_NAMES.keen }));
-  worker.on('error', (err) => logger.error({ err: err.message }, 'keen delivery worker error'));
   return worker;
 }
 

@@ -40,7 +40,7 @@ interface Watched {
   lastError?: string;
 }
 
-/** An ioredis client, a BullMQ Queue or Worker: whatever emits 'error'. */
+/** A BullMQ Queue or Worker. */
 interface ErrorEmitter {
   name?: string;
   on(event: 'error', listener: (err: Error) => void): unknown;

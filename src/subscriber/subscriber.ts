@@ -50,6 +50,7 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
       onMessage,
     });
   } catch (err) {
+    watch.stop();
     await queues.close();
     redis.disconnect();
     throw err;

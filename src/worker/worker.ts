@@ -39,6 +39,8 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
   const watch = new DependencyWatch(logger);
   const cleanups: Array<() => Promise<unknown>> = [() => registry.close()];
   const closeAll = async () => {
+    // From here on the connections are ours to close, not an outage.
+    watch.stop();
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
   };
   try {
@@ -47,6 +49,8 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     cleanups.push(() => redis.quit());
     const queues = openQueues(redis, config.QUEUE_PREFIX, config.KEEN_ATTEMPTS);
     cleanups.push(() => queues.close());
+    watch.redis(redis, config.REDIS_URL, 'jobs wait until it is back');
+    watch.bullmq(allQueues(queues));
     const publisher = await AssociationPublisher.connect(mqttSettings(config), config.MQTT_CLIENT_ID, logger, config.ASSOCIATION_TOPIC);
     cleanups.push(() => publisher.close());
 
@@ -73,10 +77,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     // Workers close first: each finishes its active jobs (which may need the batcher, the
     // publisher and the database), then those close in turn.
     cleanups.push(() => Promise.all(workers.map((worker) => worker.close())));
-    // Pushed last, so it runs first: from then on the connections are ours to close, not an outage.
-    cleanups.push(async () => watch.stop());
-    watch.redis(redis, config.REDIS_URL, 'jobs wait until it is back');
-    watch.bullmq([...allQueues(queues), ...workers]);
+    watch.bullmq(workers);
     publisher.reportTo(watch, config.MQTT_URL);
     watch.poll('postgres', config.DATABASE_URL, 'ingest jobs are retried until it is back', () => withTimeout(registry.ping(), POSTGRES_PING_MS), POSTGRES_CHECK_MS);
     logger.info({ concurrency: config.WORKER_CONCURRENCY, keen_concurrency: config.KEEN_CONCURRENCY, keen_api: safeUrl(config.KEEN_API_URL) }, 'worker ready');

@@ -4,7 +4,12 @@
  * process says once that a dependency is gone and once that it is back, however long it lasts
  * and however many connections it has; every line it prints is JSON; and the dashboard answers
  * 503 at once while Redis is gone (and within its timeout while Redis hangs), never hangs.
+ * The worker's PostgreSQL is a server of the test's own too, stopped and started the same way.
  */
+import { execFileSync } from 'node:child_process';
+import { chownSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { API_TIMEOUT_MS } from '../../src/dashboard/dashboard.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
@@ -136,5 +141,76 @@ describe('outages', () => {
     expect(logLines(subscriber).find((line) => line.dependency === 'mqtt' && DOWN.test(String(line.msg)))?.msg).toBe(
       `The MQTT broker is unreachable (${mosquitto.url}): the broker keeps lamp messages for our sessions until it is back`,
     );
+  });
+});
+
+const PG_BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
+
+/** A PostgreSQL server of the test's own (as the postgres user when we are root: initdb refuses root). */
+function ownPostgres(port: number) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'lampi-pg-'));
+  const root = process.getuid?.() === 0;
+  if (root) chownSync(dir, Number(execFileSync('id', ['-u', 'postgres']).toString()), Number(execFileSync('id', ['-g', 'postgres']).toString()));
+  const run = (tool: string, args: string[]) => {
+    const command = path.join(PG_BIN, tool);
+    execFileSync(root ? 'runuser' : command, root ? ['-u', 'postgres', '--', command, ...args] : args, { stdio: 'ignore' });
+  };
+  run('initdb', ['-D', dir, '-A', 'trust', '-U', 'postgres']);
+  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1`;
+  return {
+    url: `postgresql://postgres@127.0.0.1:${port}/postgres`,
+    start: () => run('pg_ctl', ['-D', dir, '-o', options, '-w', '-l', path.join(dir, 'log'), 'start']),
+    stop: () => run('pg_ctl', ['-D', dir, '-m', 'immediate', '-w', 'stop']),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+describe('PostgreSQL outage', () => {
+  const prefix = randomPrefix('pgoutage');
+  let postgres: ReturnType<typeof ownPostgres>;
+  let db: TestDatabase;
+  let keen: FakeKeen;
+  let worker: ManagedProcess;
+
+  beforeAll(async () => {
+    postgres = ownPostgres(await freePort());
+    postgres.start();
+    [db, keen] = await Promise.all([createTestDatabase(postgres.url), startFakeKeen({ projectId: 'pg-outage', writeKey: 'pg-outage-key' })]);
+    worker = startService('worker', {
+      REDIS_URL: services.redis,
+      MQTT_URL: services.mqtt,
+      QUEUE_PREFIX: prefix,
+      MQTT_CLIENT_ID: prefix,
+      METRICS_PORT: '0',
+      DATABASE_URL: db.url,
+      KEEN_API_URL: keen.url,
+      KEEN_PROJECT_ID: keen.projectId,
+      KEEN_WRITE_KEY: keen.writeKey,
+    });
+    await waitForLog(worker, 'worker ready');
+  });
+
+  afterAll(async () => {
+    await worker?.kill('SIGKILL');
+    await keen?.close();
+    try {
+      postgres?.stop();
+    } catch {
+      // already stopped
+    }
+    postgres?.remove();
+  });
+
+  it('the worker says once that PostgreSQL is gone and once that it is back', async () => {
+    postgres.stop();
+    await waitFor('the worker saying PostgreSQL is gone', () => count(worker, 'postgres', DOWN) > 0, 20_000);
+    await sleep(1000);
+    postgres.start();
+    await waitFor('the worker saying PostgreSQL is back', () => count(worker, 'postgres', BACK) > 0, 20_000);
+    expect({ down: count(worker, 'postgres', DOWN), back: count(worker, 'postgres', BACK) }).toEqual({ down: 1, back: 1 });
+    expect(logLines(worker).find((line) => line.dependency === 'postgres' && DOWN.test(String(line.msg)))?.msg).toBe(
+      `PostgreSQL is unreachable (${db.url}): ingest jobs are retried until it is back`,
+    );
+    expect(logLines(worker).filter((line) => line.level === 'error')).toEqual([]);
   });
 });

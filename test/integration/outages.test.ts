@@ -6,11 +6,11 @@
  * 503 at once while Redis is gone (and within its timeout while Redis hangs), never hangs.
  * The worker's PostgreSQL is a server of the test's own too, stopped and started the same way.
  */
-import { execFileSync } from 'node:child_process';
-import { chownSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createPrivatePostgres, type PrivatePostgres } from '../../chaos/postgres.js';
 import { API_TIMEOUT_MS } from '../../src/dashboard/dashboard.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
@@ -144,38 +144,17 @@ describe('outages', () => {
   });
 });
 
-const PG_BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
-
-/** A PostgreSQL server of the test's own (as the postgres user when we are root: initdb refuses root). */
-function ownPostgres(port: number) {
-  const dir = mkdtempSync(path.join(tmpdir(), 'lampi-pg-'));
-  const root = process.getuid?.() === 0;
-  if (root) chownSync(dir, Number(execFileSync('id', ['-u', 'postgres']).toString()), Number(execFileSync('id', ['-g', 'postgres']).toString()));
-  const run = (tool: string, args: string[]) => {
-    const command = path.join(PG_BIN, tool);
-    execFileSync(root ? 'runuser' : command, root ? ['-u', 'postgres', '--', command, ...args] : args, { stdio: 'ignore' });
-  };
-  run('initdb', ['-D', dir, '-A', 'trust', '-U', 'postgres']);
-  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1`;
-  return {
-    url: `postgresql://postgres@127.0.0.1:${port}/postgres`,
-    start: () => run('pg_ctl', ['-D', dir, '-o', options, '-w', '-l', path.join(dir, 'log'), 'start']),
-    stop: () => run('pg_ctl', ['-D', dir, '-m', 'immediate', '-w', 'stop']),
-    remove: () => rmSync(dir, { recursive: true, force: true }),
-  };
-}
-
 describe('PostgreSQL outage', () => {
   const prefix = randomPrefix('pgoutage');
-  let postgres: ReturnType<typeof ownPostgres>;
+  const dir = mkdtempSync(path.join(tmpdir(), 'lampi-pg-outage-'));
+  let postgres: PrivatePostgres;
   let db: TestDatabase;
   let keen: FakeKeen;
   let worker: ManagedProcess;
 
   beforeAll(async () => {
-    postgres = ownPostgres(await freePort());
-    postgres.start();
-    [db, keen] = await Promise.all([createTestDatabase(postgres.url), startFakeKeen({ projectId: 'pg-outage', writeKey: 'pg-outage-key' })]);
+    postgres = await createPrivatePostgres(path.join(dir, 'pg'), await freePort());
+    [db, keen] = await Promise.all([createTestDatabase(postgres.adminUrl), startFakeKeen({ projectId: 'pg-outage', writeKey: 'pg-outage-key' })]);
     worker = startService('worker', {
       REDIS_URL: services.redis,
       MQTT_URL: services.mqtt,
@@ -193,19 +172,15 @@ describe('PostgreSQL outage', () => {
   afterAll(async () => {
     await worker?.kill('SIGKILL');
     await keen?.close();
-    try {
-      postgres?.stop();
-    } catch {
-      // already stopped
-    }
-    postgres?.remove();
+    await postgres?.stop().catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('the worker says once that PostgreSQL is gone and once that it is back', async () => {
-    postgres.stop();
+    await postgres.stop();
     await waitFor('the worker saying PostgreSQL is gone', () => count(worker, 'postgres', DOWN) > 0, 20_000);
     await sleep(1000);
-    postgres.start();
+    await postgres.start();
     await waitFor('the worker saying PostgreSQL is back', () => count(worker, 'postgres', BACK) > 0, 20_000);
     expect({ down: count(worker, 'postgres', DOWN), back: count(worker, 'postgres', BACK) }).toEqual({ down: 1, back: 1 });
     expect(logLines(worker).find((line) => line.dependency === 'postgres' && DOWN.test(String(line.msg)))?.msg).toBe(

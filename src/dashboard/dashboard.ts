@@ -115,6 +115,7 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
     });
 
     app = Fastify({ logger: false });
+    let redisHangs = false;
     const check = config.DASHBOARD_USERNAME && config.DASHBOARD_PASSWORD ? createBasicAuthCheck({ username: config.DASHBOARD_USERNAME, password: config.DASHBOARD_PASSWORD }) : undefined;
 
     app.addHook('onRequest', async (request, reply) => {
@@ -135,12 +136,22 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
         return reply.code(503).type('text/html; charset=utf-8').header('retry-after', '5').send(outagePage(watch.describeDown('redis')));
       }
       if (api) {
+        let timedOut = false;
         const timer = setTimeout(() => {
           if (reply.sent) return;
-          logger.warn({ method: request.method, path, timeout_ms: API_TIMEOUT_MS }, 'dashboard: Redis did not answer in time');
+          timedOut = true;
+          // Once per hang, like the outage lines: the page polls, and every poll would say it again.
+          if (!redisHangs) logger.warn({ method: request.method, path, timeout_ms: API_TIMEOUT_MS }, 'dashboard: Redis did not answer in time');
+          redisHangs = true;
           void reply.code(503).type('application/json').send({ error: 'redis_unreachable', message: `Redis did not answer within ${API_TIMEOUT_MS} ms` });
         }, API_TIMEOUT_MS);
-        reply.raw.once('close', () => clearTimeout(timer));
+        reply.raw.once('close', () => {
+          clearTimeout(timer);
+          if (redisHangs && !timedOut && reply.statusCode < 500) {
+            redisHangs = false;
+            logger.info('dashboard: Redis answers again');
+          }
+        });
       }
     });
     // Bull Board's pages, once loaded, only say "Loading" while Redis is gone: the banner says why.

@@ -84,10 +84,15 @@ describe('outages', () => {
       expect(response.status).toBe(503);
       expect(await response.json()).toEqual({ error: 'redis_unreachable', message: `Redis did not answer within ${API_TIMEOUT_MS} ms` });
       expect((await get('/readyz')).status).toBe(503);
+      expect((await get('/api/queues')).status).toBe(503);
     } finally {
       redis.child.kill('SIGCONT');
     }
     await waitFor('the dashboard ready again', async () => (await get('/readyz')).status === 200);
+    expect((await get('/api/queues')).status).toBe(200);
+    const said = (msg: string) => logLines(dashboard).filter((line) => line.msg === msg).length;
+    await waitFor('the dashboard saying Redis answers again', () => said('dashboard: Redis answers again') > 0, 5000);
+    expect({ hangs: said('dashboard: Redis did not answer in time'), back: said('dashboard: Redis answers again') }).toEqual({ hangs: 1, back: 1 });
   });
 
   it('Redis gone for a few seconds: one warning and one "back" line per process, and the dashboard answers 503 meanwhile', async () => {

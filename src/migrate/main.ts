@@ -17,8 +17,8 @@ import path from 'node:path';
 import pg from 'pg';
 import { ConfigError, loadConfig } from '../shared/config.js';
 import { checkDjangoTables, djangoTablesProblem } from '../shared/django-site.js';
+import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, shown } from '../shared/postgres.js';
 import { describe } from '../shared/queues.js';
-import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, shown } from './database.js';
 import { applyMigrations, MigrationError } from './runner.js';
 
 const NAME = 'migrate';

@@ -40,7 +40,7 @@ interface Watched {
   lastError?: string;
 }
 
-/** A BullMQ Queue or Worker. */
+/** A BullMQ Queue. */
 interface ErrorEmitter {
   name?: string;
   on(event: 'error', listener: (err: Error) => void): unknown;
@@ -88,9 +88,9 @@ export class DependencyWatch {
   }
 
   /**
-   * The 'error' listener of BullMQ queues and workers. They run on the Redis connections
-   * watched above (a worker's blocking connection is its own copy, reporting here only), so
-   * their connection errors are the outage already reported.
+   * The 'error' listener of BullMQ queues. They run on the Redis connection watched above, so
+   * their connection errors are the outage already reported. (Workers have their own listener,
+   * skipping connection errors the same way.)
    */
   bullmq(emitters: ErrorEmitter[]): void {
     for (const emitter of emitters) emitter.on('error', (err) => this.#onError('redis', err, { queue: emitter.name }, 'queue error'));

@@ -8,7 +8,8 @@ import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bu
 import { groupBy } from '../shared/collections.js';
 import type { Config } from '../shared/config.js';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
-import type { BridgeStatesJob, KeenEventRecord, LampStatesJob, RejectedMessageJob, SingleBridgeStateJob } from '../shared/jobs.js';
+import { payloadRecord, type BridgeStatesJob, type KeenEventRecord, type LampStatesJob, type RejectedMessageJob, type SingleBridgeStateJob } from '../shared/jobs.js';
+import { isConnectionError } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { jitteredBackoff, jitteredBackoffDelay, QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
@@ -55,7 +56,22 @@ export interface IngestWorkerOptions {
   keen?: Pick<KeenBatcher, 'submit'>;
 }
 
-type RejectedState = Pick<RejectedMessageJob, 'topic' | 'deviceId' | 'receivedAt'> & { id: string; detail: string; data: unknown };
+/**
+ * A state the worker refuses, recorded as the lamp sent it: the topic and payload its job kept.
+ * A job queued before they were kept has neither: the topic is then rebuilt from the device id
+ * and the payload left out (what we parsed is not what the lamp sent), and the detail says so.
+ */
+interface RejectedState {
+  id: string;
+  deviceId: string;
+  receivedAt: string;
+  detail: string;
+  topic: string | undefined;
+  /** Rebuilt from the device id, for a job that kept no topic. */
+  usualTopic: string;
+  /** undefined: not kept (a lamp state of an older job). */
+  payload: Uint8Array | undefined;
+}
 
 export async function createIngestWorkers(options: IngestWorkerOptions): Promise<Worker[]> {
   const { queues, registry, publisher, logger, metrics } = options;
@@ -69,13 +85,13 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
   const reject = async (rejected: RejectedState) => {
     metrics.messagesRejected.inc({ reason: 'unknown_device' });
     logger.warn({ message_id: rejected.id, device_id: rejected.deviceId, reason: 'unknown_device' }, `message rejected: ${rejected.detail}`);
+    const unkept = [rejected.topic === undefined ? 'topic rebuilt' : '', rejected.payload === undefined ? 'payload not kept' : ''].filter(Boolean);
     const record: RejectedMessageJob = {
-      topic: rejected.topic,
+      topic: rejected.topic ?? rejected.usualTopic,
       reason: 'unknown_device',
-      detail: rejected.detail,
-      ...(rejected.deviceId ? { deviceId: rejected.deviceId } : {}),
-      payloadBytes: 0,
-      payloadHead: Buffer.from(JSON.stringify(rejected.data)).toString('base64'),
+      detail: unkept.length === 0 ? rejected.detail : `${rejected.detail} (${unkept.join(', ')}: queued by an older subscriber)`,
+      deviceId: rejected.deviceId,
+      ...(rejected.payload ? payloadRecord(rejected.payload) : {}),
       receivedAt: rejected.receivedAt,
     };
     await queues.rejected.add('unknown_device', record, { jobId: `${rejected.id}-rejected` });
@@ -92,7 +108,15 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       await queues.ingest.add('lamp-states', { kind: 'lamp-states', states: unknown, waits: waits + 1 }, { jobId: `${job.id}-w`, delay: Math.min(500 * 2 ** waits, 10_000) });
     } else {
       for (const s of unknown) {
-        await reject({ id: s.messageId, topic: `devices/${s.deviceId}/lamp/changed`, deviceId: s.deviceId, receivedAt: s.receivedAt, detail: 'lamp state from a device that never connected its bridge', data: s });
+        await reject({
+          id: s.messageId,
+          deviceId: s.deviceId,
+          receivedAt: s.receivedAt,
+          detail: 'lamp state from a device that never connected its bridge',
+          topic: s.topic,
+          usualTopic: `/devices/${s.deviceId}/lamp/changed`,
+          payload: s.payload === undefined ? undefined : Buffer.from(s.payload, 'utf8'),
+        });
       }
     }
     return states.filter((s) => known.has(s.deviceId));
@@ -157,7 +181,16 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
     outcome ??= await registry.recordBridgeState(deviceId, connected, receivedAt, messageId);
     if (outcome === 'unknown_device') {
       // Its partition runs in order, so no connect of this lamp is still on its way.
-      await reject({ id: messageId, topic: `$SYS/broker/connection/${deviceId}_broker/state`, deviceId, receivedAt: state.receivedAt, detail: 'bridge disconnect from a device that never connected', data: state });
+      await reject({
+        id: messageId,
+        deviceId,
+        receivedAt: state.receivedAt,
+        detail: 'bridge disconnect from a device that never connected',
+        topic: state.topic,
+        usualTopic: `$SYS/broker/connection/${deviceId}_broker/state`,
+        // Parsing let through only the one byte `1` or `0`: this is the payload as sent.
+        payload: Buffer.from(connected ? '1' : '0'),
+      });
     } else if (outcome === 'unchanged') {
       metrics.bridgeReplaysDropped.inc();
       logger.debug({ message_id: messageId, device_id: deviceId, connected, retained: state.retained }, 'bridge state unchanged; not recorded again');
@@ -218,6 +251,8 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       const final = job && (err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1));
       logger[final ? 'error' : 'warn']({ job_id: job?.id, queue: name, attempts: job?.attemptsMade, err: err.message }, final ? 'ingest job failed for good' : 'ingest job failed; will retry');
     });
+    // A connection error is the outage the process's DependencyWatch reports, once.
+    worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message, queue: name }, 'ingest worker error'));
     return worker;
   };
   // One bridge state at a time per partition, across every worker process.

@@ -9,14 +9,17 @@ import type { Logger } from '../shared/logger.js';
 import { DependencyWatch } from '../shared/dependency-watch.js';
 import { checkDjangoTables, DJANGO_MODE_OWN_TABLES, djangoTablesProblem } from '../shared/django-site.js';
 import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
+import { checkConnection, MISSING_REGISTRY_DATABASE, MISSING_SITE_DATABASE } from '../shared/postgres.js';
 import { mqttSettings } from '../shared/mqtt.js';
-import { allQueues, connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
+import type { ReadinessCheck } from '../shared/ops-server.js';
+import { allQueues, connectRedis, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
 import { createDeadLetterWorker } from './dead-letter-worker.js';
 import { createIngestWorkers } from './ingest-worker.js';
 import { KeenBatcher } from './keen/batcher.js';
 import { KeenClient } from './keen/client.js';
 import { createKeenDeliveryWorker } from './keen/delivery-worker.js';
+import { KeenDeliveryPause } from './keen/pause.js';
 import { DeviceRegistry } from './registry/registry.js';
 import { createRejectedWorker } from './rejected-worker.js';
 
@@ -24,7 +27,7 @@ export type WorkerConfig = Config<'common' | 'mqtt' | 'database' | 'registry' | 
 
 export interface WorkerProcess {
   workers: Worker[];
-  readiness(): Promise<Record<string, boolean>>;
+  readiness: ReadinessCheck;
   /** Sets the queue depth gauges from Redis (called when metrics are scraped). */
   refreshQueueGauges(): Promise<void>;
   close(): Promise<void>;
@@ -54,6 +57,8 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     const publisher = await AssociationPublisher.connect(mqttSettings(config), config.MQTT_CLIENT_ID, logger, config.ASSOCIATION_TOPIC);
     cleanups.push(() => publisher.close());
 
+    // No key check here: Keen has none that writes no event (pause.ts); a wrong key pauses delivery at the first request.
+    const keenPause = new KeenDeliveryPause({ probeIntervalMs: config.KEEN_PAUSE_PROBE_MS, logger, metrics });
     const batcher = new KeenBatcher({
       client: new KeenClient({
         apiUrl: config.KEEN_API_URL,
@@ -64,6 +69,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
       maxEvents: config.KEEN_BATCH_SIZE,
       lingerMs: config.KEEN_LINGER_MS,
       metrics,
+      pause: keenPause,
     });
     cleanups.push(() => batcher.close());
 
@@ -72,12 +78,11 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
       ...(await createIngestWorkers({ connection: redis, prefix, queues, registry, publisher, defaultUser: config.DEFAULT_USER, concurrency: config.WORKER_CONCURRENCY, unknownDeviceStates: config.UNKNOWN_DEVICE_STATES, logger, metrics, keen: batcher })),
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: config.KEEN_CONCURRENCY, logger, metrics }),
       createDeadLetterWorker({ connection: redis, prefix, queues, logger }),
-      createRejectedWorker(redis, prefix),
+      createRejectedWorker(redis, prefix, logger),
     ];
     // Workers close first: each finishes its active jobs (which may need the batcher, the
     // publisher and the database), then those close in turn.
     cleanups.push(() => Promise.all(workers.map((worker) => worker.close())));
-    watch.bullmq(workers);
     publisher.reportTo(watch, config.MQTT_URL);
     watch.poll('postgres', config.DATABASE_URL, 'ingest jobs are retried until it is back', () => withTimeout(registry.ping(), POSTGRES_PING_MS), POSTGRES_CHECK_MS);
     logger.info({ concurrency: config.WORKER_CONCURRENCY, keen_concurrency: config.KEEN_CONCURRENCY, keen_api: safeUrl(config.KEEN_API_URL) }, 'worker ready');
@@ -86,7 +91,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
       close: closeAll,
       async readiness() {
         const postgres = await withTimeout(registry.ping(), POSTGRES_PING_MS).then(() => true, () => false);
-        return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres };
+        return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres, keen: keenPause.readiness() };
       },
       refreshQueueGauges: () => refreshQueueDepths(metrics, allQueues(queues)),
     };
@@ -98,11 +103,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
 
 async function checkDatabase(registry: DeviceRegistry, databaseUrl: string): Promise<void> {
   const where = `DATABASE_URL=${safeUrl(databaseUrl)}`;
-  try {
-    await registry.ping();
-  } catch (err) {
-    throw new StartupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix DATABASE_URL`);
-  }
+  await checkConnection(databaseUrl, { missingDatabase: registry.schema === 'django' ? MISSING_SITE_DATABASE : MISSING_REGISTRY_DATABASE });
   if (registry.schema === 'django') {
     const check = await checkDjangoTables((sql, values) => registry.prisma.$queryRawUnsafe(sql, ...values));
     if (!check.ok) throw new StartupError(djangoTablesProblem(check.missing, where));

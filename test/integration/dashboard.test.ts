@@ -151,7 +151,7 @@ describe('dashboard', () => {
   });
 
   it("shows a rejected message's reason and decoded payload, with no stack trace and no Retry", async () => {
-    const rejectedWorker = createRejectedWorker(redis, prefix);
+    const rejectedWorker = createRejectedWorker(redis, prefix, logger);
     try {
       const text = '{"on": tru}';
       const record = (payload: Buffer): RejectedMessageJob => ({

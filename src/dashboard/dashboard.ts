@@ -26,7 +26,16 @@ import { ConfigError, type Config } from '../shared/config.js';
 import { DependencyWatch } from '../shared/dependency-watch.js';
 import type { RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
-import { allQueues, connectRedis, DEFAULT_KEEN_ATTEMPTS, JOB_OPTIONS, openQueues, QUEUE_NAMES, retryWindowMs, withTimeout } from '../shared/queues.js';
+import {
+  allQueues,
+  connectRedis,
+  DEFAULT_KEEN_ATTEMPTS,
+  JOB_OPTIONS,
+  openQueues,
+  QUEUE_NAMES,
+  retryWindowMs,
+  withTimeout,
+} from '../shared/queues.js';
 import { createBasicAuthCheck, isLoopback, REALM } from './auth.js';
 
 export type DashboardConfig = Config<'common' | 'dashboard'>;
@@ -44,11 +53,18 @@ const READY_PING_MS = 1000;
 
 /** "about 9 min to 19 min": a retry window as an operator reads it. */
 function windowText({ minMs, maxMs }: { minMs: number; maxMs: number }): string {
-  const unit = (ms: number) => (ms < 120_000 ? `${Math.round(ms / 1000)} s` : ms < 7_200_000 ? `${Math.round(ms / 60_000)} min` : `${(ms / 3_600_000).toFixed(1)} h`);
+  const unit = (ms: number) => {
+    if (ms < 120_000) return `${Math.round(ms / 1000)} s`;
+    return ms < 7_200_000 ? `${Math.round(ms / 60_000)} min` : `${(ms / 3_600_000).toFixed(1)} h`;
+  };
   return `about ${unit(minMs)} to ${unit(maxMs)}`;
 }
-const ingestRetries = `A failing job is tried ${JOB_OPTIONS.ingest.attempts} times over ${windowText(retryWindowMs(JOB_OPTIONS.ingest))} before it fails for good.`;
-const keenRetries = `An event Keen does not take is tried ${DEFAULT_KEEN_ATTEMPTS} times (KEEN_ATTEMPTS, the default) over ${windowText(retryWindowMs(JOB_OPTIONS.keen(DEFAULT_KEEN_ATTEMPTS)))}, then goes to keen-dead-letter.`;
+const ingestWindow = windowText(retryWindowMs(JOB_OPTIONS.ingest));
+const ingestRetries = `A failing job is tried ${JOB_OPTIONS.ingest.attempts} times over ${ingestWindow} before it fails for good.`;
+const keenWindow = windowText(retryWindowMs(JOB_OPTIONS.keen(DEFAULT_KEEN_ATTEMPTS)));
+const keenRetries =
+  `An event Keen does not take is tried ${DEFAULT_KEEN_ATTEMPTS} times (KEEN_ATTEMPTS, the default) over ${keenWindow}, ` +
+  'then goes to keen-dead-letter.';
 
 const DESCRIPTIONS: Record<string, string> = {
   [QUEUE_NAMES.ingest]: `Lamp states, in groups, on their way past the device registry to Keen. ${ingestRetries}`,
@@ -143,7 +159,8 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
           // Once per hang, like the outage lines: the page polls, and every poll would say it again.
           if (!redisHangs) logger.warn({ method: request.method, path, timeout_ms: API_TIMEOUT_MS }, 'dashboard: Redis did not answer in time');
           redisHangs = true;
-          void reply.code(503).type('application/json').send({ error: 'redis_unreachable', message: `Redis did not answer within ${API_TIMEOUT_MS} ms` });
+          const body = { error: 'redis_unreachable', message: `Redis did not answer within ${API_TIMEOUT_MS} ms` };
+          void reply.code(503).type('application/json').send(body);
         }, API_TIMEOUT_MS);
         reply.raw.once('close', () => {
           clearTimeout(timer);
@@ -168,7 +185,8 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
     app.get('/readyz', async (_request, reply) => {
       const ready = redis.status === 'ready' && (await withTimeout(redis.ping(), READY_PING_MS).then(() => true, () => false));
       // Open to anyone, so it names no address: the authenticated pages do.
-      return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'not ready', checks: { redis: ready }, ...(ready ? {} : { error: 'redis_unreachable' }) });
+      const body = { status: ready ? 'ready' : 'not ready', checks: { redis: ready }, ...(ready ? {} : { error: 'redis_unreachable' }) };
+      return reply.code(ready ? 200 : 503).send(body);
     });
     await app.register(serverAdapter.registerPlugin(), { prefix: '/' });
 
@@ -216,6 +234,7 @@ This page reloads every 5 seconds and shows the queues again as soon as Redis an
 /** Polls /readyz (no credentials needed) and shows or removes a banner. */
 const OUTAGE_BANNER = `<script>
 (() => {
+  const OUTAGE = 'Redis is unreachable: what the dashboard shows is out of date. It catches up by itself when Redis is back.';
   const show = (text) => {
     let banner = document.getElementById('lampi-outage');
     if (!text) return banner && banner.remove();
@@ -223,14 +242,15 @@ const OUTAGE_BANNER = `<script>
       banner = document.createElement('div');
       banner.id = 'lampi-outage';
       banner.setAttribute('role', 'alert');
-      banner.style.cssText = 'position:fixed;top:0;left:0;right:0;z-index:2147483647;padding:12px;background:#b42318;color:#fff;font:600 15px sans-serif;text-align:center';
+      banner.style.cssText = 'position:fixed;top:0;left:0;right:0;z-index:2147483647;padding:12px;'
+        + 'background:#b42318;color:#fff;font:600 15px sans-serif;text-align:center';
       document.body.appendChild(banner);
     }
     banner.textContent = text;
   };
   const check = () =>
     fetch('readyz', { cache: 'no-store' })
-      .then((response) => show(response.ok ? '' : 'Redis is unreachable: what the dashboard shows is out of date. It catches up by itself when Redis is back.'))
+      .then((response) => show(response.ok ? '' : OUTAGE))
       .catch(() => show('The dashboard does not answer: is it running?'));
   check();
   setInterval(check, 5000);

@@ -20,8 +20,22 @@ export type Dependency = 'redis' | 'mqtt' | 'postgres';
 const NAMES: Record<Dependency, string> = { redis: 'Redis', mqtt: 'the MQTT broker', postgres: 'PostgreSQL' };
 
 /** Socket-level failures: the service is unreachable, and the watch has already said so. */
-const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE']);
-const CONNECTION_MESSAGES = [/connection is closed/i, /ECONNREFUSED|ECONNRESET|ETIMEDOUT/, /stream isn't writeable/i, /max retries per request/i];
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EPIPE',
+]);
+const CONNECTION_MESSAGES = [
+  /connection is closed/i,
+  /ECONNREFUSED|ECONNRESET|ETIMEDOUT/,
+  /stream isn't writeable/i,
+  /max retries per request/i,
+];
 
 export function isConnectionError(err: unknown): boolean {
   if (err instanceof AggregateError) return err.errors.some(isConnectionError);
@@ -66,7 +80,8 @@ export class DependencyWatch {
   /** Its masked URL and what waits while it is gone, e.g. 'jobs wait until it is back'. */
   describeDown(dependency: Dependency): string {
     const watched = this.#watched.get(dependency);
-    return `${capitalize(NAMES[dependency])} is unreachable (${watched?.where ?? '?'}): ${watched?.consequence ?? 'waiting until it is back'}`;
+    const consequence = watched?.consequence ?? 'waiting until it is back';
+    return `${capitalize(NAMES[dependency])} is unreachable (${watched?.where ?? '?'}): ${consequence}`;
   }
 
   /** Follows an ioredis client we own: 'close' and 'end' are losing Redis, 'ready' is having it back. */

@@ -40,6 +40,36 @@ export function oneLine(text: string): string {
   return text.replace(/\s+/g, ' ').trim();
 }
 
+/** PostgreSQL is not there yet, or still starting: worth trying again shortly. */
+function isTransient(err: unknown): boolean {
+  const code = pgCode(err);
+  const message = err instanceof Error ? err.message : String(err);
+  if (code !== undefined && (UNREACHABLE.has(code) || code === '57P03')) return true;
+  return /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError;
+}
+
+/**
+ * Waits up to `seconds` for the server in `url` to accept connections (a container start, where
+ * PostgreSQL comes up after us). Returns as soon as it answers, even with an error that is not
+ * about being unreachable (no such database, a wrong password): the caller reports those.
+ * `onWait` is called once, when the first attempt failed and it starts waiting.
+ */
+export async function waitForDatabase(url: string, seconds: number, onWait: (reason: string) => void): Promise<void> {
+  const deadline = Date.now() + seconds * 1000;
+  let waiting = false;
+  for (;;) {
+    try {
+      await (await connect(url)).end().catch(() => {});
+      return;
+    } catch (err) {
+      if (!isTransient(err) || Date.now() >= deadline) return;
+      if (!waiting) onWait(describe(err));
+      waiting = true;
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(1000, Math.max(0, deadline - Date.now()))));
+  }
+}
+
 /** The user and database a URL names, as PostgreSQL will see them (libpq's defaults when absent). */
 function namesIn(url: string): { user: string; database: string } {
   try {

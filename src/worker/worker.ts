@@ -8,7 +8,7 @@ import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
 import { DependencyWatch } from '../shared/dependency-watch.js';
 import { checkDjangoTables, DJANGO_MODE_OWN_TABLES, djangoTablesProblem } from '../shared/django-site.js';
-import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
+import { refreshQueueDepths, refreshRedisMemory, type Metrics } from '../shared/metrics.js';
 import { checkConnection, MISSING_REGISTRY_DATABASE, MISSING_SITE_DATABASE } from '../shared/postgres.js';
 import { mqttSettings } from '../shared/mqtt.js';
 import type { ReadinessCheck } from '../shared/ops-server.js';
@@ -93,7 +93,9 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
         const postgres = await withTimeout(registry.ping(), POSTGRES_PING_MS).then(() => true, () => false);
         return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres, keen: keenPause.readiness() };
       },
-      refreshQueueGauges: () => refreshQueueDepths(metrics, allQueues(queues)),
+      refreshQueueGauges: async () => {
+        await Promise.all([refreshQueueDepths(metrics, allQueues(queues)), refreshRedisMemory(metrics, redis)]);
+      },
     };
   } catch (err) {
     await closeAll();

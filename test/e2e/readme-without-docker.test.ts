@@ -54,7 +54,7 @@ describe('README: Running without Docker', () => {
   const env = { MQTT_USERNAME: 'lampi-svc', MQTT_PASSWORD: `pw-${suffix}`, KEEN_PROJECT_ID: 'readme', KEEN_READ_KEY: `read-${suffix}`, KEEN_WRITE_KEY: `write-${suffix}` };
   let redis: Awaited<ReturnType<typeof startRedis>>;
   let pgid: number | undefined;
-  let ports: { mqtt: number; sink: number };
+  let ports: { mqtt: number; mqtts: number; sink: number };
   let lamp: mqtt.MqttClient | undefined;
 
   const logs = () =>
@@ -65,7 +65,7 @@ describe('README: Running without Docker', () => {
 
   beforeAll(async () => {
     redis = await startRedis({ appendonly: false });
-    ports = { mqtt: await freePort(), sink: await freePort() };
+    ports = { mqtt: await freePort(), mqtts: await freePort(), sink: await freePort() };
   });
 
   afterAll(async () => {
@@ -105,6 +105,7 @@ describe('README: Running without Docker', () => {
         KEEN_SINK_DATABASE_URL: database(databases[1]!),
         REDIS_URL: redis.url,
         MQTT_PORT: String(ports.mqtt),
+        MQTTS_PORT: String(ports.mqtts),
         KEEN_SINK_PORT: String(ports.sink),
         // Other processes on this machine may hold the default metrics ports.
         METRICS_PORT: '0',

@@ -11,6 +11,7 @@
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
 import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
+import { isConnectionError } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 
@@ -117,6 +118,7 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     if (err instanceof UnrecoverableError || !job) return;
     logger.error({ job_id: job.id, device_id: deviceIdOf(job.data), err: err.message }, 'dead letter redrive failed; it stays in the Failed list, retry it again');
   });
-  worker.on('error', (err) => logger.error({ err: err.message }, 'dead-letter worker error'));
+  // A connection error is the outage the process's DependencyWatch reports, once.
+  worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message }, 'dead-letter worker error'));
   return worker;
 }

@@ -9,6 +9,7 @@ import { groupBy } from '../shared/collections.js';
 import type { Config } from '../shared/config.js';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
 import { payloadRecord, type BridgeStatesJob, type KeenEventRecord, type LampStatesJob, type RejectedMessageJob, type SingleBridgeStateJob } from '../shared/jobs.js';
+import { isConnectionError } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { jitteredBackoff, jitteredBackoffDelay, QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
@@ -250,7 +251,8 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       const final = job && (err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1));
       logger[final ? 'error' : 'warn']({ job_id: job?.id, queue: name, attempts: job?.attemptsMade, err: err.message }, final ? 'ingest job failed for good' : 'ingest job failed; will retry');
     });
-    worker.on('error', (err) => logger.error({ err: err.message, queue: name }, 'ingest worker error'));
+    // A connection error is the outage the process's DependencyWatch reports, once.
+    worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message, queue: name }, 'ingest worker error'));
     return worker;
   };
   // One bridge state at a time per partition, across every worker process.

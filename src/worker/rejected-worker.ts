@@ -6,6 +6,7 @@
  */
 import { UnrecoverableError, Worker, type ConnectionOptions } from 'bullmq';
 import type { RejectedMessageJob } from '../shared/jobs.js';
+import { isConnectionError } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import { QUEUE_NAMES } from '../shared/queues.js';
 
@@ -18,6 +19,7 @@ export function createRejectedWorker(connection: ConnectionOptions, prefix: stri
     { connection, prefix, concurrency: 20, maxStalledCount: 10 },
   );
   // Without a listener, BullMQ's 'error' (a Redis connection closed under it) ends the process.
-  worker.on('error', (err) => logger.error({ err: err.message }, 'rejection log worker error'));
+  // A connection error is the outage the process's DependencyWatch reports, once.
+  worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message }, 'rejection log worker error'));
   return worker;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { jitteredBackoffDelay } from '../../src/shared/queues.js';
+import { JOB_OPTIONS, jitteredBackoffDelay, retryWindowMs } from '../../src/shared/queues.js';
 
 const FIVE_MINUTES = 5 * 60_000;
 const fixed = (value: number) => () => value;
@@ -61,5 +61,15 @@ describe('jitteredBackoffDelay', () => {
     // 500 ms * 2^9 = 256 s < 300 s; 500 ms * 2^10 = 512 s is capped.
     expect(jitteredBackoffDelay(10, 500, fixed(ALMOST_ONE))).toBe(256_000);
     expect(jitteredBackoffDelay(11, 500, fixed(ALMOST_ONE))).toBe(FIVE_MINUTES);
+  });
+});
+
+describe('retryWindowMs', () => {
+  it('adds the delays between the attempts, each at the low and the high end of its jitter', () => {
+    expect(retryWindowMs({ attempts: 1, backoff: { type: 'x', delay: 1000 } })).toEqual({ minMs: 0, maxMs: 0 });
+    // Retries wait 1, 2 and 4 s (at most), half that at least.
+    expect(retryWindowMs({ attempts: 4, backoff: { type: 'x', delay: 1000 } })).toEqual({ minMs: 3500, maxMs: 7000 });
+    // Keen's default: 1 + 2 + ... + 256 s, then twice the five-minute cap.
+    expect(retryWindowMs(JOB_OPTIONS.keen(12))).toEqual({ minMs: 555_500, maxMs: 1_111_000 });
   });
 });

@@ -19,6 +19,7 @@
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { deviceIdOf, type DeadLetterJob, type DeliveryError, type KeenDeliveryJob, type KeenEventRecord } from '../../shared/jobs.js';
+import { isConnectionError } from '../../shared/dependency-watch.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { QUEUE_NAMES, jitteredBackoff, type PipelineQueues } from '../../shared/queues.js';
@@ -137,7 +138,8 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
   });
   worker.on('completed', () => metrics?.jobsCompleted.inc({ queue: QUEUE_NAMES.keen }));
   worker.on('failed', () => metrics?.jobsFailed.inc({ queue: QUEUE_NAMES.keen }));
-  worker.on('error', (err) => logger.error({ err: err.message }, 'keen delivery worker error'));
+  // A connection error is the outage the process's DependencyWatch reports, once.
+  worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message }, 'keen delivery worker error'));
   return worker;
 }
 

@@ -29,16 +29,24 @@ COPY tsconfig.json ./
 COPY src ./src
 RUN npm run build
 
-# Production dependencies only. --legacy-peer-deps: npm would otherwise also install the peers
-# @prisma/client declares (the Prisma CLI and TypeScript, with their trees: 400 MB instead of
-# 166 MB); nothing in dist/ imports them. tsx goes too (only `npm run dlq`/`devices` in a checkout
-# use it; the image runs dist/), and so do the query compilers of databases other than PostgreSQL.
+# Production dependencies only. npm ci --omit=dev still installs what the lockfile marks
+# devOptional: our dev dependencies that are also optional peers of @prisma/client (the Prisma CLI
+# with Studio, TypeScript, effect, PGlite: 125 packages; with them the node_modules layer was
+# 293 MB, without 67 MB; --legacy-peer-deps does not change what npm ci installs). Nothing in
+# dist/ imports them, so they are removed, by the lockfile's own list. tsx goes too (only
+# `npm run dlq`/`devices` in a checkout use it; the image runs dist/), and so do the query
+# compilers of databases other than PostgreSQL and the dependencies' source maps and TypeScript
+# files (sources and declarations: 29 MB of the layer), which Node never loads from node_modules
+# (no --enable-source-maps; Node runs no .ts there).
 FROM node:22-bookworm-slim AS production-dependencies
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --legacy-peer-deps --ignore-scripts --no-audit --no-fund \
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+ && node -e "for (const [dir, p] of Object.entries(require('./package-lock.json').packages)) \
+      if (p.devOptional) require('fs').rmSync(dir, { recursive: true, force: true })" \
  && rm -rf node_modules/tsx node_modules/esbuild node_modules/@esbuild node_modules/@types node_modules/.bin \
  && find node_modules/@prisma/client/runtime -name 'query_compiler_*' ! -name 'query_compiler_small_bg.postgresql.*' -delete \
+ && find node_modules -type f \( -name '*.map' -o -name '*.ts' -o -name '*.mts' -o -name '*.cts' \) -delete \
  && rm -rf /root/.npm
 
 FROM node:22-bookworm-slim

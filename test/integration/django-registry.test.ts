@@ -142,7 +142,6 @@ describe('workers on a LAMPI site', () => {
       const publisher = await newPublisher(`w${workers.length}-${i}`, brokerUrl);
       const ingest = await createIngestWorkers({
         connection: redis,
-        prefix,
         queues,
         registry: newRegistry(),
         publisher,
@@ -150,7 +149,6 @@ describe('workers on a LAMPI site', () => {
         concurrency: 10,
         logger: silent,
         metrics: createMetrics('t'),
-        bridgeRetryBaseMs: 100,
       });
       stops.push(() => Promise.all(ingest.map((worker) => worker.close())));
       started.push(...ingest);

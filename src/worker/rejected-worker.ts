@@ -3,16 +3,21 @@
  * the dashboard's Failed list of `rejected-messages` is then the rejection log, and BullMQ
  * keeps only the newest of them (JOB_OPTIONS.rejected), so a flood cannot fill Redis.
  */
-import { UnrecoverableError, Worker, type ConnectionOptions } from 'bullmq';
+import { UnrecoverableError, type ConnectionOptions, type Queue, type Worker } from 'bullmq';
 import type { RejectedMessageJob } from '../shared/jobs.js';
-import { QUEUE_NAMES } from '../shared/queues.js';
+import type { Logger } from '../shared/logger.js';
+import { runStage } from './stage-runner.js';
 
-export function createRejectedWorker(connection: ConnectionOptions, prefix: string): Worker<RejectedMessageJob> {
-  return new Worker<RejectedMessageJob>(
-    QUEUE_NAMES.rejected,
-    async (job) => {
+export function createRejectedWorker(connection: ConnectionOptions, queue: Queue<RejectedMessageJob>, logger: Logger): Worker<RejectedMessageJob> {
+  return runStage({
+    queue,
+    connection,
+    process: async (job) => {
       throw new UnrecoverableError(`${job.data.reason}: ${job.data.detail}`);
     },
-    { connection, prefix, concurrency: 20, maxStalledCount: 10 },
-  );
+    concurrency: 20,
+    // Each rejection was logged where it was made; failing its record is the normal path.
+    failureLog: 'nobody',
+    logger,
+  });
 }

@@ -67,7 +67,7 @@ describe('dashboard', () => {
   beforeAll(async () => {
     redis = await connectRedis(services.redis);
     queues = openQueues(redis, prefix);
-    worker = createDeadLetterWorker({ connection: redis, prefix, queues, logger });
+    worker = createDeadLetterWorker({ connection: redis, queues, logger });
     dashboard = await startDashboard(configFor(prefix), logger);
     readOnly = await startDashboard(configFor(prefix, { DASHBOARD_READ_ONLY: true }), logger);
   });

@@ -154,7 +154,7 @@ function firstProblem(value: unknown, fields: Record<string, Field>, path: strin
 
 /** The first item of an array (non-empty, unless `allowEmpty`) with a problem, as `path[i].field: what is wrong`. */
 function firstItemProblem(items: unknown, fields: Record<string, Field>, path: string, allowEmpty = false): string | undefined {
-  if (!Array.isArray(items) || (items.length === 0 && !allowEmpty)) return `${path}: not a ${allowEmpty ? '' : 'non-empty '}array`;
+  if (!Array.isArray(items) || (items.length === 0 && !allowEmpty)) return `${path}: not ${allowEmpty ? 'an' : 'a non-empty'} array`;
   for (const [i, item] of items.entries()) {
     const problem = firstProblem(item, fields, `${path}[${i}]`);
     if (problem) return problem;

@@ -73,6 +73,8 @@ const sections = {
     KEEN_ATTEMPTS: positiveInt(12),
     /** keen-delivery jobs at once; their events share bulk requests (KEEN_BATCH_SIZE each). */
     KEEN_CONCURRENCY: positiveInt(64),
+    /** While Keen refuses the key or the account (401, 402, 403), how often delivery tries again. */
+    KEEN_PAUSE_PROBE_MS: positiveInt(30_000),
   },
   dashboard: {
     DASHBOARD_PORT: z.coerce.number().int().min(0).max(65535).default(3000),

@@ -42,6 +42,12 @@ export function createMetrics(processName: string) {
       buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000],
       registers,
     }),
+    keenDeliveryPaused: new Gauge({
+      name: 'lampi_keen_delivery_paused',
+      help: '1 while Keen refuses the deployment (reason: unauthorized 401, account_blocked 402, forbidden 403) and delivery waits',
+      labelNames: ['reason'],
+      registers,
+    }),
     keenEvents: new Counter({ name: 'lampi_keen_events_total', help: 'Keen events by outcome', labelNames: ['collection', 'outcome'], registers }),
     queueDepth: new Gauge({ name: 'lampi_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers }),
   };

@@ -2,13 +2,15 @@
  * The operations endpoints every process serves on METRICS_PORT:
  *   /metrics  Prometheus text format
  *   /healthz  liveness: the event loop answers
- *   /readyz   readiness: each connection the process needs is up (503 and which one is not)
+ *   /readyz   readiness: each connection the process needs is up (503 and which one is not,
+ *             with a reason where the check gives one)
  */
 import { createServer, type Server } from 'node:http';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 
-export type ReadinessCheck = () => Promise<Record<string, boolean>>;
+/** Per check: true when ready, false when not, or a sentence saying why not. */
+export type ReadinessCheck = () => Promise<Record<string, boolean | string>>;
 
 export interface OpsServerOptions {
   port: number;
@@ -31,9 +33,16 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ port:
     if (path === '/healthz') return respond(200, 'application/json', '{"status":"ok"}\n');
     if (path === '/readyz') {
       options.readiness().then(
-        (checks) => {
+        (results) => {
+          const checks = Object.fromEntries(Object.entries(results).map(([name, result]) => [name, result === true]));
+          const reasons = Object.entries(results).filter(([, result]) => typeof result === 'string');
           const ready = Object.values(checks).every(Boolean);
-          respond(ready ? 200 : 503, 'application/json', `${JSON.stringify({ status: ready ? 'ready' : 'not ready', checks })}\n`);
+          const body = {
+            status: ready ? 'ready' : 'not ready',
+            checks,
+            ...(reasons.length > 0 ? { reasons: Object.fromEntries(reasons) } : {}),
+          };
+          respond(ready ? 200 : 503, 'application/json', `${JSON.stringify(body)}\n`);
         },
         (err: unknown) => respond(503, 'application/json', `${JSON.stringify({ status: 'not ready', error: String(err) })}\n`),
       );

@@ -9,6 +9,7 @@ import type { Logger } from '../shared/logger.js';
 import { checkDjangoTables, DJANGO_MODE_OWN_TABLES, djangoTablesProblem } from '../shared/django-site.js';
 import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
 import { mqttSettings } from '../shared/mqtt.js';
+import type { ReadinessCheck } from '../shared/ops-server.js';
 import { allQueues, connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
 import { createDeadLetterWorker } from './dead-letter-worker.js';
@@ -16,6 +17,7 @@ import { createIngestWorkers } from './ingest-worker.js';
 import { KeenBatcher } from './keen/batcher.js';
 import { KeenClient } from './keen/client.js';
 import { createKeenDeliveryWorker } from './keen/delivery-worker.js';
+import { KeenDeliveryPause } from './keen/pause.js';
 import { DeviceRegistry } from './registry/registry.js';
 import { createRejectedWorker } from './rejected-worker.js';
 
@@ -23,7 +25,7 @@ export type WorkerConfig = Config<'common' | 'mqtt' | 'database' | 'registry' | 
 
 export interface WorkerProcess {
   workers: Worker[];
-  readiness(): Promise<Record<string, boolean>>;
+  readiness: ReadinessCheck;
   /** Sets the queue depth gauges from Redis (called when metrics are scraped). */
   refreshQueueGauges(): Promise<void>;
   close(): Promise<void>;
@@ -44,6 +46,8 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     const publisher = await AssociationPublisher.connect(mqttSettings(config), config.MQTT_CLIENT_ID, logger, config.ASSOCIATION_TOPIC);
     cleanups.push(() => publisher.close());
 
+    // No key check here: Keen has none that writes no event (pause.ts); a wrong key pauses delivery at the first request.
+    const keenPause = new KeenDeliveryPause({ probeIntervalMs: config.KEEN_PAUSE_PROBE_MS, logger, metrics });
     const batcher = new KeenBatcher({
       client: new KeenClient({
         apiUrl: config.KEEN_API_URL,
@@ -54,6 +58,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
       maxEvents: config.KEEN_BATCH_SIZE,
       lingerMs: config.KEEN_LINGER_MS,
       metrics,
+      pause: keenPause,
     });
     cleanups.push(() => batcher.close());
 
@@ -73,7 +78,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
       close: closeAll,
       async readiness() {
         const postgres = await withTimeout(registry.ping(), 2000).then(() => true, () => false);
-        return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres };
+        return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres, keen: keenPause.readiness() };
       },
       refreshQueueGauges: () => refreshQueueDepths(metrics, allQueues(queues)),
     };

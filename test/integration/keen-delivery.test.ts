@@ -18,6 +18,7 @@ import { JITTERED_BACKOFF, openQueues, type PipelineQueues } from '../../src/sha
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
 import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.js';
+import { KeenDeliveryPause } from '../../src/worker/keen/pause.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { waitFor } from '../support/processes.js';
@@ -31,6 +32,8 @@ interface HarnessOptions {
   maxEvents?: number;
   lingerMs?: number;
   timeoutMs?: number;
+  /** How often a paused delivery (401/402/403) tries Keen again. */
+  probeIntervalMs?: number;
 }
 
 /** One request the batcher made, as it made it: the events' tokens, and how it ended. */
@@ -45,6 +48,7 @@ interface Harness {
   keen: FakeKeen;
   queues: PipelineQueues;
   worker: Worker<KeenDeliveryJob>;
+  pause: KeenDeliveryPause;
   logs: () => string;
   /** Every request the batcher made, in the order it made them. */
   sent: SentRequest[];
@@ -98,6 +102,7 @@ async function harness(options: HarnessOptions = {}): Promise<Harness> {
     },
   });
   const logger = createLogger('keen-delivery-test', 'debug', sink);
+  const pause = new KeenDeliveryPause({ probeIntervalMs: options.probeIntervalMs ?? 30_000, logger });
   const client = new KeenClient({ apiUrl: keen.url, projectId: PROJECT, writeKey: WRITE_KEY, timeoutMs: options.timeoutMs ?? 2000 });
   const sent: SentRequest[] = [];
   const requestStarts: number[] = [];
@@ -125,6 +130,7 @@ async function harness(options: HarnessOptions = {}): Promise<Harness> {
     maxEvents: options.maxEvents ?? 100,
     lingerMs: options.lingerMs ?? 20,
     metrics: createMetrics('keen-delivery-test'),
+    pause,
   });
   const worker = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: options.concurrency ?? 100, logger, metrics: createMetrics('keen-delivery-test') });
   cleanups.push(async () => {
@@ -138,6 +144,7 @@ async function harness(options: HarnessOptions = {}): Promise<Harness> {
     keen,
     queues,
     worker,
+    pause,
     logs: () => output,
     sent,
     requestStarts,
@@ -346,6 +353,36 @@ describe('keen-delivery', () => {
       if (groups[i]!.some((e) => limited.tokens.includes(tokenOf(e)))) expect(job.attemptsStarted).toBeGreaterThan(1);
     }
     expect(await h.deadLetters()).toHaveLength(0);
+  });
+
+  it.each([
+    [401, 'InvalidApiKeyError', 'unauthorized'],
+    [402, 'AccountBlockedError', 'account_blocked'],
+    [403, 'ForbiddenError', 'forbidden'],
+  ])('a %i (%s) pauses delivery: no attempt spent, nothing dead-lettered, all delivered once Keen accepts', async (status, code, fault) => {
+    const h = await harness({ maxEvents: 10, probeIntervalMs: 100 });
+    h.keen.respondWith({ status, body: { message: `refused with ${status}`, error_code: code } });
+    const all = events(30);
+    // Fewer attempts than the probes the pause will make: a probe must not spend one.
+    const ids = await h.addJobs(groupsOf(all, [5]), { attempts: 2 });
+    await waitFor('four refused probes', () => h.keen.requests.filter((r) => r.status === status).length >= 4, 20_000);
+    expect(h.pause.fault).toBe(fault);
+    expect(await h.deadLetters()).toHaveLength(0);
+    expect(await h.queues.keen.getFailedCount()).toBe(0);
+    expect(h.keen.eventCount()).toBe(0);
+
+    h.keen.clearFaults();
+    await waitFor('30 events at Keen', () => h.keen.eventCount() === 30, 20_000);
+    await h.settled();
+    expectDeliveredOnce(h.keen, all.map(tokenOf));
+    expect(h.pause.fault).toBeUndefined();
+    for (const job of await h.finished(ids)) {
+      expect(await job.getState()).toBe('completed');
+      expect(job.attemptsMade).toBe(1);
+    }
+    expect(await h.deadLetters()).toHaveLength(0);
+    expect(h.logs()).toContain('Keen delivery resumed');
+    expect(h.logs()).not.toContain(WRITE_KEY);
   });
 
   it('times out a request that hangs, retries, and delivers', async () => {

@@ -85,7 +85,8 @@ describe('operations endpoints', () => {
     expect(gauge(workerMetrics, 'lampi_jobs_completed_total', { queue: 'ingest' })).toBeGreaterThanOrEqual(jobs);
     expect(workerMetrics).toMatch(/lampi_keen_request_duration_seconds_bucket\{/);
     expect(workerMetrics).toMatch(/lampi_keen_responses_total\{status="200"/);
-    expect(await (await fetch(`http://127.0.0.1:${workerPort}/readyz`)).json()).toEqual({ status: 'ready', checks: { redis: true, mqtt: true, postgres: true } });
+    const readiness = await (await fetch(`http://127.0.0.1:${workerPort}/readyz`)).json();
+    expect(readiness).toEqual({ status: 'ready', checks: { redis: true, mqtt: true, postgres: true, keen: true } });
     await lamp.endAsync();
   });
 

@@ -2,11 +2,14 @@
  * KeenBatcher with the real KeenClient against the fake Keen server: how submits are grouped
  * into bulk requests, and how each submit settles with its own event's outcome.
  */
+import { Writable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { buildKeenEvent, type KeenEvent } from '../../src/shared/events.js';
+import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { KeenBatcher, KeenEventRejected } from '../../src/worker/keen/batcher.js';
 import { KeenClient, KeenRequestError } from '../../src/worker/keen/client.js';
+import { KeenDeliveryPause } from '../../src/worker/keen/pause.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 
 const PROJECT = 'proj_batcher_test';
@@ -119,6 +122,64 @@ describe('KeenBatcher', () => {
     expect((second as KeenRequestError).status).toBe(429);
     expect((second as KeenRequestError).retryAfterMs).toBeGreaterThan(0);
     expect((second as KeenRequestError).retryAfterMs).toBeLessThanOrEqual(1000);
+  });
+
+  it('a 401 pauses sending until the probe interval has passed, logs once a minute, and the first accepted request resumes', async () => {
+    let now = 1_000_000;
+    let output = '';
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        output += chunk.toString();
+        done();
+      },
+    });
+    const lines = (text: string) => output.split('\n').filter((line) => line.includes(text));
+    const metrics = createMetrics('pause-test');
+    const gauge = async () => {
+      const { values } = await metrics.registry.getSingleMetric('lampi_keen_delivery_paused')!.get();
+      return values.map((v) => [v.labels.reason, v.value]);
+    };
+    const logger = createLogger('pause-test', 'info', sink);
+    const pause = new KeenDeliveryPause({ probeIntervalMs: 30_000, logger, metrics, now: () => now });
+    const b = batcher({ lingerMs: 0, pause });
+    expect(await gauge()).toEqual([['unauthorized', 0], ['account_blocked', 0], ['forbidden', 0]]);
+    expect(pause.readiness()).toBe(true);
+
+    keen.respondWith({ status: 401, body: { message: 'The API key is invalid for this project.', error_code: 'InvalidApiKeyError' } });
+    const first = await b.submit('devicestate', event()).catch((e: unknown) => e);
+    expect(first).toMatchObject({ status: 401, code: 'InvalidApiKeyError', deploymentFault: 'unauthorized', retryAfterMs: 30_000 });
+    expect(pause.fault).toBe('unauthorized');
+    expect(pause.readiness()).toEqual(expect.stringContaining('KEEN_WRITE_KEY'));
+    expect(await gauge()).toEqual([['unauthorized', 1], ['account_blocked', 0], ['forbidden', 0]]);
+    expect(lines('Keen delivery is paused')).toHaveLength(1);
+
+    // Before the probe: refused without a request, saying how long is left.
+    now += 29_999;
+    let held: unknown;
+    expect(await requestsDuring(() => b.submit('devicestate', event()).catch((e: unknown) => (held = e)))).toHaveLength(0);
+    expect(held).toMatchObject({ status: 401, deploymentFault: 'unauthorized', retryAfterMs: 1 });
+
+    // The probe is refused too: still paused, and no second line within the minute.
+    now += 1;
+    expect(await requestsDuring(() => b.submit('devicestate', event()).catch(() => {}))).toHaveLength(1);
+    expect(pause.fault).toBe('unauthorized');
+    expect(lines('Keen delivery is paused')).toHaveLength(1);
+    now += 60_000;
+    await b.submit('devicestate', event()).catch(() => {});
+    expect(lines('Keen delivery is paused')).toHaveLength(2);
+    const line = JSON.parse(lines('Keen delivery is paused')[0]!) as Record<string, unknown>;
+    expect(line).toMatchObject({ level: 'error', reason: 'unauthorized', status: 401, code: 'InvalidApiKeyError' });
+
+    keen.clearFaults();
+    now += 30_000;
+    const resumed = event();
+    await b.submit('devicestate', resumed);
+    expect(keen.tokens('devicestate')).toContain(resumed.keen.uniqueness_token);
+    expect(pause.fault).toBeUndefined();
+    expect(pause.readiness()).toBe(true);
+    expect(await gauge()).toEqual([['unauthorized', 0], ['account_blocked', 0], ['forbidden', 0]]);
+    expect(lines('Keen delivery resumed')).toHaveLength(1);
+    expect(output).not.toContain(WRITE_KEY);
   });
 
   it('close() sends what is pending, waits for it, and refuses later submits', async () => {

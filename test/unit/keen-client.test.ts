@@ -70,18 +70,28 @@ describe('KeenClient.recordEvents', () => {
     expect(keen.requests.at(-1)?.path).toBe(`/3.0/projects/${PROJECT}/events`);
   });
 
-  it('a wrong write key is a permanent 401 that names Keen’s error and not the key', async () => {
+  it('a wrong write key is a 401 deployment fault that names Keen’s error and not the key', async () => {
     const wrong = new KeenClient({ apiUrl: keen.url, projectId: PROJECT, writeKey: 'not-the-key', timeoutMs: 2000 });
     const err = await failure(wrong.recordEvents({ devicestate: [event('k-1')] }));
-    expect(err).toMatchObject({ status: 401, code: 'InvalidApiKeyError', retryable: false });
+    expect(err).toMatchObject({ status: 401, code: 'InvalidApiKeyError', retryable: true, deploymentFault: 'unauthorized' });
     expect(err.message).not.toContain('not-the-key');
     expect(keen.tokens('devicestate')).not.toContain('k-1');
   });
 
-  it.each([400, 402, 403, 404, 413])('%i is permanent', async (status) => {
+  it.each([
+    [402, 'account_blocked'],
+    [403, 'forbidden'],
+  ])('%i is a deployment fault (%s): retryable once the account or key is put right', async (status, fault) => {
+    keen.respondWith({ status, body: { message: `refused with ${status}`, error_code: 'SomeKeenError' } }, { times: 1 });
+    const err = await failure(client.recordEvents({ devicestate: [event(`d-${status}`)] }));
+    expect(err).toMatchObject({ status, code: 'SomeKeenError', retryable: true, deploymentFault: fault });
+  });
+
+  it.each([400, 404, 413])('%i is permanent', async (status) => {
     keen.respondWith({ status, body: { message: `refused with ${status}`, error_code: 'SomeKeenError' } }, { times: 1 });
     const err = await failure(client.recordEvents({ devicestate: [event(`p-${status}`)] }));
     expect(err).toMatchObject({ status, code: 'SomeKeenError', retryable: false });
+    expect(err.deploymentFault).toBeUndefined();
     expect(err.message).toContain(`refused with ${status}`);
   });
 

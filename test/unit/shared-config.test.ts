@@ -47,6 +47,7 @@ describe('loadConfig: defaults', () => {
       KEEN_LINGER_MS: 20,
       KEEN_ATTEMPTS: 12,
       KEEN_CONCURRENCY: 64,
+      KEEN_PAUSE_PROBE_MS: 30_000,
     });
   });
 

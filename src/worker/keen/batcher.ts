@@ -1,11 +1,14 @@
 /**
  * Groups the events of concurrently running delivery jobs into Keen bulk requests. Each
  * `submit` settles with its own event's outcome, so a job completes only once Keen has accepted
- * its event, and fails alone when Keen refused only its event.
+ * its event, and fails alone when Keen refused only its event. While Keen asks us to wait (a 429)
+ * or refuses the deployment (a 401, 402 or 403, see pause.ts), submits fail at once without a
+ * request.
  */
 import type { KeenEvent } from '../../shared/events.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { DEFAULT_RATE_LIMIT_MS, KeenRequestError, type KeenBulkResults } from './client.js';
+import { KeenDeliveryPause } from './pause.js';
 
 /** Keen's limit on one event, serialized. */
 export const MAX_EVENT_BYTES = 900_000;
@@ -37,6 +40,8 @@ export interface KeenBatcherOptions {
   /** Larger events are refused here, without a request. */
   maxEventBytes?: number;
   metrics?: Metrics;
+  /** Where a refused key or account pauses delivery; without it, a silent one with the default probe interval. */
+  pause?: KeenDeliveryPause;
 }
 
 interface Entry {
@@ -60,6 +65,7 @@ export class KeenBatcher {
   readonly #lingerMs: number;
   readonly #maxEventBytes: number;
   readonly #metrics: Metrics | undefined;
+  readonly pause: KeenDeliveryPause;
   #pending: Batch | undefined;
   readonly #inFlight = new Set<Promise<void>>();
   /** After a 429, nothing is sent before this time; submits are refused with the 429 meanwhile. */
@@ -76,6 +82,7 @@ export class KeenBatcher {
     this.#lingerMs = options.lingerMs;
     this.#maxEventBytes = options.maxEventBytes ?? MAX_EVENT_BYTES;
     this.#metrics = options.metrics;
+    this.pause = options.pause ?? new KeenDeliveryPause();
   }
 
   /** Events waiting for their batch to be sent, and requests under way. */
@@ -101,8 +108,8 @@ export class KeenBatcher {
       this.#countEvents(collection, 'rejected');
       return Promise.reject(new KeenEventRejected('EventTooLargeError', `event is ${bytes} bytes serialized; Keen accepts at most ${this.#maxEventBytes}`));
     }
-    const limited = this.#rateLimited();
-    if (limited) return Promise.reject(limited);
+    const held = this.#held();
+    if (held) return Promise.reject(held);
 
     return new Promise<void>((resolve, reject) => {
       const entryBytes = bytes + 1; // the comma
@@ -132,7 +139,10 @@ export class KeenBatcher {
     while (this.#inFlight.size > 0) await Promise.allSettled([...this.#inFlight]);
   }
 
-  #rateLimited(): KeenRequestError | undefined {
+  /** Why nothing may be sent now (a pause, a 429's wait), or undefined. */
+  #held(): KeenRequestError | undefined {
+    const paused = this.pause.held();
+    if (paused) return paused;
     const remaining = this.#rateLimitedUntil - Date.now();
     if (remaining <= 0 || !this.#rateLimitError) return undefined;
     const original = this.#rateLimitError;
@@ -167,8 +177,8 @@ export class KeenBatcher {
       const failed: Array<{ part: Entry[]; err: unknown }> = [];
       await Promise.all(
         round.map(async (part) => {
-          const limited = this.#rateLimited();
-          if (limited) return this.#fail(part, limited);
+          const held = this.#held();
+          if (held) return this.#fail(part, held);
           try {
             const results = await this.#request(part);
             accepted = true;
@@ -203,6 +213,7 @@ export class KeenBatcher {
       const results = await this.#client.recordSerialized(byCollection);
       metrics?.keenRequestSeconds.observe({ outcome: 'ok' }, seconds());
       metrics?.keenResponses.inc({ status: '200' });
+      this.pause.accepted();
       return results;
     } catch (err) {
       if (err instanceof KeenRequestError) {
@@ -215,6 +226,7 @@ export class KeenBatcher {
             this.#rateLimitError = err;
           }
         }
+        if (err.deploymentFault) throw this.pause.refused(err);
       } else {
         metrics?.keenRequestSeconds.observe({ outcome: 'error' }, seconds());
       }

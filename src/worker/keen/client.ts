@@ -20,6 +20,19 @@ export type KeenEventResult = { success: true } | { success: false; error: { nam
 /** Keen's answer to a bulk request: per collection, one result per event sent, in order. */
 export type KeenBulkResults = Record<string, KeenEventResult[]>;
 
+/**
+ * Keen's answers about the deployment (its key, its account), never about the events sent:
+ * retrying them elsewhere cannot help and refusing the events would lose them all, so delivery
+ * pauses (see pause.ts). The one list of such statuses.
+ */
+export const DEPLOYMENT_FAULTS = { 401: 'unauthorized', 402: 'account_blocked', 403: 'forbidden' } as const;
+export type DeploymentFault = (typeof DEPLOYMENT_FAULTS)[keyof typeof DEPLOYMENT_FAULTS];
+
+export function deploymentFaultOf(status: number | undefined): DeploymentFault | undefined {
+  if (status === undefined || !Object.hasOwn(DEPLOYMENT_FAULTS, status)) return undefined;
+  return DEPLOYMENT_FAULTS[status as keyof typeof DEPLOYMENT_FAULTS];
+}
+
 export interface KeenRequestErrorDetails {
   status?: number;
   /** Keen's `error_code`, or a transport code such as `ETIMEDOUT` or `ECONNRESET`. */
@@ -36,19 +49,26 @@ export class KeenRequestError extends Error {
   readonly code?: string;
   readonly retryable: boolean;
   readonly retryAfterMs?: number;
+  /** Set for a 401, 402 or 403: the key or the account is refused, and delivery pauses. */
+  readonly deploymentFault?: DeploymentFault;
 
   constructor(message: string, details: KeenRequestErrorDetails) {
     super(message, details.cause === undefined ? undefined : { cause: details.cause });
     if (details.status !== undefined) this.status = details.status;
+    const fault = deploymentFaultOf(details.status);
+    if (fault) this.deploymentFault = fault;
     if (details.code !== undefined) this.code = details.code;
     this.retryable = details.retryable;
     if (details.retryAfterMs !== undefined) this.retryAfterMs = details.retryAfterMs;
   }
 }
 
-/** Statuses after which the same request may succeed later. 3xx and other 4xx need a person. */
+/**
+ * Statuses after which the same request may succeed later: a deployment fault does once the key
+ * or account is put right. 3xx and other 4xx need a person.
+ */
 function retryableStatus(status: number): boolean {
-  return status >= 500 || status === 408 || status === 425 || status === 429;
+  return status >= 500 || status === 408 || status === 425 || status === 429 || deploymentFaultOf(status) !== undefined;
 }
 
 const MAX_ERROR_BODY_CHARS = 300;

@@ -3,10 +3,13 @@
  * together with those of other jobs. Per event:
  *
  * - accepted by Keen: done;
- * - refused for good (a per-event error, or a 4xx such as 400/401/402/403/413): copied to
+ * - refused for good (a per-event error, or a 4xx such as 400/404/413): copied to
  *   keen-dead-letter at once, under its uniqueness token;
  * - 429: the whole queue pauses for Keen's `Retry-After` and the job goes back to wait without
  *   spending an attempt;
+ * - 401, 402, 403 (the key or the account is refused, see pause.ts): the same, for the probe
+ *   interval, again and again until Keen accepts: such a fault is the deployment's, not the
+ *   events', and must not spend them;
  * - anything else (5xx, timeout, reset, unreadable answer): the job is retried with jittered
  *   backoff, holding only the events still undelivered, and dead-letters them when its attempts
  *   run out.
@@ -70,6 +73,8 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
     const lastAttempt = attempts >= (job.opts.attempts ?? 1);
     const undelivered: KeenEventRecord[] = [];
     let retryError: unknown;
+    /** Keen asked us to wait (429) or refuses the deployment: the job waits without spending an attempt. */
+    let holdError: KeenRequestError | undefined;
     for (const [i, outcome] of outcomes.entries()) {
       if (outcome.status === 'fulfilled') continue;
       const err: unknown = outcome.reason;
@@ -83,13 +88,15 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
       }
       undelivered.push(record);
       retryError ??= err;
+      if (err instanceof KeenRequestError && (err.deploymentFault || err.status === 429) && !holdError?.deploymentFault) holdError = err;
     }
     if (undelivered.length === 0) return;
 
     const log = logger.child({ job_id: job.id, queue: QUEUE_NAMES.keen, ...keenSubject({ events: undelivered }), events: undelivered.length });
-    if (retryError instanceof KeenRequestError && retryError.status === 429) {
-      const waitMs = retryError.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS;
-      if (Date.now() >= rateLimitReportedUntil) {
+    if (holdError) {
+      const waitMs = holdError.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS;
+      // A pause logs itself (pause.ts), once a minute at most.
+      if (!holdError.deploymentFault && Date.now() >= rateLimitReportedUntil) {
         rateLimitReportedUntil = Date.now() + waitMs;
         log.warn({ retry_after_ms: waitMs }, 'Keen is rate limiting; pausing keen-delivery');
       }

@@ -133,13 +133,13 @@ export function runStage<T>(options: StageOptions<T>): Worker<T> {
     metrics?.jobAttemptsFailed.inc({ queue: name });
     const final = !job || isUnrecoverable(err) || job.attemptsMade >= (job.opts.attempts ?? 1);
     if (final) metrics?.jobsFailed.inc({ queue: name });
-    const fields = job ? { ...fieldsOf(job), attempts: ordered ? job.attemptsStarted : job.attemptsMade } : { queue: name };
-    if (err instanceof MalformedJobError) {
-      logger.error({ ...fields, err: err.message }, `${name} job failed for good: its data is not a ${name} job`);
-    }
-    else if (failureLog !== 'runner') return;
-    else if (final) logger.error({ ...fields, err: err.message }, `${name} job failed for good`);
-    else logger.warn({ ...fields, err: err.message }, `${name} job failed; will retry`);
+    const malformed = err instanceof MalformedJobError;
+    if (!malformed && failureLog !== 'runner') return;
+    const attempts = job && (ordered ? job.attemptsStarted : job.attemptsMade);
+    const fields = { ...(job ? fieldsOf(job) : { queue: name }), attempts, err: err.message };
+    if (malformed) logger.error(fields, `${name} job failed for good: its data is not a ${name} job`);
+    else if (final) logger.error(fields, `${name} job failed for good`);
+    else logger.warn(fields, `${name} job failed; will retry`);
   });
   worker.on('error', (err) => logger.error({ queue: name, err: err.message }, `${name} worker error`));
   return worker;

@@ -1,18 +1,21 @@
 # One image for every lampi-ingest process. docker-compose.yml picks the process with `command`:
-#   node dist/<migrate|subscriber|worker|keen-sink|dashboard|dlq|devices>/main.mjs
-# built by `npm run build` (esbuild; scripts/build.mjs). `npm run dlq -- ...` and `npm run devices -- ...` also work (tsx).
-FROM node:20-bookworm-slim
+#   node dist/<secrets-init|migrate|subscriber|worker|keen-sink|dashboard|dlq|devices>/main.mjs
+# built by `npm run build` (esbuild; scripts/build.mjs).
+#
+# Two stages: `build` has every dependency (Prisma CLI, TypeScript, esbuild) and makes dist/; the
+# runtime stage starts from a clean base and gets only dist/, the migrations' SQL, the TLS script
+# and the production dependencies, so nothing of the build is left in a lower layer. Node 22 LTS
+# (Node 20 ended in April 2026); the code still runs on Node 20 (package.json "engines").
+FROM node:22-bookworm-slim AS build
 
 WORKDIR /app
 
-# Dependencies first, so a source change does not reinstall them. `npm ci` runs our postinstall,
-# `npm run generate`, which writes the Prisma client to src/generated/ from prisma/schema.prisma:
-# that needs the schema, prisma.config.ts and scripts/no-schema-engine (Prisma 7's generate wants
-# *an* engine binary path offline; see that script) before the install, not after.
-#
-# --ignore-scripts then `npm run generate`: dependencies' own install scripts do not run, as with
-# npm 11 (what the project is developed and tested with; this image's npm 10 would run them), and
-# nothing is downloaded at install time. The generate step is the postinstall, run explicitly.
+# Dependencies first, so a source change does not reinstall them. --ignore-scripts: dependencies'
+# own install scripts do not run (as with npm 11, what the project is developed with; this
+# image's npm 10 would run them), and nothing is downloaded at install time. Then our postinstall,
+# `npm run generate`, explicitly: it writes the Prisma client to src/generated/ from
+# prisma/schema.prisma, and needs the schema, prisma.config.ts and scripts/no-schema-engine
+# (Prisma 7's generate wants *an* engine binary path offline; see that script).
 COPY package.json package-lock.json prisma.config.ts ./
 COPY prisma ./prisma
 COPY scripts ./scripts
@@ -20,18 +23,44 @@ RUN npm ci --ignore-scripts --no-audit --no-fund \
  && npm run generate \
  && test -f src/generated/prisma/client.ts
 
-# Then the build, and the dev dependencies go (prisma CLI, esbuild, vitest, typescript...):
-# generate and build were their only use here; the generated client needs only @prisma/client.
+# The generated client is bundled into dist/ with our code; only @prisma/client's runtime is
+# needed beside it.
 COPY tsconfig.json ./
 COPY src ./src
-RUN npm run build \
- && npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
- && npm cache clean --force
+RUN npm run build
+
+# Production dependencies only. --legacy-peer-deps: npm would otherwise also install the peers
+# @prisma/client declares (the Prisma CLI and TypeScript, with their trees: 400 MB instead of
+# 166 MB); nothing in dist/ imports them. tsx goes too (only `npm run dlq`/`devices` in a checkout
+# use it; the image runs dist/), and so do the query compilers of databases other than PostgreSQL.
+FROM node:22-bookworm-slim AS production-dependencies
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --legacy-peer-deps --ignore-scripts --no-audit --no-fund \
+ && rm -rf node_modules/tsx node_modules/esbuild node_modules/@esbuild node_modules/@types node_modules/.bin \
+ && find node_modules/@prisma/client/runtime -name 'query_compiler_*' ! -name 'query_compiler_small_bg.postgresql.*' -delete \
+ && rm -rf /root/.npm
+
+FROM node:22-bookworm-slim
+
+# openssl: secrets-init makes the broker's TLS certificates with scripts/make-tls-certs.sh.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openssl \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+ENV NODE_ENV=production
+COPY --from=production-dependencies /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY package.json ./
+# migrate reads the SQL next to dist/ (prisma/migrations, prisma/django-migrations).
+COPY prisma/migrations ./prisma/migrations
+COPY prisma/django-migrations ./prisma/django-migrations
+COPY scripts/make-tls-certs.sh ./scripts/
 
 # Not root: the processes need no privileges (the dashboard and keen-sink ports are above 1024).
-# tsx keeps its compile cache in the system temp folder, which `node` can write.
+# compose runs only the one-shot secrets-init as root, to give each secret file its reader.
 USER node
 
-ENV NODE_ENV=production
 # Overridden per service in docker-compose.yml; on its own the image applies the migrations.
 CMD ["node", "dist/migrate/main.mjs"]

@@ -4,7 +4,7 @@
 import { cp, rm } from 'node:fs/promises';
 import { build } from 'esbuild';
 
-const ENTRIES = ['migrate', 'subscriber', 'worker', 'keen-sink', 'dashboard', 'dlq', 'devices'];
+const ENTRIES = ['secrets-init', 'migrate', 'subscriber', 'worker', 'keen-sink', 'dashboard', 'dlq', 'devices'];
 
 await rm('dist', { recursive: true, force: true });
 await build({

@@ -1,9 +1,13 @@
 #!/bin/sh
-# Container entrypoint of the compose broker (eclipse-mosquitto:2): writes the password file and
-# the ACL that mosquitto.conf names, then starts the command (mosquitto) as the image would.
+# Container entrypoint of the compose broker (eclipse-mosquitto:2): writes the password file, the
+# ACL and the TLS files that mosquitto.conf names, then starts the command (mosquitto) as the
+# image would.
 #
 #   MQTT_USERNAME / MQTT_PASSWORD  our services' login (the same variables the subscriber and the
-#                                  worker use); required, the broker allows no anonymous client
+#                                  worker use); required, the broker allows no anonymous client.
+#                                  MQTT_PASSWORD_FILE instead names a file holding the password.
+#   MQTT_TLS_DIR                   ca.crt, server.crt and server.key for the TLS listener
+#                                  (scripts/make-tls-certs.sh; compose: the secrets volume)
 #   <config>/lamps.passwd          optional: lamps' logins, lines made by mosquitto_passwd
 #
 # MOSQUITTO_CONFIG_DIR and MOSQUITTO_RUN_DIR move the two folders (the tests run this script
@@ -18,6 +22,10 @@ fail() {
   exit 1
 }
 
+if [ -z "${MQTT_PASSWORD:-}" ] && [ -n "${MQTT_PASSWORD_FILE:-}" ]; then
+  [ -r "$MQTT_PASSWORD_FILE" ] || fail "MQTT_PASSWORD_FILE=$MQTT_PASSWORD_FILE cannot be read: fix the path (compose: secrets-init writes it)"
+  MQTT_PASSWORD=$(cat "$MQTT_PASSWORD_FILE")
+fi
 [ -n "${MQTT_USERNAME:-}" ] || fail "MQTT_USERNAME is required: set it (and MQTT_PASSWORD) for the broker and our services, e.g. in .env"
 [ -n "${MQTT_PASSWORD:-}" ] || fail "MQTT_PASSWORD is required: set it (and MQTT_USERNAME) for the broker and our services, e.g. in .env"
 # The name goes into the ACL and the password file: no spaces, colons or wildcards.
@@ -59,6 +67,15 @@ rm -f "$tmp.user"
 mv "$tmp" "$passwd"
 
 sed "s/@MQTT_USERNAME@/${MQTT_USERNAME}/g" "$CONFIG_DIR/acl.template" > "$RUN_DIR/acl"
+
+# Copied rather than read in place: the broker reads them as the mosquitto user, and the secrets
+# volume is root's.
+TLS_DIR="${MQTT_TLS_DIR:-/run/secrets/lampi/tls}"
+for file in ca.crt server.crt server.key; do
+  [ -r "$TLS_DIR/$file" ] || fail "$TLS_DIR/$file is missing: run scripts/make-tls-certs.sh $TLS_DIR <broker host name> (compose: secrets-init does)"
+done
+mkdir -p "$RUN_DIR/tls"
+cp "$TLS_DIR/ca.crt" "$TLS_DIR/server.crt" "$TLS_DIR/server.key" "$RUN_DIR/tls/"
 
 # Mosquitto drops to its own user after start: it must be able to read both files.
 if [ "$(id -u)" = 0 ] && id mosquitto > /dev/null 2>&1; then

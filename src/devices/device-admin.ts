@@ -5,7 +5,8 @@
  */
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaClient } from '../generated/prisma/client.js';
-import { describe, safeUrl, StartupError } from '../shared/queues.js';
+import { checkConnection, MISSING_REGISTRY_DATABASE } from '../shared/postgres.js';
+import { safeUrl, StartupError } from '../shared/queues.js';
 import type { FleetRow, RowError } from './fleet-file.js';
 
 /** `created_by_job_id` of an imported lamp: never a message id, so no connect counts as its creation. */
@@ -78,11 +79,7 @@ export class DeviceAdmin {
   /** One line naming what to fix when PostgreSQL or the registry's tables are not there. */
   async check(): Promise<void> {
     const where = `DATABASE_URL=${safeUrl(this.options.databaseUrl)}`;
-    try {
-      await this.prisma.$queryRaw`SELECT 1`;
-    } catch (err) {
-      throw new StartupError(`cannot reach PostgreSQL at ${where} (${driverMessage(err)}): start PostgreSQL or fix DATABASE_URL`);
-    }
+    await checkConnection(this.options.databaseUrl, { missingDatabase: MISSING_REGISTRY_DATABASE });
     try {
       await this.prisma.$queryRaw`SELECT 1 FROM devices, users LIMIT 0`;
     } catch {
@@ -229,12 +226,6 @@ export class DeviceAdmin {
       bridgeStateMessageId: row.bridgeStateJobId,
     };
   }
-}
-
-/** Prisma wraps the driver's own words ("role \"x\" does not exist") in a generic P2010. */
-function driverMessage(err: unknown): string {
-  const message = err instanceof Error ? /Message: `([^`]*)`/.exec(err.message)?.[1] : undefined;
-  return message ?? describe(err);
 }
 
 function chunks<T>(items: T[]): T[][] {

@@ -56,11 +56,11 @@ export async function answerQuery(db: pg.Pool, projectId: string, name: string, 
   if (name === 'multi_analysis') {
     const parsed = parseMultiAnalysis(params, now);
     queries = parsed.queries;
-    body = { result: await runMultiAnalysis(db, projectId, parsed) };
+    body = { result: await runMultiAnalysis(db, projectId, parsed, options) };
   } else if (name === 'funnel') {
     const steps = parseFunnel(params, now);
     queries = steps.map((step) => step.query);
-    body = await runFunnel(db, projectId, steps);
+    body = await runFunnel(db, projectId, steps, options);
   } else if (isAnalysis(name)) {
     const parsed = parseQuery(name, params, now);
     queries = [parsed];

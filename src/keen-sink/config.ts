@@ -1,10 +1,12 @@
 /**
  * keen-sink's settings. Kept beside the service rather than in src/shared/config.ts because
  * only keen-sink reads them, and one of them (KEEN_SINK_DATABASE_URL) falls back to another
- * variable, which the shared per-section loader does not express.
+ * variable, which the shared per-section loader does not express. As there, any setting X may be
+ * given as X_FILE, and POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE) is the database user's
+ * password when the URL has none.
  */
 import { z } from 'zod';
-import { ConfigError, loadConfig } from '../shared/config.js';
+import { ConfigError, loadConfig, readSettings, withPassword } from '../shared/config.js';
 import { DEFAULT_MAX_RESULT_BYTES } from './query.js';
 
 const postgresUrl = z.string().refine((value) => {
@@ -48,17 +50,17 @@ export type KeenSinkConfig = z.infer<typeof schema> & { LOG_LEVEL: string };
 
 export function loadKeenSinkConfig(env: NodeJS.ProcessEnv = process.env): KeenSinkConfig {
   const { LOG_LEVEL } = loadConfig(['common'], env);
-  const value = (key: string) => (env[key] === '' ? undefined : env[key]);
-  const input: Record<string, string | undefined> = Object.fromEntries(Object.keys(schema.shape).map((key) => [key, value(key)]));
-  input.KEEN_SINK_DATABASE_URL ??= value('DATABASE_URL');
+  const { input, problems } = readSettings([...Object.keys(schema.shape), 'DATABASE_URL', 'POSTGRES_PASSWORD'], env);
+  input.KEEN_SINK_DATABASE_URL ??= input.DATABASE_URL;
   const parsed = schema.safeParse(input);
   if (!parsed.success) {
-    const problems = parsed.error.issues.map((issue) => {
+    for (const issue of parsed.error.issues) {
       const key = String(issue.path[0]);
-      if (input[key] !== undefined) return `${key} ${issue.message}`;
-      return key === 'KEEN_SINK_DATABASE_URL' ? 'KEEN_SINK_DATABASE_URL (or DATABASE_URL) is required' : `${key} is required`;
-    });
-    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+      if (problems.some((p) => p.startsWith(`${key}_FILE`))) continue;
+      if (input[key] !== undefined) problems.push(`${key} ${issue.message}`);
+      else problems.push(key === 'KEEN_SINK_DATABASE_URL' ? 'KEEN_SINK_DATABASE_URL (or DATABASE_URL) is required' : `${key} is required`);
+    }
   }
-  return { ...parsed.data, LOG_LEVEL };
+  if (problems.length > 0 || !parsed.success) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+  return { ...parsed.data, KEEN_SINK_DATABASE_URL: withPassword(parsed.data.KEEN_SINK_DATABASE_URL, input.POSTGRES_PASSWORD), LOG_LEVEL };
 }

@@ -8,7 +8,18 @@
  * Answer: {result: [counts], steps: [steps with defaults filled], actors?: [list or null]}.
  */
 import type pg from 'pg';
-import { isObject, parseQuery, propertyPath, QueryError, Statement, structured, whereSql, type ParsedQuery } from './query.js';
+import {
+  DEFAULT_MAX_RESULT_BYTES,
+  isObject,
+  parseQuery,
+  propertyPath,
+  QueryError,
+  Statement,
+  structured,
+  whereSql,
+  type ParsedQuery,
+  type RunOptions,
+} from './query.js';
 
 /** Keen's funnels are short; every step is a scan of its own. */
 export const MAX_STEPS = 20;
@@ -59,7 +70,11 @@ export function parseFunnel(params: Record<string, unknown>, now = new Date()): 
   });
 }
 
-export function buildFunnelSql(projectId: string, steps: FunnelStep[]): { text: string; values: unknown[] } {
+/**
+ * `maxActorBytes` bounds each list of actors asked for: a longer list is not built (its column is
+ * NULL, its size in b<n>), so an answer never holds more than the limit, however many actors match.
+ */
+export function buildFunnelSql(projectId: string, steps: FunnelStep[], maxActorBytes = DEFAULT_MAX_RESULT_BYTES): { text: string; values: unknown[] } {
   const sql = new Statement();
   const ctes: string[] = [];
   const outputs: string[] = [];
@@ -75,15 +90,32 @@ export function buildFunnelSql(projectId: string, steps: FunnelStep[]): { text: 
     ctes.push(`step${index} AS (${counted})`);
     if (!step.optional) base = `step${index}`;
     outputs.push(`(SELECT count(*) FROM step${index})::int AS n${index}`);
-    if (step.withActors) outputs.push(`(SELECT coalesce(jsonb_agg(actor ORDER BY actor), '[]'::jsonb) FROM step${index}) AS a${index}`);
+    if (step.withActors) {
+      ctes.push(`bytes${index} AS (SELECT coalesce(sum(octet_length(actor::text) + 1), 0)::bigint AS n FROM step${index})`);
+      outputs.push(`(SELECT n FROM bytes${index}) AS b${index}`);
+      outputs.push(
+        `CASE WHEN (SELECT n FROM bytes${index}) > ${sql.param(maxActorBytes, 'float8')} THEN NULL` +
+          ` ELSE (SELECT coalesce(jsonb_agg(actor ORDER BY actor), '[]'::jsonb) FROM step${index}) END AS a${index}`,
+      );
+    }
   });
   return { text: `WITH ${ctes.join(',\n     ')}\nSELECT ${outputs.join(', ')}`, values: sql.values };
 }
 
-export async function runFunnel(db: pg.Pool, projectId: string, steps: FunnelStep[]): Promise<Record<string, unknown>> {
-  const { text, values } = buildFunnelSql(projectId, steps);
+export async function runFunnel(db: pg.Pool, projectId: string, steps: FunnelStep[], options: RunOptions = {}): Promise<Record<string, unknown>> {
+  const maxBytes = options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES;
+  // The limit is shared by every list of actors asked for.
+  const lists = steps.filter((step) => step.withActors).length;
+  const { text, values } = buildFunnelSql(projectId, steps, Math.floor(maxBytes / Math.max(1, lists)));
   const { rows } = await db.query<Record<string, unknown>>(text, values);
   const row = rows[0]!;
+  const tooLong = steps.findIndex((step, index) => step.withActors && row[`a${index}`] === null);
+  if (tooLong >= 0) {
+    throw new QueryError(
+      'ResultTooLargeError',
+      `The actors of steps[${tooLong}] hold ${String(row[`b${tooLong}`])} bytes, more than this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES, shared by the ${lists} step(s) with "with_actors"): ask for the actors of fewer steps, or narrow their timeframe or filters.`,
+    );
+  }
   const answer: Record<string, unknown> = { result: steps.map((_, index) => row[`n${index}`]), steps: steps.map((step) => step.echo) };
   if (steps.some((step) => step.withActors)) answer.actors = steps.map((step, index) => (step.withActors ? row[`a${index}`] : null));
   return answer;

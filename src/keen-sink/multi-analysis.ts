@@ -9,7 +9,18 @@
  * Labels are the caller's strings, so they only ever become own properties of fresh objects.
  */
 import type pg from 'pg';
-import { isAnalysis, isObject, parseQuery, QueryError, runQuery, structured, type Analysis, type ParsedQuery } from './query.js';
+import {
+  DEFAULT_MAX_RESULT_BYTES,
+  isAnalysis,
+  isObject,
+  parseQuery,
+  QueryError,
+  runQuery,
+  structured,
+  type Analysis,
+  type ParsedQuery,
+  type RunOptions,
+} from './query.js';
 
 /** Enough for a dashboard tile; each analysis is one statement. */
 export const MAX_ANALYSES = 20;
@@ -77,7 +88,9 @@ function merge(labels: string[], query: ParsedQuery, results: unknown[]): unknow
   return series[0]!.map((interval, position) => ({ value: single(series.map((labelSeries) => labelSeries[position]!.value)), timeframe: interval.timeframe }));
 }
 
-export async function runMultiAnalysis(db: pg.Pool, projectId: string, parsed: ParsedMultiAnalysis): Promise<unknown> {
-  const results = await Promise.all(parsed.queries.map((query) => runQuery(db, projectId, query)));
+export async function runMultiAnalysis(db: pg.Pool, projectId: string, parsed: ParsedMultiAnalysis, options: RunOptions = {}): Promise<unknown> {
+  // The answer holds every label's result: they share the limit.
+  const maxResultBytes = Math.floor((options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES) / parsed.queries.length);
+  const results = await Promise.all(parsed.queries.map((query) => runQuery(db, projectId, query, { ...options, maxResultBytes })));
   return merge(parsed.labels, parsed.queries[0]!, results);
 }

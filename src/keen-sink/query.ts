@@ -3,7 +3,9 @@
  * into ONE parameterised SQL statement. Nothing a user sends is ever spliced into SQL text:
  * property paths travel as text[] bind parameters used with `#>`, values as jsonb parameters,
  * and operators are looked up in a fixed table. Timeframes filter the indexed keen_timestamp
- * column; `eq` filters become jsonb containment, which the GIN index on the event serves.
+ * column; `eq` filters become jsonb containment, which the GIN index on the event serves, or,
+ * on device_id, equality on its expression index. count_unique and select_unique of device_id
+ * read an hourly rollup (see "fast paths"); every fast path answers exactly what the plain SQL does.
  */
 import type pg from 'pg';
 import { unstorableText } from '../shared/text.js';
@@ -314,6 +316,8 @@ export function parseQuery(analysis: Analysis, params: Record<string, unknown>, 
 
 export class Statement {
   readonly values: unknown[] = [];
+  /** false: the plain SQL, which no fast path shapes (tests and the bench compare the two). */
+  constructor(readonly fast = true) {}
   /** A bind parameter with an explicit type; the SQL text only ever holds `$n::type`. */
   param(value: unknown, type: 'text' | 'text[]' | 'jsonb' | 'timestamptz' | 'timestamptz[]' | 'int' | 'boolean' | 'float8'): string {
     this.values.push(value);
@@ -326,8 +330,33 @@ function containment(path: string[], value: unknown): string {
   return path.reduceRight((inner, key) => `{${JSON.stringify(key)}:${inner}}`, JSON.stringify(value));
 }
 
+// ---- fast paths -------------------------------------------------------------------------
+// The seed's queries name device_id: `eq` filters on it, and count_unique/select_unique of it.
+// Migration 20261203120000_keen_query_speed indexes `event -> 'device_id'` (the expression must
+// be spelled here exactly as there for PostgreSQL to use the index) and keeps the rollup
+// keen_property_hours: one row per project, collection, value and UTC hour that holds an event.
+
+/** Top-level properties with an expression index (project_id, collection, (event -> name), keen_timestamp) and a rollup. */
+export const INDEXED_PROPERTIES = ['device_id'] as const;
+const indexed = (path: string[] | undefined): string | undefined =>
+  path?.length === 1 ? INDEXED_PROPERTIES.find((name) => name === path[0]) : undefined;
+
+/**
+ * eq on an indexed property, in the form its indexes serve: equality on the indexed expression, or
+ * (the partial index holds the rare events where it is an array) an array holding the value.
+ * Exactly what the containment below answers. `name` is one of INDEXED_PROPERTIES, never input.
+ */
+function indexedEqSql(sql: Statement, name: string, value: unknown): string {
+  const x = `(event -> '${name}')`;
+  const scalar = sql.param(JSON.stringify(value), 'jsonb');
+  return `(${x} = ${scalar} OR (jsonb_typeof(${x}) = 'array' AND ${x} @> ${sql.param(JSON.stringify([value]), 'jsonb')}))`;
+}
+
 function filterSql(sql: Statement, filter: Filter): string {
   const json = (value: unknown) => sql.param(JSON.stringify(value), 'jsonb');
+  const name = indexed(filter.path);
+  const scalar = filter.value === null || typeof filter.value !== 'object';
+  if (sql.fast && name && filter.operator === 'eq' && scalar) return indexedEqSql(sql, name, filter.value);
   if (filter.operator === 'eq' && (filter.value === null || typeof filter.value !== 'object') && !filter.path.some((key) => /^\d+$/.test(key))) {
     // Scalars use containment, which the GIN index serves: {"p": v}, or {"p": [v]} so that on an
     // array property eq matches any element, as Keen's eq does. Containment cannot step into
@@ -400,8 +429,69 @@ export interface BuiltQuery {
   values: unknown[];
 }
 
-export function buildSql(projectId: string, query: ParsedQuery): BuiltQuery {
+const HOUR_MS = 3_600_000;
+const floorHour = (date: Date) => new Date(Math.floor(date.getTime() / HOUR_MS) * HOUR_MS);
+
+/**
+ * count_unique or select_unique of an indexed property, unfiltered and ungrouped, from the rollup:
+ * each UTC hour that lies whole inside one interval (or the timeframe) is read from
+ * keen_property_hours, and only the hours that a boundary cuts are read from keen_events. The
+ * distinct values of an interval are the union of both, so the answer is the plain one exactly,
+ * whatever the time zone or the boundaries.
+ */
+function rollupSql(projectId: string, query: ParsedQuery, name: string): BuiltQuery {
   const sql = new Statement();
+  const project = sql.param(projectId, 'text');
+  const collection = sql.param(query.collection, 'text');
+  // The last interval may end after the timeframe, which is what bounds the events.
+  const edges = query.timeframe ? [query.timeframe.start, query.timeframe.end] : [];
+  const boundaries = [...(query.intervals ?? []), ...edges].sort((a, b) => a.getTime() - b.getTime());
+  // Hours a boundary falls inside (not on), in order and once each: read from the events.
+  const cut: Date[] = [];
+  for (const boundary of boundaries) {
+    const hour = floorHour(boundary);
+    if (hour.getTime() !== boundary.getTime() && hour.getTime() !== cut[cut.length - 1]?.getTime()) cut.push(hour);
+  }
+  const hours = [`project_id = ${project}`, `collection = ${collection}`, `property = ${sql.param(name, 'text')}`];
+  const events: string[] = [];
+  if (query.timeframe) {
+    const start = sql.param(query.timeframe.start.toISOString(), 'timestamptz');
+    const end = sql.param(query.timeframe.end.toISOString(), 'timestamptz');
+    const cutHours = sql.param(cut.map((d) => d.toISOString()), 'timestamptz[]');
+    hours.push(`hour >= ${start}`, `hour + interval '1 hour' <= ${end}`, `hour <> ALL (${cutHours})`);
+    events.push(`
+ UNION ALL
+SELECT e.value, e.at
+  FROM unnest(${cutHours}) AS cut(hour),
+       LATERAL (SELECT event -> '${name}' AS value, keen_timestamp AS at FROM keen_events
+                 WHERE project_id = ${project} AND collection = ${collection}
+                   AND keen_timestamp >= greatest(cut.hour, ${start})
+                   AND keen_timestamp < least(cut.hour + interval '1 hour', ${end})) AS e`);
+  }
+  const seen = `SELECT value, hour AS at FROM keen_property_hours WHERE ${hours.join(' AND ')}${events.join('')}`;
+  const bucket = query.intervals ? `width_bucket(at, ${sql.param(query.intervals.map((d) => d.toISOString()), 'timestamptz[]')})` : '1';
+  // Distinct (value, interval) pairs first: hashing them is far cheaper than count(DISTINCT)'s sort.
+  const distinct = `SELECT value, ${bucket} AS bucket FROM (${seen}) AS seen GROUP BY 1, 2`;
+  const order = query.intervals ? 'bucket' : '';
+  if (query.analysis === 'select_unique') {
+    return { text: `SELECT value${order && ', bucket'} FROM (${distinct}) AS d\n ORDER BY ${order && 'bucket, '}value`, values: sql.values };
+  }
+  const count = `count(*) FILTER (WHERE jsonb_typeof(value) <> 'null') AS value`;
+  if (!order) return { text: `SELECT ${count} FROM (${distinct}) AS d`, values: sql.values };
+  return { text: `SELECT ${count}, bucket FROM (${distinct}) AS d\n GROUP BY bucket ORDER BY bucket`, values: sql.values };
+}
+
+/** The SQL that answers `query`: a fast path where one applies (answers identical to buildSql's), else buildSql's. */
+export function planSql(projectId: string, query: ParsedQuery): BuiltQuery {
+  const name = indexed(query.target);
+  const distinctOf = query.analysis === 'count_unique' || query.analysis === 'select_unique';
+  if (name && distinctOf && query.filters.length === 0 && query.groupBy.length === 0) return rollupSql(projectId, query, name);
+  return buildSql(projectId, query, true);
+}
+
+/** The plain SQL for `query`; `fast` lets its filters take the indexed forms. */
+export function buildSql(projectId: string, query: ParsedQuery, fast = false): BuiltQuery {
+  const sql = new Statement(fast);
   if (query.analysis === 'extraction') {
     const where = whereSql(sql, projectId, query);
     const limit = sql.param(query.latest ?? MAX_EXTRACTION + 1, 'int');
@@ -533,6 +623,8 @@ export function shapeResult(query: ParsedQuery, rawRows: Row[]): unknown {
 export interface RunOptions {
   /** The most one answer may hold, as JSON bytes; larger answers are refused with advice on paging. Default DEFAULT_MAX_RESULT_BYTES. */
   maxResultBytes?: number;
+  /** Answer with the plain SQL only, never a fast path: for tests and the bench, which compare the two. */
+  plain?: boolean;
 }
 
 /** Each FETCH asks for about this many bytes of rows, judged by the rows read so far. */
@@ -583,7 +675,7 @@ const rowBytes = (row: Row) => Object.values(row).reduce((sum, text) => sum + (t
 
 export async function runQuery(db: pg.Pool, projectId: string, query: ParsedQuery, options: RunOptions = {}): Promise<unknown> {
   const maxBytes = options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES;
-  const built = buildSql(projectId, query);
+  const built = options.plain ? buildSql(projectId, query) : planSql(projectId, query);
   if (query.analysis === 'extraction') {
     const events: string[] = [];
     const tooLarge = () =>

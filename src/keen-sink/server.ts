@@ -17,8 +17,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from '../shared/logger.js';
+import { ensureDatabase } from '../shared/postgres.js';
 import { describe, safeUrl, StartupError } from '../shared/queues.js';
-import { ensureDatabase } from '../migrate/database.js';
 import { applyMigrations, MigrationError } from '../migrate/runner.js';
 import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
 import { answerQuery, isQueryName, QUERY_NAMES } from './analyses.js';

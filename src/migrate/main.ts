@@ -3,7 +3,8 @@
  *
  * Success prints one line per migration applied and a summary, exit 0. Any failure prints ONE
  * line (`migrate: <what> : <what to do>`) to stderr and exits 1: no stack trace, and the
- * password in DATABASE_URL is never printed.
+ * password in DATABASE_URL is never printed. With MIGRATE_WAIT_SECONDS it first waits that long
+ * for PostgreSQL to accept connections (compose starts it beside us), saying so once.
  *
  * A database that does not exist yet is created, as `prisma migrate deploy` does, so a fresh
  * PostgreSQL needs no manual `createdb`. The line saying so names the database, so a typo in
@@ -17,8 +18,8 @@ import path from 'node:path';
 import pg from 'pg';
 import { ConfigError, loadConfig } from '../shared/config.js';
 import { checkDjangoTables, djangoTablesProblem } from '../shared/django-site.js';
+import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, shown, waitForDatabase } from '../shared/postgres.js';
 import { describe } from '../shared/queues.js';
-import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, shown } from './database.js';
 import { applyMigrations, MigrationError } from './runner.js';
 
 const NAME = 'migrate';
@@ -47,8 +48,13 @@ async function checkSiteDatabase(url: string): Promise<void> {
 }
 
 async function migrate(): Promise<void> {
-  const { DATABASE_URL: url, REGISTRY_SCHEMA: schema } = loadConfig(['database', 'common', 'registry']);
+  const config = loadConfig(['database', 'common', 'registry', 'migrate']);
+  const { DATABASE_URL: url, REGISTRY_SCHEMA: schema, MIGRATE_WAIT_SECONDS: wait } = config;
   const directory = MIGRATIONS[schema];
+  await waitForDatabase(url, wait, (reason) => {
+    const line = `PostgreSQL at ${shown(url)} is not accepting connections yet (${oneLine(reason)}): waiting up to ${wait}s (MIGRATE_WAIT_SECONDS)`;
+    process.stdout.write(`${NAME}: ${line}\n`);
+  });
   if (schema === 'django') {
     await checkSiteDatabase(url);
   } else {

@@ -1,9 +1,14 @@
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 
 /**
  * Every setting is read from the environment here and nowhere else. Each process picks the
  * sections it needs, so the subscriber never asks for a Keen key and the worker never for
  * an MQTT share group.
+ *
+ * Any setting X can instead be given as X_FILE, the path of a file holding the value (as Docker
+ * secrets and the postgres image do): a password then never passes through compose's `$`
+ * interpolation or sits in a container's environment. One trailing newline is ignored.
  */
 
 const url = (protocols: string[]) =>
@@ -44,6 +49,12 @@ const sections = {
   },
   database: {
     DATABASE_URL: url(['postgres:', 'postgresql:']),
+    /** The password of DATABASE_URL's user when the URL has none (usually POSTGRES_PASSWORD_FILE); any characters. */
+    POSTGRES_PASSWORD: optionalSecret,
+  },
+  migrate: {
+    /** How long migrate waits for PostgreSQL to accept connections before it gives up; 0 tries once. */
+    MIGRATE_WAIT_SECONDS: z.coerce.number().int().min(0).default(0),
   },
   registry: {
     /** `lampi`: our own users and devices tables. `django`: the LAMPI site's own lampi_lampi and auth_user. */
@@ -76,6 +87,23 @@ const sections = {
     /** While Keen refuses the key or the account (401, 402, 403), how often delivery tries again. */
     KEEN_PAUSE_PROBE_MS: positiveInt(30_000),
   },
+  /** secrets-init (compose): the secrets it writes, each taken from here when set, else kept or generated. */
+  secrets: {
+    /** The folder (a compose volume) it writes the secret files into. */
+    SECRETS_DIR: z.string().min(1).default('/run/secrets/lampi'),
+    /** Names and addresses lamps reach the broker by, comma-separated: the TLS certificate's subjectAltName. */
+    TLS_SERVER_NAMES: z
+      .string()
+      .default('localhost,127.0.0.1')
+      .transform((value) => value.split(',').map((name) => name.trim()).filter(Boolean))
+      .refine(
+        (names) => names.length > 0 && names.every((name) => /^[A-Za-z0-9.:*-]+$/.test(name)),
+        'must be comma-separated host names or IP addresses',
+      ),
+    POSTGRES_PASSWORD: optionalSecret,
+    KEEN_WRITE_KEY: optionalSecret,
+    KEEN_READ_KEY: optionalSecret,
+  },
   dashboard: {
     DASHBOARD_PORT: z.coerce.number().int().min(0).max(65535).default(3000),
     /** Bound to loopback by default; any other address needs DASHBOARD_USERNAME and DASHBOARD_PASSWORD. */
@@ -103,14 +131,59 @@ export class ConfigError extends Error {
  */
 export function loadConfig<S extends SectionName>(names: readonly S[], env: NodeJS.ProcessEnv = process.env): Config<S> {
   const shape = Object.assign({}, ...names.map((name) => sections[name]));
-  const input = Object.fromEntries(Object.keys(shape).map((key) => [key, env[key] === '' ? undefined : env[key]]));
+  const { input, problems } = readSettings(Object.keys(shape), env);
   const parsed = z.object(shape).safeParse(input);
   if (!parsed.success) {
-    const problems = parsed.error.issues.map((issue) => {
+    for (const issue of parsed.error.issues) {
       const key = String(issue.path[0]);
-      return input[key] === undefined ? `${key} is required` : `${key} ${issue.message}`;
-    });
-    throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+      // A file that could not be read was reported already, as the file.
+      if (problems.some((p) => p.startsWith(`${key}_FILE`))) continue;
+      problems.push(input[key] === undefined ? `${key} is required` : `${key} ${issue.message}`);
+    }
   }
-  return parsed.data as Config<S>;
+  if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
+  const config = parsed.data as Record<string, unknown>;
+  if (typeof config.DATABASE_URL === 'string') {
+    config.DATABASE_URL = withPassword(config.DATABASE_URL, config.POSTGRES_PASSWORD as string | undefined);
+    // Now part of DATABASE_URL; no second copy of the password travels through the process.
+    delete config.POSTGRES_PASSWORD;
+  }
+  return config as Config<S>;
+}
+
+/**
+ * The raw values of `keys`: X from the environment, or the contents of the file X_FILE names;
+ * empty counts as unset. A file that cannot be read, or X and X_FILE both set, is a problem
+ * (one phrase naming the variable), never an exception.
+ */
+export function readSettings(
+  keys: readonly string[],
+  env: NodeJS.ProcessEnv,
+): { input: Record<string, string | undefined>; problems: string[] } {
+  const input: Record<string, string | undefined> = {};
+  const problems: string[] = [];
+  for (const key of keys) {
+    const value = env[key] === '' ? undefined : env[key];
+    const file = env[`${key}_FILE`] === '' ? undefined : env[`${key}_FILE`];
+    if (value !== undefined && file !== undefined) problems.push(`${key}_FILE and ${key} are both set: set only one`);
+    else if (file === undefined) input[key] = value;
+    else {
+      try {
+        input[key] = readFileSync(file, 'utf8').replace(/\r?\n$/, '') || undefined;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? 'error';
+        problems.push(`${key}_FILE=${file} cannot be read (${code}): fix the path or the file's permissions`);
+      }
+    }
+  }
+  return { input, problems };
+}
+
+/** `url` with `password` as its user's password, unless the URL carries one already (that one wins). */
+export function withPassword(url: string, password: string | undefined): string {
+  if (password === undefined) return url;
+  const parsed = new URL(url);
+  if (parsed.password !== '') return url;
+  parsed.password = encodeURIComponent(password);
+  return parsed.toString();
 }

@@ -37,12 +37,24 @@ export type IngestMessage = BridgeStateMessage | LampStateMessage;
  */
 export interface BridgeStatesJob {
   kind: 'bridge-states';
-  states: Array<BridgeStateMessage & { messageId: string }>;
+  states: Array<BridgeStateMessage & { messageId: string } & Pick<AsSent, 'topic'>>;
   /**
    * The Keen events of states an earlier attempt handled (and dropped from `states`): a failed
    * attempt keeps them, so its retry goes on where it stopped and sends them with its own.
    */
   events?: KeenEventRecord[];
+}
+
+/**
+ * What the lamp itself sent, kept in the job for the one case that needs it: a state the worker
+ * rejects (unknown_device) is recorded as it arrived, not as we parsed it. Absent in jobs queued
+ * before it was kept. A bridge state keeps only its topic: its payload is `1` or `0`, by parsing.
+ */
+export interface AsSent {
+  /** The topic exactly as published (its leading slash and letter case included). */
+  topic?: string;
+  /** The payload as received: valid UTF-8 by parsing, so this text is exactly its bytes. */
+  payload?: string;
 }
 
 /**
@@ -52,7 +64,7 @@ export interface BridgeStatesJob {
  */
 export interface LampStatesJob {
   kind: 'lamp-states';
-  states: Array<LampStateMessage & { messageId: string }>;
+  states: Array<LampStateMessage & { messageId: string } & AsSent>;
   /** How many times these states already waited for their lamp's first bridge connect. */
   waits?: number;
 }
@@ -110,16 +122,28 @@ export function deadLetterReason(data: DeadLetterJob): string {
   return data.lastError?.message || 'failed for good without an error message';
 }
 
-/** What an operator sees of a message we refused. The payload is kept short and printable. */
+/** What an operator sees of a message we refused: its topic and payload as the lamp sent them. */
 export interface RejectedMessageJob {
   topic: string;
   reason: RejectReason;
   detail: string;
   deviceId?: string;
-  payloadBytes: number;
-  /** The first bytes of the payload, base64, so binary and invalid UTF-8 survive. */
-  payloadHead: string;
+  /**
+   * The payload's size in bytes and its first PAYLOAD_HEAD_BYTES bytes, base64, so binary and
+   * invalid UTF-8 survive. Both absent only for a lamp state queued before payloads were kept
+   * in jobs (its detail says so): what we parsed is not what the lamp sent.
+   */
+  payloadBytes?: number;
+  payloadHead?: string;
   receivedAt: string;
+}
+
+/** How much of a refused payload its record keeps. */
+export const PAYLOAD_HEAD_BYTES = 512;
+
+/** The payload part of a rejection record. */
+export function payloadRecord(payload: Uint8Array): Pick<RejectedMessageJob, 'payloadBytes' | 'payloadHead'> {
+  return { payloadBytes: payload.length, payloadHead: Buffer.from(payload.subarray(0, PAYLOAD_HEAD_BYTES)).toString('base64') };
 }
 
 /** The lamp a Keen event (or dead letter) is about, for log lines and listings. */

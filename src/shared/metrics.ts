@@ -3,6 +3,7 @@
  * touch the metrics of their own stage; the rest stay at zero and are cheap.
  */
 import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export function createMetrics(processName: string) {
@@ -50,6 +51,11 @@ export function createMetrics(processName: string) {
     }),
     keenEvents: new Counter({ name: 'lampi_keen_events_total', help: 'Keen events by outcome', labelNames: ['collection', 'outcome'], registers }),
     queueDepth: new Gauge({ name: 'lampi_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers }),
+    redisMemoryUsedRatio: new Gauge({
+      name: 'lampi_redis_memory_used_ratio',
+      help: 'Redis used_memory / maxmemory (alert at 0.8: at 1 Redis refuses new jobs); 0 when Redis has no maxmemory',
+      registers,
+    }),
   };
 }
 
@@ -65,4 +71,22 @@ export async function refreshQueueDepths(metrics: Metrics, queues: Queue[]): Pro
       for (const state of QUEUE_STATES) metrics.queueDepth.set({ queue: queue.name, state }, counts[state] ?? 0);
     }),
   );
+}
+
+export type RedisMemory = { ok: true; used: number; max: number } | { ok: false; reason: string };
+
+/** used_memory and maxmemory from the text of `INFO memory`; never throws. */
+export function parseRedisMemory(info: string): RedisMemory {
+  const field = (name: string) => new RegExp(`^${name}:(\\d+)\\r?$`, 'm').exec(info)?.[1];
+  const used = field('used_memory');
+  const max = field('maxmemory');
+  if (used === undefined || max === undefined) return { ok: false, reason: 'INFO memory has no used_memory or maxmemory' };
+  return { ok: true, used: Number(used), max: Number(max) };
+}
+
+/** Sets lampi_redis_memory_used_ratio from Redis; called when metrics are scraped, like refreshQueueDepths. */
+export async function refreshRedisMemory(metrics: Metrics, redis: Pick<Redis, 'info'>): Promise<void> {
+  const memory = parseRedisMemory(await redis.info('memory'));
+  // Without maxmemory there is no limit to be near (and noeviction never applies).
+  metrics.redisMemoryUsedRatio.set(memory.ok && memory.max > 0 ? memory.used / memory.max : 0);
 }

@@ -1,6 +1,7 @@
 /** How our processes connect to the broker, and the one line they say when they cannot. */
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { Config } from './config.js';
+import { isConnectionError } from './dependency-watch.js';
 import type { Logger } from './logger.js';
 import { describe, safeUrl, StartupError } from './queues.js';
 
@@ -19,7 +20,11 @@ export function mqttSettings(config: Config<'mqtt'>): MqttSettings {
   };
 }
 
-/** A client that reconnects by itself and logs losing the broker; `clean: false` keeps a persistent session. */
+/**
+ * A client that reconnects by itself; `clean: false` keeps a persistent session. Losing the
+ * broker is said once per process, by its DependencyWatch (each connection's loss and each
+ * failed reconnect are debug lines).
+ */
 export function openMqttClient(settings: MqttSettings, session: { clientId: string; clean: boolean }, logger: Logger): MqttClient {
   const options: IClientOptions = {
     clientId: session.clientId,
@@ -40,8 +45,12 @@ export function openMqttClient(settings: MqttSettings, session: { clientId: stri
   // Before the first CONNACK, firstConnect turns an error into the one start-up line.
   let connectedOnce = false;
   client.once('connect', () => (connectedOnce = true));
-  client.on('offline', () => log.warn('MQTT connection lost; reconnecting'));
-  client.on('error', (err) => connectedOnce && log.error({ err: describe(err) }, 'MQTT error'));
+  client.on('offline', () => log.debug('MQTT connection lost; reconnecting'));
+  client.on('error', (err) => {
+    if (!connectedOnce) return;
+    if (isConnectionError(err)) log.debug({ err: describe(err) }, 'MQTT reconnect failed');
+    else log.error({ err: describe(err) }, 'MQTT error');
+  });
   return client;
 }
 

@@ -4,25 +4,44 @@
  *   /healthz  liveness: the event loop answers
  *   /readyz   readiness: each connection the process needs is up (503 and which one is not,
  *             with a reason where the check gives one)
+ * The port is taken before the process connects to anything, so a port another process has (a
+ * second worker on the host) is one StartupError line naming METRICS_PORT, before any job is
+ * taken. Until `serve` hands it the process's checks, /readyz answers 503 "starting".
  */
 import { createServer, type Server } from 'node:http';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
+import { describe, StartupError } from './queues.js';
 
 /** Per check: true when ready, false when not, or a sentence saying why not. */
 export type ReadinessCheck = () => Promise<Record<string, boolean | string>>;
 
 export interface OpsServerOptions {
+  /** The process serving them (`worker`, `subscriber`), named when its port is taken. */
+  service: string;
   port: number;
   host: string;
   metrics: Metrics;
-  readiness: ReadinessCheck;
   logger: Logger;
+}
+
+export interface ProcessChecks {
+  readiness: ReadinessCheck;
   /** Called before each scrape, to refresh gauges that are read on demand (queue depths). */
   beforeScrape?: () => Promise<void>;
 }
 
-export async function startOpsServer(options: OpsServerOptions): Promise<{ port: number; close(): Promise<void> }> {
+export interface OpsServer {
+  port: number;
+  /** The started process's checks; logs where the endpoints are. */
+  serve(checks: ProcessChecks): void;
+  close(): Promise<void>;
+}
+
+const STARTING: ProcessChecks = { readiness: async () => ({ started: false }) };
+
+export async function startOpsServer(options: OpsServerOptions): Promise<OpsServer> {
+  let checks = STARTING;
   const server: Server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const respond = (status: number, type: string, body: string) => {
@@ -32,7 +51,7 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ port:
     if (req.method !== 'GET') return respond(405, 'text/plain', 'method not allowed\n');
     if (path === '/healthz') return respond(200, 'application/json', '{"status":"ok"}\n');
     if (path === '/readyz') {
-      options.readiness().then(
+      checks.readiness().then(
         (results) => {
           const checks = Object.fromEntries(Object.entries(results).map(([name, result]) => [name, result === true]));
           const reasons = Object.entries(results).filter(([, result]) => typeof result === 'string');
@@ -49,7 +68,7 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ port:
       return;
     }
     if (path === '/metrics') {
-      (options.beforeScrape?.() ?? Promise.resolve())
+      (checks.beforeScrape?.() ?? Promise.resolve())
         .catch((err: unknown) => options.logger.warn({ err: String(err) }, 'could not refresh queue gauges'))
         .then(() => options.metrics.registry.metrics())
         .then(
@@ -61,13 +80,25 @@ export async function startOpsServer(options: OpsServerOptions): Promise<{ port:
     respond(404, 'text/plain', 'not found: try /metrics, /healthz or /readyz\n');
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (err: NodeJS.ErrnoException) => reject(listenProblem(err, options)));
     server.listen(options.port, options.host, () => resolve());
   });
   const { port } = server.address() as { port: number };
-  options.logger.info({ port, host: options.host }, 'serving /metrics, /healthz and /readyz');
   return {
     port,
+    serve(started) {
+      checks = started;
+      options.logger.info({ port, host: options.host }, 'serving /metrics, /healthz and /readyz');
+    },
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
+}
+
+function listenProblem(err: NodeJS.ErrnoException, { service, port, host }: OpsServerOptions): StartupError {
+  if (err.code === 'EADDRINUSE') {
+    return new StartupError(
+      `METRICS_PORT ${port} is in use (another ${service} on this host?): set METRICS_PORT to a free port, or 0 to pick one (it is logged)`,
+    );
+  }
+  return new StartupError(`cannot serve /metrics on ${host}:${port} (${describe(err)}): set METRICS_PORT to a free port (or 0) and METRICS_HOST to an address of this host`);
 }

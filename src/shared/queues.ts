@@ -71,6 +71,24 @@ export function jitteredBackoff(attemptsMade: number, type?: string, _err?: Erro
   return jitteredBackoffDelay(attemptsMade, backoffBaseMs(job?.opts ?? {}));
 }
 
+/**
+ * The shortest and longest time from a job's first attempt to its last, with its backoff at
+ * the ends of its jitter: how long a dependency may be gone before the job fails for good.
+ */
+export function retryWindowMs(options: Pick<DefaultJobOptions, 'attempts' | 'backoff'>): { minMs: number; maxMs: number } {
+  const base = backoffBaseMs(options);
+  let minMs = 0;
+  let maxMs = 0;
+  for (let attemptsMade = 1; attemptsMade < (options.attempts ?? 1); attemptsMade++) {
+    minMs += jitteredBackoffDelay(attemptsMade, base, () => 0);
+    maxMs += jitteredBackoffDelay(attemptsMade, base, () => 1);
+  }
+  return { minMs, maxMs };
+}
+
+/** KEEN_ATTEMPTS when it is not set. */
+export const DEFAULT_KEEN_ATTEMPTS = 12;
+
 const DAY_S = 24 * 3600;
 
 export const JOB_OPTIONS = {
@@ -98,8 +116,11 @@ export const JOB_OPTIONS = {
    * once, so the same event can be dead-lettered again under the same id if it fails again.
    */
   deadLetter: { removeOnComplete: true, removeOnFail: false },
-  /** Rejections are failed on arrival (their reason shows as the failure) and the newest 10,000 kept. */
-  rejected: { attempts: 1, removeOnComplete: true, removeOnFail: { age: 7 * DAY_S, count: 10_000 } },
+  /**
+   * Rejections are failed on arrival (their reason shows as the failure, with no stack trace:
+   * it would show our code, not the message) and the newest 10,000 kept.
+   */
+  rejected: { attempts: 1, stackTraceLimit: 0, removeOnComplete: true, removeOnFail: { age: 7 * DAY_S, count: 10_000 } },
 } satisfies Record<string, DefaultJobOptions | ((n: number) => DefaultJobOptions)>;
 
 export interface PipelineQueues {
@@ -115,7 +136,7 @@ export interface PipelineQueues {
   close(): Promise<void>;
 }
 
-export function openQueues(connection: ConnectionOptions, prefix: string, keenAttempts = 12): PipelineQueues {
+export function openQueues(connection: ConnectionOptions, prefix: string, keenAttempts = DEFAULT_KEEN_ATTEMPTS): PipelineQueues {
   const queues = {
     ingest: new Queue<LampStatesJob>(QUEUE_NAMES.ingest, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     bridgeState: Array.from(

@@ -94,8 +94,11 @@ function openConnection(options: SubscriberConnectionOptions, index: number): Mq
     done(ACK_IS_OURS);
   };
   const topics = subscriptionsFor(index, options.shareGroup);
+  let reconnect = false;
   client.on('connect', (connack) => {
-    log.info({ session_present: connack.sessionPresent }, 'connected to MQTT broker');
+    // A reconnect is reported once for all connections, by the DependencyWatch.
+    log[reconnect ? 'debug' : 'info']({ session_present: connack.sessionPresent }, 'connected to MQTT broker');
+    reconnect = true;
     // Re-subscribing is harmless with a present session and required without one.
     client.subscribe(topics, { qos: 1 }, (err, granted) => {
       if (err) return log.error({ err: describe(err) }, 'subscribe failed');

@@ -12,7 +12,7 @@
  */
 import { groupBy } from '../shared/collections.js';
 import type { Logger } from '../shared/logger.js';
-import type { BridgeStatesJob, LampStatesJob, RejectedMessageJob } from '../shared/jobs.js';
+import { payloadRecord, type BridgeStatesJob, type LampStatesJob, type RejectedMessageJob } from '../shared/jobs.js';
 import { parseMessage, type ParsedMessage } from '../shared/message.js';
 import type { Metrics } from '../shared/metrics.js';
 import type { PipelineQueues } from '../shared/queues.js';
@@ -39,7 +39,6 @@ export interface IntakeOptions {
   now?: () => Date;
 }
 
-const PAYLOAD_HEAD_BYTES = 512;
 const TOPIC_LOG_CHARS = 256;
 export const DEFAULT_MAX_STATES_PER_JOB = 100;
 
@@ -146,16 +145,17 @@ export class Intake {
           reason: parsed.reason,
           detail: parsed.detail,
           ...(parsed.deviceId ? { deviceId: parsed.deviceId } : {}),
-          payloadBytes: message.payload.length,
-          payloadHead: Buffer.from(message.payload.subarray(0, PAYLOAD_HEAD_BYTES)).toString('base64'),
+          ...payloadRecord(message.payload),
           receivedAt: receivedAt.toISOString(),
         };
         rejections.push({ record, id: messageId });
         return;
       }
       remember.push({ session, packet: message, messageId });
-      if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId });
-      else lampStates.push({ ...parsed.message, messageId });
+      // The topic and payload as sent travel too, for the record should the worker reject the state.
+      const { topic } = message;
+      if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId, topic });
+      else lampStates.push({ ...parsed.message, messageId, topic, payload: Buffer.from(message.payload.buffer, message.payload.byteOffset, message.payload.byteLength).toString('utf8') });
     });
     const byPartition = groupBy(bridgeStates, (state) => queues.bridgeStateQueueFor(state.deviceId));
     // Ids are chosen now, so that a retried write sends the very same jobs.

@@ -9,8 +9,12 @@ await runService('subscriber', async () => {
   const config = loadConfig(['common', 'ops', 'mqtt', 'subscriber']);
   const logger = createLogger('subscriber', config.LOG_LEVEL);
   const metrics = createMetrics('subscriber');
-  const subscriber = await startSubscriber(config, logger, metrics);
-  const ops = await startOpsServer({ port: config.METRICS_PORT ?? 9101, host: config.METRICS_HOST, metrics, readiness: subscriber.readiness, beforeScrape: subscriber.refreshQueueGauges, logger });
+  const ops = await startOpsServer({ service: 'subscriber', port: config.METRICS_PORT ?? 9101, host: config.METRICS_HOST, metrics, logger });
+  const subscriber = await startSubscriber(config, logger, metrics).catch(async (err: unknown) => {
+    await ops.close();
+    throw err;
+  });
+  ops.serve({ readiness: subscriber.readiness, beforeScrape: subscriber.refreshQueueGauges });
   return {
     logger,
     service: {

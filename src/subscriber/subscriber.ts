@@ -1,5 +1,6 @@
 /** Wires the subscriber: MQTT connections in, Redis queues out. */
 import type { Config } from '../shared/config.js';
+import { DependencyWatch } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { refreshQueueDepths } from '../shared/metrics.js';
@@ -23,6 +24,9 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
   // Many connections each wait on Redis; pipelining their commands saves a write per command.
   const redis = await connectRedis(config.REDIS_URL, { autoPipelining: true });
   const queues = openQueues(redis, config.QUEUE_PREFIX);
+  const watch = new DependencyWatch(logger);
+  watch.redis(redis, config.REDIS_URL, 'MQTT messages stay with the broker, unacknowledged, until it is back');
+  watch.bullmq(allQueues(queues));
   const intake = new Intake({ queues, ledger: new RedeliveryLedger(redis, config.QUEUE_PREFIX), logger, metrics });
 
   const inFlight = new Set<Promise<void>>();
@@ -46,10 +50,12 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
       onMessage,
     });
   } catch (err) {
+    watch.stop();
     await queues.close();
     redis.disconnect();
     throw err;
   }
+  for (const client of clients) watch.mqtt(client, config.MQTT_URL, 'the broker keeps lamp messages for our sessions until it is back');
   logger.info({ connections: clients.length, share_group: config.MQTT_SHARE_GROUP }, 'subscriber ready');
 
   return {
@@ -60,6 +66,7 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
     refreshQueueGauges: () => refreshQueueDepths(metrics, allQueues(queues)),
     async close() {
       closing = true;
+      watch.stop();
       await Promise.all(inFlight);
       // Let the PUBACKs of finished messages reach the socket before it closes.
       await Promise.all(clients.map((client) => client.endAsync(false)));

@@ -5,6 +5,7 @@
  */
 import { hostname } from 'node:os';
 import type { MqttClient } from 'mqtt';
+import type { DependencyWatch } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import { firstConnect, openMqttClient, type MqttSettings } from '../shared/mqtt.js';
 import { associationTopic, DEFAULT_ASSOCIATION_TOPIC } from '../shared/topics.js';
@@ -27,6 +28,11 @@ export class AssociationPublisher {
       throw err;
     }
     return new AssociationPublisher(client, topicTemplate);
+  }
+
+  /** Losing the broker is reported by the process's watch; meanwhile publishes fail and their jobs retry. */
+  reportTo(watch: DependencyWatch, url: string): void {
+    watch.mqtt(this.client, url, 'association messages are retried until it is back');
   }
 
   get connected(): boolean {

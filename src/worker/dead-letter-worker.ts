@@ -11,6 +11,7 @@
  */
 import { UnrecoverableError, type ConnectionOptions, type Job, type Queue, type Worker } from 'bullmq';
 import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
+import { isConnectionError } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 import { runStage } from './stage-runner.js';

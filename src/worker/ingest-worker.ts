@@ -8,7 +8,7 @@ import type { ConnectionOptions, Job, Worker } from 'bullmq';
 import { groupBy } from '../shared/collections.js';
 import type { Config } from '../shared/config.js';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
-import { parseBridgeStatesJob, parseLampStatesJob, type BridgeStatesJob, type KeenEventRecord, type LampStatesJob, type RejectedMessageJob } from '../shared/jobs.js';
+import { parseBridgeStatesJob, parseLampStatesJob, payloadRecord, type BridgeStatesJob, type KeenEventRecord, type LampStatesJob, type RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { jitteredBackoffDelay, type PipelineQueues } from '../shared/queues.js';
@@ -55,7 +55,22 @@ export interface IngestWorkerOptions {
   keen?: Pick<KeenBatcher, 'submit'>;
 }
 
-type RejectedState = Pick<RejectedMessageJob, 'topic' | 'deviceId' | 'receivedAt'> & { id: string; detail: string; data: unknown };
+/**
+ * A state the worker refuses, recorded as the lamp sent it: the topic and payload its job kept.
+ * A job queued before they were kept has neither: the topic is then rebuilt from the device id
+ * and the payload left out (what we parsed is not what the lamp sent), and the detail says so.
+ */
+interface RejectedState {
+  id: string;
+  deviceId: string;
+  receivedAt: string;
+  detail: string;
+  topic: string | undefined;
+  /** Rebuilt from the device id, for a job that kept no topic. */
+  usualTopic: string;
+  /** undefined: not kept (a lamp state of an older job). */
+  payload: Uint8Array | undefined;
+}
 
 export async function createIngestWorkers(options: IngestWorkerOptions): Promise<Worker[]> {
   const { queues, registry, publisher, logger, metrics } = options;
@@ -68,13 +83,13 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
   const reject = async (rejected: RejectedState) => {
     metrics.messagesRejected.inc({ reason: 'unknown_device' });
     logger.warn({ message_id: rejected.id, device_id: rejected.deviceId, reason: 'unknown_device' }, `message rejected: ${rejected.detail}`);
+    const unkept = [rejected.topic === undefined ? 'topic rebuilt' : '', rejected.payload === undefined ? 'payload not kept' : ''].filter(Boolean);
     const record: RejectedMessageJob = {
-      topic: rejected.topic,
+      topic: rejected.topic ?? rejected.usualTopic,
       reason: 'unknown_device',
-      detail: rejected.detail,
-      ...(rejected.deviceId ? { deviceId: rejected.deviceId } : {}),
-      payloadBytes: 0,
-      payloadHead: Buffer.from(JSON.stringify(rejected.data)).toString('base64'),
+      detail: unkept.length === 0 ? rejected.detail : `${rejected.detail} (${unkept.join(', ')}: queued by an older subscriber)`,
+      deviceId: rejected.deviceId,
+      ...(rejected.payload ? payloadRecord(rejected.payload) : {}),
       receivedAt: rejected.receivedAt,
     };
     await queues.rejected.add('unknown_device', record, { jobId: `${rejected.id}-rejected` });
@@ -91,7 +106,15 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       await queues.ingest.add('lamp-states', { kind: 'lamp-states', states: unknown, waits: waits + 1 }, { jobId: `${job.id}-w`, delay: jitteredBackoffDelay(waits + 1, 500) });
     } else {
       for (const s of unknown) {
-        await reject({ id: s.messageId, topic: `devices/${s.deviceId}/lamp/changed`, deviceId: s.deviceId, receivedAt: s.receivedAt, detail: 'lamp state from a device that never connected its bridge', data: s });
+        await reject({
+          id: s.messageId,
+          deviceId: s.deviceId,
+          receivedAt: s.receivedAt,
+          detail: 'lamp state from a device that never connected its bridge',
+          topic: s.topic,
+          usualTopic: `/devices/${s.deviceId}/lamp/changed`,
+          payload: s.payload === undefined ? undefined : Buffer.from(s.payload, 'utf8'),
+        });
       }
     }
     return states.filter((s) => known.has(s.deviceId));
@@ -156,7 +179,16 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
     outcome ??= await registry.recordBridgeState(deviceId, connected, receivedAt, messageId);
     if (outcome === 'unknown_device') {
       // Its partition runs in order, so no connect of this lamp is still on its way.
-      await reject({ id: messageId, topic: `$SYS/broker/connection/${deviceId}_broker/state`, deviceId, receivedAt: state.receivedAt, detail: 'bridge disconnect from a device that never connected', data: state });
+      await reject({
+        id: messageId,
+        deviceId,
+        receivedAt: state.receivedAt,
+        detail: 'bridge disconnect from a device that never connected',
+        topic: state.topic,
+        usualTopic: `$SYS/broker/connection/${deviceId}_broker/state`,
+        // Parsing let through only the one byte `1` or `0`: this is the payload as sent.
+        payload: Buffer.from(connected ? '1' : '0'),
+      });
     } else if (outcome === 'unchanged') {
       metrics.bridgeReplaysDropped.inc();
       logger.debug({ message_id: messageId, device_id: deviceId, connected, retained: state.retained }, 'bridge state unchanged; not recorded again');

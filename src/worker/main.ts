@@ -9,15 +9,12 @@ await runService('worker', async () => {
   const config = loadConfig(['common', 'ops', 'mqtt', 'database', 'registry', 'worker', 'keen']);
   const logger = createLogger('worker', config.LOG_LEVEL);
   const metrics = createMetrics('worker');
-  const worker = await startWorker(config, logger, metrics);
-  const ops = await startOpsServer({
-    port: config.METRICS_PORT ?? 9102,
-    host: config.METRICS_HOST,
-    metrics,
-    readiness: worker.readiness,
-    beforeScrape: worker.refreshQueueGauges,
-    logger,
+  const ops = await startOpsServer({ service: 'worker', port: config.METRICS_PORT ?? 9102, host: config.METRICS_HOST, metrics, logger });
+  const worker = await startWorker(config, logger, metrics).catch(async (err: unknown) => {
+    await ops.close();
+    throw err;
   });
+  ops.serve({ readiness: worker.readiness, beforeScrape: worker.refreshQueueGauges });
   return {
     logger,
     service: {

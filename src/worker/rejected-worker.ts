@@ -1,7 +1,8 @@
 /**
  * Rejected messages are recorded as jobs and failed on arrival, with the reason as the failure:
  * the dashboard's Failed list of `rejected-messages` is then the rejection log, and BullMQ
- * keeps only the newest of them (JOB_OPTIONS.rejected), so a flood cannot fill Redis.
+ * keeps only the newest of them (JOB_OPTIONS.rejected), so a flood cannot fill Redis. The
+ * record itself (topic and payload as the lamp sent them) is made where the message is refused.
  */
 import { UnrecoverableError, type ConnectionOptions, type Queue, type Worker } from 'bullmq';
 import type { RejectedMessageJob } from '../shared/jobs.js';

@@ -19,6 +19,7 @@
  * collection it is about when it has them.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
+import { isConnectionError } from '../shared/dependency-watch.js';
 import type { ParsedJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
@@ -141,6 +142,8 @@ export function runStage<T>(options: StageOptions<T>): Worker<T> {
     else if (final) logger.error(fields, `${name} job failed for good`);
     else logger.warn(fields, `${name} job failed; will retry`);
   });
-  worker.on('error', (err) => logger.error({ queue: name, err: err.message }, `${name} worker error`));
+  // Without a listener, BullMQ's 'error' ends the process. A connection error is the outage the
+  // process's DependencyWatch reports, once.
+  worker.on('error', (err) => isConnectionError(err) || logger.error({ queue: name, err: err.message }, `${name} worker error`));
   return worker;
 }

@@ -6,11 +6,13 @@
 import type { Worker } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import type { Logger } from '../shared/logger.js';
+import { DependencyWatch } from '../shared/dependency-watch.js';
 import { checkDjangoTables, DJANGO_MODE_OWN_TABLES, djangoTablesProblem } from '../shared/django-site.js';
-import { refreshQueueDepths, type Metrics } from '../shared/metrics.js';
+import { refreshQueueDepths, refreshRedisMemory, type Metrics } from '../shared/metrics.js';
+import { checkConnection, MISSING_REGISTRY_DATABASE, MISSING_SITE_DATABASE } from '../shared/postgres.js';
 import { mqttSettings } from '../shared/mqtt.js';
 import type { ReadinessCheck } from '../shared/ops-server.js';
-import { allQueues, connectRedis, describe, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
+import { allQueues, connectRedis, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
 import { createDeadLetterWorker } from './dead-letter-worker.js';
 import { createIngestWorkers } from './ingest-worker.js';
@@ -31,10 +33,17 @@ export interface WorkerProcess {
   close(): Promise<void>;
 }
 
+const POSTGRES_PING_MS = 2000;
+/** A ping of PostgreSQL this often is how the worker notices it is gone (and back) while idle. */
+const POSTGRES_CHECK_MS = 5000;
+
 export async function startWorker(config: WorkerConfig, logger: Logger, metrics: Metrics): Promise<WorkerProcess> {
   const registry = new DeviceRegistry({ databaseUrl: config.DATABASE_URL, defaultUser: config.DEFAULT_USER, schema: config.REGISTRY_SCHEMA });
+  const watch = new DependencyWatch(logger);
   const cleanups: Array<() => Promise<unknown>> = [() => registry.close()];
   const closeAll = async () => {
+    // From here on the connections are ours to close, not an outage.
+    watch.stop();
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
   };
   try {
@@ -43,6 +52,8 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     cleanups.push(() => redis.quit());
     const queues = openQueues(redis, config.QUEUE_PREFIX, config.KEEN_ATTEMPTS);
     cleanups.push(() => queues.close());
+    watch.redis(redis, config.REDIS_URL, 'jobs wait until it is back');
+    watch.bullmq(allQueues(queues));
     const publisher = await AssociationPublisher.connect(mqttSettings(config), config.MQTT_CLIENT_ID, logger, config.ASSOCIATION_TOPIC);
     cleanups.push(() => publisher.close());
 
@@ -72,15 +83,19 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     // Workers close first: each finishes its active jobs (which may need the batcher, the
     // publisher and the database), then those close in turn.
     cleanups.push(() => Promise.all(workers.map((worker) => worker.close())));
+    publisher.reportTo(watch, config.MQTT_URL);
+    watch.poll('postgres', config.DATABASE_URL, 'ingest jobs are retried until it is back', () => withTimeout(registry.ping(), POSTGRES_PING_MS), POSTGRES_CHECK_MS);
     logger.info({ concurrency: config.WORKER_CONCURRENCY, keen_concurrency: config.KEEN_CONCURRENCY, keen_api: safeUrl(config.KEEN_API_URL) }, 'worker ready');
     return {
       workers,
       close: closeAll,
       async readiness() {
-        const postgres = await withTimeout(registry.ping(), 2000).then(() => true, () => false);
+        const postgres = await withTimeout(registry.ping(), POSTGRES_PING_MS).then(() => true, () => false);
         return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres, keen: keenPause.readiness() };
       },
-      refreshQueueGauges: () => refreshQueueDepths(metrics, allQueues(queues)),
+      refreshQueueGauges: async () => {
+        await Promise.all([refreshQueueDepths(metrics, allQueues(queues)), refreshRedisMemory(metrics, redis)]);
+      },
     };
   } catch (err) {
     await closeAll();
@@ -90,11 +105,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
 
 async function checkDatabase(registry: DeviceRegistry, databaseUrl: string): Promise<void> {
   const where = `DATABASE_URL=${safeUrl(databaseUrl)}`;
-  try {
-    await registry.ping();
-  } catch (err) {
-    throw new StartupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix DATABASE_URL`);
-  }
+  await checkConnection(databaseUrl, { missingDatabase: registry.schema === 'django' ? MISSING_SITE_DATABASE : MISSING_REGISTRY_DATABASE });
   if (registry.schema === 'django') {
     const check = await checkDjangoTables((sql, values) => registry.prisma.$queryRawUnsafe(sql, ...values));
     if (!check.ok) throw new StartupError(djangoTablesProblem(check.missing, where));

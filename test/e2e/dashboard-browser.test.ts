@@ -7,6 +7,10 @@
  * operator logs in with basic auth, opens keen-dead-letter, sees the event with Keen's error,
  * clicks Retry, and sees the event delivered: stored by Keen once, and completed in
  * keen-delivery in a job whose id is its token. A wrong password gets 401.
+ *
+ * With a Redis of the test's own killed under an open dashboard, the page says that Redis is
+ * unreachable (a banner) instead of loading forever, a page opened meanwhile says so too, and
+ * both recover by themselves when Redis is back.
  */
 import { existsSync } from 'node:fs';
 import type { Worker } from 'bullmq';
@@ -23,7 +27,7 @@ import { KeenClient } from '../../src/worker/keen/client.js';
 import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
-import { waitFor } from '../support/processes.js';
+import { startRedis, waitFor } from '../support/processes.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
@@ -161,6 +165,54 @@ describe('dashboard in a browser', () => {
       } finally {
         await context.close();
       }
+    }
+  });
+});
+
+describe('dashboard in a browser while Redis is down', () => {
+  let redis: Awaited<ReturnType<typeof startRedis>>;
+  let dashboard: Dashboard;
+  let browser: Browser;
+
+  beforeAll(async () => {
+    if (!existsSync(CHROMIUM)) throw new Error(`headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH`);
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    redis = await startRedis({ appendonly: false });
+    dashboard = await startDashboard(
+      { REDIS_URL: redis.url, QUEUE_PREFIX: randomPrefix('browser-outage'), LOG_LEVEL: 'silent', DASHBOARD_PORT: 0, DASHBOARD_HOST: '127.0.0.1', DASHBOARD_READ_ONLY: false },
+      logger,
+    );
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await dashboard?.close();
+    await redis?.kill('SIGKILL');
+  });
+
+  it('shows "Redis is unreachable" in an open page and a new one, never an endless Loading, and recovers', async () => {
+    const context = await browser.newContext();
+    try {
+      const page = await context.newPage();
+      await page.goto(new URL(`queue/${QUEUE_NAMES.rejected}`, dashboard.url).toString());
+      await page.getByText('Retrying cannot help', { exact: false }).first().waitFor({ timeout: 15_000 });
+      const banner = page.locator('#lampi-outage');
+      expect(await banner.count()).toBe(0);
+
+      await redis.kill('SIGKILL');
+      await banner.waitFor({ timeout: 15_000 });
+      expect(await banner.innerText()).toContain('Redis is unreachable');
+      const opened = await context.newPage();
+      const response = await opened.goto(dashboard.url);
+      expect(response?.status()).toBe(503);
+      expect(await opened.locator('h1').innerText()).toBe('Redis is unreachable');
+
+      redis = await startRedis({ port: redis.port, appendonly: false });
+      await banner.waitFor({ state: 'detached', timeout: 15_000 });
+      // The plain page reloads itself into Bull Board.
+      await expect.poll(() => opened.title(), { timeout: 15_000 }).toBe('LAMPI ingest');
+    } finally {
+      await context.close();
     }
   });
 });

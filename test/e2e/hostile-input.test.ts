@@ -361,7 +361,7 @@ describe('hostile input through the real subscriber and worker', () => {
       expect(REJECT_REASONS).toContain(record.data.reason);
       expect(record.data.detail.length).toBeGreaterThan(0);
       expect(record.data.topic.length).toBeLessThanOrEqual(256);
-      expect(Buffer.from(record.data.payloadHead, 'base64').length).toBeLessThanOrEqual(512);
+      expect(Buffer.from(record.data.payloadHead!, 'base64').length).toBeLessThanOrEqual(512);
     }
 
     // -- delivered once, and only what a lamp may say ------------------------------------------

@@ -3,15 +3,16 @@
  * checks, Bull Board's Retry as the dead-letter redrive, read-only mode refusing every change,
  * and the refusal to start on a public address without credentials.
  */
-import type { Worker } from 'bullmq';
+import type { Queue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startDashboard, type Dashboard, type DashboardConfig } from '../../src/dashboard/dashboard.js';
 import { deviceStateEvent } from '../../src/shared/events.js';
-import type { DeadLetterJob } from '../../src/shared/jobs.js';
+import type { DeadLetterJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { BRIDGE_PARTITIONS, connectRedis, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { createDeadLetterWorker } from '../../src/worker/dead-letter-worker.js';
+import { createRejectedWorker } from '../../src/worker/rejected-worker.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { freePort, startService, waitFor } from '../support/processes.js';
 
@@ -54,7 +55,7 @@ async function parkDeadLetter(queues: PipelineQueues, error = 'Keen rejected the
   return token;
 }
 
-const stateIn = async (queue: PipelineQueues['keen'] | PipelineQueues['deadLetter'], id: string) => (await queue.getJob(id))?.getState() ?? 'missing';
+const stateIn = async (queue: Queue, id: string) => (await queue.getJob(id))?.getState() ?? 'missing';
 
 describe('dashboard', () => {
   const prefix = randomPrefix('dash');
@@ -147,6 +148,47 @@ describe('dashboard', () => {
     const retried = await request(dashboard, `/api/queues/${QUEUE_NAMES.deadLetter}/retry/failed`, { method: 'PUT', headers: GOOD });
     expect(retried.status).toBe(200);
     for (const id of ids) await waitFor(`${id} back in keen-delivery`, async () => (await stateIn(queues.keen, id)) === 'waiting');
+  });
+
+  it("shows a rejected message's reason and decoded payload, with no stack trace and no Retry", async () => {
+    const rejectedWorker = createRejectedWorker(redis, queues.rejected, logger);
+    try {
+      const text = '{"on": tru}';
+      const record = (payload: Buffer): RejectedMessageJob => ({
+        topic: 'devices/b827eb000001/lamp/changed',
+        reason: 'invalid_json',
+        detail: 'Unexpected token',
+        payloadBytes: payload.length,
+        payloadHead: payload.toString('base64'),
+        receivedAt: new Date().toISOString(),
+      });
+      const textId = randomPrefix('rej');
+      const binaryId = randomPrefix('rej');
+      await queues.rejected.add('invalid_json', record(Buffer.from(text)), { jobId: textId });
+      await queues.rejected.add('invalid_json', record(Buffer.from([0xff, 0xfe, 0x00])), { jobId: binaryId });
+      await waitFor('both rejections failed', async () => (await stateIn(queues.rejected, textId)) === 'failed' && (await stateIn(queues.rejected, binaryId)) === 'failed');
+
+      const shown = async (id: string) => {
+        const response = await request(dashboard, `/api/queues/${QUEUE_NAMES.rejected}/${id}`, { headers: GOOD });
+        expect(response.status).toBe(200);
+        return ((await response.json()) as { job: { failedReason: string; stacktrace: string[]; data: Record<string, unknown> } }).job;
+      };
+      const job = await shown(textId);
+      expect(job.failedReason).toBe('invalid_json: Unexpected token');
+      expect(job.stacktrace).toEqual([]);
+      expect(job.data).toMatchObject({ payload: text, reason: 'invalid_json', payloadBytes: text.length });
+      expect(job.data).not.toHaveProperty('payloadHead');
+      expect((await shown(binaryId)).data).toMatchObject({ payloadBase64: Buffer.from([0xff, 0xfe, 0x00]).toString('base64') });
+
+      const api = await request(dashboard, '/api/queues', { headers: GOOD });
+      const { queues: listed } = (await api.json()) as { queues: Array<{ name: string; allowRetries: boolean; description: string }> };
+      expect(listed.find((q) => q.name === QUEUE_NAMES.rejected)).toMatchObject({ allowRetries: false });
+      expect(listed.find((q) => q.name === QUEUE_NAMES.deadLetter)).toMatchObject({ allowRetries: true });
+      // 12 attempts, 1 s base, doubling to the five-minute cap: 9 to 19 minutes.
+      expect(listed.find((q) => q.name === QUEUE_NAMES.keen)?.description).toContain('tried 12 times (KEEN_ATTEMPTS, the default) over about 9 min to 19 min');
+    } finally {
+      await rejectedWorker.close();
+    }
   });
 
   it('read-only: every queue is read-only and the server refuses any change with 403', async () => {

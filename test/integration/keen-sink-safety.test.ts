@@ -236,6 +236,24 @@ describe('bounded answers: KEEN_SINK_MAX_RESULT_BYTES', () => {
     expect(unique.body.result).toEqual(Array.from({ length: 200 }, (_, n) => n));
   });
 
+  it('refuses a multi_analysis and a funnel with_actors past the limit, and answers the small ones', async () => {
+    // Each label alone is under the limit; the answer holding both is not.
+    const pads = { event_collection: coll, target_property: 'pad', timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:40:00Z' } };
+    expect((await small.query('select_unique', pads)).status).toBe(200);
+    const both = await small.query('multi_analysis', { ...pads, analyses: { a: { analysis_type: 'select_unique', target_property: 'pad' }, b: { analysis_type: 'select_unique', target_property: 'pad' } } });
+    expect(both.body.error_code).toBe('ResultTooLargeError');
+    const counts = await small.query('multi_analysis', { event_collection: coll, analyses: { a: { analysis_type: 'count' }, b: { analysis_type: 'count_unique', target_property: 'n' } } });
+    expect(counts.body.result).toEqual({ a: 200, b: 200 });
+
+    const step = (withActors: boolean) => ({ event_collection: coll, actor_property: 'pad', timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T04:00:00Z' }, with_actors: withActors });
+    const actors = await small.query('funnel', { steps: [step(true)] });
+    expect(actors.status).toBe(400);
+    expect(actors.body).toEqual({ message: expect.stringMatching(/steps\[0\].*KEEN_SINK_MAX_RESULT_BYTES/), error_code: 'ResultTooLargeError' });
+    expect((await small.query('funnel', { steps: [step(false)] })).body.result).toEqual([200]);
+    const few = await small.query('funnel', { steps: [{ ...step(true), timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:03:00Z' } }] });
+    expect(few.body.actors).toEqual([[pad(0), pad(1), pad(2)]]);
+  });
+
   it('keeps serving after refusals: the refused queries leave no connection or transaction behind', async () => {
     for (let i = 0; i < 15; i += 1) expect((await small.query('extraction', { event_collection: coll })).status).toBe(400);
     expect((await small.query('count', { event_collection: coll })).body).toEqual({ result: 200 });

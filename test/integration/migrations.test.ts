@@ -13,6 +13,8 @@ import { PrismaPg } from '@prisma/adapter-pg';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Prisma, PrismaClient } from '../../src/generated/prisma/client.js';
+import { MIGRATIONS as KEEN_SINK_MIGRATIONS, MIGRATIONS_TABLE as KEEN_SINK_MIGRATIONS_TABLE } from '../../src/keen-sink/server.js';
+import { parseQuery, runQuery } from '../../src/keen-sink/query.js';
 import { applyMigrations, listMigrations, MigrationError } from '../../src/migrate/runner.js';
 import { createTestDatabase, PRISMA_MIGRATIONS, type TestDatabase } from '../support/database.js';
 import { DJANGO_MODE_MIGRATIONS, startDjangoSite, type DjangoSite } from '../support/django.js';
@@ -438,6 +440,64 @@ describe('the migration runner', () => {
     for (const r of runs) if (r.applied.length === 0) expect(r.alreadyApplied).toEqual(all);
     const rows = await withClient(db.url, async (c) => (await c.query('SELECT migration_name FROM _prisma_migrations')).rows);
     expect(rows).toHaveLength(all.length);
+  });
+});
+
+describe("keen-sink's migrations upgrade a store in place", () => {
+  let db: TestDatabase;
+  let pool: pg.Pool;
+  beforeAll(async () => {
+    db = await createTestDatabase(services.postgres, { migrate: false });
+    pool = new pg.Pool({ connectionString: db.url, max: 2 });
+  });
+  afterAll(async () => {
+    await pool?.end();
+    await db?.drop();
+  });
+
+  it('a store of the first schema, with events, gets the device_id indexes and a rollup of the events it already holds', async () => {
+    const all = await listMigrations(KEEN_SINK_MIGRATIONS);
+    expect(all.map((m) => m.name)).toEqual(['20261128120000_keen_events', '20261203120000_keen_query_speed']);
+    const first = mkdtempSync(path.join(tmpdir(), 'keen-sink-migrations-'));
+    cpSync(path.join(KEEN_SINK_MIGRATIONS, all[0]!.name), path.join(first, all[0]!.name), { recursive: true });
+    await applyMigrations({ databaseUrl: db.url, directory: first, table: KEEN_SINK_MIGRATIONS_TABLE });
+    // 3 lamps (one event without a device_id) over 3 days, written before the upgrade.
+    await pool.query(`
+      INSERT INTO keen_events (id, project_id, collection, keen_timestamp, keen_created_at, event)
+      SELECT 'e' || g, 'p', 'devicestate', ts, ts,
+             CASE WHEN g = 7 THEN '{}'::jsonb ELSE jsonb_build_object('device_id', 'lamp-' || (g % 3)) END
+        FROM generate_series(1, 200) AS g, LATERAL (SELECT TIMESTAMPTZ '2026-11-01 00:00:00+00' + g * interval '21 minutes' AS ts) AS t`);
+    const upgrade = await applyMigrations({ databaseUrl: db.url, directory: KEEN_SINK_MIGRATIONS, table: KEEN_SINK_MIGRATIONS_TABLE });
+    expect(upgrade.applied).toEqual([all[1]!.name]);
+
+    const { rows: indexes } = await pool.query<{ name: string }>(`SELECT indexname AS name FROM pg_indexes WHERE tablename = 'keen_events' ORDER BY 1`);
+    expect(indexes.map((i) => i.name)).toEqual([
+      'keen_events_collection_timestamp_idx',
+      'keen_events_device_id_array_idx',
+      'keen_events_device_id_idx',
+      'keen_events_event_idx',
+      'keen_events_pkey',
+    ]);
+    const { rows: rollup } = await pool.query<{ rows: number; hours: number; values: string[] }>(
+      `SELECT count(*)::int AS rows, count(DISTINCT hour)::int AS hours, array_agg(DISTINCT value #>> '{}') AS values FROM keen_property_hours`,
+    );
+    // 200 events 21 minutes apart, from 00:21 on, touch 71 hours; a row per lamp and hour it was seen.
+    const { rows: seen } = await pool.query<{ n: number }>(
+      `SELECT count(DISTINCT (event -> 'device_id', date_trunc('hour', keen_timestamp AT TIME ZONE 'UTC')))::int AS n FROM keen_events WHERE event ? 'device_id'`,
+    );
+    expect(rollup[0]!.values).toEqual(['lamp-0', 'lamp-1', 'lamp-2']);
+    expect(rollup[0]!.hours).toBe(71);
+    expect(rollup[0]!.rows).toBe(seen[0]!.n);
+    expect(rollup[0]!.rows).toBeGreaterThan(71);
+
+    // Events written after the upgrade are rolled up too, and answers match the plain SQL.
+    await pool.query(`INSERT INTO keen_events (id, project_id, collection, keen_timestamp, keen_created_at, event)
+      VALUES ('late', 'p', 'devicestate', '2026-11-10T05:30:00Z', now(), '{"device_id": "lamp-9"}')`);
+    const params = { event_collection: 'devicestate', target_property: 'device_id', interval: 'daily', timeframe: { start: '2026-11-01T00:00:00Z', end: '2026-11-11T00:00:00Z' } };
+    const parsed = parseQuery('count_unique', params);
+    const fast = (await runQuery(pool, 'p', parsed)) as Array<{ value: number }>;
+    expect(fast).toEqual(await runQuery(pool, 'p', parsed, { plain: true }));
+    expect(fast.map((day) => day.value)).toEqual([3, 3, 3, 0, 0, 0, 0, 0, 0, 1]);
   });
 });
 

@@ -2,7 +2,9 @@
  * The compose broker's configuration (deploy/mosquitto) run by a real Mosquitto: the entrypoint
  * writes the password file and ACL, our service user may do everything, a lamp only its own
  * topics, nobody gets in anonymously, and an offline session keeps far more than 1000 messages.
- * Only the container paths and the port are rewritten; every other line is the shipped one.
+ * The TLS listener for lamps runs with certificates from scripts/make-tls-certs.sh: a client that
+ * verifies against their CA gets in, one trusting another CA or expecting another name is refused.
+ * Only the container paths and the ports are rewritten; every other line is the shipped one.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -20,6 +22,7 @@ const OTHER = { id: 'b827eb000002', password: 'lamp-two-pw' };
 
 interface Broker {
   port: number;
+  tlsPort: number;
   root: string;
   output: () => string;
   stop(): Promise<void>;
@@ -31,11 +34,19 @@ function mosquittoUid(): { uid: number; gid: number } | undefined {
   return id.status === 0 ? { uid: Number(id.stdout.toString()), gid: Number(gid.stdout.toString()) } : undefined;
 }
 
-/** A folder laid out like the container's /mosquitto, with the shipped files in config/. */
+/** Certificates as secrets-init makes them, for `names`; `dir` holds ca.crt, server.crt, server.key. */
+function makeCerts(dir: string, ...names: string[]): string {
+  const made = spawnSync('sh', [path.join(ROOT, 'scripts/make-tls-certs.sh'), dir, ...names], { encoding: 'utf8' });
+  if (made.status !== 0) throw new Error(`make-tls-certs.sh failed: ${made.stderr}`);
+  return dir;
+}
+
+/** A folder laid out like the container's /mosquitto, with the shipped files in config/ (and the secrets volume's tls/ in secrets/). */
 function layout(lampsPasswd?: string): { root: string; conf: string } {
   const root = mkdtempSync(path.join(tmpdir(), 'lampi-mosquitto-conf-'));
   chmodSync(root, 0o755); // mosquitto drops to its own user when started as root
   for (const dir of ['config', 'data', 'run']) mkdirSync(path.join(root, dir), { mode: 0o755 });
+  makeCerts(path.join(root, 'secrets/tls'), 'localhost', '127.0.0.1');
   copyFileSync(path.join(DEPLOY, 'acl.template'), path.join(root, 'config/acl.template'));
   if (lampsPasswd !== undefined) writeFileSync(path.join(root, 'config/lamps.passwd'), lampsPasswd);
   const owner = userInfo().uid === 0 ? mosquittoUid() : undefined;
@@ -46,11 +57,30 @@ function layout(lampsPasswd?: string): { root: string; conf: string } {
 async function startBroker(lampsPasswd?: string, env: Record<string, string> = {}): Promise<Broker> {
   const { root, conf } = layout(lampsPasswd);
   const port = await freePort();
+  const tlsPort = await freePort();
   const shipped = readFileSync(path.join(DEPLOY, 'mosquitto.conf'), 'utf8');
   expect(shipped).toMatch(/^listener 1883$/m);
-  writeFileSync(conf, shipped.replaceAll('/mosquitto/', `${root}/`).replace(/^listener 1883$/m, `listener ${port} 127.0.0.1`));
+  expect(shipped).toMatch(/^listener 8883$/m);
+  writeFileSync(
+    conf,
+    shipped
+      .replaceAll('/mosquitto/', `${root}/`)
+      .replace(/^listener 1883$/m, `listener ${port} 127.0.0.1`)
+      .replace(/^listener 8883$/m, `listener ${tlsPort} 127.0.0.1`),
+  );
+  // Our password reaches the broker as in compose: a file in the secrets volume.
+  const passwordFile = path.join(root, 'secrets/mqtt-password');
+  writeFileSync(passwordFile, SERVICE.password);
   const child = spawn('sh', [path.join(DEPLOY, 'entrypoint.sh'), 'mosquitto', '-c', conf], {
-    env: { PATH: process.env.PATH, MOSQUITTO_CONFIG_DIR: path.join(root, 'config'), MOSQUITTO_RUN_DIR: path.join(root, 'run'), MQTT_USERNAME: SERVICE.username, MQTT_PASSWORD: SERVICE.password, ...env },
+    env: {
+      PATH: process.env.PATH,
+      MOSQUITTO_CONFIG_DIR: path.join(root, 'config'),
+      MOSQUITTO_RUN_DIR: path.join(root, 'run'),
+      MQTT_TLS_DIR: path.join(root, 'secrets/tls'),
+      MQTT_USERNAME: SERVICE.username,
+      MQTT_PASSWORD_FILE: passwordFile,
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -58,13 +88,14 @@ async function startBroker(lampsPasswd?: string, env: Record<string, string> = {
   child.stderr.on('data', (c: Buffer) => (output += c.toString()));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
-    await Promise.race([waitForPort(port), exited.then(() => Promise.reject(new Error(`broker exited:\n${output}`)))]);
+    await Promise.race([Promise.all([waitForPort(port), waitForPort(tlsPort)]), exited.then(() => Promise.reject(new Error(`broker exited:\n${output}`)))]);
   } catch (err) {
     child.kill();
     throw err;
   }
   return {
     port,
+    tlsPort,
     root,
     output: () => output,
     async stop() {
@@ -192,7 +223,11 @@ describe('deploy/mosquitto: the compose broker configuration', () => {
     const [kind, command] = compose.services.mosquitto.healthcheck.test;
     expect(kind).toBe('CMD-SHELL');
     const local = command!.replaceAll('$$', '$').replace('-p 1883', `-p ${broker.port}`);
-    const run = (password: string) => spawnSync('sh', ['-c', local], { env: { PATH: process.env.PATH, MQTT_USERNAME: SERVICE.username, MQTT_PASSWORD: password }, timeout: 15_000 });
+    const run = (password: string) => {
+      const file = path.join(mkdtempSync(path.join(tmpdir(), 'lampi-hc-')), 'pw');
+      writeFileSync(file, password);
+      return spawnSync('sh', ['-c', local], { env: { PATH: process.env.PATH, MQTT_USERNAME: SERVICE.username, MQTT_PASSWORD_FILE: file }, timeout: 15_000 });
+    };
     expect(run(SERVICE.password).status).toBe(0);
     expect(run('wrong').status).not.toBe(0);
   });
@@ -216,6 +251,65 @@ describe('deploy/mosquitto: the compose broker configuration', () => {
     back.on('message', (_topic, payload) => received.add(payload.toString()));
     await waitFor(`${total} messages after reconnecting`, () => received.size >= total, 15_000).catch(() => {});
     expect(received.size, 'messages the broker kept for the offline session').toBe(total);
+  });
+});
+
+describe('deploy/mosquitto: the TLS listener for lamps (certificates from scripts/make-tls-certs.sh)', () => {
+  let broker: Broker;
+  const tlsClients: MqttClient[] = [];
+  beforeAll(async () => {
+    broker = await startBroker(hashed(LAMP.id, LAMP.password));
+  });
+  afterAll(async () => {
+    await Promise.all(tlsClients.map((c) => c.endAsync(true).catch(() => {})));
+    await broker?.stop();
+  });
+
+  /** An MQTT.js client over mqtts, verifying the server against `ca` as a lamp's bridge does (bridge_insecure false). */
+  /** `host` is the name the client expects in the certificate; it always connects to 127.0.0.1, where the broker listens. */
+  async function connectTls(host: string, ca: string, login: { username: string; password: string }): Promise<MqttClient> {
+    const client = await mqtt.connectAsync(`mqtts://127.0.0.1:${broker.tlsPort}`, {
+      servername: host,
+      protocolVersion: 4,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
+      ca: readFileSync(ca),
+      rejectUnauthorized: true,
+      ...login,
+    });
+    tlsClients.push(client);
+    return client;
+  }
+  async function tlsRefused(host: string, ca: string, login: { username: string; password: string }): Promise<string> {
+    try {
+      const client = await connectTls(host, ca, login);
+      await client.endAsync();
+    } catch (err) {
+      return String((err as Error).message);
+    }
+    throw new Error('expected the TLS connection to be refused');
+  }
+
+  const ca = () => path.join(broker.root, 'secrets/tls/ca.crt');
+
+  it('a lamp that verifies the broker against the CA logs in and publishes under its own id; by name and by address', async () => {
+    const service = await connectTls('127.0.0.1', ca(), SERVICE);
+    await service.subscribeAsync(`devices/${LAMP.id}/lamp/changed`, { qos: 1 });
+    const seen = collect(service);
+    const lamp = await connectTls('localhost', ca(), { username: LAMP.id, password: LAMP.password });
+    await lamp.publishAsync(`devices/${LAMP.id}/lamp/changed`, 'over tls', { qos: 1 });
+    await waitFor('the lamp\'s message over TLS', () => seen.some((m) => m.payload === 'over tls'), 5000);
+  });
+
+  it('refuses a client that trusts another CA, and one that expects a name the certificate does not carry', async () => {
+    const other = makeCerts(mkdtempSync(path.join(tmpdir(), 'lampi-other-ca-')), 'localhost');
+    expect(await tlsRefused('127.0.0.1', path.join(other, 'ca.crt'), SERVICE)).toMatch(/self[- ]signed|unable to verify|certificate/i);
+    // Same CA, but the certificate is for localhost and 127.0.0.1 only.
+    expect(await tlsRefused('broker.example.com', ca(), SERVICE)).toMatch(/altnames|does not match/i);
+  });
+
+  it('still needs a login over TLS', async () => {
+    expect(await tlsRefused('127.0.0.1', ca(), { username: LAMP.id, password: 'wrong' })).toMatch(/Not authorized|Bad username or password/i);
   });
 });
 

@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { BridgeStateMessage, BridgeStatesJob, KeenDeliveryJob, KeenEventRecord, LampStateMessage, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
+import type { AsSent, BridgeStateMessage, BridgeStatesJob, KeenDeliveryJob, KeenEventRecord, LampStateMessage, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
@@ -39,12 +39,13 @@ const bridge = (deviceId: string, connected: boolean, extra: Partial<BridgeState
   ...extra,
 });
 
-const lampState = (deviceId: string, state: LampStateMessage['state'], receivedAt = new Date().toISOString()): LampStatesJob['states'][number] => ({
+const lampState = (deviceId: string, state: LampStateMessage['state'], asSent: AsSent = {}): LampStatesJob['states'][number] => ({
   kind: 'lamp-state',
   deviceId,
   state,
-  receivedAt,
+  receivedAt: new Date().toISOString(),
   messageId: messageId(),
+  ...asSent,
 });
 
 /** Lamps whose bridge states share one partition, as those in one job do. */
@@ -260,14 +261,23 @@ describe('registry worker', () => {
     expect((await stage.queues.keen.getJob(`seq${device}2-keen`))!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual([`seq${device}2-devicemonitoring`]);
   });
 
-  it('rejects a bridge disconnect of a lamp that never connected at once', async () => {
+  it('rejects a bridge disconnect of a lamp that never connected at once, recorded as the broker sent it', async () => {
     const device = randomDeviceId();
     const jobId = messageId();
-    await stage.addBridge(bridge(device, false), jobId);
+    const topic = `$SYS/broker/connection/${device.toUpperCase()}_broker/state`;
+    await stage.addBridgeStates([{ ...bridge(device, false), messageId: jobId, topic }], jobId);
     const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
     try {
       const record = await waitFor('the rejection', async () => (await rejected.getJob(`${jobId}-rejected`))?.data, 5_000, 50);
-      expect(record).toMatchObject({ reason: 'unknown_device', deviceId: device, topic: `$SYS/broker/connection/${device}_broker/state` });
+      expect(record).toEqual({
+        reason: 'unknown_device',
+        detail: 'bridge disconnect from a device that never connected',
+        deviceId: device,
+        topic,
+        payloadBytes: 1,
+        payloadHead: Buffer.from('0').toString('base64'),
+        receivedAt: expect.any(String),
+      });
     } finally {
       await rejected.close();
     }
@@ -360,7 +370,15 @@ describe('registry worker', () => {
     await waitFor('both lamps registered', stage.allIngestDone);
 
     const state = { color: { h: 0.44, s: 1 }, brightness: 0.47, on: true, client: 'lamp_ui' };
-    const states = [lampState(known, state), lampState(unknown, { on: true }), lampState(alsoKnown, { ...state, on: false }), lampState(unknown, { on: false })];
+    // The unknown lamp's first state as its firmware sent it (spaces, a non-ASCII name, upper-case
+    // id, leading slash); its second from a job queued before the topic and payload were kept.
+    const sent = { topic: `/devices/${unknown.toUpperCase()}/lamp/changed`, payload: '{"on": true, "name": "lámpara 💡"}\n' };
+    const states = [
+      lampState(known, state),
+      lampState(unknown, { on: true, name: 'lámpara 💡' }, sent),
+      lampState(alsoKnown, { ...state, on: false }),
+      lampState(unknown, { on: false }),
+    ];
     const jobId = messageId();
     await stage.addLampStates(states, jobId);
 
@@ -393,10 +411,24 @@ describe('registry worker', () => {
         20_000,
         100,
       );
-      for (const [i, record] of records.entries()) {
-        expect(record).toMatchObject({ reason: 'unknown_device', deviceId: unknown, topic: `devices/${unknown}/lamp/changed` });
-        expect(JSON.parse(Buffer.from(record.payloadHead, 'base64').toString())).toEqual(i === 0 ? states[1] : states[3]);
-      }
+      const detail = 'lamp state from a device that never connected its bridge';
+      expect(records[0]).toEqual({
+        reason: 'unknown_device',
+        detail,
+        deviceId: unknown,
+        topic: sent.topic,
+        payloadBytes: Buffer.byteLength(sent.payload),
+        payloadHead: Buffer.from(sent.payload).toString('base64'),
+        receivedAt: states[1]!.receivedAt,
+      });
+      // What we parsed is not what the lamp sent: no payload rather than a made-up one, and the detail says why.
+      expect(records[1]).toEqual({
+        reason: 'unknown_device',
+        detail: `${detail} (topic rebuilt, payload not kept: queued by an older subscriber)`,
+        deviceId: unknown,
+        topic: `/devices/${unknown}/lamp/changed`,
+        receivedAt: states[3]!.receivedAt,
+      });
     } finally {
       await rejected.close();
     }

@@ -101,9 +101,11 @@ describe('subscriber', () => {
     const b = randomDeviceId().toUpperCase();
     const before = Date.now();
     const state = { color: { h: 0.44, s: 1.0 }, brightness: 0.47, on: true, client: 'lamp_ui' };
+    // As LAMPI's Python firmware writes it (json.dumps: spaces after separators), not as we would.
+    const sent = JSON.stringify({ ...state, on: false }, null, 1);
     await publish(services.mqtt, [
       { topic: `/devices/${a}/lamp/changed`, payload: JSON.stringify(state) },
-      { topic: `devices/${a}/lamp/changed`, payload: JSON.stringify({ ...state, on: false }) },
+      { topic: `devices/${a}/lamp/changed`, payload: sent },
       { topic: `$SYS/broker/connection/${b}_broker/state`, payload: '1' },
       { topic: `$SYS/broker/connection/${b}_broker/state`, payload: '0' },
     ]);
@@ -122,14 +124,15 @@ describe('subscriber', () => {
     }
     expect(states.map(({ jobId: _, ...s }) => s)).toEqual(
       expect.arrayContaining([
-        { kind: 'lamp-state', deviceId: a, state, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID) },
-        { kind: 'lamp-state', deviceId: a, state: { ...state, on: false }, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID) },
+        // The topic and payload exactly as sent travel with the parsed state (for a rejection record).
+        { kind: 'lamp-state', deviceId: a, state, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID), topic: `/devices/${a}/lamp/changed`, payload: JSON.stringify(state) },
+        { kind: 'lamp-state', deviceId: a, state: { ...state, on: false }, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID), topic: `devices/${a}/lamp/changed`, payload: sent },
       ]),
     );
     // Both bridge states sit in their lamp's partition, in the order they were published.
-    expect(bridges.map((s) => [s.kind, s.connected, s.retained])).toEqual([
-      ['bridge-state', true, false],
-      ['bridge-state', false, false],
+    expect(bridges.map((s) => [s.kind, s.connected, s.retained, s.topic])).toEqual([
+      ['bridge-state', true, false, `$SYS/broker/connection/${b}_broker/state`],
+      ['bridge-state', false, false, `$SYS/broker/connection/${b}_broker/state`],
     ]);
     // Every message has an id of its own, and every job.
     const ids = [...states, ...bridges].map((s) => s.messageId);
@@ -159,7 +162,7 @@ describe('subscriber', () => {
       ['invalid_bridge_state', 'invalid_device_id', 'invalid_json', 'invalid_lamp_state', 'invalid_utf8', 'payload_too_large'].sort(),
     );
     const utf8 = rejected.find((job) => job.data.reason === 'invalid_utf8')!;
-    expect(Buffer.from(utf8.data.payloadHead, 'base64')).toEqual(Buffer.from([0xc3, 0x28]));
+    expect(Buffer.from(utf8.data.payloadHead!, 'base64')).toEqual(Buffer.from([0xc3, 0x28]));
     expect(utf8.data.deviceId).toBe(device);
     expect(rejected.every((job) => HEX_ID.test(job.id!))).toBe(true);
     const goodStates = await waitFor('both good messages', async () => {
@@ -288,7 +291,20 @@ describe('subscriber intake', () => {
     expect(jobs.flatMap((job) => job.data.states.map((s) => s.state.n)).sort()).toEqual([0, 1, 2, 3, 4]);
     const bridge = await jobsIn<BridgeStatesJob>(services.redis, prefix, QUEUE_NAMES.bridgeState(bridgePartition(bridged)));
     expect(bridge.map((job) => job.data)).toEqual([
-      { kind: 'bridge-states', states: [{ kind: 'bridge-state', deviceId: bridged, connected: true, retained: false, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID) }] },
+      {
+        kind: 'bridge-states',
+        states: [
+          {
+            kind: 'bridge-state',
+            deviceId: bridged,
+            connected: true,
+            retained: false,
+            receivedAt: expect.any(String),
+            messageId: expect.stringMatching(HEX_ID),
+            topic: `$SYS/broker/connection/${bridged}_broker/state`,
+          },
+        ],
+      },
     ]);
     const rejected = await jobsIn<RejectedMessageJob>(services.redis, prefix, QUEUE_NAMES.rejected);
     expect(rejected.map((job) => job.data.reason)).toEqual(['invalid_json']);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { backoffBaseMs, JITTERED_BACKOFF, jitteredBackoff, jitteredBackoffDelay } from '../../src/shared/queues.js';
+import { backoffBaseMs, JITTERED_BACKOFF, JOB_OPTIONS, jitteredBackoff, jitteredBackoffDelay, retryWindowMs } from '../../src/shared/queues.js';
 
 const FIVE_MINUTES = 5 * 60_000;
 const fixed = (value: number) => () => value;
@@ -81,5 +81,15 @@ describe('backoffBaseMs and jitteredBackoff', () => {
       expect(delay).toBeLessThanOrEqual(ceiling);
     }
     expect(jitteredBackoff(3, 'exponential', undefined, job)).toBe(0);
+  });
+});
+
+describe('retryWindowMs', () => {
+  it('adds the delays between the attempts, each at the low and the high end of its jitter', () => {
+    expect(retryWindowMs({ attempts: 1, backoff: { type: 'x', delay: 1000 } })).toEqual({ minMs: 0, maxMs: 0 });
+    // Retries wait 1, 2 and 4 s (at most), half that at least.
+    expect(retryWindowMs({ attempts: 4, backoff: { type: 'x', delay: 1000 } })).toEqual({ minMs: 3500, maxMs: 7000 });
+    // Keen's default: 1 + 2 + ... + 256 s, then twice the five-minute cap.
+    expect(retryWindowMs(JOB_OPTIONS.keen(12))).toEqual({ minMs: 555_500, maxMs: 1_111_000 });
   });
 });

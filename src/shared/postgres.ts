@@ -1,0 +1,198 @@
+/**
+ * Reaching PostgreSQL at start-up, with one line that says what to do when that fails: the one
+ * description of a connection failure (wrong password, no such role, no such database, server
+ * not reachable, ...) that the worker, migrate, keen-sink and the devices CLI all print. The
+ * line names the setting (DATABASE_URL, KEEN_SINK_DATABASE_URL) with its password masked.
+ * `ensureDatabase` also creates a database that does not exist yet, as `prisma migrate deploy`
+ * does (migrate, keen-sink).
+ */
+import pg from 'pg';
+import { describe, safeUrl, StartupError } from './queues.js';
+
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/** A failure the user can act on; the message is the whole line. */
+export class DatabaseSetupError extends StartupError {
+  override name = 'DatabaseSetupError';
+}
+
+/** Connection-level errors: the server is not there (or not answering) at all. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'EPIPE']);
+
+export function pgCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** DATABASE_URL for printing: the password (in the authority or as `?password=`) masked. */
+export function shown(url: string): string {
+  const masked = safeUrl(url);
+  try {
+    const parsed = new URL(masked);
+    if (parsed.searchParams.has('password')) parsed.searchParams.set('password', '***');
+    return parsed.toString();
+  } catch {
+    return masked;
+  }
+}
+
+export function oneLine(text: string): string {
+  return text.replace(/\s+/g, ' ').trim();
+}
+
+/** PostgreSQL is not there yet, or still starting: worth trying again shortly. */
+function isTransient(err: unknown): boolean {
+  const code = pgCode(err);
+  const message = err instanceof Error ? err.message : String(err);
+  if (code !== undefined && (UNREACHABLE.has(code) || code === '57P03')) return true;
+  return /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError;
+}
+
+/**
+ * Waits up to `seconds` for the server in `url` to accept connections (a container start, where
+ * PostgreSQL comes up after us). Returns as soon as it answers, even with an error that is not
+ * about being unreachable (no such database, a wrong password): the caller reports those.
+ * `onWait` is called once, when the first attempt failed and it starts waiting.
+ */
+export async function waitForDatabase(url: string, seconds: number, onWait: (reason: string) => void): Promise<void> {
+  const deadline = Date.now() + seconds * 1000;
+  let waiting = false;
+  for (;;) {
+    try {
+      await (await connect(url)).end().catch(() => {});
+      return;
+    } catch (err) {
+      if (!isTransient(err) || Date.now() >= deadline) return;
+      if (!waiting) onWait(describe(err));
+      waiting = true;
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(1000, Math.max(0, deadline - Date.now()))));
+  }
+}
+
+/** The user and database a URL names, as PostgreSQL will see them (libpq's defaults when absent). */
+function namesIn(url: string): { user: string; database: string } {
+  try {
+    const parsed = new URL(url);
+    const user = decodeURIComponent(parsed.username) || parsed.searchParams.get('user') || process.env.PGUSER || process.env.USER || 'postgres';
+    return { user, database: decodeURIComponent(parsed.pathname.replace(/^\//, '')) || user };
+  } catch {
+    return { user: '(unknown)', database: '(unknown)' };
+  }
+}
+
+/** What to do when the registry's database does not exist: migrate creates it. */
+export const MISSING_REGISTRY_DATABASE = 'run `npm run migrate` first (it creates the database), or fix the database name in DATABASE_URL';
+
+/** The same with REGISTRY_SCHEMA=django, where the database is the LAMPI site's and nothing of ours creates it. */
+export const MISSING_SITE_DATABASE = "point DATABASE_URL at the LAMPI site's database, where its `manage.py migrate` ran";
+
+export interface ProblemOptions {
+  /** The setting that holds the URL, named in the line. */
+  setting?: string;
+  /** What to do when the database does not exist (3D000); worker and devices CLI: run migrate. */
+  missingDatabase?: string;
+}
+
+/** Turns an error from connecting with `url` into a line that says what to do, or undefined when it is no connection problem. */
+export function connectionProblem(err: unknown, url: string, options: ProblemOptions = {}): DatabaseSetupError | undefined {
+  const setting = options.setting ?? 'DATABASE_URL';
+  const where = `${setting}=${shown(url)}`;
+  const code = pgCode(err);
+  const message = err instanceof Error ? err.message : String(err);
+  const { user, database } = namesIn(url);
+  if ((code && UNREACHABLE.has(code)) || /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError) {
+    return new DatabaseSetupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix ${setting}`);
+  }
+  if (code === '28P01') {
+    return new DatabaseSetupError(`PostgreSQL refused the password of user "${user}" at ${where} (28P01): fix the password in ${setting}`);
+  }
+  if (code === '28000' && /role .* does not exist/i.test(message)) {
+    return new DatabaseSetupError(`PostgreSQL has no role "${user}" at ${where} (28000): fix the user in ${setting}, or create the role (createuser ${user})`);
+  }
+  if (code === '28000') {
+    return new DatabaseSetupError(`PostgreSQL refused the login at ${where} (28000 ${oneLine(message)}): fix the user or password in ${setting}, or allow it in pg_hba.conf`);
+  }
+  if (code === '3D000') {
+    const todo = options.missingDatabase ?? `create it (createdb ${database}) or fix the database name in ${setting}`;
+    return new DatabaseSetupError(`database "${database}" does not exist at ${where} (3D000): ${todo}`);
+  }
+  if (code === '57P03') {
+    return new DatabaseSetupError(`PostgreSQL at ${where} is still starting up (57P03): wait for it to accept connections, then start again`);
+  }
+  if (/SSL|certificate/i.test(message)) {
+    return new DatabaseSetupError(`TLS problem connecting to ${where} (${oneLine(message)}): fix sslmode in ${setting}`);
+  }
+  return undefined;
+}
+
+async function connect(url: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
+  client.on('error', () => {
+    // A dropped connection surfaces as the failing query's error.
+  });
+  try {
+    await client.connect();
+    return client;
+  } catch (err) {
+    await client.end().catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Connects once to the database in `url` and hangs up: a process that uses it through another
+ * client (Prisma) gets the same line as migrate when it cannot, instead of a driver's message.
+ */
+export async function checkConnection(url: string, options: ProblemOptions = {}): Promise<void> {
+  try {
+    const client = await connect(url);
+    await client.end().catch(() => {});
+  } catch (err) {
+    const setting = options.setting ?? 'DATABASE_URL';
+    throw connectionProblem(err, url, options) ?? new DatabaseSetupError(`cannot connect to PostgreSQL at ${setting}=${shown(url)} (${describe(err)}): fix ${setting}`);
+  }
+}
+
+/** Makes sure the database named in `url` exists; returns its name if it had to be created. */
+export async function ensureDatabase(url: string, setting = 'DATABASE_URL'): Promise<string | undefined> {
+  try {
+    const client = await connect(url);
+    await client.end().catch(() => {});
+    return undefined;
+  } catch (err) {
+    if (pgCode(err) !== '3D000') throw connectionProblem(err, url, { setting }) ?? err;
+  }
+  const parsed = new URL(url);
+  const database = decodeURIComponent(parsed.pathname.replace(/^\//, ''));
+  const where = `${setting}=${shown(url)}`;
+  // Same server and credentials, PostgreSQL's maintenance database (template1 if there is none).
+  let admin: pg.Client | undefined;
+  let lastError: unknown;
+  for (const maintenance of ['postgres', 'template1']) {
+    parsed.pathname = `/${maintenance}`;
+    try {
+      admin = await connect(parsed.toString());
+      break;
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  if (!admin) {
+    throw new DatabaseSetupError(
+      `database "${database}" does not exist at ${where} and no maintenance database could be opened to create it (${describe(lastError)}): create it (createdb ${database}) or fix ${setting}`,
+    );
+  }
+  try {
+    await admin.query(`CREATE DATABASE "${database.replaceAll('"', '""')}"`);
+    return database;
+  } catch (err) {
+    // 42P04 (or 23505 when both CREATE at the same instant): a concurrent migrate created it meanwhile.
+    if (pgCode(err) === '42P04' || pgCode(err) === '23505') return undefined;
+    throw new DatabaseSetupError(
+      `database "${database}" does not exist at ${where} and could not be created (${pgCode(err) ?? ''} ${oneLine((err as Error).message)}): create it (createdb ${database}) or fix ${setting}`,
+    );
+  } finally {
+    await admin.end().catch(() => {});
+  }
+}

@@ -1,8 +1,9 @@
 /**
  * The payload of every job in every queue, defined once for the code that adds it and the
- * code that handles it.
+ * code that handles it, and the parsers that check a job's data before it is handled (a job can
+ * be added by anyone with Redis, the dashboard included). The parsers never throw.
  */
-import type { KeenCollection, KeenEvent } from './events.js';
+import { KEEN_COLLECTIONS, type KeenCollection, type KeenEvent } from './events.js';
 import type { LampState } from './message.js';
 import type { RejectReason } from './message.js';
 
@@ -37,6 +38,11 @@ export type IngestMessage = BridgeStateMessage | LampStateMessage;
 export interface BridgeStatesJob {
   kind: 'bridge-states';
   states: Array<BridgeStateMessage & { messageId: string } & Pick<AsSent, 'topic'>>;
+  /**
+   * The Keen events of states an earlier attempt handled (and dropped from `states`): a failed
+   * attempt keeps them, so its retry goes on where it stopped and sends them with its own.
+   */
+  events?: KeenEventRecord[];
 }
 
 /**
@@ -50,9 +56,6 @@ export interface AsSent {
   /** The payload as received: valid UTF-8 by parsing, so this text is exactly its bytes. */
   payload?: string;
 }
-
-/** A bridge-state job as queued before bridge states were grouped: one state, named by the job id. */
-export type SingleBridgeStateJob = BridgeStateMessage;
 
 /**
  * The lamp states the subscriber took in together. Each keeps the id of its own MQTT message,
@@ -147,4 +150,90 @@ export function payloadRecord(payload: Uint8Array): Pick<RejectedMessageJob, 'pa
 export function deviceIdOf(record: KeenEventRecord): string | undefined {
   const id = (record.event as { device_id?: unknown } | undefined)?.device_id;
   return typeof id === 'string' ? id : undefined;
+}
+
+/** A job's data checked against its stage's job type: the data, or the first thing wrong with it. */
+export type ParsedJob<T> = { ok: true; data: T } | { ok: false; reason: string };
+
+type Field = (value: unknown) => string | undefined;
+
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+const nonEmptyString: Field = (value) => (typeof value === 'string' && value !== '' ? undefined : 'not a non-empty string');
+const boolean: Field = (value) => (typeof value === 'boolean' ? undefined : 'not a boolean');
+const isoDate: Field = (value) => (typeof value === 'string' && !Number.isNaN(Date.parse(value)) ? undefined : 'not a date');
+const literal =
+  (expected: string): Field =>
+  (value) =>
+    value === expected ? undefined : `not '${expected}'`;
+
+/** The first field of `value` that is missing or of the wrong type, as `path: what is wrong`. */
+function firstProblem(value: unknown, fields: Record<string, Field>, path: string): string | undefined {
+  if (!isRecord(value)) return `${path || 'data'}: not an object`;
+  for (const [name, check] of Object.entries(fields)) {
+    const problem = check(value[name]);
+    if (problem) return `${path ? `${path}.` : ''}${name}: ${problem}`;
+  }
+  return undefined;
+}
+
+/** The first item of an array (non-empty, unless `allowEmpty`) with a problem, as `path[i].field: what is wrong`. */
+function firstItemProblem(items: unknown, fields: Record<string, Field>, path: string, allowEmpty = false): string | undefined {
+  if (!Array.isArray(items) || (items.length === 0 && !allowEmpty)) return `${path}: not ${allowEmpty ? 'an' : 'a non-empty'} array`;
+  for (const [i, item] of items.entries()) {
+    const problem = firstProblem(item, fields, `${path}[${i}]`);
+    if (problem) return problem;
+  }
+  return undefined;
+}
+
+const parsed = <T>(data: unknown, problem: string | undefined): ParsedJob<T> =>
+  problem ? { ok: false, reason: problem } : { ok: true, data: data as T };
+
+const KEEN_EVENT_FIELDS: Record<string, Field> = {
+  collection: (value) =>
+    (KEEN_COLLECTIONS as readonly unknown[]).includes(value) ? undefined : `not one of ${KEEN_COLLECTIONS.join(', ')}`,
+  event: (value) => firstProblem(isRecord(value) ? value.keen : undefined, { uniqueness_token: nonEmptyString }, 'keen'),
+};
+
+const BRIDGE_STATE_FIELDS: Record<string, Field> = {
+  kind: literal('bridge-state'),
+  deviceId: nonEmptyString,
+  connected: boolean,
+  retained: boolean,
+  receivedAt: isoDate,
+  messageId: nonEmptyString,
+};
+
+/** A job left with no states (a retry after every state was handled) is valid: it only sends its events. */
+export function parseBridgeStatesJob(data: unknown): ParsedJob<BridgeStatesJob> {
+  const job = data as Partial<Record<keyof BridgeStatesJob, unknown>>;
+  return parsed(
+    data,
+    firstProblem(data, { kind: literal('bridge-states') }, '') ??
+      firstItemProblem(job.states, BRIDGE_STATE_FIELDS, 'states', true) ??
+      (job.events === undefined ? undefined : firstItemProblem(job.events, KEEN_EVENT_FIELDS, 'events', true)),
+  );
+}
+
+const LAMP_STATE_FIELDS: Record<string, Field> = {
+  kind: literal('lamp-state'),
+  deviceId: nonEmptyString,
+  state: (value) => (isRecord(value) ? undefined : 'not an object'),
+  receivedAt: isoDate,
+  messageId: nonEmptyString,
+};
+
+const optionalCount: Field = (value) =>
+  value === undefined || (Number.isInteger(value) && (value as number) >= 0) ? undefined : 'not a count';
+
+export function parseLampStatesJob(data: unknown): ParsedJob<LampStatesJob> {
+  return parsed(
+    data,
+    firstProblem(data, { kind: literal('lamp-states'), waits: optionalCount }, '') ??
+      firstItemProblem((data as { states?: unknown }).states, LAMP_STATE_FIELDS, 'states'),
+  );
+}
+
+export function parseKeenDeliveryJob(data: unknown): ParsedJob<KeenDeliveryJob> {
+  return parsed(data, firstItemProblem(isRecord(data) ? data.events : undefined, KEEN_EVENT_FIELDS, 'events'));
 }

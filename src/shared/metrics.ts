@@ -18,7 +18,14 @@ export function createMetrics(processName: string) {
     messagesEnqueued: new Counter({ name: 'lampi_messages_enqueued_total', help: 'Messages whose job Redis confirmed', labelNames: ['kind'], registers }),
     redeliveriesDeduplicated: new Counter({ name: 'lampi_mqtt_redeliveries_deduplicated_total', help: 'Redelivered MQTT messages that matched an existing job', registers }),
     jobsCompleted: new Counter({ name: 'lampi_jobs_completed_total', help: 'Jobs completed', labelNames: ['queue'], registers }),
-    jobsFailed: new Counter({ name: 'lampi_jobs_failed_total', help: 'Job attempts that failed', labelNames: ['queue'], registers }),
+    // Attempts and jobs apart: an outage that every job outlives fails many attempts and no job.
+    jobAttemptsFailed: new Counter({
+      name: 'lampi_job_attempts_failed_total',
+      help: 'Job attempts that failed (retried or not)',
+      labelNames: ['queue'],
+      registers,
+    }),
+    jobsFailed: new Counter({ name: 'lampi_jobs_failed_total', help: 'Jobs that failed for good', labelNames: ['queue'], registers }),
     devicesCreated: new Counter({ name: 'lampi_devices_created_total', help: 'Devices created on first bridge connect', registers }),
     bridgeReplaysDropped: new Counter({ name: 'lampi_bridge_state_replays_dropped_total', help: 'Bridge states equal to the last recorded one', registers }),
     deadLettered: new Counter({ name: 'lampi_keen_dead_lettered_total', help: 'Keen events moved to the dead-letter queue', labelNames: ['collection'], registers }),

@@ -47,10 +47,19 @@ export function bridgePartition(deviceId: string): number {
 export const JITTERED_BACKOFF = 'jittered-exponential';
 const MAX_BACKOFF_MS = 5 * 60_000;
 
-/** Exponential backoff with "equal jitter": half fixed, half random, capped at five minutes. */
+/**
+ * The one backoff formula of the pipeline: exponential with "equal jitter" (half fixed, half
+ * random), capped at five minutes. Whatever waits before trying again waits this long.
+ */
 export function jitteredBackoffDelay(attemptsMade: number, baseMs: number, random = Math.random): number {
   const ceiling = Math.min(MAX_BACKOFF_MS, baseMs * 2 ** Math.max(0, attemptsMade - 1));
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+}
+
+/** The base of a job's backoff: its `backoff.delay`, or 1 s when it names none. */
+export function backoffBaseMs(opts: { backoff?: number | { delay?: number } }): number {
+  const { backoff } = opts;
+  return typeof backoff === 'object' ? (backoff.delay ?? 1000) : (backoff ?? 1000);
 }
 
 /**
@@ -59,9 +68,7 @@ export function jitteredBackoffDelay(attemptsMade: number, baseMs: number, rando
  */
 export function jitteredBackoff(attemptsMade: number, type?: string, _err?: Error, job?: { opts: { backoff?: number | { delay?: number } } }): number {
   if (type !== JITTERED_BACKOFF) return 0;
-  const backoff = job?.opts.backoff;
-  const base = typeof backoff === 'object' ? (backoff.delay ?? 1000) : (backoff ?? 1000);
-  return jitteredBackoffDelay(attemptsMade, base);
+  return jitteredBackoffDelay(attemptsMade, backoffBaseMs(job?.opts ?? {}));
 }
 
 /**
@@ -69,7 +76,7 @@ export function jitteredBackoff(attemptsMade: number, type?: string, _err?: Erro
  * the ends of its jitter: how long a dependency may be gone before the job fails for good.
  */
 export function retryWindowMs(options: Pick<DefaultJobOptions, 'attempts' | 'backoff'>): { minMs: number; maxMs: number } {
-  const base = typeof options.backoff === 'object' ? (options.backoff.delay ?? 1000) : (options.backoff ?? 1000);
+  const base = backoffBaseMs(options);
   let minMs = 0;
   let maxMs = 0;
   for (let attemptsMade = 1; attemptsMade < (options.attempts ?? 1); attemptsMade++) {
@@ -85,7 +92,11 @@ export const DEFAULT_KEEN_ATTEMPTS = 12;
 const DAY_S = 24 * 3600;
 
 export const JOB_OPTIONS = {
-  /** A database or broker outage must outlast retries: 30 attempts reach about two hours. */
+  /**
+   * A database or broker outage must outlast retries: 30 attempts reach about two hours. Lamp-state
+   * jobs are retried by BullMQ (delayed); a bridge-state job keeps its place at the head of its
+   * partition and the partition waits (src/worker/stage-runner.ts), with the same attempts and waits.
+   */
   ingest: {
     attempts: 30,
     backoff: { type: JITTERED_BACKOFF, delay: 500 },

@@ -9,16 +9,17 @@
  *      Retry all, or `npm run dlq -- redrive`): it is *redriven* into keen-delivery under its
  *      original id, the event's `keen.uniqueness_token`, so Keen drops it if it already took it.
  */
-import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
+import { UnrecoverableError, type ConnectionOptions, type Job, type Queue, type Worker } from 'bullmq';
 import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
 import { isConnectionError } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
+import { runStage } from './stage-runner.js';
 
 export interface DeadLetterWorkerOptions {
   connection: ConnectionOptions;
-  prefix: string;
-  queues: Pick<PipelineQueues, 'keen'>;
+  /** `deadLetter` is this worker's queue; `keen` takes what it redrives. */
+  queues: Pick<PipelineQueues, 'keen' | 'deadLetter'>;
   logger: Logger;
   concurrency?: number;
 }
@@ -107,18 +108,20 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     log.info({ outcome: result.outcome, replaced: result.outcome === 'redriven' ? result.replaced : undefined }, `dead letter redriven to ${QUEUE_NAMES.keen}`);
     return result;
   };
-  const worker = new Worker<DeadLetterJob>(QUEUE_NAMES.deadLetter, process, {
+  const worker = runStage({
+    queue: queues.deadLetter,
     connection: options.connection,
-    prefix: options.prefix,
+    process,
     concurrency: options.concurrency ?? 10,
-    maxStalledCount: 10,
+    subject: (data) => ({ device_id: deviceIdOf(data), collection: data.collection }),
+    // Parking fails a job on purpose and is logged above; a failed redrive is logged below.
+    failureLog: 'nobody',
+    logger,
   });
   worker.on('failed', (job, err) => {
     // Parking is the normal path and logged above; anything else is a redrive that failed.
     if (err instanceof UnrecoverableError || !job) return;
-    logger.error({ job_id: job.id, device_id: deviceIdOf(job.data), err: err.message }, 'dead letter redrive failed; it stays in the Failed list, retry it again');
+    logger.error({ job_id: job.id, queue: QUEUE_NAMES.deadLetter, device_id: deviceIdOf(job.data), collection: job.data.collection, err: err.message }, 'dead letter redrive failed; it stays in the Failed list, retry it again');
   });
-  // A connection error is the outage the process's DependencyWatch reports, once.
-  worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message }, 'dead-letter worker error'));
   return worker;
 }

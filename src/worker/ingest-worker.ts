@@ -2,31 +2,32 @@
  * Handles the ingest and bridge-state queues: everything that touches the device registry.
  * Lamp-state events go to Keen from here first; what Keen does not take, and every bridge-state
  * event, leaves through the keen-delivery queue, one job per ingest job, so a Keen retry never
- * repeats database work.
+ * repeats database work. Retries are the stage runner's (bridge-state partitions run as ordered stages).
  */
-import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import type { ConnectionOptions, Job, Worker } from 'bullmq';
 import { groupBy } from '../shared/collections.js';
 import type { Config } from '../shared/config.js';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
-import { payloadRecord, type BridgeStatesJob, type KeenEventRecord, type LampStatesJob, type RejectedMessageJob, type SingleBridgeStateJob } from '../shared/jobs.js';
-import { isConnectionError } from '../shared/dependency-watch.js';
+import { parseBridgeStatesJob, parseLampStatesJob, payloadRecord, type BridgeStatesJob, type KeenEventRecord, type LampStatesJob, type RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { jitteredBackoff, jitteredBackoffDelay, QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
+import { jitteredBackoffDelay, type PipelineQueues } from '../shared/queues.js';
 import type { AssociationPublisher } from './association-publisher.js';
 import type { KeenBatcher } from './keen/batcher.js';
 import type { Activation, BridgeStateOutcome, DeviceRegistry } from './registry/registry.js';
+import { runStage } from './stage-runner.js';
 
 type BridgeState = BridgeStatesJob['states'][number];
 
-/** A job queued before bridge states were grouped holds one state, named by the job's id. */
-function bridgeStatesOf(job: Job<BridgeStatesJob | SingleBridgeStateJob>): BridgeState[] {
-  return job.data.kind === 'bridge-states' ? job.data.states : [{ ...job.data, messageId: job.id! }];
+/** The lamp (or lamps) of a job's states, for its log lines. */
+function lampsOf(job: { states: Array<{ deviceId: string }> }): Record<string, unknown> {
+  const lamps = [...new Set(job.states.map((state) => state.deviceId))];
+  return lamps.length === 1 ? { device_id: lamps[0] } : { device_ids: lamps };
 }
 
 export interface IngestWorkerOptions {
   connection: ConnectionOptions;
-  prefix: string;
+  /** The stage's queues: the workers take their names and prefix. */
   queues: PipelineQueues;
   registry: DeviceRegistry;
   publisher: AssociationPublisher;
@@ -46,8 +47,6 @@ export interface IngestWorkerOptions {
    * rejected: it can overtake its lamp's first bridge connect, which travels in another queue.
    */
   unknownDeviceAttempts?: number;
-  /** The first wait of a bridge state held by a failure; later waits double (with jitter), up to five minutes. */
-  bridgeRetryBaseMs?: number;
   /**
    * Where lamp-state events go to Keen first, before their job completes. What it does not
    * take (an outage, a refusal) goes on in a keen-delivery job, with its retries and dead
@@ -76,7 +75,6 @@ interface RejectedState {
 export async function createIngestWorkers(options: IngestWorkerOptions): Promise<Worker[]> {
   const { queues, registry, publisher, logger, metrics } = options;
   const unknownDeviceAttempts = options.unknownDeviceAttempts ?? 6;
-  const bridgeRetryBaseMs = options.bridgeRetryBaseMs ?? 500;
 
   const sendToKeen = (ingestJobId: string, events: KeenEventRecord[]) =>
     // Named after the ingest job: adding it again when that job is retried is a no-op.
@@ -105,7 +103,7 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
     const waits = job.data.waits ?? 0;
     if (unknown.length > 0 && waits + 1 < unknownDeviceAttempts) {
       // The states wait in a job of their own, so the others need not.
-      await queues.ingest.add('lamp-states', { kind: 'lamp-states', states: unknown, waits: waits + 1 }, { jobId: `${job.id}-w`, delay: Math.min(500 * 2 ** waits, 10_000) });
+      await queues.ingest.add('lamp-states', { kind: 'lamp-states', states: unknown, waits: waits + 1 }, { jobId: `${job.id}-w`, delay: jitteredBackoffDelay(waits + 1, 500) });
     } else {
       for (const s of unknown) {
         await reject({
@@ -201,64 +199,39 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
   };
 
   /**
-   * A job's lamps are handled in parallel, each lamp's states in order. A state that fails is
-   * retried where it stands, holding its lamp and its partition: back in the queue, the lamp's
-   * next state would overtake it. Its attempts and their spacing are those of any ingest job;
-   * when they run out the job fails for good, and the partition moves on.
+   * A job's lamps are handled in parallel, each lamp's states in order. A state that fails fails
+   * the attempt, and the job keeps its place at the head of its partition (an ordered stage):
+   * back in the queue, the lamp's next state would overtake it. What this attempt handled is
+   * dropped from the job first, its events kept, so the retry goes on where it stopped (a state
+   * handled again records nothing again, so its events would not be made again).
    */
-  const handleBridgeStates = async (job: Job<BridgeStatesJob | SingleBridgeStateJob>) => {
-    const attempts = job.opts.attempts ?? 1;
-    const lamps = groupBy(bridgeStatesOf(job), (state) => state.deviceId);
-    const events: KeenEventRecord[] = [];
-    const handleLamp = async (states: BridgeState[], activations: Map<string, Activation>) => {
-      while (states.length > 0) {
-        events.push(...(await handleBridgeState(states[0]!, activations.get(states[0]!.messageId))));
-        states.shift();
+  const handleBridgeStates = async (job: Job<BridgeStatesJob>) => {
+    const { states } = job.data;
+    const events: KeenEventRecord[] = [...(job.data.events ?? [])];
+    const handled = new Set<string>();
+    const handleLamp = async (lampStates: BridgeState[], activations: Map<string, Activation>) => {
+      for (const state of lampStates) {
+        events.push(...(await handleBridgeState(state, activations.get(state.messageId))));
+        handled.add(state.messageId);
       }
     };
-    for (let attempt = 1; ; attempt += 1) {
-      try {
-        // Lamps that open with a connect may be new: they are created together, in one statement.
-        const connects = [...lamps.values()].flatMap((states) => (states[0]?.connected ? [states[0]] : []));
-        const activations = connects.length === 0 ? new Map<string, Activation>() : await registry.activate(connects.map((s) => ({ deviceId: s.deviceId, messageId: s.messageId, connectedAt: new Date(s.receivedAt) })));
-        const failed = (await Promise.allSettled([...lamps.values()].map((states) => handleLamp(states, activations)))).find((r) => r.status === 'rejected');
-        if (failed) throw failed.reason;
-        return await sendToKeen(job.id!, events);
-      } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
-        if (attempt >= attempts) throw new UnrecoverableError(`gave up after ${attempt} attempts: ${message}`);
-        const waitMs = jitteredBackoffDelay(attempt, bridgeRetryBaseMs);
-        const waiting = [...lamps.values()].filter((states) => states.length > 0).length;
-        logger.warn({ job_id: job.id, lamps_waiting: waiting, attempt, wait_ms: waitMs, err: message }, 'bridge state failed; retrying in place, its lamps wait');
-        await new Promise((resolve) => setTimeout(resolve, waitMs));
-      }
+    try {
+      const lamps = [...groupBy(states, (state) => state.deviceId).values()];
+      // Lamps that open with a connect may be new: they are created together, in one statement.
+      const connects = lamps.flatMap((lampStates) => (lampStates[0]?.connected ? [lampStates[0]] : []));
+      const activations = connects.length === 0 ? new Map<string, Activation>() : await registry.activate(connects.map((s) => ({ deviceId: s.deviceId, messageId: s.messageId, connectedAt: new Date(s.receivedAt) })));
+      const failed = (await Promise.allSettled(lamps.map((lampStates) => handleLamp(lampStates, activations)))).find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      return await sendToKeen(job.id!, events);
+    } catch (err) {
+      if (handled.size > 0) await job.updateData({ kind: 'bridge-states', states: states.filter((s) => !handled.has(s.messageId)), events });
+      throw err;
     }
   };
 
-  const start = <T extends LampStatesJob | BridgeStatesJob | SingleBridgeStateJob>(name: string, process: (job: Job<T>) => Promise<unknown>, concurrency: number, lockDuration?: number) => {
-    const worker = new Worker<T>(name, process, {
-      connection: options.connection,
-      prefix: options.prefix,
-      concurrency,
-      // A worker killed mid-job must not turn its jobs into failures: they are simply redone.
-      maxStalledCount: 10,
-      settings: { backoffStrategy: jitteredBackoff },
-      ...(lockDuration ? { lockDuration } : {}),
-    });
-    worker.on('completed', () => metrics.jobsCompleted.inc({ queue: name }));
-    worker.on('failed', (job, err) => {
-      metrics.jobsFailed.inc({ queue: name });
-      const final = job && (err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1));
-      logger[final ? 'error' : 'warn']({ job_id: job?.id, queue: name, attempts: job?.attemptsMade, err: err.message }, final ? 'ingest job failed for good' : 'ingest job failed; will retry');
-    });
-    // A connection error is the outage the process's DependencyWatch reports, once.
-    worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message, queue: name }, 'ingest worker error'));
-    return worker;
-  };
-  // One bridge state at a time per partition, across every worker process.
-  await Promise.all(queues.bridgeState.map((queue) => queue.setGlobalConcurrency(1)));
+  const stage = { connection: options.connection, logger, metrics };
   return [
-    start(QUEUE_NAMES.ingest, handleLampStates, options.concurrency),
-    ...queues.bridgeState.map((queue) => start(queue.name, handleBridgeStates, 1)),
+    runStage({ ...stage, queue: queues.ingest, process: handleLampStates, parse: parseLampStatesJob, subject: lampsOf, concurrency: options.concurrency }),
+    ...queues.bridgeState.map((queue) => runStage({ ...stage, queue, process: handleBridgeStates, parse: parseBridgeStatesJob, subject: lampsOf, ordered: true })),
   ];
 }

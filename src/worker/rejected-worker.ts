@@ -4,22 +4,21 @@
  * keeps only the newest of them (JOB_OPTIONS.rejected), so a flood cannot fill Redis. The
  * record itself (topic and payload as the lamp sent them) is made where the message is refused.
  */
-import { UnrecoverableError, Worker, type ConnectionOptions } from 'bullmq';
+import { UnrecoverableError, type ConnectionOptions, type Queue, type Worker } from 'bullmq';
 import type { RejectedMessageJob } from '../shared/jobs.js';
-import { isConnectionError } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
-import { QUEUE_NAMES } from '../shared/queues.js';
+import { runStage } from './stage-runner.js';
 
-export function createRejectedWorker(connection: ConnectionOptions, prefix: string, logger: Logger): Worker<RejectedMessageJob> {
-  const worker = new Worker<RejectedMessageJob>(
-    QUEUE_NAMES.rejected,
-    async (job) => {
+export function createRejectedWorker(connection: ConnectionOptions, queue: Queue<RejectedMessageJob>, logger: Logger): Worker<RejectedMessageJob> {
+  return runStage({
+    queue,
+    connection,
+    process: async (job) => {
       throw new UnrecoverableError(`${job.data.reason}: ${job.data.detail}`);
     },
-    { connection, prefix, concurrency: 20, maxStalledCount: 10 },
-  );
-  // Without a listener, BullMQ's 'error' (a Redis connection closed under it) ends the process.
-  // A connection error is the outage the process's DependencyWatch reports, once.
-  worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message }, 'rejection log worker error'));
-  return worker;
+    concurrency: 20,
+    // Each rejection was logged where it was made; failing its record is the normal path.
+    failureLog: 'nobody',
+    logger,
+  });
 }

@@ -75,10 +75,10 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
 
     const prefix = config.QUEUE_PREFIX;
     const workers: Worker[] = [
-      ...(await createIngestWorkers({ connection: redis, prefix, queues, registry, publisher, defaultUser: config.DEFAULT_USER, concurrency: config.WORKER_CONCURRENCY, unknownDeviceStates: config.UNKNOWN_DEVICE_STATES, logger, metrics, keen: batcher })),
+      ...(await createIngestWorkers({ connection: redis, queues, registry, publisher, defaultUser: config.DEFAULT_USER, concurrency: config.WORKER_CONCURRENCY, unknownDeviceStates: config.UNKNOWN_DEVICE_STATES, logger, metrics, keen: batcher })),
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: config.KEEN_CONCURRENCY, logger, metrics }),
-      createDeadLetterWorker({ connection: redis, prefix, queues, logger }),
-      createRejectedWorker(redis, prefix, logger),
+      createDeadLetterWorker({ connection: redis, queues, logger }),
+      createRejectedWorker(redis, queues.rejected, logger),
     ];
     // Workers close first: each finishes its active jobs (which may need the batcher, the
     // publisher and the database), then those close in turn.

@@ -64,7 +64,7 @@ describe('dashboard in a browser', () => {
     batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
     workers.push(
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger }),
-      createDeadLetterWorker({ connection: redis, prefix, queues, logger }),
+      createDeadLetterWorker({ connection: redis, queues, logger }),
     );
     dashboard = await startDashboard(
       { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, LOG_LEVEL: 'silent', DASHBOARD_PORT: 0, DASHBOARD_HOST: '127.0.0.1', DASHBOARD_USERNAME: USER, DASHBOARD_PASSWORD: PASSWORD, DASHBOARD_READ_ONLY: false },

@@ -68,7 +68,7 @@ describe('dashboard', () => {
   beforeAll(async () => {
     redis = await connectRedis(services.redis);
     queues = openQueues(redis, prefix);
-    worker = createDeadLetterWorker({ connection: redis, prefix, queues, logger });
+    worker = createDeadLetterWorker({ connection: redis, queues, logger });
     dashboard = await startDashboard(configFor(prefix), logger);
     readOnly = await startDashboard(configFor(prefix, { DASHBOARD_READ_ONLY: true }), logger);
   });
@@ -151,7 +151,7 @@ describe('dashboard', () => {
   });
 
   it("shows a rejected message's reason and decoded payload, with no stack trace and no Retry", async () => {
-    const rejectedWorker = createRejectedWorker(redis, prefix, logger);
+    const rejectedWorker = createRejectedWorker(redis, queues.rejected, logger);
     try {
       const text = '{"on": tru}';
       const record = (payload: Buffer): RejectedMessageJob => ({

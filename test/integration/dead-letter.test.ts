@@ -80,7 +80,7 @@ describe('dead-letter worker', () => {
   beforeAll(async () => {
     redis = await connectRedis(services.redis);
     queues = openQueues(redis, prefix);
-    worker = createDeadLetterWorker({ connection: redis, prefix, queues, logger });
+    worker = createDeadLetterWorker({ connection: redis, queues, logger });
   });
   afterAll(async () => {
     await worker?.close();
@@ -275,7 +275,7 @@ describe('npm run dlq', () => {
   let redis: Redis;
   let queues: PipelineQueues;
 
-  const startWorker = () => createDeadLetterWorker({ connection: redis, prefix, queues, logger });
+  const startWorker = () => createDeadLetterWorker({ connection: redis, queues, logger });
   const parkAll = async (letters: DeadLetterJob[]) => {
     const worker = startWorker();
     try {
@@ -424,7 +424,7 @@ describe('npm run dlq', () => {
     const purgePrefix = randomPrefix('dlqpurge');
     const own = openQueues(redis, purgePrefix);
     const run = (args: string[]) => dlq(purgePrefix, args);
-    const worker = createDeadLetterWorker({ connection: redis, prefix: purgePrefix, queues: own, logger });
+    const worker = createDeadLetterWorker({ connection: redis, queues: own, logger });
     try {
       const letters = [deadLetterFor(), deadLetterFor(), deadLetterFor()];
       for (const data of letters) await parked(own, await addDeadLetter(own, data));

@@ -88,10 +88,9 @@ function registryStage(label: string) {
       {
         concurrency = 20,
         logger = silent,
-        bridgeRetryBaseMs,
         keen,
         unknownDeviceStates,
-      }: { concurrency?: number; logger?: Logger; bridgeRetryBaseMs?: number; keen?: KeenBatcher; unknownDeviceStates?: 'record' | 'reject' } = {},
+      }: { concurrency?: number; logger?: Logger; keen?: KeenBatcher; unknownDeviceStates?: 'record' | 'reject' } = {},
     ) {
       const workers: Worker[] = [];
       for (let i = 0; i < count; i++) {
@@ -99,7 +98,6 @@ function registryStage(label: string) {
         const publisher = await AssociationPublisher.connect({ url: services.mqtt }, `${stage.prefix}-${i}`, logger);
         const started = await createIngestWorkers({
           connection: stage.redis,
-          prefix: stage.prefix,
           queues: stage.queues,
           registry,
           publisher,
@@ -108,7 +106,6 @@ function registryStage(label: string) {
           logger,
           metrics: createMetrics('t'),
           unknownDeviceAttempts: 3,
-          ...(bridgeRetryBaseMs !== undefined ? { bridgeRetryBaseMs } : {}),
           ...(keen ? { keen } : {}),
           ...(unknownDeviceStates ? { unknownDeviceStates } : {}),
         });
@@ -347,15 +344,21 @@ describe('registry worker', () => {
     }
   });
 
-  it('still handles a one-state bridge job queued before bridge states were grouped', async () => {
+  it('fails a job whose data is not a bridge-states job for good at once, and handles the next job of its partition', async () => {
     const device = randomDeviceId();
-    const jobId = messageId();
-    await stage.queues.bridgeStateQueueFor(device).add('bridge-state', bridge(device, true) as unknown as BridgeStatesJob, { jobId });
-    await waitFor('the job done', stage.allIngestDone);
-    expect((await stage.queues.keen.getJob(`${jobId}-keen`))!.data.events.map((record) => [record.collection, record.event.device_id, record.event.keen.uniqueness_token])).toEqual([
-      ['activations', device, `${jobId}-activations`],
-      ['devicemonitoring', device, `${jobId}-devicemonitoring`],
-    ]);
+    const partition = stage.queues.bridgeStateQueueFor(device);
+    // One state, as jobs were queued before bridge states were grouped, or as typed in the dashboard.
+    const malformed = messageId();
+    await partition.add('bridge-state', bridge(device, true) as unknown as BridgeStatesJob, { jobId: malformed });
+    const next = messageId();
+    await stage.addBridge(bridge(device, true), next);
+    await waitFor('the partition done', stage.allIngestDone);
+    const failed = (await partition.getJob(malformed))!;
+    expect(await failed.getState()).toBe('failed');
+    expect(failed.attemptsMade).toBe(1);
+    expect(failed.failedReason).toBe('malformed job data: kind: not \'bridge-states\'');
+    expect(await (await partition.getJob(next))!.getState()).toBe('completed');
+    expect((await stage.queues.keen.getJob(`${next}-keen`))!.data.events.map((record) => record.collection)).toEqual(['activations', 'devicemonitoring']);
   });
 
   it('with UNKNOWN_DEVICE_STATES=reject, turns the lamp states of known lamps into one keen-delivery job while unknown lamps wait apart, then are rejected', async () => {
@@ -615,7 +618,7 @@ describe('registry worker through a PostgreSQL outage', () => {
   }
 
   it('keeps a lamp bridge states in order while the first of them waits for the database', async () => {
-    await stage.startWorkers(2, { logger, bridgeRetryBaseMs: 50 });
+    await stage.startWorkers(2, { logger });
     const device = randomDeviceId();
     // The registry has met the database: its pool holds connections that the outage breaks.
     // (Through another partition, which this test then expects to hold the lamp's jobs only.)
@@ -631,13 +634,20 @@ describe('registry worker through a PostgreSQL outage', () => {
       await stage.addBridge(bridge(device, false, { receivedAt: at(10) }), ids[1]!);
       await stage.addBridge(bridge(device, true, { receivedAt: at(20) }), ids[2]!);
 
-      const retriesOfFirst = () => logLines.filter((line) => line.includes('retrying in place') && line.includes(ids[0]!)).length;
-      await waitFor('the first state retried in place a few times', () => retriesOfFirst() >= 3, 10_000, 20);
-      // The partition waits behind it: the lamp's later states have not overtaken it.
+      const retriesOfFirst = () => logLines.filter((line) => line.includes('keeps its place') && line.includes(ids[0]!)).length;
+      await waitFor('the first state retried a few times', () => retriesOfFirst() >= 3, 20_000, 20);
+      // The partition waits behind it: the lamp's later states have not overtaken it. It is at
+      // the head of the queue (the end BullMQ takes from), or being tried again.
       const partition = stage.queues.bridgeState[bridgePartition(device)]!;
-      expect((await partition.getActive()).map((job) => job.id)).toEqual([ids[0]]);
-      expect((await partition.getWaiting(0, -1)).map((job) => job.id).sort()).toEqual([ids[1], ids[2]].sort());
+      const key = (list: string) => `${stage.prefix}:${partition.name}:${list}`;
+      // Both lists in one transaction: the job moves between them.
+      const lists = (await stage.redis.multi().lrange(key('active'), 0, -1).lrange(key('wait'), 0, -1).exec())!.map(([, ids]) => ids as string[]);
+      expect([...lists[0]!, ...lists[1]!.reverse()]).toEqual(ids);
       expect(await partition.getJobCounts('delayed', 'failed', 'completed')).toEqual({ delayed: 0, failed: 0, completed: 0 });
+      // Its attempts are the runner's: BullMQ counted none.
+      const first = (await partition.getJob(ids[0]!))!;
+      expect(first.attemptsMade).toBe(0);
+      expect(first.attemptsStarted).toBeGreaterThanOrEqual(3);
       expect(logLines.some((line) => line.includes(ids[1]!) || line.includes(ids[2]!))).toBe(false);
     } finally {
       await admin.query(`ALTER DATABASE ${stage.db.name} ALLOW_CONNECTIONS true`);
@@ -693,7 +703,7 @@ describe('registry worker through a PostgreSQL outage', () => {
     await takeDatabaseAway();
     try {
       await stage.addBridgeStates(states, jobId);
-      await waitFor('the job retried in place', () => logLines.some((line) => line.includes('retrying in place') && line.includes(jobId)), 10_000, 20);
+      await waitFor('the job retried', () => logLines.some((line) => line.includes('keeps its place') && line.includes(jobId)), 10_000, 20);
     } finally {
       await admin.query(`ALTER DATABASE ${stage.db.name} ALLOW_CONNECTIONS true`);
     }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { JOB_OPTIONS, jitteredBackoffDelay, retryWindowMs } from '../../src/shared/queues.js';
+import { backoffBaseMs, JITTERED_BACKOFF, JOB_OPTIONS, jitteredBackoff, jitteredBackoffDelay, retryWindowMs } from '../../src/shared/queues.js';
 
 const FIVE_MINUTES = 5 * 60_000;
 const fixed = (value: number) => () => value;
@@ -61,6 +61,26 @@ describe('jitteredBackoffDelay', () => {
     // 500 ms * 2^9 = 256 s < 300 s; 500 ms * 2^10 = 512 s is capped.
     expect(jitteredBackoffDelay(10, 500, fixed(ALMOST_ONE))).toBe(256_000);
     expect(jitteredBackoffDelay(11, 500, fixed(ALMOST_ONE))).toBe(FIVE_MINUTES);
+  });
+});
+
+describe('backoffBaseMs and jitteredBackoff', () => {
+  it("take the base from the job's backoff, 1 s when it names none", () => {
+    expect(backoffBaseMs({ backoff: { delay: 500 } })).toBe(500);
+    expect(backoffBaseMs({ backoff: 250 })).toBe(250);
+    expect(backoffBaseMs({})).toBe(1000);
+    expect(backoffBaseMs({ backoff: {} })).toBe(1000);
+  });
+
+  it('is the same formula for BullMQ retries, and no wait for a backoff type that is not ours', () => {
+    const job = { opts: { backoff: { delay: 500 } } };
+    for (let attempt = 1; attempt < 12; attempt++) {
+      const delay = jitteredBackoff(attempt, JITTERED_BACKOFF, undefined, job);
+      const ceiling = Math.min(FIVE_MINUTES, 500 * 2 ** (attempt - 1));
+      expect(delay).toBeGreaterThanOrEqual(ceiling / 2);
+      expect(delay).toBeLessThanOrEqual(ceiling);
+    }
+    expect(jitteredBackoff(3, 'exponential', undefined, job)).toBe(0);
   });
 });
 

@@ -18,12 +18,12 @@
  * was lost is dropped by Keen when it is sent again.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { deviceIdOf, type DeadLetterJob, type DeliveryError, type KeenDeliveryJob, type KeenEventRecord } from '../../shared/jobs.js';
-import { isConnectionError } from '../../shared/dependency-watch.js';
+import { deviceIdOf, parseKeenDeliveryJob, type DeadLetterJob, type DeliveryError, type KeenDeliveryJob, type KeenEventRecord } from '../../shared/jobs.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
-import { QUEUE_NAMES, jitteredBackoff, type PipelineQueues } from '../../shared/queues.js';
+import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
 import { addDeadLetter } from '../dead-letter-worker.js';
+import { runStage } from '../stage-runner.js';
 import { KeenEventRejected } from './batcher.js';
 import { DEFAULT_RATE_LIMIT_MS, KeenRequestError } from './client.js';
 
@@ -42,12 +42,6 @@ export interface KeenDeliveryWorkerOptions {
    */
   lockDurationMs?: number;
 }
-
-/**
- * Manual rate limiting only takes effect across workers when the worker has a limiter (BullMQ
- * reads `limiter.max` to decide whether to check the limiter key). This one never limits by itself.
- */
-const NO_LIMIT = { max: 1_000_000_000, duration: 1000 };
 
 export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Worker<KeenDeliveryJob> {
   const { queues, batcher, logger, metrics } = options;
@@ -73,7 +67,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
   };
 
   const process = async (job: Job<KeenDeliveryJob>) => {
-    const events = eventsOf(job.data);
+    const { events } = job.data;
     const outcomes = await Promise.allSettled(events.map(({ collection, event }) => batcher.submit(collection, event)));
     const attempts = job.attemptsMade + 1;
     const lastAttempt = attempts >= (job.opts.attempts ?? 1);
@@ -89,7 +83,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
       if (permanent) {
         const lastError = toDeliveryError(err);
         await deadLetter(job, record, lastError);
-        logger.error({ job_id: job.id, collection: record.collection, device_id: deviceIdOf(record), status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen refused the event; dead-lettered');
+        logger.error({ job_id: job.id, queue: QUEUE_NAMES.keen, collection: record.collection, device_id: deviceIdOf(record), status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen refused the event; dead-lettered');
         continue;
       }
       undelivered.push(record);
@@ -98,7 +92,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
     }
     if (undelivered.length === 0) return;
 
-    const log = logger.child({ job_id: job.id, events: undelivered.length });
+    const log = logger.child({ job_id: job.id, queue: QUEUE_NAMES.keen, ...keenSubject({ events: undelivered }), events: undelivered.length });
     if (holdError) {
       const waitMs = holdError.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS;
       // A pause logs itself (pause.ts), once a minute at most.
@@ -125,32 +119,36 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
     throw retryError;
   };
 
-  const worker = new Worker<KeenDeliveryJob>(QUEUE_NAMES.keen, process, {
+  return runStage({
+    queue: queues.keen,
     connection: options.connection,
-    prefix: options.prefix,
+    process,
+    parse: parseKeenDeliveryJob,
+    subject: keenSubject,
     concurrency: options.concurrency,
-    // A worker killed mid-job must not turn its jobs into failures: they are simply redone,
-    // and Keen drops the copy of any event it already recorded (uniqueness token).
-    maxStalledCount: 10,
-    lockDuration: options.lockDurationMs ?? 60_000,
-    limiter: NO_LIMIT,
-    settings: { backoffStrategy: jitteredBackoff },
+    // A slow request must not look like a crashed worker; a worker killed mid-job is no failure:
+    // its jobs are redone, and Keen drops the copy of any event it already recorded (uniqueness token).
+    lockDurationMs: options.lockDurationMs ?? 60_000,
+    manualRateLimit: true,
+    // One line per failed request above, not one per job of its batch.
+    failureLog: 'process',
+    doneVerb: 'delivered',
+    logger,
+    ...(metrics ? { metrics } : {}),
   });
-  worker.on('completed', () => metrics?.jobsCompleted.inc({ queue: QUEUE_NAMES.keen }));
-  worker.on('failed', () => metrics?.jobsFailed.inc({ queue: QUEUE_NAMES.keen }));
-  // A connection error is the outage the process's DependencyWatch reports, once.
-  worker.on('error', (err) => isConnectionError(err) || logger.error({ err: err.message }, 'keen delivery worker error'));
-  return worker;
 }
 
-/** Jobs queued by the version before groups held one event each: still delivered after an upgrade. */
-function eventsOf(data: KeenDeliveryJob | KeenEventRecord): KeenEventRecord[] {
-  return 'events' in data ? data.events : [data];
+/** The collection and lamp a job's events are about, when they share one. */
+function keenSubject(data: KeenDeliveryJob): Record<string, unknown> {
+  const only = (values: Array<string | undefined>) => (new Set(values).size === 1 ? values[0] : undefined);
+  const collection = only(data.events.map((record) => record.collection));
+  const deviceId = only(data.events.map(deviceIdOf));
+  return { ...(collection ? { collection } : {}), ...(deviceId ? { device_id: deviceId } : {}) };
 }
 
 /** A retry sends only what is still undelivered (and a crash before this resends all: tokens dedupe). */
 async function keepOnly(job: Job<KeenDeliveryJob>, undelivered: KeenEventRecord[]): Promise<void> {
-  if (undelivered.length < eventsOf(job.data).length) await job.updateData({ events: undelivered });
+  if (undelivered.length < job.data.events.length) await job.updateData({ events: undelivered });
 }
 
 function toDeliveryError(err: unknown): DeliveryError {

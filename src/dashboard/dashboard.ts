@@ -22,14 +22,13 @@ import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { FastifyAdapter } from '@bull-board/fastify';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { ConfigError, type Config } from '../shared/config.js';
+import { ConfigError, DEFAULT_KEEN_ATTEMPTS, type Config } from '../shared/config.js';
 import { DependencyWatch } from '../shared/dependency-watch.js';
 import type { RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import {
   allQueues,
   connectRedis,
-  DEFAULT_KEEN_ATTEMPTS,
   JOB_OPTIONS,
   openQueues,
   QUEUE_NAMES,

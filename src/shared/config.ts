@@ -20,6 +20,9 @@ const url = (protocols: string[]) =>
     }
   }, `must be a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}`);
 
+/** KEEN_ATTEMPTS when it is not set (the dashboard, which does not read it, describes this one). */
+export const DEFAULT_KEEN_ATTEMPTS = 12;
+
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 const optionalSecret = z.string().min(1).optional();
 
@@ -81,7 +84,7 @@ const sections = {
     /** Events per bulk request, and how long a partial batch may wait for company. */
     KEEN_BATCH_SIZE: positiveInt(500),
     KEEN_LINGER_MS: z.coerce.number().int().min(0).default(20),
-    KEEN_ATTEMPTS: positiveInt(12),
+    KEEN_ATTEMPTS: positiveInt(DEFAULT_KEEN_ATTEMPTS),
     /** keen-delivery jobs at once; their events share bulk requests (KEEN_BATCH_SIZE each). */
     KEEN_CONCURRENCY: positiveInt(64),
     /** While Keen refuses the key or the account (401, 402, 403), how often delivery tries again. */

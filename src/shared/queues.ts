@@ -21,6 +21,7 @@
 import { Queue, type ConnectionOptions, type DefaultJobOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { BridgeStatesJob, DeadLetterJob, KeenDeliveryJob, LampStatesJob, RejectedMessageJob } from './jobs.js';
+import { DEFAULT_KEEN_ATTEMPTS } from './config.js';
 
 export const QUEUE_NAMES = {
   ingest: 'ingest',
@@ -86,8 +87,6 @@ export function retryWindowMs(options: Pick<DefaultJobOptions, 'attempts' | 'bac
   return { minMs, maxMs };
 }
 
-/** KEEN_ATTEMPTS when it is not set. */
-export const DEFAULT_KEEN_ATTEMPTS = 12;
 
 const DAY_S = 24 * 3600;
 

@@ -119,7 +119,7 @@ const services: BenchServices = {
 };
 buildEntryPoints();
 // What was built, before the sources can change under a long run.
-let commit = '';
+let commit: string;
 try {
   commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
   const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim();

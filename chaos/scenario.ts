@@ -19,7 +19,7 @@ import { freePort, sleep, ROOT } from '../test/support/processes.js';
 import { Fleet, lampId } from './fleet.js';
 import { startKeenProxy, type KeenProxy } from './keen-proxy.js';
 import { createPrivatePostgres, type PrivatePostgres } from './postgres.js';
-import { countLogLines, mosquittoServer, redisServer, rssOf, spawnService, waitForLogLine, type Proc, type Restartable } from './procs.js';
+import { countLogLines, mosquittoServer, redisServer, rssOf, spawnService, type Proc, type Restartable } from './procs.js';
 
 export interface Profile {
   name: 'full' | 'quick';

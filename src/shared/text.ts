@@ -5,12 +5,11 @@
  * string is refused where it enters rather than failing a whole request further on.
  */
 
-const NUL = /\u0000/;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /** What makes `value` unstorable ("a NUL character", "a lone UTF-16 surrogate"), or undefined. */
 export function unstorableText(value: string): string | undefined {
-  if (NUL.test(value)) return 'a NUL character (\\u0000)';
+  if (value.includes('\u0000')) return 'a NUL character (\\u0000)';
   if (LONE_SURROGATE.test(value)) return 'a lone UTF-16 surrogate (half of a \\uD800-\\uDFFF pair)';
   return undefined;
 }

@@ -48,7 +48,7 @@ export async function startDjangoSite(adminUrl: string, mqttUrl: string, { migra
       return await run(PYTHON, ['manage.py', ...args], { cwd: DJANGO_SITE, env, timeout: 60_000 });
     } catch (err) {
       const e = err as Error & { stdout?: string; stderr?: string };
-      throw new Error(`manage.py ${args.join(' ')} failed: ${e.message}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`);
+      throw new Error(`manage.py ${args.join(' ')} failed: ${e.message}\n${e.stdout ?? ''}\n${e.stderr ?? ''}`, { cause: err });
     }
   };
   const site: DjangoSite = {

@@ -66,7 +66,9 @@ async function main(): Promise<void> {
   const connections = Number(process.env.FLEET_CONNECTIONS ?? 1);
   const clientId = process.env.FLEET_CLIENT_ID ?? `bench-fleet-${process.pid}`;
   const clients: MqttClient[] = await Promise.all(
-    Array.from({ length: connections }, (_, i) => mqtt.connectAsync(url, { clientId: `${clientId}-${i}`, clean: true, protocolVersion: 4, reconnectPeriod: 0 })),
+    Array.from({ length: connections }, (_, i) =>
+      mqtt.connectAsync(url, { clientId: `${clientId}-${i}`, clean: true, protocolVersion: 4, reconnectPeriod: 0 }),
+    ),
   );
   const send = (reply: FleetReply) => process.send!(reply);
 
@@ -101,7 +103,13 @@ async function main(): Promise<void> {
     });
   };
 
-  const run = async (count: number | undefined, durationMs: number | undefined, next: (i: number) => { client: MqttClient; topic: string; payload: string; retain: boolean }, rate?: number, window?: number): Promise<PublishReport> => {
+  const run = async (
+    count: number | undefined,
+    durationMs: number | undefined,
+    next: (i: number) => { client: MqttClient; topic: string; payload: string; retain: boolean },
+    rate?: number,
+    window?: number,
+  ): Promise<PublishReport> => {
     const report: PublishReport = { published: 0, firstAt: 0, lastAt: 0, ackedAt: 0, maxLagMs: 0 };
     const start = Date.now();
     report.firstAt = start;
@@ -168,7 +176,12 @@ async function main(): Promise<void> {
             (i) => {
               const seq = command.seqStart + i;
               const lamp = seq % command.lamps;
-              return { client: clients[lamp % clients.length]!, topic: lampStateTopic(lamp), payload: lampStatePayload(seq, Date.now()), retain: false };
+              return {
+                client: clients[lamp % clients.length]!,
+                topic: lampStateTopic(lamp),
+                payload: lampStatePayload(seq, Date.now()),
+                retain: false,
+              };
             },
             command.rate,
             command.window,

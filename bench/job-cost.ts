@@ -19,7 +19,9 @@ import { Redis } from 'ioredis';
 import type { LampStateMessage, LampStatesJob } from '../src/shared/jobs.js';
 import { JOB_OPTIONS } from '../src/shared/queues.js';
 
-const { values } = parseArgs({ options: { redis: { type: 'string', default: 'redis://127.0.0.1:6390' }, events: { type: 'string', default: '20000' } } });
+const { values } = parseArgs({
+  options: { redis: { type: 'string', default: 'redis://127.0.0.1:6390' }, events: { type: 'string', default: '20000' } },
+});
 const EVENTS = Number(values.events);
 const url = new URL(values.redis);
 const connection = { host: url.hostname, port: Number(url.port || 6379) };
@@ -57,7 +59,12 @@ async function measure(label: string, perJob: number, opts: JobsOptions, workerA
   const inFlight = new Set<Promise<unknown>>();
   for (let i = 0; i < jobs; i++) {
     const data: LampStateMessage | LampStatesJob =
-      perJob === 1 ? job(i) : { kind: 'lamp-states', states: Array.from({ length: perJob }, (_, k) => ({ ...job(i * perJob + k), messageId: randomUUID().replaceAll('-', '') })) };
+      perJob === 1
+        ? job(i)
+        : {
+            kind: 'lamp-states',
+            states: Array.from({ length: perJob }, (_, k) => ({ ...job(i * perJob + k), messageId: randomUUID().replaceAll('-', '') })),
+          };
     const added = queue.add(data.kind, data, { ...opts, jobId: randomUUID().replaceAll('-', '') }).finally(() => inFlight.delete(added));
     inFlight.add(added);
     if (inFlight.size >= 200) await Promise.race(inFlight);
@@ -69,7 +76,11 @@ async function measure(label: string, perJob: number, opts: JobsOptions, workerA
   const own = process.cpuUsage(own0);
   const ownUs = (own.user + own.system) / EVENTS;
   process.stdout.write(
-    `${label.padEnd(56)} Redis ${((cpu / EVENTS) * 1e6).toFixed(1).padStart(6)} µs + Node (producer and worker) ${ownUs.toFixed(1).padStart(6)} µs CPU per event; ${Math.round(EVENTS / seconds).toLocaleString('en-US').padStart(8)} events/s\n`,
+    `${label.padEnd(56)} Redis ${((cpu / EVENTS) * 1e6).toFixed(1).padStart(6)} µs + Node (producer and worker) ${ownUs.toFixed(1).padStart(6)} µs CPU per event; ${Math.round(
+      EVENTS / seconds,
+    )
+      .toLocaleString('en-US')
+      .padStart(8)} events/s\n`,
   );
   await queue.obliterate({ force: true });
   await queue.close();

@@ -126,7 +126,11 @@ export async function startRecorder(options: RecorderOptions): Promise<KeenRecor
       if (invalid.length < 100) invalid.push(problem);
       return problem;
     }
-    const record = event as { keen?: { uniqueness_token?: unknown; timestamp?: unknown }; device_id?: unknown; state?: { seq?: unknown; t?: unknown } };
+    const record = event as {
+      keen?: { uniqueness_token?: unknown; timestamp?: unknown };
+      device_id?: unknown;
+      state?: { seq?: unknown; t?: unknown };
+    };
     const token = record.keen?.uniqueness_token;
     if (typeof token === 'string') {
       let seen = tokens.get(collection);
@@ -168,7 +172,8 @@ export async function startRecorder(options: RecorderOptions): Promise<KeenRecor
     res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
     res.end(body);
   };
-  const apiError = (res: ServerResponse, status: number, code: string, message: string) => reply(res, status, JSON.stringify({ message, error_code: code }));
+  const apiError = (res: ServerResponse, status: number, code: string, message: string) =>
+    reply(res, status, JSON.stringify({ message, error_code: code }));
 
   const handle = (req: IncomingMessage, res: ServerResponse, body: Buffer) => {
     counters.requests += 1;
@@ -196,7 +201,8 @@ export async function startRecorder(options: RecorderOptions): Promise<KeenRecor
     }
     const parts: string[] = [];
     for (const [collection, list] of Object.entries(parsed)) {
-      if (!Array.isArray(list)) return apiError(res, 400, 'InvalidEventError', `The value of ${JSON.stringify(collection)} must be an array.`);
+      if (!Array.isArray(list))
+        return apiError(res, 400, 'InvalidEventError', `The value of ${JSON.stringify(collection)} must be an array.`);
       const results: string[] = [];
       for (const event of list) {
         const problem = store(collection, event, now);

@@ -22,7 +22,11 @@ import pg from 'pg';
 import { DEFAULT_MAX_RESULT_BYTES } from '../src/keen-sink/query.js';
 
 const { values: args } = parseArgs({
-  options: { events: { type: 'string', default: '50000' }, pad: { type: 'string', default: '2000' }, queries: { type: 'string', default: '10' } },
+  options: {
+    events: { type: 'string', default: '50000' },
+    pad: { type: 'string', default: '2000' },
+    queries: { type: 'string', default: '10' },
+  },
 });
 const EVENTS = Number(args.events);
 const PAD = Number(args.pad);
@@ -47,7 +51,8 @@ const freePort = () =>
     });
   });
 
-const kib = (pid: number, field: 'VmHWM' | 'VmRSS') => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+const kib = (pid: number, field: 'VmHWM' | 'VmRSS') =>
+  Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 
 interface Figures {
   startMb: number;
@@ -62,7 +67,17 @@ async function measure(limit: number): Promise<Figures> {
   const port = await freePort();
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/keen-sink/main.ts'], {
     cwd: ROOT,
-    env: { ...process.env, KEEN_PROJECT_ID: PROJECT, KEEN_WRITE_KEY: 'bench-write', KEEN_READ_KEY: READ_KEY, KEEN_SINK_DATABASE_URL: url.toString(), KEEN_SINK_PORT: String(port), KEEN_SINK_HOST: '127.0.0.1', KEEN_SINK_MAX_RESULT_BYTES: String(limit), LOG_LEVEL: 'warn' },
+    env: {
+      ...process.env,
+      KEEN_PROJECT_ID: PROJECT,
+      KEEN_WRITE_KEY: 'bench-write',
+      KEEN_READ_KEY: READ_KEY,
+      KEEN_SINK_DATABASE_URL: url.toString(),
+      KEEN_SINK_PORT: String(port),
+      KEEN_SINK_HOST: '127.0.0.1',
+      KEEN_SINK_MAX_RESULT_BYTES: String(limit),
+      LOG_LEVEL: 'warn',
+    },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const base = `http://127.0.0.1:${port}`;
@@ -99,7 +114,14 @@ async function measure(limit: number): Promise<Figures> {
   await ask('count', { group_by: 'pad' });
   polling = false;
   await poll;
-  const figures = { startMb, firstMb, peakMb: kib(child.pid!, 'VmHWM'), afterMb: kib(child.pid!, 'VmRSS'), slowestHealthMs, statuses: [...statuses].map(([status, n]) => `${n}× ${status}`).join(', ') };
+  const figures = {
+    startMb,
+    firstMb,
+    peakMb: kib(child.pid!, 'VmHWM'),
+    afterMb: kib(child.pid!, 'VmRSS'),
+    slowestHealthMs,
+    statuses: [...statuses].map(([status, n]) => `${n}× ${status}`).join(', '),
+  };
   child.kill('SIGTERM');
   await new Promise((resolve) => child.once('exit', resolve));
   return figures;
@@ -122,10 +144,13 @@ try {
   process.stdout.write(`${EVENTS.toLocaleString('en')} events of about ${PAD} bytes: ${rows[0].size} of JSON\n`);
   const capped = await measure(DEFAULT_MAX_RESULT_BYTES);
   const uncapped = await measure(2 ** 31);
-  const line = (label: string, f: Figures) => `${label}: RSS ${f.startMb.toFixed(0)} MB at start, ${f.firstMb.toFixed(0)} MB after the first extraction, ${f.afterMb.toFixed(0)} MB after all ${QUERIES + 2} queries, peak ${f.peakMb.toFixed(0)} MB; slowest /healthz ${f.slowestHealthMs.toFixed(0)} ms (${f.statuses})\n`;
+  const line = (label: string, f: Figures) =>
+    `${label}: RSS ${f.startMb.toFixed(0)} MB at start, ${f.firstMb.toFixed(0)} MB after the first extraction, ${f.afterMb.toFixed(0)} MB after all ${QUERIES + 2} queries, peak ${f.peakMb.toFixed(0)} MB; slowest /healthz ${f.slowestHealthMs.toFixed(0)} ms (${f.statuses})\n`;
   process.stdout.write(line(`limit ${DEFAULT_MAX_RESULT_BYTES} bytes (default)`, capped));
   process.stdout.write(line('limit 2 GiB (no effective limit)', uncapped));
-  process.stdout.write(`ratio without / with the limit: peak RSS above start ${((uncapped.peakMb - uncapped.startMb) / (capped.peakMb - capped.startMb)).toFixed(1)}×, slowest /healthz ${(uncapped.slowestHealthMs / Math.max(1, capped.slowestHealthMs)).toFixed(1)}×\n`);
+  process.stdout.write(
+    `ratio without / with the limit: peak RSS above start ${((uncapped.peakMb - uncapped.startMb) / (capped.peakMb - capped.startMb)).toFixed(1)}×, slowest /healthz ${(uncapped.slowestHealthMs / Math.max(1, capped.slowestHealthMs)).toFixed(1)}×\n`,
+  );
 } finally {
   const cleanup = new pg.Client({ connectionString: adminUrl });
   await cleanup.connect();

@@ -160,20 +160,46 @@ async function queries(): Promise<boolean> {
   const tf = parseTimeframe('this_14_days', now, 0);
   const timeframe = { start: tf.start.toISOString(), end: tf.end.toISOString() };
   const seeds: Array<{ label: string; analysis: Analysis; params: Record<string, unknown> }> = [
-    { label: 'count devicestate, device_id eq, 14 days', analysis: 'count', params: { event_collection: 'devicestate', timeframe, filters: lamp } },
-    { label: 'count activations, device_id eq, 14 days', analysis: 'count', params: { event_collection: 'activations', timeframe, filters: lamp } },
-    { label: 'count devicemonitoring, device_id eq, 14 days', analysis: 'count', params: { event_collection: 'devicemonitoring', timeframe, filters: lamp } },
-    { label: 'count_unique devicestate device_id, daily, 14 days', analysis: 'count_unique', params: { event_collection: 'devicestate', target_property: 'device_id', interval: 'daily', timeframe } },
-    { label: 'select_unique activations device_id, 14 days', analysis: 'select_unique', params: { event_collection: 'activations', target_property: 'device_id', timeframe } },
+    {
+      label: 'count devicestate, device_id eq, 14 days',
+      analysis: 'count',
+      params: { event_collection: 'devicestate', timeframe, filters: lamp },
+    },
+    {
+      label: 'count activations, device_id eq, 14 days',
+      analysis: 'count',
+      params: { event_collection: 'activations', timeframe, filters: lamp },
+    },
+    {
+      label: 'count devicemonitoring, device_id eq, 14 days',
+      analysis: 'count',
+      params: { event_collection: 'devicemonitoring', timeframe, filters: lamp },
+    },
+    {
+      label: 'count_unique devicestate device_id, daily, 14 days',
+      analysis: 'count_unique',
+      params: { event_collection: 'devicestate', target_property: 'device_id', interval: 'daily', timeframe },
+    },
+    {
+      label: 'select_unique activations device_id, 14 days',
+      analysis: 'select_unique',
+      params: { event_collection: 'activations', target_property: 'device_id', timeframe },
+    },
   ];
   out('');
-  out(`| query (over ${fmt(EVENTS)} events) | keen-sink p50 / p95 (ms, ${RUNS} runs over HTTP) | sequential scan p50 / p95 (ms, ${SEQ_RUNS} runs) | p95 ratio |`);
+  out(
+    `| query (over ${fmt(EVENTS)} events) | keen-sink p50 / p95 (ms, ${RUNS} runs over HTTP) | sequential scan p50 / p95 (ms, ${SEQ_RUNS} runs) | p95 ratio |`,
+  );
   out('|---|---|---|---|');
   let same = true;
   for (const seed of seeds) {
     const target = new URL(`/3.0/projects/${PROJECT}/queries/${seed.analysis}`, sink.url);
     const fast = await timed(RUNS, async () => {
-      const response = await fetch(target, { method: 'POST', headers: { authorization: READ_KEY, 'content-type': 'application/json' }, body: JSON.stringify(seed.params) });
+      const response = await fetch(target, {
+        method: 'POST',
+        headers: { authorization: READ_KEY, 'content-type': 'application/json' },
+        body: JSON.stringify(seed.params),
+      });
       const body = (await response.json()) as { result: unknown };
       if (response.status !== 200) throw new Error(`${seed.label}: ${response.status} ${JSON.stringify(body)}`);
       return body.result;
@@ -182,7 +208,9 @@ async function queries(): Promise<boolean> {
     const seq = await timed(SEQ_RUNS, () => runQuery(seqScan, PROJECT, parsed, { plain: true }));
     const equal = JSON.stringify(fast.result) === JSON.stringify(seq.result);
     same &&= equal;
-    out(`| ${seed.label} | ${fmt(fast.p50, 1)} / ${fmt(fast.p95, 1)} | ${fmt(seq.p50)} / ${fmt(seq.p95)} | ${fmt(seq.p95 / fast.p95, 1)}×${equal ? '' : ' ANSWERS DIFFER'} |`);
+    out(
+      `| ${seed.label} | ${fmt(fast.p50, 1)} / ${fmt(fast.p95, 1)} | ${fmt(seq.p50)} / ${fmt(seq.p95)} | ${fmt(seq.p95 / fast.p95, 1)}×${equal ? '' : ' ANSWERS DIFFER'} |`,
+    );
   }
   return same;
 }
@@ -207,7 +235,11 @@ async function bulkWrites(): Promise<number> {
     Array.from({ length: CONCURRENCY }, async () => {
       while (next < bodies.length) {
         const body = bodies[next++]!;
-        const response = await fetch(target, { method: 'POST', headers: { authorization: WRITE_KEY, 'content-type': 'application/json' }, body });
+        const response = await fetch(target, {
+          method: 'POST',
+          headers: { authorization: WRITE_KEY, 'content-type': 'application/json' },
+          body,
+        });
         const result = (await response.json()) as { devicestate: Array<{ success: boolean }> };
         if (response.status !== 200) throw new Error(`bulk write: ${response.status} ${JSON.stringify(result).slice(0, 200)}`);
         stored += result.devicestate.filter((r) => r.success).length;
@@ -217,7 +249,9 @@ async function bulkWrites(): Promise<number> {
   const rate = (stored / (performance.now() - started)) * 1000;
   if (stored !== WRITES) throw new Error(`bulk write stored ${stored} of ${WRITES} events`);
   out('');
-  out(`bulk writes: ${fmt(WRITES)} events in ${fmt(requests)} requests of ${BATCH}, ${CONCURRENCY} at once, into the filled table: ${fmt(rate)} events/s`);
+  out(
+    `bulk writes: ${fmt(WRITES)} events in ${fmt(requests)} requests of ${BATCH}, ${CONCURRENCY} at once, into the filled table: ${fmt(rate)} events/s`,
+  );
   return rate;
 }
 
@@ -226,10 +260,28 @@ async function pipeline(): Promise<number | undefined> {
   const command = `npm run bench -- --scenario throughput --workers 1 --duration ${duration} --repeat 1 --no-write`;
   out(`pipeline at max load (${command}) ...`);
   try {
-    const { stdout } = await promisify(execFile)('npm', ['run', '--silent', 'bench', '--', '--scenario', 'throughput', '--workers', '1', '--duration', duration!, '--repeat', '1', '--no-write'], {
-      maxBuffer: 64 * 1024 * 1024,
-      timeout: 15 * 60_000,
-    });
+    const { stdout } = await promisify(execFile)(
+      'npm',
+      [
+        'run',
+        '--silent',
+        'bench',
+        '--',
+        '--scenario',
+        'throughput',
+        '--workers',
+        '1',
+        '--duration',
+        duration!,
+        '--repeat',
+        '1',
+        '--no-write',
+      ],
+      {
+        maxBuffer: 64 * 1024 * 1024,
+        timeout: 15 * 60_000,
+      },
+    );
     const match = /([\d,]+) events\/s; all accepted once/.exec(stdout);
     if (!match) throw new Error(`no throughput in its output:\n${stdout.slice(-2000)}`);
     return Number(match[1]!.replaceAll(',', ''));
@@ -239,13 +291,14 @@ async function pipeline(): Promise<number | undefined> {
   }
 }
 
-let ok = false;
+let ok: boolean;
 try {
   await fill();
   const same = await queries();
   const writes = await bulkWrites();
   const max = args['no-pipeline'] ? undefined : await pipeline();
-  if (max !== undefined) out(`pipeline at max load, 1 subscriber + 1 worker: ${fmt(max)} events/s; keen-sink bulk writes are ${fmt(writes / max, 1)}× that`);
+  if (max !== undefined)
+    out(`pipeline at max load, 1 subscriber + 1 worker: ${fmt(max)} events/s; keen-sink bulk writes are ${fmt(writes / max, 1)}× that`);
   else out('pipeline at max load: not measured in this run');
   ok = same;
   if (!same) out('FAILURE: a fast answer differs from the sequential scan');

@@ -36,8 +36,14 @@ export interface ProfileSummary {
 export function placeOf(url: string, functionName: string): string {
   if (!url) return functionName.startsWith('(') ? functionName : '(native/V8)';
   const modules = /node_modules\/((?:@[^/]+\/)?[^/]+)\/(.*)$/.exec(url);
-  if (modules) return `${modules[1]}${modules[1] === 'bullmq' || modules[1] === 'ioredis' || modules[1] === 'mqtt' ? `/${modules[2]!.split('/').slice(-1)[0]}` : ''}`;
-  if (url.startsWith('node:')) return url.replace(/^node:(internal\/)?/, 'node:').split('/').slice(0, 2).join('/');
+  if (modules)
+    return `${modules[1]}${modules[1] === 'bullmq' || modules[1] === 'ioredis' || modules[1] === 'mqtt' ? `/${modules[2]!.split('/').slice(-1)[0]}` : ''}`;
+  if (url.startsWith('node:'))
+    return url
+      .replace(/^node:(internal\/)?/, 'node:')
+      .split('/')
+      .slice(0, 2)
+      .join('/');
   const src = /\/(src|bench|test)\/(.*)$/.exec(url);
   if (src) return `${src[1]}/${src[2]}`;
   return url;
@@ -80,7 +86,14 @@ export function summarize(file: string): ProfileSummary {
     }
   }
   const sorted = (map: Map<string, number>) => [...map].sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, v / 1000] as [string, number]);
-  return { file, totalMs: totalUs / 1000, idleMs: idleUs / 1000, byFunction: sorted(byFunction), byPlace: sorted(byPlace), oursInclusive: sorted(oursInclusive) };
+  return {
+    file,
+    totalMs: totalUs / 1000,
+    idleMs: idleUs / 1000,
+    byFunction: sorted(byFunction),
+    byPlace: sorted(byPlace),
+    oursInclusive: sorted(oursInclusive),
+  };
 }
 
 export function formatSummary(summary: ProfileSummary, top = 15): string {

@@ -20,13 +20,20 @@ import { parseArgs } from 'node:util';
 import { Redis } from 'ioredis';
 import { ROOT } from '../test/support/processes.js';
 
-const { values } = parseArgs({ options: { port: { type: 'string', default: '6390' }, reset: { type: 'boolean', default: false }, top: { type: 'string', default: '20' } } });
+const { values } = parseArgs({
+  options: {
+    port: { type: 'string', default: '6390' },
+    reset: { type: 'boolean', default: false },
+    top: { type: 'string', default: '20' },
+  },
+});
 
 const scripts = new Map<string, string>();
 const dir = path.join(ROOT, 'node_modules/bullmq/dist/esm/scripts');
 for (const file of readdirSync(dir).filter((f) => f.endsWith('.js') && f !== 'index.js')) {
   const mod = (await import(path.join(dir, file))) as Record<string, { name?: string; content?: string }>;
-  for (const value of Object.values(mod)) if (value?.content && value.name) scripts.set(createHash('sha1').update(value.content).digest('hex'), value.name);
+  for (const value of Object.values(mod))
+    if (value?.content && value.name) scripts.set(createHash('sha1').update(value.content).digest('hex'), value.name);
 }
 
 const redis = new Redis(Number(values.port), '127.0.0.1');
@@ -36,7 +43,10 @@ for (const [, , us, args] of entries) {
   let key = String(args[0]).toLowerCase();
   // Commands a script runs are logged too; their time is inside the script's.
   if (key === 'evalsha') {
-    const queue = String(args[3] ?? '').split(':').at(-2) ?? '?';
+    const queue =
+      String(args[3] ?? '')
+        .split(':')
+        .at(-2) ?? '?';
     key = `EVALSHA ${scripts.get(String(args[1])) ?? String(args[1]).slice(0, 8)} (${queue})`;
   }
   const entry = byCommand.get(key) ?? { calls: 0, us: 0 };
@@ -47,7 +57,9 @@ for (const [, , us, args] of entries) {
 const scriptsUs = [...byCommand].filter(([k]) => k.startsWith('EVALSHA')).reduce((sum, [, e]) => sum + e.us, 0);
 process.stdout.write(`slow log: ${entries.length} entries; scripts ${(scriptsUs / 1e6).toFixed(2)} s\n`);
 for (const [key, entry] of [...byCommand].sort((a, b) => b[1].us - a[1].us).slice(0, Number(values.top))) {
-  process.stdout.write(`${(entry.us / 1e3).toFixed(0).padStart(8)} ms ${String(entry.calls).padStart(8)} calls ${(entry.us / entry.calls).toFixed(1).padStart(7)} µs/call  ${key}\n`);
+  process.stdout.write(
+    `${(entry.us / 1e3).toFixed(0).padStart(8)} ms ${String(entry.calls).padStart(8)} calls ${(entry.us / entry.calls).toFixed(1).padStart(7)} µs/call  ${key}\n`,
+  );
 }
 const stats = (await redis.info('commandstats')).split('\n').filter((line) => line.startsWith('cmdstat_'));
 const parsed = stats.map((line) => ({ line, usec: Number(/usec=(\d+)/.exec(line)?.[1] ?? 0) })).sort((a, b) => b.usec - a.usec);

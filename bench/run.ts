@@ -41,7 +41,19 @@ import mqtt from 'mqtt';
 import { ROOT, scrapeMetrics, sleep } from '../test/support/processes.js';
 import { lampId, type PublishReport } from './fleet.js';
 import { cpuBetween, loadAverage, systemCpu } from './lib/procs.js';
-import { BenchFailure, buildEntryPoints, cleanupAll, KEEN_PROJECT, KEEN_WRITE_KEY, stop, Stack, startBenchProcess, waitForLine, waitProgress, type BenchServices } from './lib/stack.js';
+import {
+  BenchFailure,
+  buildEntryPoints,
+  cleanupAll,
+  KEEN_PROJECT,
+  KEEN_WRITE_KEY,
+  stop,
+  Stack,
+  startBenchProcess,
+  waitForLine,
+  waitProgress,
+  type BenchServices,
+} from './lib/stack.js';
 import { formatSummary, summarize } from './profile-summary.js';
 import type { KeenRecorder } from './keen-recorder.js';
 import type { DrainReply } from './yardstick-queue.js';
@@ -115,7 +127,8 @@ const extraEnv = Object.fromEntries((args.env ?? []).map((kv) => [kv.slice(0, kv
 
 const services: BenchServices = {
   redisUrl: process.env.BENCH_REDIS_URL ?? process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
-  databaseAdminUrl: process.env.BENCH_DATABASE_ADMIN_URL ?? process.env.TEST_DATABASE_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres',
+  databaseAdminUrl:
+    process.env.BENCH_DATABASE_ADMIN_URL ?? process.env.TEST_DATABASE_ADMIN_URL ?? 'postgresql://postgres@127.0.0.1:5432/postgres',
 };
 buildEntryPoints();
 // What was built, before the sources can change under a long run.
@@ -146,7 +159,8 @@ interface Outcome {
 
 const outcomes: Outcome[] = [];
 const log = (line: string) => process.stdout.write(`${line}\n`);
-const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '-');
+const fmt = (n: number, digits = 0) =>
+  Number.isFinite(n) ? n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits }) : '-';
 const mb = (bytes: number | undefined) => (bytes === undefined ? '-' : `${fmt(bytes / 1024 / 1024)} MB`);
 
 function percentile(sorted: Float64Array, p: number): number {
@@ -235,7 +249,10 @@ interface Phase {
 }
 
 /** Publishes lamp states through a stack whose downstream is the Keen recorder, and checks them. */
-async function lampStatePhase(stack: Stack, options: { seqStart: number; count?: number; durationMs?: number; rate?: number; window?: number }): Promise<Phase> {
+async function lampStatePhase(
+  stack: Stack,
+  options: { seqStart: number; count?: number; durationMs?: number; rate?: number; window?: number },
+): Promise<Phase> {
   const recorder = stack.recorder;
   const base = recorder.lampStates;
   const requestsBefore = recorder.counters.requests;
@@ -265,10 +282,17 @@ async function lampStatePhase(stack: Stack, options: { seqStart: number; count?:
 }
 
 function phaseOk(phase: Phase, recorder: KeenRecorder): string | undefined {
-  if (recorder.invalid.length > 0) return `Keen recorder refused ${recorder.invalid.length} events, e.g. ${JSON.stringify(recorder.invalid[0])}`;
+  if (recorder.invalid.length > 0)
+    return `Keen recorder refused ${recorder.invalid.length} events, e.g. ${JSON.stringify(recorder.invalid[0])}`;
   if (recorder.withoutSeq > 0) return `${recorder.withoutSeq} lamp-state events reached Keen without their sequence number`;
   if (phase.check.missing > 0 || phase.check.duplicated > 0 || phase.accepted !== phase.report.published) {
-    return describeLoss('lamp states', phase.report.published, phase.accepted, phase.check, phase.drained ? '' : ` (no progress for ${P.stallMs / 1000} s)`);
+    return describeLoss(
+      'lamp states',
+      phase.report.published,
+      phase.accepted,
+      phase.check,
+      phase.drained ? '' : ` (no progress for ${P.stallMs / 1000} s)`,
+    );
   }
   return undefined;
 }
@@ -277,7 +301,9 @@ function cpuDetails(cpu: Record<string, number>, events: number, wallS: number):
   const sys = cpu['(machine busy)'] ?? 0;
   const ours = Object.entries(cpu).filter(([name]) => !name.startsWith('('));
   const accounted = ours.reduce((a, [, s]) => a + s, 0);
-  const parts = ours.filter(([, s]) => s > 0.005).map(([name, s]) => `${name} ${fmt((s / events) * 1e6, 0)} µs/event (${fmt((s / wallS) * 100, 0)}% of a core)`);
+  const parts = ours
+    .filter(([, s]) => s > 0.005)
+    .map(([name, s]) => `${name} ${fmt((s / events) * 1e6, 0)} µs/event (${fmt((s / wallS) * 100, 0)}% of a core)`);
   return `CPU: ${parts.join(', ')}; whole machine ${fmt((sys / wallS) * 100, 0)}% of ${cpus().length} cores, of which outside these processes (other users, PostgreSQL) ${fmt(((sys - accounted) / wallS) * 100, 0)}%`;
 }
 
@@ -298,7 +324,10 @@ function rssDetails(stack: Stack): string {
 function recordPeaks(stack: Stack, data: Record<string, number>): void {
   const sub = stack.watch.peakRss('subscriber');
   if (sub !== undefined) data.subscriberRss = sub;
-  const workers = stack.watch.names().filter((name) => name.startsWith('worker')).map((name) => stack.watch.peakRss(name) ?? 0);
+  const workers = stack.watch
+    .names()
+    .filter((name) => name.startsWith('worker'))
+    .map((name) => stack.watch.peakRss(name) ?? 0);
   if (workers.length) data.workerRss = Math.max(...workers);
 }
 
@@ -346,7 +375,14 @@ async function scenario(name: string, run: (outcome: Outcome) => Promise<void>):
 async function throughput(workers: number): Promise<void> {
   const name = `throughput-${workers}w`;
   await scenario(name, async (outcome) => {
-    const stack = await Stack.start({ name, services, workers, env: extraEnv, validateEvery: P.validateEvery, nodeOptions: profileEnv(name) });
+    const stack = await Stack.start({
+      name,
+      services,
+      workers,
+      env: extraEnv,
+      validateEvery: P.validateEvery,
+      nodeOptions: profileEnv(name),
+    });
     try {
       await stack.connectLamps(0, P.lamps, P.stallMs);
       const cpu = measureCpu(stack);
@@ -356,7 +392,11 @@ async function throughput(workers: number): Promise<void> {
       if (failure) throw new BenchFailure(`${failure}\n${stack.logs()}`);
       const wallS = (phase.lastAcceptedAt - phase.report.firstAt) / 1000;
       const latency = latencyOf(stack.recorder, 0, phase.report.published, 0);
-      Object.assign(outcome.data, { throughput: phase.throughput, events: phase.report.published, requestsPerEvent: phase.requests / phase.accepted });
+      Object.assign(outcome.data, {
+        throughput: phase.throughput,
+        events: phase.report.published,
+        requestsPerEvent: phase.requests / phase.accepted,
+      });
       outcome.details.push(
         `${fmt(phase.report.published)} lamp states from ${fmt(P.lamps)} lamps in ${fmt(wallS, 1)} s: ${fmt(phase.throughput)} events/s; all accepted once; Keen requests ${fmt(phase.requests)} (1 per ${fmt(phase.accepted / phase.requests, 0)} events)`,
         `latency at saturation (window ${fmt(P.window)}): p50 ${fmt(latency.p50)} ms, p99 ${fmt(latency.p99)} ms; publish→subscriber p50 ${fmt(latency.toSubscriber[0])} ms, subscriber→Keen p50 ${fmt(latency.toKeen[0])} ms`,
@@ -373,7 +413,14 @@ async function throughput(workers: number): Promise<void> {
 
 async function latency(): Promise<void> {
   await scenario('latency', async (outcome) => {
-    const stack = await Stack.start({ name: 'latency', services, workers: 1, env: extraEnv, validateEvery: P.validateEvery, nodeOptions: profileEnv('latency') });
+    const stack = await Stack.start({
+      name: 'latency',
+      services,
+      workers: 1,
+      env: extraEnv,
+      validateEvery: P.validateEvery,
+      nodeOptions: profileEnv('latency'),
+    });
     try {
       await stack.connectLamps(0, P.lamps, P.stallMs);
       let seqStart = 0;
@@ -392,7 +439,14 @@ async function latency(): Promise<void> {
           `${rate}/s: ${fmt(phase.report.published)} events (publisher lag max ${fmt(phase.report.maxLagMs)} ms), latency over ${fmt(l.n)} after ${P.warmupS} s warm-up: p50 ${fmt(l.p50)} / p95 ${fmt(l.p95)} / p99 ${fmt(l.p99)} / max ${fmt(l.max)} ms; publish→subscriber p50/p99 ${fmt(l.toSubscriber[0])}/${fmt(l.toSubscriber[1])} ms, subscriber→Keen p50/p99 ${fmt(l.toKeen[0])}/${fmt(l.toKeen[1])} ms; Keen requests ${fmt(phase.requests)} (1 per ${fmt(phase.accepted / phase.requests, 1)} events)`,
         );
         const stages = await stack.stageBreakdown();
-        if (stages) outcome.details.push(`   where the last ${fmt(Math.min(1000, phase.report.published))} went (p50/p99 ms, from BullMQ's job timestamps): ${Object.entries(stages).map(([stage, [p50, p99]]) => `${stage} ${fmt(p50)}/${fmt(p99)}`).join(', ')}`);
+        if (stages)
+          outcome.details.push(
+            `   where the last ${fmt(Math.min(1000, phase.report.published))} went (p50/p99 ms, from BullMQ's job timestamps): ${Object.entries(
+              stages,
+            )
+              .map(([stage, [p50, p99]]) => `${stage} ${fmt(p50)}/${fmt(p99)}`)
+              .join(', ')}`,
+          );
         seqStart += phase.report.published;
       }
       if (failures.length) throw new BenchFailure(`${failures.join('; ')}\n${stack.logs()}`);
@@ -408,7 +462,14 @@ async function latency(): Promise<void> {
 async function activations(): Promise<void> {
   await scenario('activations', async (outcome) => {
     const n = P.activations;
-    const stack = await Stack.start({ name: 'activations', services, workers: 1, env: extraEnv, validateEvery: P.validateEvery, nodeOptions: profileEnv('activations') });
+    const stack = await Stack.start({
+      name: 'activations',
+      services,
+      workers: 1,
+      env: extraEnv,
+      validateEvery: P.validateEvery,
+      nodeOptions: profileEnv('activations'),
+    });
     const associations = new Map<string, number>();
     const listener = await mqtt.connectAsync(stack.broker.url, { clientId: `${stack.prefix}-lamps`, clean: true });
     try {
@@ -428,13 +489,16 @@ async function activations(): Promise<void> {
       );
       const problems: string[] = [];
       if (Number(rows?.total) !== n || Number(rows?.expected) !== n || Number(rows?.distinct_codes) !== n) {
-        problems.push(`devices table: ${rows?.total} rows, ${rows?.expected} of the ${n} lamps, ${rows?.distinct_codes} distinct association codes`);
+        problems.push(
+          `devices table: ${rows?.total} rows, ${rows?.expected} of the ${n} lamps, ${rows?.distinct_codes} distinct association codes`,
+        );
       }
       const perDevice = (collection: string, counts: Map<string, number>) => {
         const missing = ids.filter((id) => !counts.has(id)).length;
         const twice = [...counts.values()].filter((c) => c !== 1).length;
         const strangers = [...counts.keys()].filter((id) => !ids.includes(id)).length;
-        if (missing || twice || strangers) problems.push(`${collection}: ${missing} lamps without one, ${twice} with more than one, ${strangers} for unknown lamps`);
+        if (missing || twice || strangers)
+          problems.push(`${collection}: ${missing} lamps without one, ${twice} with more than one, ${strangers} for unknown lamps`);
       };
       perDevice('activations', log.byDevice);
       perDevice('devicemonitoring', stack.recorder.collections.get('devicemonitoring')?.byDevice ?? new Map());
@@ -458,7 +522,14 @@ async function activations(): Promise<void> {
 async function backlog(): Promise<void> {
   await scenario('backlog', async (outcome) => {
     const n = P.backlog;
-    const stack = await Stack.start({ name: 'backlog', services, workers: 1, env: extraEnv, validateEvery: P.validateEvery, nodeOptions: profileEnv('backlog') });
+    const stack = await Stack.start({
+      name: 'backlog',
+      services,
+      workers: 1,
+      env: extraEnv,
+      validateEvery: P.validateEvery,
+      nodeOptions: profileEnv('backlog'),
+    });
     try {
       await stack.connectLamps(0, P.lamps, P.stallMs);
       // Workers stopped: the subscriber queues everything in Redis.
@@ -475,13 +546,22 @@ async function backlog(): Promise<void> {
       };
       const queuedBefore = await queuedStates();
       let queued = 0;
-      const poller = setInterval(() => void queuedStates().then((count) => (queued = count - queuedBefore), () => {}), 50);
+      const poller = setInterval(
+        () =>
+          void queuedStates().then(
+            (count) => (queued = count - queuedBefore),
+            () => {},
+          ),
+        50,
+      );
       let report: PublishReport;
       const intakeStarted = Date.now();
       try {
         report = await stack.fleet.states({ seqStart: 0, count: n, window: P.window, lamps: P.lamps }, () => queued);
         if (!(await waitProgress(async () => (await queuedStates()) - queuedBefore, n, P.stallMs, stack.running))) {
-          throw new BenchFailure(`backlog: only ${fmt((await queuedStates()) - queuedBefore)} of ${fmt(n)} lamp states reached the ingest queue`);
+          throw new BenchFailure(
+            `backlog: only ${fmt((await queuedStates()) - queuedBefore)} of ${fmt(n)} lamp states reached the ingest queue`,
+          );
         }
       } finally {
         clearInterval(poller);
@@ -493,7 +573,9 @@ async function backlog(): Promise<void> {
       // Cross-check from the keys themselves (the shared Redis may have other tenants' data come and go).
       const memoryUsage = async (key: string) => Number((await stack.redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')) ?? 0);
       const sampleIds = await stack.redis.lrange(waitKey, 0, 199);
-      const jobBytes = (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:ingest:${id}`)))).reduce((a, b) => a + b, 0) / Math.max(1, sampleIds.length);
+      const jobBytes =
+        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:ingest:${id}`)))).reduce((a, b) => a + b, 0) /
+        Math.max(1, sampleIds.length);
       const listBytes = await memoryUsage(waitKey);
       let ledgerKeys = 0;
       let ledgerSample: string[] = [];
@@ -526,8 +608,13 @@ async function backlog(): Promise<void> {
       const check = checkSeqs(stack.recorder, 0, n);
       const accepted = stack.recorder.lampStates - base;
       let lastAcceptedAt = 0;
-      for (let seq = 0; seq < Math.min(n, stack.recorder.seqs.size); seq++) if (stack.recorder.seqs.count[seq]! > 0) lastAcceptedAt = Math.max(lastAcceptedAt, stack.recorder.seqs.acceptedAt[seq]!);
-      const counts = Object.fromEntries(await Promise.all(['ingest', 'keen-delivery', 'keen-dead-letter', 'rejected-messages'].map(async (q) => [q, await stack.jobCounts(q)] as const)));
+      for (let seq = 0; seq < Math.min(n, stack.recorder.seqs.size); seq++)
+        if (stack.recorder.seqs.count[seq]! > 0) lastAcceptedAt = Math.max(lastAcceptedAt, stack.recorder.seqs.acceptedAt[seq]!);
+      const counts = Object.fromEntries(
+        await Promise.all(
+          ['ingest', 'keen-delivery', 'keen-dead-letter', 'rejected-messages'].map(async (q) => [q, await stack.jobCounts(q)] as const),
+        ),
+      );
       const errorLines = stack.workers.reduce((sum, w) => sum + (w.output().match(/"level":(50|60)/g)?.length ?? 0), 0);
       const errors = [
         counts.ingest!.failed ? `${counts.ingest!.failed} failed ingest jobs` : '',
@@ -537,7 +624,9 @@ async function backlog(): Promise<void> {
         errorLines ? `${errorLines} error lines in the worker log` : '',
       ].filter(Boolean);
       if (!drained || check.missing || check.duplicated || accepted !== n || errors.length) {
-        throw new BenchFailure(`${describeLoss('backlog drain', report.published, accepted, check, errors.length ? `; ${errors.join(', ')}` : '')}\n${stack.logs()}`);
+        throw new BenchFailure(
+          `${describeLoss('backlog drain', report.published, accepted, check, errors.length ? `; ${errors.join(', ')}` : '')}\n${stack.logs()}`,
+        );
       }
       const drainSeconds = (lastAcceptedAt - readyAt) / 1000;
       outcome.data.drainRate = n / drainSeconds;
@@ -556,9 +645,22 @@ async function backlog(): Promise<void> {
 
 async function yardstickDirect(): Promise<void> {
   await scenario('yardstick-direct', async (outcome) => {
-    const stack = await Stack.start({ name: 'yardstick-a', services, workers: 0, subscriber: false, database: false, validateEvery: P.validateEvery });
+    const stack = await Stack.start({
+      name: 'yardstick-a',
+      services,
+      workers: 0,
+      subscriber: false,
+      database: false,
+      validateEvery: P.validateEvery,
+    });
     try {
-      const proc = startBenchProcess('yardstick-direct.ts', { MQTT_URL: stack.broker.url, KEEN_API_URL: stack.recorder.url, KEEN_PROJECT_ID: KEEN_PROJECT, KEEN_WRITE_KEY: KEEN_WRITE_KEY, MQTT_CLIENT_ID: `${stack.prefix}-direct` });
+      const proc = startBenchProcess('yardstick-direct.ts', {
+        MQTT_URL: stack.broker.url,
+        KEEN_API_URL: stack.recorder.url,
+        KEEN_PROJECT_ID: KEEN_PROJECT,
+        KEEN_WRITE_KEY: KEEN_WRITE_KEY,
+        MQTT_CLIENT_ID: `${stack.prefix}-direct`,
+      });
       stack.watch.watch('yardstick-direct', proc.child.pid);
       await waitForLine(proc, 'yardstick ready');
       const cpu = measureCpu(stack);
@@ -582,7 +684,14 @@ async function yardstickDirect(): Promise<void> {
 
 async function yardstickQueue(): Promise<void> {
   await scenario('yardstick-queue', async (outcome) => {
-    const stack = await Stack.start({ name: 'yardstick-b', services, workers: 0, subscriber: false, database: false, validateEvery: P.validateEvery });
+    const stack = await Stack.start({
+      name: 'yardstick-b',
+      services,
+      workers: 0,
+      subscriber: false,
+      database: false,
+      validateEvery: P.validateEvery,
+    });
     try {
       const env = { MQTT_URL: stack.broker.url, REDIS_URL: services.redisUrl, QUEUE_PREFIX: stack.prefix };
       const intake = startBenchProcess('yardstick-queue.ts', { ...env, ROLE: 'intake' });
@@ -598,7 +707,10 @@ async function yardstickQueue(): Promise<void> {
       await waitForLine(intake, 'yardstick ready');
       await waitProgress(() => (drain.child.connected ? 1 : 0), 1, 30_000);
       const cpu = measureCpu(stack);
-      const report = await stack.fleet.states({ seqStart: 0, durationMs: P.durationS * 1000, window: P.window, lamps: P.lamps }, () => progress.completed);
+      const report = await stack.fleet.states(
+        { seqStart: 0, durationMs: P.durationS * 1000, window: P.window, lamps: P.lamps },
+        () => progress.completed,
+      );
       const drained = await waitProgress(() => progress.completed, report.published, P.stallMs, [intake, drain]);
       await sleep(P.graceMs + 100);
       const used = cpu();
@@ -606,7 +718,12 @@ async function yardstickQueue(): Promise<void> {
       await waitProgress(() => (checked ? 1 : 0), 1, 10_000);
       const check: SeqCheck = checked ?? { missing: report.published, duplicated: 0, examples: [] };
       if (!drained || check.missing || check.duplicated || progress.completed !== report.published) {
-        throw new BenchFailure(describeLoss('yardstick (b)', report.published, progress.completed, check).replace('accepted by Keen', 'completed by the no-op worker'));
+        throw new BenchFailure(
+          describeLoss('yardstick (b)', report.published, progress.completed, check).replace(
+            'accepted by Keen',
+            'completed by the no-op worker',
+          ),
+        );
       }
       const wallS = (progress.lastAt - report.firstAt) / 1000;
       outcome.data.throughput = report.published / wallS;
@@ -631,7 +748,9 @@ const loadBefore = loadAverage();
 const machineBefore = systemCpu();
 const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
 log(`lampi-ingest bench${quick ? ' (--quick: correctness only, figures are not measurements)' : ''}: ${scenarios.join(', ')}`);
-log(`load average ${loadBefore.join(' ')} on ${cpus().length} cores; Redis ${services.redisUrl}; PostgreSQL ${services.databaseAdminUrl.replace(/:[^:@/]*@/, ':***@')}`);
+log(
+  `load average ${loadBefore.join(' ')} on ${cpus().length} cores; Redis ${services.redisUrl}; PostgreSQL ${services.databaseAdminUrl.replace(/:[^:@/]*@/, ':***@')}`,
+);
 
 let interrupted = false;
 const onSignal = (signal: string) => {
@@ -684,7 +803,9 @@ function median(values: number[]): number {
 }
 /** A median, and the runs it comes from when there were several. */
 const figure = (o: Outcome & { runs: Outcome[] }, key: string, show: (n: number) => string = (n) => fmt(n)) =>
-  o.runs.length > 1 ? `${show(o.data[key]!)} (median of ${o.runs.length}: ${o.runs.map((r) => (r.data[key] === undefined ? '-' : show(r.data[key]!))).join(', ')})` : show(o.data[key]!);
+  o.runs.length > 1
+    ? `${show(o.data[key]!)} (median of ${o.runs.length}: ${o.runs.map((r) => (r.data[key] === undefined ? '-' : show(r.data[key]!))).join(', ')})`
+    : show(o.data[key]!);
 type Row = [measure: string, result: string, target: string, verdict: string];
 const rows: Row[] = [];
 const verdict = (ok: boolean) => (quick ? '(quick)' : ok ? 'ok' : 'MISS');
@@ -697,12 +818,41 @@ for (const w of P.workers) {
   const o = byName(`throughput-${w}w`);
   if (!o) continue;
   const isOne = w === 1;
-  rows.push([`Throughput, 1 subscriber + ${w} worker${w > 1 ? 's' : ''} (events/s, ${P.durationS} s at max load)`, failed(o) ?? figure(o, 'throughput'), isOne ? '≥ 8,000' : '', o.ok ? (isOne ? verdict(o.data.throughput! >= 8000) : '') : 'FAILURE']);
+  rows.push([
+    `Throughput, 1 subscriber + ${w} worker${w > 1 ? 's' : ''} (events/s, ${P.durationS} s at max load)`,
+    failed(o) ?? figure(o, 'throughput'),
+    isOne ? '≥ 8,000' : '',
+    o.ok ? (isOne ? verdict(o.data.throughput! >= 8000) : '') : 'FAILURE',
+  ]);
 }
-if (ya) rows.push(['Yardstick (a): seed design, one Keen request per event (events/s)', failed(ya) ?? figure(ya, 'throughput'), '', ya.ok ? '' : 'FAILURE']);
-if (yb) rows.push(['Yardstick (b): MQTT → queue.add → no-op worker (events/s)', failed(yb) ?? figure(yb, 'throughput'), '', yb.ok ? '' : 'FAILURE']);
-if (one?.ok && ya?.ok) rows.push([`Throughput (${P.workers[0]} worker) as a multiple of (a)`, `${fmt(one.data.throughput! / ya.data.throughput!, 1)}×`, '≥ 5×', verdict(one.data.throughput! / ya.data.throughput! >= 5)]);
-if (one?.ok && yb?.ok) rows.push([`Throughput (${P.workers[0]} worker) as a fraction of (b)`, `${fmt((one.data.throughput! / yb.data.throughput!) * 100)}%`, '≥ 60%', verdict(one.data.throughput! / yb.data.throughput! >= 0.6)]);
+if (ya)
+  rows.push([
+    'Yardstick (a): seed design, one Keen request per event (events/s)',
+    failed(ya) ?? figure(ya, 'throughput'),
+    '',
+    ya.ok ? '' : 'FAILURE',
+  ]);
+if (yb)
+  rows.push([
+    'Yardstick (b): MQTT → queue.add → no-op worker (events/s)',
+    failed(yb) ?? figure(yb, 'throughput'),
+    '',
+    yb.ok ? '' : 'FAILURE',
+  ]);
+if (one?.ok && ya?.ok)
+  rows.push([
+    `Throughput (${P.workers[0]} worker) as a multiple of (a)`,
+    `${fmt(one.data.throughput! / ya.data.throughput!, 1)}×`,
+    '≥ 5×',
+    verdict(one.data.throughput! / ya.data.throughput! >= 5),
+  ]);
+if (one?.ok && yb?.ok)
+  rows.push([
+    `Throughput (${P.workers[0]} worker) as a fraction of (b)`,
+    `${fmt((one.data.throughput! / yb.data.throughput!) * 100)}%`,
+    '≥ 60%',
+    verdict(one.data.throughput! / yb.data.throughput! >= 0.6),
+  ]);
 const lat = byName('latency');
 if (lat) {
   for (const rate of P.rates) {
@@ -710,15 +860,24 @@ if (lat) {
     const p99 = lat.data[`p99@${rate}`];
     rows.push([
       `Latency publish → Keen at ${fmt(rate)} events/s, p50 / p95 / p99 (ms)`,
-      p99 === undefined ? (failed(lat) ?? '-') : `${fmt(lat.data[`p50@${rate}`]!)} / ${fmt(lat.data[`p95@${rate}`]!)} / ${figure(lat, `p99@${rate}`)}`,
+      p99 === undefined
+        ? (failed(lat) ?? '-')
+        : `${fmt(lat.data[`p50@${rate}`]!)} / ${fmt(lat.data[`p95@${rate}`]!)} / ${figure(lat, `p99@${rate}`)}`,
       target ? `p99 ≤ ${target}` : '',
       !lat.ok ? 'FAILURE' : target ? verdict(p99 !== undefined && p99 <= target) : '',
     ]);
   }
 }
-if (one?.ok) rows.push(['Keen requests per event at saturation', `${fmt(one.data.requestsPerEvent!, 4)} (1 per ${fmt(1 / one.data.requestsPerEvent!)})`, '≤ 0.01', verdict(one.data.requestsPerEvent! <= 0.01)]);
+if (one?.ok)
+  rows.push([
+    'Keen requests per event at saturation',
+    `${fmt(one.data.requestsPerEvent!, 4)} (1 per ${fmt(1 / one.data.requestsPerEvent!)})`,
+    '≤ 0.01',
+    verdict(one.data.requestsPerEvent! <= 0.01),
+  ]);
 const low = lat?.data[`requestsPerEvent@${P.rates[0]}`];
-if (low !== undefined) rows.push([`Keen requests per event at ${fmt(P.rates[0]!)} events/s`, `${fmt(low, 4)} (1 per ${fmt(1 / low, 1)})`, '', '']);
+if (low !== undefined)
+  rows.push([`Keen requests per event at ${fmt(P.rates[0]!)} events/s`, `${fmt(low, 4)} (1 per ${fmt(1 / low, 1)})`, '', '']);
 /** The highest of the scenarios' medians (the rule of every target), and the highest single run. */
 const peaks = (key: 'subscriberRss' | 'workerRss') => {
   const highest = (found: Array<readonly [string, number]>) => (found.length ? found.reduce((a, b) => (b[1] > a[1] ? b : a)) : undefined);
@@ -726,15 +885,25 @@ const peaks = (key: 'subscriberRss' | 'workerRss') => {
     const value = byName(name)?.data[key];
     return value === undefined ? [] : [[name, value] as const];
   });
-  const single = highest(outcomes.filter((o) => o.data[key] !== undefined).map((o) => [`${o.scenario}${o.run ? ` run ${o.run}` : ''}`, o.data[key]!] as const));
+  const single = highest(
+    outcomes.filter((o) => o.data[key] !== undefined).map((o) => [`${o.scenario}${o.run ? ` run ${o.run}` : ''}`, o.data[key]!] as const),
+  );
   const median = highest(medians);
   return median && single ? { median, single } : undefined;
 };
-for (const [key, who, limitMb] of [['subscriberRss', 'subscriber', 150], ['workerRss', 'worker', 200]] as const) {
+for (const [key, who, limitMb] of [
+  ['subscriberRss', 'subscriber', 150],
+  ['workerRss', 'worker', 200],
+] as const) {
   const peak = peaks(key);
   if (!peak) continue;
   const detail = P.repeat > 1 ? `; highest single run ${mb(peak.single[1])}, ${peak.single[0]}` : '';
-  rows.push([`Peak RSS, ${who} (highest scenario${P.repeat > 1 ? ' median' : ''})`, `${mb(peak.median[1])} (${peak.median[0]}${detail})`, `≤ ${limitMb} MB`, verdict(peak.median[1] <= limitMb * 1024 * 1024)]);
+  rows.push([
+    `Peak RSS, ${who} (highest scenario${P.repeat > 1 ? ' median' : ''})`,
+    `${mb(peak.median[1])} (${peak.median[0]}${detail})`,
+    `≤ ${limitMb} MB`,
+    verdict(peak.median[1] <= limitMb * 1024 * 1024),
+  ]);
 }
 const bl = byName('backlog');
 if (bl) {
@@ -745,14 +914,30 @@ if (bl) {
     '≤ 1,024 B',
     bytes === undefined ? 'FAILURE' : verdict(bytes <= 1024),
   ]);
-  rows.push([`Backlog drain, ${P.workers[0]} worker (events/s)`, failed(bl) ?? fmt(bl.data.drainRate!), 'no errors', bl.ok ? 'ok' : 'FAILURE']);
+  rows.push([
+    `Backlog drain, ${P.workers[0]} worker (events/s)`,
+    failed(bl) ?? fmt(bl.data.drainRate!),
+    'no errors',
+    bl.ok ? 'ok' : 'FAILURE',
+  ]);
 }
 const act = byName('activations');
-if (act) rows.push([`Activations, ${fmt(P.activations)} new lamps at once (devices/s)`, failed(act) ?? figure(act, 'devicesPerSecond'), '≥ 1,000', act.ok ? verdict(act.data.devicesPerSecond! >= 1000) : 'FAILURE']);
+if (act)
+  rows.push([
+    `Activations, ${fmt(P.activations)} new lamps at once (devices/s)`,
+    failed(act) ?? figure(act, 'devicesPerSecond'),
+    '≥ 1,000',
+    act.ok ? verdict(act.data.devicesPerSecond! >= 1000) : 'FAILURE',
+  ]);
 const allOk = outcomes.every((o) => o.ok);
 rows.push([
   'Correctness: every published event accepted by Keen exactly once',
-  allOk ? `yes, in all ${outcomes.length} runs` : `NO: ${outcomes.filter((o) => !o.ok).map((o) => o.scenario).join(', ')}`,
+  allOk
+    ? `yes, in all ${outcomes.length} runs`
+    : `NO: ${outcomes
+        .filter((o) => !o.ok)
+        .map((o) => o.scenario)
+        .join(', ')}`,
   'no loss, no duplicate',
   allOk ? 'ok' : 'FAILURE',
 ]);
@@ -763,7 +948,9 @@ const busyShare = ((machineAfter.busy - machineBefore.busy) / (machineAfter.tota
 const context = [
   `\`${command}\` at ${startedAt.toISOString()}, ${fmt((Date.now() - startedAt.getTime()) / 1000)} s; commit ${commit}; Node ${process.version}, ${cpus().length} cores.`,
   `Load average ${loadBefore.join(' ')} before, ${loadAfter.join(' ')} after; the machine was ${fmt(busyShare)}% busy over the run${busyShare > 0 && loadBefore[0]! > cpus().length ? ' (it was already loaded by other work when the run started: figures are low)' : ''}.`,
-  quick ? 'QUICK RUN: small counts; only correctness is asserted, the figures are not measurements.' : `Max load = ${fmt(P.window)} events in flight (closed loop), ${fmt(P.lamps)} lamps; latency after ${P.warmupS} s warm-up of ${P.latencyS} s per rate.`,
+  quick
+    ? 'QUICK RUN: small counts; only correctness is asserted, the figures are not measurements.'
+    : `Max load = ${fmt(P.window)} events in flight (closed loop), ${fmt(P.lamps)} lamps; latency after ${P.warmupS} s warm-up of ${P.latencyS} s per rate.`,
 ];
 
 log(`\n${table}\n`);
@@ -773,9 +960,29 @@ if (!args['no-write']) {
   const dir = path.join(ROOT, 'bench/results');
   mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `${startedAt.toISOString().slice(0, 10)}.md`);
-  const details = outcomes.flatMap((o) => [`- **${o.scenario}**${o.run ? ` (run ${o.run})` : ''}${o.ok ? '' : ` — FAILURE: ${o.failure}`}`, ...o.details.map((d) => `  - ${d.replaceAll('\n', '\n    ')}`)]);
-  const section = [`## ${startedAt.toISOString().slice(11, 16)} UTC${quick ? ' (quick)' : ''}`, '', ...context, '', table, '', '<details><summary>Details</summary>', '', ...details, '', '</details>', ''].join('\n');
-  if (!existsSync(file)) writeFileSync(file, `# Bench results, ${startedAt.toISOString().slice(0, 10)}\n\nEach section is one \`npm run bench\` run (bench/run.ts says what it measures).\n\n`);
+  const details = outcomes.flatMap((o) => [
+    `- **${o.scenario}**${o.run ? ` (run ${o.run})` : ''}${o.ok ? '' : ` — FAILURE: ${o.failure}`}`,
+    ...o.details.map((d) => `  - ${d.replaceAll('\n', '\n    ')}`),
+  ]);
+  const section = [
+    `## ${startedAt.toISOString().slice(11, 16)} UTC${quick ? ' (quick)' : ''}`,
+    '',
+    ...context,
+    '',
+    table,
+    '',
+    '<details><summary>Details</summary>',
+    '',
+    ...details,
+    '',
+    '</details>',
+    '',
+  ].join('\n');
+  if (!existsSync(file))
+    writeFileSync(
+      file,
+      `# Bench results, ${startedAt.toISOString().slice(0, 10)}\n\nEach section is one \`npm run bench\` run (bench/run.ts says what it measures).\n\n`,
+    );
   appendFileSync(file, `${section}\n`);
   log(`written to ${path.relative(ROOT, file)}`);
 }

@@ -16,7 +16,13 @@ import { DATE_TIME_PARSER } from '../src/shared/events.js';
 interface KeenTrackingClient {
   recordEvent(collection: string, event: object): Promise<unknown>;
 }
-type KeenTrackingConstructor = new (config: { projectId: string; writeKey: string; protocol: 'http' | 'https'; host: string; nodeRequestConfig?: { port: number } }) => KeenTrackingClient;
+type KeenTrackingConstructor = new (config: {
+  projectId: string;
+  writeKey: string;
+  protocol: 'http' | 'https';
+  host: string;
+  nodeRequestConfig?: { port: number };
+}) => KeenTrackingClient;
 const KeenTracking = createRequire(import.meta.url)('keen-tracking') as KeenTrackingConstructor;
 
 const env = (name: string) => {
@@ -37,7 +43,11 @@ const keen = new KeenTracking({
 const LAMP_CHANGED = /^\/?devices\/([0-9a-f]{1,12})\/lamp\/changed$/;
 let failures = 0;
 
-const client = mqtt.connect(env('MQTT_URL'), { clientId: process.env.MQTT_CLIENT_ID ?? `yardstick-direct-${process.pid}`, clean: true, protocolVersion: 4 });
+const client = mqtt.connect(env('MQTT_URL'), {
+  clientId: process.env.MQTT_CLIENT_ID ?? `yardstick-direct-${process.pid}`,
+  clean: true,
+  protocolVersion: 4,
+});
 client.on('message', (topic, payload) => {
   const match = LAMP_CHANGED.exec(topic.toLowerCase());
   if (!match) return;
@@ -50,7 +60,8 @@ client.on('message', (topic, payload) => {
   const event = { device_id: match[1], state, keen: { timestamp: new Date().toISOString(), addons: [DATE_TIME_PARSER] } };
   keen.recordEvent('devicestate', event).catch((err: unknown) => {
     failures += 1;
-    if (failures <= 5 || failures % 1000 === 0) process.stderr.write(`yardstick-direct: Keen request failed (${failures}): ${String(err)}\n`);
+    if (failures <= 5 || failures % 1000 === 0)
+      process.stderr.write(`yardstick-direct: Keen request failed (${failures}): ${String(err)}\n`);
   });
 });
 client.on('connect', () => {

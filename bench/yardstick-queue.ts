@@ -30,7 +30,9 @@ interface RawJob {
   receivedAt: string;
 }
 
-export type DrainReply = { type: 'progress'; completed: number; firstAt: number; lastAt: number } | { type: 'checked'; missing: number; duplicated: number; examples: number[] };
+export type DrainReply =
+  | { type: 'progress'; completed: number; firstAt: number; lastAt: number }
+  | { type: 'checked'; missing: number; duplicated: number; examples: number[] };
 
 const LAMP_CHANGED = /^\/?devices\/([0-9a-f]{1,12})\/lamp\/changed$/;
 const prefix = env('QUEUE_PREFIX');
@@ -42,7 +44,12 @@ if (env('ROLE') === 'intake') {
   client.on('message', (topic, payload) => {
     const match = LAMP_CHANGED.exec(topic.toLowerCase());
     if (!match) return;
-    const job: RawJob = { kind: 'lamp-state', deviceId: match[1]!, state: JSON.parse(payload.toString('utf8')) as RawJob['state'], receivedAt: new Date().toISOString() };
+    const job: RawJob = {
+      kind: 'lamp-state',
+      deviceId: match[1]!,
+      state: JSON.parse(payload.toString('utf8')) as RawJob['state'],
+      receivedAt: new Date().toISOString(),
+    };
     queue.add('lamp-state', job).catch((err: unknown) => process.stderr.write(`yardstick-queue: add failed: ${String(err)}\n`));
   });
   client.on('connect', () => {
@@ -52,7 +59,15 @@ if (env('ROLE') === 'intake') {
     });
   });
   process.on('SIGTERM', () => {
-    client.end(false, {}, () => void queue.close().then(() => redis.quit()).finally(() => process.exit(0)));
+    client.end(
+      false,
+      {},
+      () =>
+        void queue
+          .close()
+          .then(() => redis.quit())
+          .finally(() => process.exit(0)),
+    );
   });
 } else {
   const seqs = new SeqLog();
@@ -93,7 +108,10 @@ if (env('ROLE') === 'intake') {
     send({ type: 'checked', missing, duplicated, examples });
   });
   process.on('SIGTERM', () => {
-    void worker.close().then(() => redis.quit()).finally(() => process.exit(0));
+    void worker
+      .close()
+      .then(() => redis.quit())
+      .finally(() => process.exit(0));
   });
   process.on('disconnect', () => process.exit(0));
 }

@@ -57,7 +57,13 @@ export class Fleet {
   async connect(): Promise<void> {
     // A persistent session, as a bridge has: what was unacknowledged is sent again on reconnect.
     // A Mosquitto bridge reconnects after `restart_timeout`, at least 5 s by default.
-    this.client = await mqtt.connectAsync(this.url, { clientId: this.clientId, clean: false, protocolVersion: 4, reconnectPeriod: 5000, connectTimeout: 10_000 });
+    this.client = await mqtt.connectAsync(this.url, {
+      clientId: this.clientId,
+      clean: false,
+      protocolVersion: 4,
+      reconnectPeriod: 5000,
+      connectTimeout: 10_000,
+    });
     this.client.on('close', () => {
       if (this.pending.size > 0) this.disconnects += 1;
       for (const key of this.pending) this.resentRisk.add(key);
@@ -115,7 +121,13 @@ export class Fleet {
    * Publishes lamp states at `rate` per second, round robin over the lamps `eligible()` returns
    * (lamps whose bridge is down stay quiet), until `count` have been published.
    */
-  async runStates(options: { rate: number; count: number; eligible: () => number[]; onTick?: (published: number) => void; poisonAt?: number[] }): Promise<void> {
+  async runStates(options: {
+    rate: number;
+    count: number;
+    eligible: () => number[];
+    onTick?: (published: number) => void;
+    poisonAt?: number[];
+  }): Promise<void> {
     const { rate, count } = options;
     const poisonAt = new Set(options.poisonAt ?? []);
     const started = Date.now();
@@ -142,7 +154,8 @@ export class Fleet {
   async drain(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (this.pending.size > 0) {
-      if (Date.now() > deadline) throw new Error(`${this.pending.size} fleet messages still unacknowledged by the broker after ${timeoutMs} ms`);
+      if (Date.now() > deadline)
+        throw new Error(`${this.pending.size} fleet messages still unacknowledged by the broker after ${timeoutMs} ms`);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   }

@@ -85,7 +85,9 @@ export async function waitForLogLine(proc: Proc, msg: string, timeoutMs = 60_000
 export function countLogLines(logFile: string, msg: string): number {
   try {
     const needle = `"msg":"${msg}"`;
-    return readFileSync(logFile, 'utf8').split('\n').filter((line) => line.includes(needle)).length;
+    return readFileSync(logFile, 'utf8')
+      .split('\n')
+      .filter((line) => line.includes(needle)).length;
   } catch {
     return 0;
   }
@@ -101,7 +103,14 @@ export interface Restartable {
   stop(signal: NodeJS.Signals): Promise<void>;
 }
 
-function restartable(name: string, port: number, dir: string, url: string, logFile: string, command: () => [string, string[]]): Restartable {
+function restartable(
+  name: string,
+  port: number,
+  dir: string,
+  url: string,
+  logFile: string,
+  command: () => [string, string[]],
+): Restartable {
   let current: Proc | undefined;
   return {
     port,
@@ -128,7 +137,22 @@ function restartable(name: string, port: number, dir: string, url: string, logFi
 export function redisServer(port: number, dir: string, logFile: string, appendfsync: 'always' | 'everysec'): Restartable {
   return restartable('redis', port, dir, `redis://127.0.0.1:${port}`, logFile, () => [
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', appendfsync, '--dir', dir, '--maxmemory-policy', 'noeviction'],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'yes',
+      '--appendfsync',
+      appendfsync,
+      '--dir',
+      dir,
+      '--maxmemory-policy',
+      'noeviction',
+    ],
   ]);
 }
 
@@ -148,4 +172,3 @@ export function rssOf(pid: number): number | undefined {
     return undefined;
   }
 }
-

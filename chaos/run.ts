@@ -10,7 +10,9 @@ import { PROFILES, runChaos } from './scenario.js';
 const args = process.argv.slice(2);
 const unknown = args.filter((a, i) => !['--quick', '--keep', '--redis-fsync'].includes(a) && args[i - 1] !== '--redis-fsync');
 if (unknown.length > 0) {
-  process.stderr.write(`chaos: unknown option ${unknown.join(' ')}\nusage: npm run chaos [-- --quick] [--keep] [--redis-fsync always|everysec]\n`);
+  process.stderr.write(
+    `chaos: unknown option ${unknown.join(' ')}\nusage: npm run chaos [-- --quick] [--keep] [--redis-fsync always|everysec]\n`,
+  );
   process.exit(2);
 }
 const fsyncArg = args.includes('--redis-fsync') ? args[args.indexOf('--redis-fsync') + 1] : 'everysec';
@@ -20,7 +22,12 @@ if (fsyncArg !== 'always' && fsyncArg !== 'everysec') {
 }
 const profile = PROFILES[args.includes('--quick') ? 'quick' : 'full'];
 
-const result = await runChaos({ profile, redisFsync: fsyncArg, keep: args.includes('--keep'), log: (line) => process.stdout.write(`${line}\n`) });
+const result = await runChaos({
+  profile,
+  redisFsync: fsyncArg,
+  keep: args.includes('--keep'),
+  log: (line) => process.stdout.write(`${line}\n`),
+});
 
 const out: string[] = ['', `==== chaos run (${profile.name}) figures ====`];
 for (const [name, value] of Object.entries(result.figures)) out.push(`  ${name}: ${value}`);

@@ -56,7 +56,16 @@ export const PROFILES: Record<'full' | 'quick', Profile> = {
     rate: 2000,
     flaps: 20,
     poison: 5,
-    at: { killWorker: 4, killSubscriber: [8, 60], keen: 14, restartRedis: 22, stopPostgres: 32, restartBroker: 78, firstFlap: 16, flapEvery: 3 },
+    at: {
+      killWorker: 4,
+      killSubscriber: [8, 60],
+      keen: 14,
+      restartRedis: 22,
+      stopPostgres: 32,
+      restartBroker: 78,
+      firstFlap: 16,
+      flapEvery: 3,
+    },
     len: { keen503: 30, keen429: 8, retryAfter: 4, keenHang: 15, keenReset: 5, postgres: 20, flapDown: 5 },
     drainTimeoutS: 1200,
   },
@@ -68,7 +77,16 @@ export const PROFILES: Record<'full' | 'quick', Profile> = {
     rate: 800,
     flaps: 5,
     poison: 3,
-    at: { killWorker: 2, killSubscriber: [15, 26], keen: 3, restartRedis: 8, stopPostgres: 11, restartBroker: 21, firstFlap: 6, flapEvery: 3 },
+    at: {
+      killWorker: 2,
+      killSubscriber: [15, 26],
+      keen: 3,
+      restartRedis: 8,
+      stopPostgres: 11,
+      restartBroker: 21,
+      firstFlap: 6,
+      flapEvery: 3,
+    },
     len: { keen503: 8, keen429: 3, retryAfter: 2, keenHang: 4, keenReset: 2, postgres: 8, flapDown: 3 },
     drainTimeoutS: 480,
   },
@@ -157,7 +175,9 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
     /** Every Keen fault change goes through here, so the permanent refusal is never off. */
     const keenFault = (apply?: (k: FakeKeen) => void) => {
       fakeKeen.clearFaults();
-      fakeKeen.rejectEvents((_collection, event) => (isPoison(event) ? { name: 'InvalidPropertyValueError', description: 'poison: refused for good by the chaos run' } : undefined));
+      fakeKeen.rejectEvents((_collection, event) =>
+        isPoison(event) ? { name: 'InvalidPropertyValueError', description: 'poison: refused for good by the chaos run' } : undefined,
+      );
       apply?.(fakeKeen);
     };
     keenFault();
@@ -169,17 +189,28 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
     const common = { REDIS_URL: redis.url, QUEUE_PREFIX: PREFIX, MQTT_URL: broker.url, MQTT_CLIENT_ID: PREFIX, METRICS_HOST: '127.0.0.1' };
     const ports = { subscriber: await freePort(), workers: [await freePort(), await freePort()] };
     const roles = {
-      subscriber: () => spawnService('subscriber', 'subscriber', { ...common, METRICS_PORT: String(ports.subscriber), MQTT_SHARE_GROUP: PREFIX, SUBSCRIBER_CONNECTIONS: '4' }, path.join(logs, 'subscriber.log')),
+      subscriber: () =>
+        spawnService(
+          'subscriber',
+          'subscriber',
+          { ...common, METRICS_PORT: String(ports.subscriber), MQTT_SHARE_GROUP: PREFIX, SUBSCRIBER_CONNECTIONS: '4' },
+          path.join(logs, 'subscriber.log'),
+        ),
       worker: (i: number) =>
-        spawnService(`worker-${i + 1}`, 'worker', {
-          ...common,
-          METRICS_PORT: String(ports.workers[i]),
-          DATABASE_URL: pgUrl,
-          KEEN_API_URL: proxies[i]!.url,
-          KEEN_PROJECT_ID: PROJECT,
-          KEEN_WRITE_KEY: WRITE_KEY,
-          KEEN_TIMEOUT_MS: '5000',
-        }, path.join(logs, `worker-${i + 1}.log`)),
+        spawnService(
+          `worker-${i + 1}`,
+          'worker',
+          {
+            ...common,
+            METRICS_PORT: String(ports.workers[i]),
+            DATABASE_URL: pgUrl,
+            KEEN_API_URL: proxies[i]!.url,
+            KEEN_PROJECT_ID: PROJECT,
+            KEEN_WRITE_KEY: WRITE_KEY,
+            KEEN_TIMEOUT_MS: '5000',
+          },
+          path.join(logs, `worker-${i + 1}.log`),
+        ),
     };
     const current: { subscriber?: Proc; workers: Array<Proc | undefined> } = { workers: [] };
     let stopping = false;
@@ -285,7 +316,9 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       const held = await Promise.race([proxies[0]!.holdNextAnswer(), sleep(60_000).then(() => undefined)]);
       await current.workers[0]!.kill('SIGKILL');
       if (!held) problems.push('fault not exercised: worker-1 sent no Keen batch within 60 s, so it was not killed during one');
-      const detail = held ? `Keen had answered ${held.status} to its batch of ${held.eventsInBatch} events; answer withheld` : 'no batch seen within 60 s; killed anyway';
+      const detail = held
+        ? `Keen had answered ${held.status} to its batch of ${held.eventsInBatch} events; answer withheld`
+        : 'no batch seen within 60 s; killed anyway';
       await sleep(2000);
       startWorker(0);
       await ready(() => current.workers[0]);
@@ -302,7 +335,8 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
     );
     step(at.keen, 'Keen faults', async () => {
       const met = (outcome: string) =>
-        fakeKeen.requests.filter((r) => (outcome === 'hang' || outcome === 'reset' ? r.fault === outcome : String(r.status) === outcome)).length;
+        fakeKeen.requests.filter((r) => (outcome === 'hang' || outcome === 'reset' ? r.fault === outcome : String(r.status) === outcome))
+          .length;
       /**
        * A phase lasts its length, and on a slow or stalled pipeline longer: until at least one
        * request has met the fault (at most 120 s more), so that every fault is exercised.
@@ -316,7 +350,13 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       keenFault((k) => k.respondWith({ status: 503, body: { message: 'Service unavailable', error_code: 'ServiceUnavailableError' } }));
       note(`Keen answers 503 for ${len.keen503} s`);
       await phase('503', len.keen503);
-      keenFault((k) => k.respondWith({ status: 429, body: { message: 'Rate limit exceeded', error_code: 'TooManyRequestsError' }, headers: { 'Retry-After': String(len.retryAfter) } }));
+      keenFault((k) =>
+        k.respondWith({
+          status: 429,
+          body: { message: 'Rate limit exceeded', error_code: 'TooManyRequestsError' },
+          headers: { 'Retry-After': String(len.retryAfter) },
+        }),
+      );
       note(`Keen answers 429 Retry-After: ${len.retryAfter} for ${len.keen429} s`);
       await phase('429', len.keen429);
       keenFault((k) => k.hang());
@@ -363,7 +403,9 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       });
     }
 
-    note(`fleet: ${profile.events} lamp states at ${profile.rate}/s over ${profile.lamps} lamps (+${profile.newLamps} new), ${profile.poison} poison events`);
+    note(
+      `fleet: ${profile.events} lamp states at ${profile.rate}/s over ${profile.lamps} lamps (+${profile.newLamps} new), ${profile.poison} poison events`,
+    );
     statesStartedAt = Date.now();
     timeline.length = 0;
     let lastProgress = Date.now();
@@ -376,7 +418,9 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
         if (Date.now() - lastProgress >= 10_000) {
           lastProgress = Date.now();
           void scrapeCounter(ports.subscriber, 'lampi_messages_enqueued_total').then((enqueued) =>
-            log(`[chaos ${stamp()}] published ${n}, acked by broker ${fleet.acked}, enqueued by this subscriber ${enqueued ?? '-'}, at Keen ${fakeKeen.eventsIn('devicestate').length}`),
+            log(
+              `[chaos ${stamp()}] published ${n}, acked by broker ${fleet.acked}, enqueued by this subscriber ${enqueued ?? '-'}, at Keen ${fakeKeen.eventsIn('devicestate').length}`,
+            ),
           );
         }
       },
@@ -411,17 +455,23 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       const present = new Set(keen.eventsIn('devicestate').map(eventKey));
       const missing = expectedStates.filter((key) => !present.has(key)).length;
       const activations = keen.eventsIn('activations').length;
-      const dlq = await queues.deadLetter.getJobCountByTypes('waiting', 'active', 'delayed', 'failed', 'completed', 'paused', 'prioritized').catch(() => -1);
+      const dlq = await queues.deadLetter
+        .getJobCountByTypes('waiting', 'active', 'delayed', 'failed', 'completed', 'paused', 'prioritized')
+        .catch(() => -1);
       const busy = await queues.busy().catch(() => -1);
       const done = missing === 0 && activations >= lampIds.length && dlq >= fleet.poisoned.size && busy === 0;
       stable = done ? stable + 1 : 0;
       if (stable >= 3) break;
       if (Date.now() - lastReport >= 10_000) {
         lastReport = Date.now();
-        log(`[chaos ${stamp()}] draining: ${missing} lamp states not yet at Keen, ${activations}/${lampIds.length} activations, ${dlq} dead letters, ${busy} jobs queued/active/delayed`);
+        log(
+          `[chaos ${stamp()}] draining: ${missing} lamp states not yet at Keen, ${activations}/${lampIds.length} activations, ${dlq} dead letters, ${busy} jobs queued/active/delayed`,
+        );
       }
       if (Date.now() > deadline) {
-        problems.push(`the pipeline did not drain within ${profile.drainTimeoutS} s (${missing} lamp states missing, ${busy} jobs still queued)`);
+        problems.push(
+          `the pipeline did not drain within ${profile.drainTimeoutS} s (${missing} lamp states missing, ${busy} jobs still queued)`,
+        );
         break;
       }
       if (busy !== 0 || missing !== idle.missing) idle = { since: Date.now(), missing };
@@ -455,8 +505,15 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
         `${missing.length} published lamp states never reached Keen (lost), e.g. ${missing.slice(0, 10).join(', ')}; published at ${[...bySecond].map(([k, n]) => `${k}: ${n}`).join(', ')} (all in ${path.join(dir, 'missing.txt')})`,
       );
     }
-    if (dupsInPipeline.length) problems.push(`${dupsInPipeline.length} lamp states reached Keen more than once under different uniqueness tokens, e.g. ${dupsInPipeline.slice(0, 10).map(([k, n]) => `${k} x${n}`).join(', ')}`);
-    if (strangers.length) problems.push(`${strangers.length} events at Keen that nobody published, e.g. ${strangers.slice(0, 5).join(', ')}`);
+    if (dupsInPipeline.length)
+      problems.push(
+        `${dupsInPipeline.length} lamp states reached Keen more than once under different uniqueness tokens, e.g. ${dupsInPipeline
+          .slice(0, 10)
+          .map(([k, n]) => `${k} x${n}`)
+          .join(', ')}`,
+      );
+    if (strangers.length)
+      problems.push(`${strangers.length} events at Keen that nobody published, e.g. ${strangers.slice(0, 5).join(', ')}`);
     if (poisonAccepted.length) problems.push(`poison events accepted by Keen: ${poisonAccepted.join(', ')}`);
 
     // Dead letters: exactly the poison events, each with its error.
@@ -466,8 +523,10 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       const key = eventKey(job.data.event as unknown as StoredEvent);
       if (deadKeys.has(key)) problems.push(`dead letter ${key} is there twice`);
       deadKeys.set(key, job.data);
-      if (!fleet.poisoned.has(key)) problems.push(`dead letter ${key} (${job.data.collection}) is not a poison event: ${job.data.lastError?.message}`);
-      else if (!job.data.lastError?.message || job.data.lastError.code !== 'InvalidPropertyValueError') problems.push(`dead letter ${key} lacks Keen's error: ${JSON.stringify(job.data.lastError)}`);
+      if (!fleet.poisoned.has(key))
+        problems.push(`dead letter ${key} (${job.data.collection}) is not a poison event: ${job.data.lastError?.message}`);
+      else if (!job.data.lastError?.message || job.data.lastError.code !== 'InvalidPropertyValueError')
+        problems.push(`dead letter ${key} lacks Keen's error: ${JSON.stringify(job.data.lastError)}`);
     }
     for (const key of fleet.poisoned) if (!deadKeys.has(key)) problems.push(`poison event ${key} is not in the dead-letter queue`);
 
@@ -478,18 +537,21 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
     const retained = await readRetainedAssociations(broker.url, lampIds.length);
     const activationCounts = countBy(keen.eventsIn('activations'), (e) => String(e.device_id));
     for (const [id] of rowsById) if (!lampIds.includes(id)) problems.push(`a device row for ${id}, which is not one of the fleet's lamps`);
-    for (const [id] of activationCounts) if (!lampIds.includes(id)) problems.push(`an activations event for ${id}, which is not one of the fleet's lamps`);
+    for (const [id] of activationCounts)
+      if (!lampIds.includes(id)) problems.push(`an activations event for ${id}, which is not one of the fleet's lamps`);
     let associationPublishes = 0;
     for (const id of lampIds) {
       const codes = rowsById.get(id) ?? [];
       if (codes.length !== 1) problems.push(`lamp ${id} has ${codes.length} device rows`);
       const retainedCode = retained.get(id);
       if (retainedCode === undefined) problems.push(`lamp ${id} has no retained association message`);
-      else if (codes[0] !== undefined && retainedCode !== codes[0]) problems.push(`lamp ${id}: retained association code ${retainedCode} differs from its device row's ${codes[0]}`);
+      else if (codes[0] !== undefined && retainedCode !== codes[0])
+        problems.push(`lamp ${id}: retained association code ${retainedCode} differs from its device row's ${codes[0]}`);
       const live = associations.get(id);
       associationPublishes += live?.publishes ?? 0;
       if (live && live.codes.size > 1) problems.push(`lamp ${id} was sent ${live.codes.size} different association codes`);
-      if ((activationCounts.get(id) ?? 0) !== 1) problems.push(`lamp ${id} has ${activationCounts.get(id) ?? 0} activations events at Keen`);
+      if ((activationCounts.get(id) ?? 0) !== 1)
+        problems.push(`lamp ${id} has ${activationCounts.get(id) ?? 0} activations events at Keen`);
     }
 
     // Bridge states: one devicemonitoring event per change, per lamp.
@@ -507,24 +569,39 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       const own = monitoring.filter((event) => event.device_id === lamp.id);
       for (const event of own) got[event.state === 'connected' ? 'connected' : 'disconnected'] += 1;
       if (got.connected !== expected.connected || got.disconnected !== expected.disconnected) {
-        const seen = own.map((event) => `${String(event.state)} at ${String(event.keen.timestamp)} (${String(event.keen.uniqueness_token)})`).join(', ');
-        problems.push(`lamp ${lamp.id}: devicemonitoring ${JSON.stringify(got)} at Keen, expected ${JSON.stringify(expected)} (bridge states published: ${lamp.bridgeStates.map(Number).join('')}); at Keen: ${seen}`);
+        const seen = own
+          .map((event) => `${String(event.state)} at ${String(event.keen.timestamp)} (${String(event.keen.uniqueness_token)})`)
+          .join(', ');
+        problems.push(
+          `lamp ${lamp.id}: devicemonitoring ${JSON.stringify(got)} at Keen, expected ${JSON.stringify(expected)} (bridge states published: ${lamp.bridgeStates.map(Number).join('')}); at Keen: ${seen}`,
+        );
       }
     }
 
     // Nothing valid was refused.
     const rejectedJobs = await queues.rejected.getJobs(['failed', 'waiting', 'active', 'completed', 'delayed']);
     if (rejectedJobs.length > 0) {
-      const reasons = countBy(rejectedJobs.map((j) => j.data), (d) => d.reason);
-      problems.push(`${rejectedJobs.length} valid messages were rejected: ${JSON.stringify(Object.fromEntries(reasons))}, e.g. ${rejectedJobs.slice(0, 3).map((j) => `${j.data.deviceId}: ${j.data.detail}`).join('; ')}`);
+      const reasons = countBy(
+        rejectedJobs.map((j) => j.data),
+        (d) => d.reason,
+      );
+      problems.push(
+        `${rejectedJobs.length} valid messages were rejected: ${JSON.stringify(Object.fromEntries(reasons))}, e.g. ${rejectedJobs
+          .slice(0, 3)
+          .map((j) => `${j.data.deviceId}: ${j.data.detail}`)
+          .join('; ')}`,
+      );
     }
     for (const crash of crashes) problems.push(`crash: ${crash}`);
 
     // ---- figures -------------------------------------------------------------------------
-    const requestsByOutcome = countBy(keen.requests, (r) => (r.fault === 'hang' ? 'hang' : r.fault === 'reset' ? 'reset' : String(r.status ?? 'no answer')));
+    const requestsByOutcome = countBy(keen.requests, (r) =>
+      r.fault === 'hang' ? 'hang' : r.fault === 'reset' ? 'reset' : String(r.status ?? 'no answer'),
+    );
     // A Keen fault that no request met tested nothing.
     for (const outcome of ['503', '429', 'hang', 'reset']) {
-      if (!requestsByOutcome.get(outcome)) problems.push(`fault not exercised: no Keen request was answered with ${outcome} (no traffic reached Keen during that phase)`);
+      if (!requestsByOutcome.get(outcome))
+        problems.push(`fault not exercised: no Keen request was answered with ${outcome} (no traffic reached Keen during that phase)`);
     }
     Object.assign(figures, {
       profile: profile.name,
@@ -547,7 +624,10 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       'association messages published (live)': associationPublishes,
       'retained association messages': retained.size,
       'rejected messages': rejectedJobs.length,
-      'MQTT redeliveries deduplicated by the subscriber': countLogLines(path.join(logs, 'subscriber.log'), 'broker redelivered a message we had already queued'),
+      'MQTT redeliveries deduplicated by the subscriber': countLogLines(
+        path.join(logs, 'subscriber.log'),
+        'broker redelivered a message we had already queued',
+      ),
       'Keen requests by answer': [...requestsByOutcome].map(([k, v]) => `${k}: ${v}`).join(', '),
       'process crashes (unplanned exits after start-up)': crashes.length,
       'start-ups refused while a dependency was down (restarted)': startRefusals.length,
@@ -589,7 +669,11 @@ async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs:
 function openChaosQueues(url: string) {
   const connection = { url };
   const open = <T>(name: string) => new Queue<T>(name, { connection, prefix: PREFIX });
-  const work = [open(QUEUE_NAMES.ingest), ...Array.from({ length: BRIDGE_PARTITIONS }, (_, p) => open(QUEUE_NAMES.bridgeState(p))), open(QUEUE_NAMES.keen)];
+  const work = [
+    open(QUEUE_NAMES.ingest),
+    ...Array.from({ length: BRIDGE_PARTITIONS }, (_, p) => open(QUEUE_NAMES.bridgeState(p))),
+    open(QUEUE_NAMES.keen),
+  ];
   const deadLetter = open<DeadLetterJob>(QUEUE_NAMES.deadLetter);
   const rejected = open<RejectedMessageJob>(QUEUE_NAMES.rejected);
   return {
@@ -598,7 +682,8 @@ function openChaosQueues(url: string) {
     /** Jobs still to be done in the ingest, bridge-state and keen-delivery queues. */
     async busy(): Promise<number> {
       let n = 0;
-      for (const queue of work) n += await queue.getJobCountByTypes('waiting', 'active', 'delayed', 'paused', 'prioritized', 'waiting-children');
+      for (const queue of work)
+        n += await queue.getJobCountByTypes('waiting', 'active', 'delayed', 'paused', 'prioritized', 'waiting-children');
       return n;
     },
     async close() {

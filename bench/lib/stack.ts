@@ -54,7 +54,9 @@ export async function stop(proc: ManagedProcess, graceMs = 20_000): Promise<numb
  * processes as users run them (compiled, with the same V8 flags).
  */
 export function composeCommand(name: 'subscriber' | 'worker'): string[] {
-  const compose = parseYaml(readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8')) as { services: Record<string, { command: string[] }> };
+  const compose = parseYaml(readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8')) as {
+    services: Record<string, { command: string[] }>;
+  };
   const [node, ...args] = compose.services[name]!.command;
   if (node !== 'node') throw new Error(`docker-compose.yml: ${name} does not run node`);
   return args;
@@ -101,7 +103,8 @@ export function startBenchProcess(script: string, env: Record<string, string>, n
 export async function waitForLine(proc: ManagedProcess, line: string, timeoutMs = 60_000): Promise<void> {
   const what = `"${line}" from ${proc.child.spawnargs.at(-1)}`;
   await waitFor(what, () => proc.output().includes(line) || proc.child.exitCode !== null || proc.child.signalCode !== null, timeoutMs, 50);
-  if (!proc.output().includes(line)) throw new BenchFailure(`${proc.child.spawnargs.at(-1)} exited before ${what}:\n${proc.output().slice(-2000)}`);
+  if (!proc.output().includes(line))
+    throw new BenchFailure(`${proc.child.spawnargs.at(-1)} exited before ${what}:\n${proc.output().slice(-2000)}`);
 }
 
 /** The fleet process and a typed way to talk to it. */
@@ -119,7 +122,8 @@ export class Fleet {
       else waiter.resolve(reply);
     });
     void proc.exited.then((code) => {
-      for (const waiter of this.#waiters.splice(0)) waiter.reject(new BenchFailure(`fleet exited (${code}):\n${proc.output().slice(-2000)}`));
+      for (const waiter of this.#waiters.splice(0))
+        waiter.reject(new BenchFailure(`fleet exited (${code}):\n${proc.output().slice(-2000)}`));
     });
   }
 
@@ -180,7 +184,12 @@ export class Fleet {
  * Waits until `current()` reaches `target`. Gives up (returns false) when it has not moved for
  * `stallMs`, or when one of `watched` exits.
  */
-export async function waitProgress(current: () => number | Promise<number>, target: number, stallMs: number, watched: ManagedProcess[] = []): Promise<boolean> {
+export async function waitProgress(
+  current: () => number | Promise<number>,
+  target: number,
+  stallMs: number,
+  watched: ManagedProcess[] = [],
+): Promise<boolean> {
   let last = -1;
   let lastChange = Date.now();
   for (;;) {
@@ -191,7 +200,10 @@ export async function waitProgress(current: () => number | Promise<number>, targ
       lastChange = Date.now();
     }
     const dead = watched.find((proc) => proc.child.exitCode !== null || proc.child.signalCode !== null);
-    if (dead) throw new BenchFailure(`${dead.child.spawnargs.at(-1)} exited (${dead.child.exitCode ?? dead.child.signalCode}) while the bench waited:\n${dead.output().slice(-3000)}`);
+    if (dead)
+      throw new BenchFailure(
+        `${dead.child.spawnargs.at(-1)} exited (${dead.child.exitCode ?? dead.child.signalCode}) while the bench waited:\n${dead.output().slice(-3000)}`,
+      );
     if (Date.now() - lastChange > stallMs) return false;
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
@@ -327,7 +339,10 @@ export class Stack {
         .slice(-lines)
         .map((line) => (line.length > 300 ? `${line.slice(0, 300)}…` : line))
         .join('\n');
-    return [...(this.subscriber ? [['subscriber', this.subscriber] as const] : []), ...this.workers.map((w, i) => [`worker ${i + 1}`, w] as const)]
+    return [
+      ...(this.subscriber ? [['subscriber', this.subscriber] as const] : []),
+      ...this.workers.map((w, i) => [`worker ${i + 1}`, w] as const),
+    ]
       .map(([name, proc]) => `--- ${name} (last ${lines} lines):\n${tail(proc)}`)
       .join('\n');
   }
@@ -342,16 +357,26 @@ export class Stack {
     const activations = this.recorder.accepted('activations');
     const monitoring = this.recorder.accepted('devicemonitoring');
     const report = await this.fleet.connect(from, count);
-    const done = await waitProgress(() => Math.min(this.recorder.accepted('activations') - activations, this.recorder.accepted('devicemonitoring') - monitoring), count, stallMs, this.running);
+    const done = await waitProgress(
+      () => Math.min(this.recorder.accepted('activations') - activations, this.recorder.accepted('devicemonitoring') - monitoring),
+      count,
+      stallMs,
+      this.running,
+    );
     if (!done) {
       throw new BenchFailure(
         `lamp connects stalled: ${this.recorder.accepted('activations') - activations} activations and ${this.recorder.accepted('devicemonitoring') - monitoring} devicemonitoring events of ${count} reached Keen\n${this.logs()}`,
       );
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
-    const extra = [this.recorder.accepted('activations') - activations - count, this.recorder.accepted('devicemonitoring') - monitoring - count];
+    const extra = [
+      this.recorder.accepted('activations') - activations - count,
+      this.recorder.accepted('devicemonitoring') - monitoring - count,
+    ];
     if (extra.some((n) => n !== 0)) {
-      throw new BenchFailure(`lamp connects: ${count} lamps connected, but ${count + extra[0]!} activations and ${count + extra[1]!} devicemonitoring events reached Keen`);
+      throw new BenchFailure(
+        `lamp connects: ${count} lamps connected, but ${count + extra[0]!} activations and ${count + extra[1]!} devicemonitoring events reached Keen`,
+      );
     }
     return report;
   }
@@ -393,7 +418,13 @@ export class Stack {
 
   /** Every queue the pipeline uses, under this stack's prefix. */
   queueNames(): string[] {
-    return [QUEUE_NAMES.ingest, ...Array.from({ length: BRIDGE_PARTITIONS }, (_, p) => QUEUE_NAMES.bridgeState(p)), QUEUE_NAMES.keen, QUEUE_NAMES.deadLetter, QUEUE_NAMES.rejected];
+    return [
+      QUEUE_NAMES.ingest,
+      ...Array.from({ length: BRIDGE_PARTITIONS }, (_, p) => QUEUE_NAMES.bridgeState(p)),
+      QUEUE_NAMES.keen,
+      QUEUE_NAMES.deadLetter,
+      QUEUE_NAMES.rejected,
+    ];
   }
 
   async jobCounts(name: string): Promise<Record<string, number>> {
@@ -417,7 +448,12 @@ export class Stack {
     try {
       const [ingestJobs, keenJobs] = await Promise.all([ingest.getJobs(['completed'], 0, 999), keen.getJobs(['completed'], 0, 999)]);
       const onward = new Map(keenJobs.map((job) => [String(job.id).replace(/-keen$/, ''), job]));
-      const stages: Record<string, number[]> = { 'ingest queue wait': [], 'registry stage, with Keen when it took them': [], 'keen-delivery queue wait': [], 'keen-delivery stage': [] };
+      const stages: Record<string, number[]> = {
+        'ingest queue wait': [],
+        'registry stage, with Keen when it took them': [],
+        'keen-delivery queue wait': [],
+        'keen-delivery stage': [],
+      };
       for (const source of ingestJobs) {
         if (!source.processedOn || !source.finishedOn) continue;
         stages['ingest queue wait']!.push(source.processedOn - source.timestamp);
@@ -427,7 +463,8 @@ export class Stack {
         stages['keen-delivery queue wait']!.push(job.processedOn - job.timestamp);
         stages['keen-delivery stage']!.push(job.finishedOn - job.processedOn);
       }
-      const pick = (values: number[], p: number) => values.sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil((p / 100) * values.length) - 1)]!;
+      const pick = (values: number[], p: number) =>
+        values.sort((a, b) => a - b)[Math.min(values.length - 1, Math.ceil((p / 100) * values.length) - 1)]!;
       const measured = Object.entries(stages).filter(([, values]) => values.length > 0);
       if (measured.length === 0) return undefined;
       return Object.fromEntries(measured.map(([name, values]) => [name, [pick(values, 50), pick(values, 99)] as [number, number]]));
@@ -453,6 +490,7 @@ export class Stack {
 
   async close(): Promise<void> {
     this.watch.stop();
-    for (const step of this.#teardown.splice(0).reverse()) await step().catch((err: unknown) => process.stderr.write(`bench: cleanup of ${this.prefix}: ${String(err)}\n`));
+    for (const step of this.#teardown.splice(0).reverse())
+      await step().catch((err: unknown) => process.stderr.write(`bench: cleanup of ${this.prefix}: ${String(err)}\n`));
   }
 }

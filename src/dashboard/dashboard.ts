@@ -26,15 +26,7 @@ import { ConfigError, DEFAULT_KEEN_ATTEMPTS, type Config } from '../shared/confi
 import { DependencyWatch } from '../shared/dependency-watch.js';
 import type { RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
-import {
-  allQueues,
-  connectRedis,
-  JOB_OPTIONS,
-  openQueues,
-  QUEUE_NAMES,
-  retryWindowMs,
-  withTimeout,
-} from '../shared/queues.js';
+import { allQueues, connectRedis, JOB_OPTIONS, openQueues, QUEUE_NAMES, retryWindowMs, withTimeout } from '../shared/queues.js';
 import { createBasicAuthCheck, isLoopback, REALM } from './auth.js';
 
 export type DashboardConfig = Config<'common' | 'dashboard'>;
@@ -68,8 +60,10 @@ const keenRetries =
 const DESCRIPTIONS: Record<string, string> = {
   [QUEUE_NAMES.ingest]: `Lamp states, in groups, on their way past the device registry to Keen. ${ingestRetries}`,
   [QUEUE_NAMES.keen]: `Keen events in groups (one job per ingest job; a redriven dead letter alone, under its keen.uniqueness_token). ${keenRetries} Failed jobs here are a trail: their events are in keen-dead-letter.`,
-  [QUEUE_NAMES.deadLetter]: 'Keen events that failed for good, parked in Failed with the last Keen error. Retry (or Retry all) puts an event back into keen-delivery with the same uniqueness token, so Keen never counts it twice.',
-  [QUEUE_NAMES.rejected]: 'Messages the pipeline refused, in Failed: the failure reason says why, the data shows the message (payload: its first 512 bytes). Retrying cannot help, so there is no Retry.',
+  [QUEUE_NAMES.deadLetter]:
+    'Keen events that failed for good, parked in Failed with the last Keen error. Retry (or Retry all) puts an event back into keen-delivery with the same uniqueness token, so Keen never counts it twice.',
+  [QUEUE_NAMES.rejected]:
+    'Messages the pipeline refused, in Failed: the failure reason says why, the data shows the message (payload: its first 512 bytes). Retrying cannot help, so there is no Retry.',
 };
 const BRIDGE_DESCRIPTION = `Lamp bridge connects and disconnects (activation, monitoring) of one partition of the lamps, many per job, handled one job at a time; each lamp in arrival order. ${ingestRetries}`;
 
@@ -131,13 +125,17 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
 
     app = Fastify({ logger: false });
     let redisHangs = false;
-    const check = config.DASHBOARD_USERNAME && config.DASHBOARD_PASSWORD ? createBasicAuthCheck({ username: config.DASHBOARD_USERNAME, password: config.DASHBOARD_PASSWORD }) : undefined;
+    const check =
+      config.DASHBOARD_USERNAME && config.DASHBOARD_PASSWORD
+        ? createBasicAuthCheck({ username: config.DASHBOARD_USERNAME, password: config.DASHBOARD_PASSWORD })
+        : undefined;
 
     app.addHook('onRequest', async (request, reply) => {
       const path = request.url.split('?')[0]!;
       if (OPEN_PATHS.has(path)) return;
       if (check && !check(request.headers.authorization)) {
-        if (request.headers.authorization !== undefined) logger.warn({ ip: request.ip, method: request.method, path }, 'dashboard: wrong credentials');
+        if (request.headers.authorization !== undefined)
+          logger.warn({ ip: request.ip, method: request.method, path }, 'dashboard: wrong credentials');
         return reply.code(401).header('WWW-Authenticate', REALM).type('text/plain').send('authentication required\n');
       }
       if (readOnlyMode && MUTATING.has(request.method)) {
@@ -147,8 +145,16 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
       if (path.startsWith('/static/')) return;
       const api = path.startsWith('/api/');
       if (watch.isDown('redis')) {
-        if (api) return reply.code(503).type('application/json').send({ error: 'redis_unreachable', message: watch.describeDown('redis') });
-        return reply.code(503).type('text/html; charset=utf-8').header('retry-after', '5').send(outagePage(watch.describeDown('redis')));
+        if (api)
+          return reply
+            .code(503)
+            .type('application/json')
+            .send({ error: 'redis_unreachable', message: watch.describeDown('redis') });
+        return reply
+          .code(503)
+          .type('text/html; charset=utf-8')
+          .header('retry-after', '5')
+          .send(outagePage(watch.describeDown('redis')));
       }
       if (api) {
         let timedOut = false;
@@ -156,7 +162,8 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
           if (reply.sent) return;
           timedOut = true;
           // Once per hang, like the outage lines: the page polls, and every poll would say it again.
-          if (!redisHangs) logger.warn({ method: request.method, path, timeout_ms: API_TIMEOUT_MS }, 'dashboard: Redis did not answer in time');
+          if (!redisHangs)
+            logger.warn({ method: request.method, path, timeout_ms: API_TIMEOUT_MS }, 'dashboard: Redis did not answer in time');
           redisHangs = true;
           const body = { error: 'redis_unreachable', message: `Redis did not answer within ${API_TIMEOUT_MS} ms` };
           void reply.code(503).type('application/json').send(body);
@@ -182,7 +189,12 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
     // Alive while Redis is gone (a restart would not bring it back), and saying so.
     app.get('/healthz', async () => ({ status: 'ok', ...(watch.isDown('redis') ? { redis: 'unreachable' } : {}) }));
     app.get('/readyz', async (_request, reply) => {
-      const ready = redis.status === 'ready' && (await withTimeout(redis.ping(), READY_PING_MS).then(() => true, () => false));
+      const ready =
+        redis.status === 'ready' &&
+        (await withTimeout(redis.ping(), READY_PING_MS).then(
+          () => true,
+          () => false,
+        ));
       // Open to anyone, so it names no address: the authenticated pages do.
       const body = { status: ready ? 'ready' : 'not ready', checks: { redis: ready }, ...(ready ? {} : { error: 'redis_unreachable' }) };
       return reply.code(ready ? 200 : 503).send(body);

@@ -51,9 +51,7 @@ export interface KeptRow {
   differences: string[];
 }
 
-export type ImportResult =
-  | { ok: true; added: FleetRow[]; kept: KeptRow[]; usersCreated: string[] }
-  | { ok: false; errors: RowError[] };
+export type ImportResult = { ok: true; added: FleetRow[]; kept: KeptRow[]; usersCreated: string[] } | { ok: false; errors: RowError[] };
 
 class ImportConflict extends Error {}
 
@@ -73,7 +71,9 @@ export class DeviceAdmin {
   private readonly prisma: InstanceType<typeof PrismaClient>;
 
   constructor(private readonly options: DeviceAdminOptions) {
-    this.prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: options.databaseUrl, max: 2, connectionTimeoutMillis: 5_000 }) });
+    this.prisma = new PrismaClient({
+      adapter: new PrismaPg({ connectionString: options.databaseUrl, max: 2, connectionTimeoutMillis: 5_000 }),
+    });
   }
 
   /** One line naming what to fix when PostgreSQL or the registry's tables are not there. */
@@ -104,11 +104,14 @@ export class DeviceAdmin {
   async claim(code: string, username: string): Promise<Claim | undefined> {
     return this.prisma.$transaction(async (tx) => {
       // Locked: a concurrent claim or delete of the same lamp waits for this one.
-      const [locked] = await tx.$queryRaw<Array<{ device_id: string }>>`SELECT device_id FROM devices WHERE association_code = ${code} FOR UPDATE`;
+      const [locked] = await tx.$queryRaw<
+        Array<{ device_id: string }>
+      >`SELECT device_id FROM devices WHERE association_code = ${code} FOR UPDATE`;
       if (!locked) return undefined;
       const before = (await tx.device.findUnique({ where: { deviceId: locked.device_id }, select: SELECT }))!;
       const existing = await tx.user.findUnique({ where: { username }, select: { id: true } });
-      const user = existing ?? (await tx.user.upsert({ where: { username }, create: { username, isActive: true }, update: {}, select: { id: true } }));
+      const user =
+        existing ?? (await tx.user.upsert({ where: { username }, create: { username, isActive: true }, update: {}, select: { id: true } }));
       const after = await tx.device.update({ where: { deviceId: locked.device_id }, data: { userId: user.id }, select: SELECT });
       return { lamp: this.record(after), previousOwner: before.user.username, userCreated: !existing };
     });
@@ -136,12 +139,19 @@ export class DeviceAdmin {
           const byDevice = new Map<string, { associationCode: string; name: string; owner: string }>();
           const byCode = new Map<string, string>();
           for (const ids of chunks(rows.map((r) => r.deviceId))) {
-            for (const d of await tx.device.findMany({ where: { deviceId: { in: ids } }, select: { deviceId: true, associationCode: true, name: true, user: { select: { username: true } } } })) {
+            for (const d of await tx.device.findMany({
+              where: { deviceId: { in: ids } },
+              select: { deviceId: true, associationCode: true, name: true, user: { select: { username: true } } },
+            })) {
               byDevice.set(d.deviceId, { associationCode: d.associationCode, name: d.name, owner: d.user.username });
             }
           }
           for (const codes of chunks(rows.map((r) => r.code))) {
-            for (const d of await tx.device.findMany({ where: { associationCode: { in: codes } }, select: { deviceId: true, associationCode: true } })) byCode.set(d.associationCode, d.deviceId);
+            for (const d of await tx.device.findMany({
+              where: { associationCode: { in: codes } },
+              select: { deviceId: true, associationCode: true },
+            }))
+              byCode.set(d.associationCode, d.deviceId);
           }
           const added: FleetRow[] = [];
           const kept: KeptRow[] = [];
@@ -153,11 +163,16 @@ export class DeviceAdmin {
               const differences = [
                 held.owner !== row.owner ? `owner ${held.owner}, the file says ${row.owner}` : '',
                 held.associationCode !== row.code ? 'another code than the file' : '',
-                row.name !== undefined && held.name !== row.name ? `name ${JSON.stringify(held.name)}, the file says ${JSON.stringify(row.name)}` : '',
+                row.name !== undefined && held.name !== row.name
+                  ? `name ${JSON.stringify(held.name)}, the file says ${JSON.stringify(row.name)}`
+                  : '',
               ].filter(Boolean);
               kept.push({ row, differences });
             } else if (holder !== undefined) {
-              errors.push({ line: row.line, reason: `its code already belongs to lamp ${holder} in the registry (every lamp's code is its own)` });
+              errors.push({
+                line: row.line,
+                reason: `its code already belongs to lamp ${holder} in the registry (every lamp's code is its own)`,
+              });
             } else {
               added.push(row);
             }
@@ -166,16 +181,28 @@ export class DeviceAdmin {
 
           const owners = [...new Set(added.map((r) => r.owner))];
           const userIds = new Map<string, number>();
-          for (const names of chunks(owners)) for (const u of await tx.user.findMany({ where: { username: { in: names } }, select: { id: true, username: true } })) userIds.set(u.username, u.id);
+          for (const names of chunks(owners))
+            for (const u of await tx.user.findMany({ where: { username: { in: names } }, select: { id: true, username: true } }))
+              userIds.set(u.username, u.id);
           const usersCreated = owners.filter((name) => !userIds.has(name));
           for (const names of chunks(usersCreated)) {
             // Another process may create the default user at the same moment: theirs is as good.
-            await tx.user.createMany({ data: names.map((username) => ({ username, isActive: username !== this.options.defaultUser })), skipDuplicates: true });
-            for (const u of await tx.user.findMany({ where: { username: { in: names } }, select: { id: true, username: true } })) userIds.set(u.username, u.id);
+            await tx.user.createMany({
+              data: names.map((username) => ({ username, isActive: username !== this.options.defaultUser })),
+              skipDuplicates: true,
+            });
+            for (const u of await tx.user.findMany({ where: { username: { in: names } }, select: { id: true, username: true } }))
+              userIds.set(u.username, u.id);
           }
           for (const batch of chunks(added)) {
             const inserted = await tx.device.createManyAndReturn({
-              data: batch.map((r) => ({ deviceId: r.deviceId, associationCode: r.code, userId: userIds.get(r.owner)!, createdByJobId: IMPORTED_BY, ...(r.name !== undefined ? { name: r.name } : {}) })),
+              data: batch.map((r) => ({
+                deviceId: r.deviceId,
+                associationCode: r.code,
+                userId: userIds.get(r.owner)!,
+                createdByJobId: IMPORTED_BY,
+                ...(r.name !== undefined ? { name: r.name } : {}),
+              })),
               skipDuplicates: true,
               select: { deviceId: true },
             });

@@ -79,9 +79,19 @@ function validate(raw: RawParse): FleetFileParse {
       else if (problem) problems.push(value === '' && key !== 'name' ? `${key} is missing` : problem);
     };
     check('device_id', deviceId, isDeviceId(deviceId) ? undefined : `device_id ${quote(deviceId)} must be 1-12 lower-case hex characters`);
-    check('owner', owner, isOwnerName(owner) ? undefined : `owner must be 1-${OWNER_MAX_CHARS} characters, none of them control characters`);
+    check(
+      'owner',
+      owner,
+      isOwnerName(owner) ? undefined : `owner must be 1-${OWNER_MAX_CHARS} characters, none of them control characters`,
+    );
     check('code', code, isAssociationCode(code) ? undefined : 'code must be 32 hex characters');
-    check('name', name, [...name].length <= NAME_MAX_CHARS && !/\p{Cc}/u.test(name) ? undefined : `name must be at most ${NAME_MAX_CHARS} characters, none of them control characters`);
+    check(
+      'name',
+      name,
+      [...name].length <= NAME_MAX_CHARS && !/\p{Cc}/u.test(name)
+        ? undefined
+        : `name must be at most ${NAME_MAX_CHARS} characters, none of them control characters`,
+    );
     if (problems.length === 0) {
       const sameDevice = lineOfDevice.get(deviceId);
       const sameCode = lineOfCode.get(code);
@@ -105,9 +115,21 @@ function jsonRows(text: string): RawParse {
   try {
     parsed = JSON.parse(text);
   } catch (err) {
-    return { rows: [], errors: [{ line: brokenLine(text), reason: `not valid JSON (in the lamp that starts on this line): ${(err as Error).message.replace(/\s+/g, ' ')}` }] };
+    return {
+      rows: [],
+      errors: [
+        {
+          line: brokenLine(text),
+          reason: `not valid JSON (in the lamp that starts on this line): ${(err as Error).message.replace(/\s+/g, ' ')}`,
+        },
+      ],
+    };
   }
-  if (!Array.isArray(parsed)) return { rows: [], errors: [{ line: 1, reason: 'a JSON fleet file must be an array of lamps: [{"device_id": …, "owner": …, "code": …, "name": …}, …]' }] };
+  if (!Array.isArray(parsed))
+    return {
+      rows: [],
+      errors: [{ line: 1, reason: 'a JSON fleet file must be an array of lamps: [{"device_id": …, "owner": …, "code": …, "name": …}, …]' }],
+    };
   const spans = elementSpans(text);
   const rows: RawRow[] = [];
   const errors: RowError[] = [];
@@ -119,7 +141,10 @@ function jsonRows(text: string): RawParse {
     }
     const unknown = Object.keys(element).filter((key) => !(FLEET_COLUMNS as readonly string[]).includes(key));
     if (unknown.length > 0) {
-      errors.push({ line, reason: `unknown field ${unknown.map((key) => quote(key)).join(', ')} (the fields are ${FLEET_COLUMNS.join(', ')})` });
+      errors.push({
+        line,
+        reason: `unknown field ${unknown.map((key) => quote(key)).join(', ')} (the fields are ${FLEET_COLUMNS.join(', ')})`,
+      });
       return;
     }
     rows.push({ line, fields: element as Record<string, unknown> });
@@ -184,7 +209,15 @@ function csvRows(text: string): RawParse {
   const missing = REQUIRED_COLUMNS.filter((name) => !columns.includes(name));
   if (missing.length > 0) headerProblems.push(`missing column ${missing.join(', ')}`);
   if (headerProblems.length > 0) {
-    return { rows: [], errors: [{ line: header!.line, reason: `the header row must name the columns ${FLEET_COLUMNS.join(', ')} (name is optional): ${headerProblems.join('; ')}` }] };
+    return {
+      rows: [],
+      errors: [
+        {
+          line: header!.line,
+          reason: `the header row must name the columns ${FLEET_COLUMNS.join(', ')} (name is optional): ${headerProblems.join('; ')}`,
+        },
+      ],
+    };
   }
   const rows: RawRow[] = [];
   const errors: RowError[] = [];
@@ -225,7 +258,10 @@ function csvRecords(text: string): CsvRecords {
           }
         }
         if (i < text.length && text[i] !== ',' && text[i] !== '\n' && text[i] !== '\r') {
-          return { ok: false, errors: [{ line, reason: 'text after a closing quote: a quote inside a quoted field must be doubled ("")' }] };
+          return {
+            ok: false,
+            errors: [{ line, reason: 'text after a closing quote: a quote inside a quoted field must be doubled ("")' }],
+          };
         }
       } else {
         while (i < text.length && text[i] !== ',' && text[i] !== '\n' && text[i] !== '\r') field += text[i++];

@@ -57,7 +57,9 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   if (command.name === 'claim' && command.username === config.DEFAULT_USER) {
-    throw new UsageError(`${command.username} is DEFAULT_USER, the owner of parked lamps: a lamp is parked again only by deleting it (it then comes back with a new code)`);
+    throw new UsageError(
+      `${command.username} is DEFAULT_USER, the owner of parked lamps: a lamp is parked again only by deleting it (it then comes back with a new code)`,
+    );
   }
   if (command.name === 'import') return importFile(config, command.file);
   return withAdmin(config, (admin) => run(config, admin, command));
@@ -73,11 +75,22 @@ async function withAdmin(config: DevicesConfig, use: (admin: DeviceAdmin) => Pro
   }
 }
 
-async function run(config: DevicesConfig, admin: DeviceAdmin, command: Exclude<DevicesCommand, { name: 'help' | 'import' }>): Promise<number> {
+async function run(
+  config: DevicesConfig,
+  admin: DeviceAdmin,
+  command: Exclude<DevicesCommand, { name: 'help' | 'import' }>,
+): Promise<number> {
   const topicOf = (deviceId: string) => associationTopic(deviceId, config.ASSOCIATION_TOPIC);
   if (command.name === 'list') {
     const lamps = await admin.list();
-    if (command.json) out(JSON.stringify(lamps.map((lamp) => lampJson(lamp, topicOf(lamp.deviceId))), null, 2));
+    if (command.json)
+      out(
+        JSON.stringify(
+          lamps.map((lamp) => lampJson(lamp, topicOf(lamp.deviceId))),
+          null,
+          2,
+        ),
+      );
     else lampTable(lamps).forEach(out);
     return 0;
   }
@@ -92,8 +105,10 @@ async function run(config: DevicesConfig, admin: DeviceAdmin, command: Exclude<D
     const lamp = await admin.delete(command.deviceId);
     if (!lamp) return notFound(`no lamp ${command.deviceId} in the registry`);
     out(`deleted lamp ${lamp.deviceId} (owner ${lamp.owner}, bridge ${bridgeText(lamp)})`);
-    out(`its retained association message stays on ${topicOf(lamp.deviceId)} until its bridge next connects: the lamp is then registered again, parked, with a new code, which replaces that message, and an activations event`);
-    if (lamp.bridgeConnected) out('its bridge is connected now: restart the lamp\'s broker (or its bridge) to register it again now');
+    out(
+      `its retained association message stays on ${topicOf(lamp.deviceId)} until its bridge next connects: the lamp is then registered again, parked, with a new code, which replaces that message, and an activations event`,
+    );
+    if (lamp.bridgeConnected) out("its bridge is connected now: restart the lamp's broker (or its bridge) to register it again now");
     return 0;
   }
   return claim(config, admin, command.code, command.username);
@@ -102,14 +117,19 @@ async function run(config: DevicesConfig, admin: DeviceAdmin, command: Exclude<D
 /** The broker first: when it cannot be reached, the registry is left as it was. */
 async function claim(config: DevicesConfig, admin: DeviceAdmin, code: string, username: string): Promise<number> {
   const settings = { ...mqttSettings(config), connectTimeoutMs: 5_000 };
-  const client = openMqttClient(settings, { clientId: `${config.MQTT_CLIENT_ID}-devices-${process.pid}`.slice(0, 64), clean: true }, createLogger('devices', 'silent'));
+  const client = openMqttClient(
+    settings,
+    { clientId: `${config.MQTT_CLIENT_ID}-devices-${process.pid}`.slice(0, 64), clean: true },
+    createLogger('devices', 'silent'),
+  );
   try {
     await firstConnect(client, settings);
     const claimed = await admin.claim(code, username);
     if (!claimed) return notFound(`no lamp has the association code ${code}`);
     const { lamp } = claimed;
     const topic = associationTopic(lamp.deviceId, config.ASSOCIATION_TOPIC);
-    const whose = claimed.previousOwner === username ? `was already ${username}'s` : `is now ${username}'s (it was ${claimed.previousOwner}'s)`;
+    const whose =
+      claimed.previousOwner === username ? `was already ${username}'s` : `is now ${username}'s (it was ${claimed.previousOwner}'s)`;
     try {
       await withTimeout(client.publishAsync(topic, JSON.stringify({ associated: true }), { qos: 1, retain: true }), PUBLISH_TIMEOUT_MS);
     } catch (e) {
@@ -141,7 +161,10 @@ async function importFile(config: DevicesConfig, file: string): Promise<number> 
     const result = await admin.import(parsed.rows);
     if (!result.ok) return badRows(file, result.errors);
     for (const { row, differences } of result.kept) {
-      if (differences.length > 0) out(`${file} line ${row.line}: lamp ${row.deviceId} is already registered, kept as registered (${differences.join('; ')}); delete it and import again to take the file's`);
+      if (differences.length > 0)
+        out(
+          `${file} line ${row.line}: lamp ${row.deviceId} is already registered, kept as registered (${differences.join('; ')}); delete it and import again to take the file's`,
+        );
     }
     const parked = result.added.filter((row) => row.owner === config.DEFAULT_USER).length;
     const differing = result.kept.filter((kept) => kept.differences.length > 0).length;

@@ -42,7 +42,11 @@ export function lampTable(lamps: LampRecord[]): string[] {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[]) => cells.map((cell, i) => (i === cells.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ');
   const parked = lamps.filter((lamp) => lamp.parked).length;
-  return [line(header), ...rows.map(line), `${lamps.length} lamp${lamps.length === 1 ? '' : 's'}: ${lamps.length - parked} claimed, ${parked} parked`];
+  return [
+    line(header),
+    ...rows.map(line),
+    `${lamps.length} lamp${lamps.length === 1 ? '' : 's'}: ${lamps.length - parked} claimed, ${parked} parked`,
+  ];
 }
 
 export function lampDetails(lamp: LampRecord, associationTopic: string): string[] {

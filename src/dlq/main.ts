@@ -109,7 +109,10 @@ function parseArgs(argv: string[]): Command {
     }
     if (olderThan === undefined) throw new UsageError('purge needs --older-than <duration>');
     const graceMs = parseDuration(olderThan);
-    if (graceMs === 0) throw new UsageError(`--older-than ${olderThan} would purge every dead letter, even one dead-lettered a moment ago: give an age above zero`);
+    if (graceMs === 0)
+      throw new UsageError(
+        `--older-than ${olderThan} would purge every dead letter, even one dead-lettered a moment ago: give an age above zero`,
+      );
     return { name, olderThan, graceMs, dryRun, yes };
   }
   throw new UsageError(`unknown command ${JSON.stringify(name)}`);

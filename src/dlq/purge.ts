@@ -66,7 +66,9 @@ export async function purge(queues: PipelineQueues, options: PurgeOptions, audit
   }
   if (!options.yes) {
     if (!process.stdin.isTTY) {
-      err(`dlq: refusing to purge ${n} ${plural} without confirmation: stdin is not a terminal. Add --yes to delete them, or --dry-run to only list them`);
+      err(
+        `dlq: refusing to purge ${n} ${plural} without confirmation: stdin is not a terminal. Add --yes to delete them, or --dry-run to only list them`,
+      );
       return 1;
     }
     if (!(await confirm(`delete these ${n} ${plural} for good? Their events will never reach Keen. [y/N] `))) {
@@ -82,10 +84,29 @@ export async function purge(queues: PipelineQueues, options: PurgeOptions, audit
     // The one listed, still where it was: not redriven, nor replaced by a newer dead letter.
     const now = await queues.deadLetter.getJob(id);
     const stillThere = now !== undefined && now.timestamp === job.timestamp && (await now.getState()) === state;
-    const removed = stillThere && (await now.remove().then(() => true, () => false));
+    const removed =
+      stillThere &&
+      (await now.remove().then(
+        () => true,
+        () => false,
+      ));
     (removed ? deleted : skipped).push(id);
   }
-  audit.info({ audit: 'dlq-purge', queue: where, older_than: options.olderThan, deleted_count: deleted.length, deleted, skipped, user: who(), host: hostname() }, 'dead letters purged');
-  out(`purged ${deleted.length} ${deleted.length === 1 ? 'dead letter' : 'dead letters'} older than ${options.olderThan}${skipped.length > 0 ? `; ${skipped.length} left alone (redriven or changed since listed: ${skipped.join(', ')})` : ''}`);
+  audit.info(
+    {
+      audit: 'dlq-purge',
+      queue: where,
+      older_than: options.olderThan,
+      deleted_count: deleted.length,
+      deleted,
+      skipped,
+      user: who(),
+      host: hostname(),
+    },
+    'dead letters purged',
+  );
+  out(
+    `purged ${deleted.length} ${deleted.length === 1 ? 'dead letter' : 'dead letters'} older than ${options.olderThan}${skipped.length > 0 ? `; ${skipped.length} left alone (redriven or changed since listed: ${skipped.join(', ')})` : ''}`,
+  );
   return 0;
 }

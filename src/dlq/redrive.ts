@@ -51,12 +51,24 @@ export async function outcomeOf(queues: PipelineQueues, before: Job<DeadLetterJo
   }
   const token = before.data.event?.keen?.uniqueness_token ?? id;
   const delivery = await queues.keen.getJob(token);
-  if (!delivery) return (await refusedAgain()) ?? { outcome: 'still-queued', where: `neither in ${QUEUE_NAMES.deadLetter} nor in ${QUEUE_NAMES.keen} (removed by hand?)` };
+  if (!delivery)
+    return (
+      (await refusedAgain()) ?? {
+        outcome: 'still-queued',
+        where: `neither in ${QUEUE_NAMES.deadLetter} nor in ${QUEUE_NAMES.keen} (removed by hand?)`,
+      }
+    );
   const state = await delivery.getState();
   if (state === 'completed') return (await refusedAgain()) ?? { outcome: 'delivered' };
-  if (state === 'failed') return (await refusedAgain()) ?? { outcome: 'still-queued', where: `${QUEUE_NAMES.keen} job ${token} failed; its dead letter is on its way` };
+  if (state === 'failed')
+    return (
+      (await refusedAgain()) ?? { outcome: 'still-queued', where: `${QUEUE_NAMES.keen} job ${token} failed; its dead letter is on its way` }
+    );
   const lastError = delivery.failedReason ? `, last error: ${oneLine(delivery.failedReason, 120)}` : '';
-  return { outcome: 'still-queued', where: `in ${QUEUE_NAMES.keen} job ${token} (${state}, ${delivery.attemptsMade} of ${delivery.opts.attempts ?? 1} attempts made${lastError})` };
+  return {
+    outcome: 'still-queued',
+    where: `in ${QUEUE_NAMES.keen} job ${token} (${state}, ${delivery.attemptsMade} of ${delivery.opts.attempts ?? 1} attempts made${lastError})`,
+  };
 }
 
 function describe(result: RedriveOutcome): string {
@@ -92,7 +104,11 @@ export async function redrive(queues: PipelineQueues, { all, ids, waitMs }: Redr
       if (job && state === 'failed') targets.push(job);
       else {
         missing += 1;
-        err(job ? `${id}: not a parked dead letter (it is ${state}); only parked ones can be redriven` : `${id}: not found in ${QUEUE_NAMES.deadLetter}`);
+        err(
+          job
+            ? `${id}: not a parked dead letter (it is ${state}); only parked ones can be redriven`
+            : `${id}: not found in ${QUEUE_NAMES.deadLetter}`,
+        );
       }
     }
   }

@@ -40,7 +40,12 @@ async function eventsScanned(db: pg.Pool, projectId: string, query: ParsedQuery)
 function propertiesRead(queries: ParsedQuery[]): number {
   const paths = new Set<string>();
   for (const query of queries) {
-    for (const path of [query.target, ...query.filters.map((filter) => filter.path), ...query.groupBy.map((group) => group.path), ...(query.propertyNames ?? [])]) {
+    for (const path of [
+      query.target,
+      ...query.filters.map((filter) => filter.path),
+      ...query.groupBy.map((group) => group.path),
+      ...(query.propertyNames ?? []),
+    ]) {
       if (path) paths.add(JSON.stringify(path));
     }
   }
@@ -48,7 +53,14 @@ function propertiesRead(queries: ParsedQuery[]): number {
 }
 
 /** The response body of query `name` with `params`; a bad query throws QueryError (a 400). */
-export async function answerQuery(db: pg.Pool, projectId: string, name: string, params: Record<string, unknown>, options: RunOptions = {}, now = new Date()): Promise<Record<string, unknown>> {
+export async function answerQuery(
+  db: pg.Pool,
+  projectId: string,
+  name: string,
+  params: Record<string, unknown>,
+  options: RunOptions = {},
+  now = new Date(),
+): Promise<Record<string, unknown>> {
   const started = process.hrtime.bigint();
   const withMetadata = includeMetadata(Object.hasOwn(params, 'include_metadata') ? params.include_metadata : undefined);
   let body: Record<string, unknown>;
@@ -70,7 +82,9 @@ export async function answerQuery(db: pg.Pool, projectId: string, name: string, 
   }
   if (!withMetadata) return body;
   // A multi_analysis reads one collection and timeframe for all its labels: scanned once.
-  const scanned = (await Promise.all((name === 'multi_analysis' ? queries.slice(0, 1) : queries).map((query) => eventsScanned(db, projectId, query)))).reduce((a, b) => a + b, 0);
+  const scanned = (
+    await Promise.all((name === 'multi_analysis' ? queries.slice(0, 1) : queries).map((query) => eventsScanned(db, projectId, query)))
+  ).reduce((a, b) => a + b, 0);
   const perEvent = propertiesRead(queries);
   const metadata: ExecutionMetadata = {
     total_processing_time: Number(process.hrtime.bigint() - started) / 1e9,

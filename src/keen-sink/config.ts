@@ -42,8 +42,16 @@ const schema = z.object({
   KEEN_SINK_CORS_ORIGINS: z
     .string()
     .default('')
-    .transform((value) => value.split(',').map((origin) => origin.trim()).filter(Boolean))
-    .refine((origins) => origins.every((origin) => origin === '*' || isOrigin(origin)), 'must be comma-separated origins such as https://lamps.example.com (scheme, host and port only), or *'),
+    .transform((value) =>
+      value
+        .split(',')
+        .map((origin) => origin.trim())
+        .filter(Boolean),
+    )
+    .refine(
+      (origins) => origins.every((origin) => origin === '*' || isOrigin(origin)),
+      'must be comma-separated origins such as https://lamps.example.com (scheme, host and port only), or *',
+    ),
 });
 
 export type KeenSinkConfig = z.infer<typeof schema> & { LOG_LEVEL: string };

@@ -20,7 +20,8 @@ export const LIMITS = {
 /** A claimed uniqueness token blocks duplicates for this long. */
 export const UNIQUENESS_WINDOW_DAYS = 31;
 
-export type KeenErrorName = 'InvalidCollectionNameError' | 'InvalidPropertyNameError' | 'InvalidPropertyValueError' | 'InvalidEventError' | 'EventTooLargeError';
+export type KeenErrorName =
+  'InvalidCollectionNameError' | 'InvalidPropertyNameError' | 'InvalidPropertyValueError' | 'InvalidEventError' | 'EventTooLargeError';
 
 /** A per-event failure, in the shape Keen's bulk endpoint reports it. */
 export interface EventError {
@@ -55,7 +56,8 @@ export const own = (object: Record<string, unknown>, key: string): unknown => (O
 
 export function collectionNameProblem(name: string): string | undefined {
   if (name.length === 0) return 'Collection names must not be empty.';
-  if (name.length > LIMITS.collectionName) return `Collection names must be at most ${LIMITS.collectionName} characters: "${name.slice(0, 80)}..." has ${name.length}.`;
+  if (name.length > LIMITS.collectionName)
+    return `Collection names must be at most ${LIMITS.collectionName} characters: "${name.slice(0, 80)}..." has ${name.length}.`;
   if (name.startsWith('$')) return `Collection names must not start with "$": "${name}".`;
   const text = unstorableText(name);
   if (text) return `Collection names must not contain ${text}.`;
@@ -66,7 +68,8 @@ function propertyNameProblem(name: string, where: string): string | undefined {
   const shown = name.length > 80 ? `${name.slice(0, 80)}...` : name;
   if (name.includes('.')) return `Property names must not contain ".": "${shown}" at ${where}.`;
   if (name.startsWith('$')) return `Property names must not start with "$": "${shown}" at ${where}.`;
-  if (name.length > LIMITS.propertyName) return `Property names must be at most ${LIMITS.propertyName} characters: "${shown}" at ${where} has ${name.length}.`;
+  if (name.length > LIMITS.propertyName)
+    return `Property names must be at most ${LIMITS.propertyName} characters: "${shown}" at ${where} has ${name.length}.`;
   const text = unstorableText(name);
   if (text) return `Property names must not contain ${text} (at ${where}).`;
   return undefined;
@@ -77,7 +80,8 @@ function checkTree(event: Record<string, unknown>): EventError | undefined {
   const stack: Array<{ value: unknown; where: string; depth: number }> = [{ value: event, where: '(root)', depth: 0 }];
   while (stack.length > 0) {
     const { value, where, depth } = stack.pop()!;
-    if (depth > LIMITS.depth) return { name: 'InvalidPropertyValueError', description: `Events may nest at most ${LIMITS.depth} levels deep.` };
+    if (depth > LIMITS.depth)
+      return { name: 'InvalidPropertyValueError', description: `Events may nest at most ${LIMITS.depth} levels deep.` };
     if (typeof value === 'string') {
       const text = unstorableText(value);
       if (text) return { name: 'InvalidPropertyValueError', description: `String values must not contain ${text} (at ${where}).` };
@@ -126,7 +130,8 @@ export function parseDateTime(value: unknown): DateTimeResult {
   const shown = JSON.stringify(value.slice(0, 40));
   const match = ISO_DATE.exec(value);
   if (!match) return problem(`${shown} is not an ISO-8601 date-time (e.g. 2026-03-18T15:42:10Z)`);
-  const [, year, month, day, hour = '0', minute = '0', second = '0', offset, offsetHours = '0', offsetMinutes = '0'] = match as unknown as string[];
+  const [, year, month, day, hour = '0', minute = '0', second = '0', offset, offsetHours = '0', offsetMinutes = '0'] =
+    match as unknown as string[];
   const y = Number(year);
   const m = Number(month);
   if (m < 1 || m > 12) return problem(`${shown} has no month ${m}`);
@@ -240,22 +245,29 @@ export function prepareEvent(collection: string, event: unknown, now: Date): Pre
   const unknownAddons: string[] = [];
   for (const [index, addon] of addons.entries()) {
     const name = isObject(addon) ? own(addon, 'name') : undefined;
-    if (!isObject(addon) || typeof name !== 'string') return fail('InvalidPropertyValueError', `keen.addons[${index}] must be an object with a "name".`);
+    if (!isObject(addon) || typeof name !== 'string')
+      return fail('InvalidPropertyValueError', `keen.addons[${index}] must be an object with a "name".`);
     if (name !== DATE_TIME_PARSER) {
       unknownAddons.push(name);
       continue;
     }
     const addonInput = own(addon, 'input');
     const input = isObject(addonInput) ? own(addonInput, 'date_time') : undefined;
-    if (typeof input !== 'string' || input.length === 0) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} needs input.date_time naming a property (e.g. "keen.timestamp").`);
+    if (typeof input !== 'string' || input.length === 0)
+      return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} needs input.date_time naming a property (e.g. "keen.timestamp").`);
     const output = own(addon, 'output');
-    if (typeof output !== 'string' || output.length === 0) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} needs an output property name (e.g. "timestamp.info").`);
+    if (typeof output !== 'string' || output.length === 0)
+      return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} needs an output property name (e.g. "timestamp.info").`);
     const outputPath = output.split('.');
     const outputProblem = outputPath.map((key) => propertyNameProblem(key, `${DATE_TIME_PARSER} output`)).find(Boolean);
     if (outputProblem) return fail('InvalidPropertyNameError', outputProblem);
     if (outputPath[0] === 'keen') return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} may not write inside "keen".`);
     const date = parseDateTime(getPath(stored, input.split('.')));
-    if (!date.ok) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER}: input "${input}" is not an ISO-8601 date-time in this event (${date.problem}).`);
+    if (!date.ok)
+      return fail(
+        'InvalidPropertyValueError',
+        `${DATE_TIME_PARSER}: input "${input}" is not an ISO-8601 date-time in this event (${date.problem}).`,
+      );
     const problem = setPath(stored, outputPath, dateTimeInfo(date.date));
     if (problem) return fail('InvalidPropertyValueError', `${DATE_TIME_PARSER} cannot write "${output}": ${problem}.`);
   }

@@ -20,7 +20,8 @@ const TYPES: Record<string, string> = {
 };
 
 const SECURITY_HEADERS = {
-  'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  'content-security-policy':
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
   'cache-control': 'no-cache',
@@ -42,7 +43,10 @@ export class Explorer {
     this.assets.set('/', this.assets.get('/explorer/index.html')!);
     const chart = path.join(path.dirname(createRequire(import.meta.url).resolve('chart.js')), 'chart.umd.min.js');
     this.assets.set('/explorer/chart.umd.min.js', { type: TYPES['.js']!, body: readFileSync(chart) });
-    this.assets.set('/explorer/settings.json', { type: 'application/json; charset=utf-8', body: Buffer.from(JSON.stringify({ projectId })) });
+    this.assets.set('/explorer/settings.json', {
+      type: 'application/json; charset=utf-8',
+      body: Buffer.from(JSON.stringify({ projectId })),
+    });
   }
 
   /** Answers GET `pathname` if it is one of the explorer's files; false otherwise. */

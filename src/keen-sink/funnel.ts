@@ -42,7 +42,10 @@ const flag = (value: unknown, what: string): boolean => {
 export function parseFunnel(params: Record<string, unknown>, now = new Date()): FunnelStep[] {
   const steps = structured('steps', params.steps);
   if (!Array.isArray(steps) || steps.length === 0) {
-    throw new QueryError('MissingRequiredParameterError', 'funnel needs "steps": a JSON array of {"event_collection", "actor_property", "timeframe"}.');
+    throw new QueryError(
+      'MissingRequiredParameterError',
+      'funnel needs "steps": a JSON array of {"event_collection", "actor_property", "timeframe"}.',
+    );
   }
   if (steps.length > MAX_STEPS) throw new QueryError('InvalidParameterError', `A funnel has at most ${MAX_STEPS} steps.`);
   return steps.map((step, index) => {
@@ -51,10 +54,15 @@ export function parseFunnel(params: Record<string, unknown>, now = new Date()): 
     // A step's own timeframe and time zone win over the funnel's.
     const timeframe = step.timeframe ?? params.timeframe;
     const timezone = step.timezone ?? params.timezone;
-    const query = parseQuery('count_unique', { event_collection: step.event_collection, target_property: step.actor_property, timeframe, timezone, filters: step.filters }, now);
+    const query = parseQuery(
+      'count_unique',
+      { event_collection: step.event_collection, target_property: step.actor_property, timeframe, timezone, filters: step.filters },
+      now,
+    );
     const optional = flag(step.optional, `steps[${index}].optional`);
     const inverted = flag(step.inverted, `steps[${index}].inverted`);
-    if (index === 0 && (optional || inverted)) throw new QueryError('InvalidParameterError', 'The first step of a funnel can be neither optional nor inverted.');
+    if (index === 0 && (optional || inverted))
+      throw new QueryError('InvalidParameterError', 'The first step of a funnel can be neither optional nor inverted.');
     const withActors = flag(step.with_actors, `steps[${index}].with_actors`);
     const echo: Record<string, unknown> = {
       actor_property: actor.join('.'),
@@ -74,7 +82,11 @@ export function parseFunnel(params: Record<string, unknown>, now = new Date()): 
  * `maxActorBytes` bounds each list of actors asked for: a longer list is not built (its column is
  * NULL, its size in b<n>), so an answer never holds more than the limit, however many actors match.
  */
-export function buildFunnelSql(projectId: string, steps: FunnelStep[], maxActorBytes = DEFAULT_MAX_RESULT_BYTES): { text: string; values: unknown[] } {
+export function buildFunnelSql(
+  projectId: string,
+  steps: FunnelStep[],
+  maxActorBytes = DEFAULT_MAX_RESULT_BYTES,
+): { text: string; values: unknown[] } {
   const sql = new Statement();
   const ctes: string[] = [];
   const outputs: string[] = [];
@@ -82,7 +94,9 @@ export function buildFunnelSql(projectId: string, steps: FunnelStep[], maxActorB
   let base: string | undefined;
   steps.forEach((step, index) => {
     const actor = `(event #> ${sql.param(step.query.target, 'text[]')})`;
-    ctes.push(`did${index} AS (SELECT DISTINCT ${actor} AS actor FROM keen_events WHERE ${whereSql(sql, projectId, step.query)} AND jsonb_typeof(${actor}) <> 'null')`);
+    ctes.push(
+      `did${index} AS (SELECT DISTINCT ${actor} AS actor FROM keen_events WHERE ${whereSql(sql, projectId, step.query)} AND jsonb_typeof(${actor}) <> 'null')`,
+    );
     let counted: string;
     if (base === undefined) counted = `SELECT actor FROM did${index}`;
     else if (step.inverted) counted = `SELECT actor FROM ${base} WHERE actor NOT IN (SELECT actor FROM did${index})`;
@@ -102,7 +116,12 @@ export function buildFunnelSql(projectId: string, steps: FunnelStep[], maxActorB
   return { text: `WITH ${ctes.join(',\n     ')}\nSELECT ${outputs.join(', ')}`, values: sql.values };
 }
 
-export async function runFunnel(db: pg.Pool, projectId: string, steps: FunnelStep[], options: RunOptions = {}): Promise<Record<string, unknown>> {
+export async function runFunnel(
+  db: pg.Pool,
+  projectId: string,
+  steps: FunnelStep[],
+  options: RunOptions = {},
+): Promise<Record<string, unknown>> {
   const maxBytes = options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES;
   // The limit is shared by every list of actors asked for.
   const lists = steps.filter((step) => step.withActors).length;

@@ -23,7 +23,13 @@ await runService('keen-sink', async () => {
     corsOrigins: config.KEEN_SINK_CORS_ORIGINS,
     logger,
   });
-  logger.info({ port: sink.port, host: config.KEEN_SINK_HOST, project: config.KEEN_PROJECT_ID, database: safeUrl(config.KEEN_SINK_DATABASE_URL) }, 'keen-sink ready');
-  logger.info({ url: `http://${config.KEEN_SINK_HOST === '0.0.0.0' ? 'localhost' : config.KEEN_SINK_HOST}:${sink.port}/` }, 'explorer: open this in a browser and enter the read key');
+  logger.info(
+    { port: sink.port, host: config.KEEN_SINK_HOST, project: config.KEEN_PROJECT_ID, database: safeUrl(config.KEEN_SINK_DATABASE_URL) },
+    'keen-sink ready',
+  );
+  logger.info(
+    { url: `http://${config.KEEN_SINK_HOST === '0.0.0.0' ? 'localhost' : config.KEEN_SINK_HOST}:${sink.port}/` },
+    'explorer: open this in a browser and enter the read key',
+  );
   return { service: sink, logger };
 });

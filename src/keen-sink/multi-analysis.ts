@@ -36,7 +36,10 @@ const define = (target: Record<string, unknown>, key: string, value: unknown) =>
 export function parseMultiAnalysis(params: Record<string, unknown>, now = new Date()): ParsedMultiAnalysis {
   const analyses = structured('analyses', params.analyses);
   if (!isObject(analyses) || Object.keys(analyses).length === 0) {
-    throw new QueryError('MissingRequiredParameterError', 'multi_analysis needs "analyses": a JSON object of {label: {"analysis_type", "target_property"}}.');
+    throw new QueryError(
+      'MissingRequiredParameterError',
+      'multi_analysis needs "analyses": a JSON object of {label: {"analysis_type", "target_property"}}.',
+    );
   }
   const labels = Object.keys(analyses);
   if (labels.length > MAX_ANALYSES) throw new QueryError('InvalidParameterError', `multi_analysis takes at most ${MAX_ANALYSES} analyses.`);
@@ -46,10 +49,18 @@ export function parseMultiAnalysis(params: Record<string, unknown>, now = new Da
     if (!isObject(spec)) throw new QueryError('InvalidParameterError', `analyses["${name}"] must be an object with an "analysis_type".`);
     const type = spec.analysis_type;
     if (typeof type !== 'string' || !isAnalysis(type) || type === 'extraction') {
-      throw new QueryError('InvalidParameterError', `analyses["${name}"].analysis_type must be one of count, count_unique, select_unique, sum, minimum, maximum, average, median, percentile.`);
+      throw new QueryError(
+        'InvalidParameterError',
+        `analyses["${name}"].analysis_type must be one of count, count_unique, select_unique, sum, minimum, maximum, average, median, percentile.`,
+      );
     }
     // The label's own settings, over the shared ones (collection, timeframe, filters, groups).
-    const own: Record<string, unknown> = { ...params, analyses: undefined, target_property: spec.target_property, percentile: spec.percentile };
+    const own: Record<string, unknown> = {
+      ...params,
+      analyses: undefined,
+      target_property: spec.target_property,
+      percentile: spec.percentile,
+    };
     return parseQuery(type as Analysis, own, now);
   });
   return { labels, queries };
@@ -85,10 +96,18 @@ function merge(labels: string[], query: ParsedQuery, results: unknown[]): unknow
   if (!query.intervals) return single(results);
   type Interval = { value: unknown; timeframe: unknown };
   const series = results as Interval[][];
-  return series[0]!.map((interval, position) => ({ value: single(series.map((labelSeries) => labelSeries[position]!.value)), timeframe: interval.timeframe }));
+  return series[0]!.map((interval, position) => ({
+    value: single(series.map((labelSeries) => labelSeries[position]!.value)),
+    timeframe: interval.timeframe,
+  }));
 }
 
-export async function runMultiAnalysis(db: pg.Pool, projectId: string, parsed: ParsedMultiAnalysis, options: RunOptions = {}): Promise<unknown> {
+export async function runMultiAnalysis(
+  db: pg.Pool,
+  projectId: string,
+  parsed: ParsedMultiAnalysis,
+  options: RunOptions = {},
+): Promise<unknown> {
   // The answer holds every label's result: they share the limit.
   const maxResultBytes = Math.floor((options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES) / parsed.queries.length);
   const results = await Promise.all(parsed.queries.map((query) => runQuery(db, projectId, query, { ...options, maxResultBytes })));

@@ -12,7 +12,18 @@ import { unstorableText } from '../shared/text.js';
 import { EARLIEST, LATEST, LIMITS, own, parseDateTime } from './events.js';
 import { fixedOffset, fromWallClock, parseTimeZone, toWallClock, type TimeZone } from './timezone.js';
 
-export const ANALYSES = ['count', 'count_unique', 'select_unique', 'sum', 'minimum', 'maximum', 'average', 'median', 'percentile', 'extraction'] as const;
+export const ANALYSES = [
+  'count',
+  'count_unique',
+  'select_unique',
+  'sum',
+  'minimum',
+  'maximum',
+  'average',
+  'median',
+  'percentile',
+  'extraction',
+] as const;
 export type Analysis = (typeof ANALYSES)[number];
 
 export const isAnalysis = (value: string): value is Analysis => (ANALYSES as readonly string[]).includes(value);
@@ -29,7 +40,14 @@ export class QueryError extends Error {
 }
 
 type Unit = 'minute' | 'hour' | 'day' | 'week' | 'month' | 'year';
-const INTERVALS: Record<string, Unit> = { minutely: 'minute', hourly: 'hour', daily: 'day', weekly: 'week', monthly: 'month', yearly: 'year' };
+const INTERVALS: Record<string, Unit> = {
+  minutely: 'minute',
+  hourly: 'hour',
+  daily: 'day',
+  weekly: 'week',
+  monthly: 'month',
+  yearly: 'year',
+};
 /** Keen caps a series at 2,500 intervals. */
 export const MAX_INTERVALS = 2500;
 /** Largest synchronous extraction. */
@@ -69,7 +87,8 @@ export interface ParsedQuery {
   percentile?: number;
 }
 
-export const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+export const isObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
 
 /** GET parameters arrive as strings; structured ones are JSON. POST bodies are JSON already. */
 export function structured(name: string, value: unknown, openers = '[{'): unknown {
@@ -84,12 +103,15 @@ export function structured(name: string, value: unknown, openers = '[{'): unknow
 }
 
 export function propertyPath(name: unknown, what: string): string[] {
-  if (typeof name !== 'string' || name.length === 0) throw new QueryError('InvalidParameterError', `${what} must be a non-empty property name (nested names use ".", e.g. "state.on").`);
+  if (typeof name !== 'string' || name.length === 0)
+    throw new QueryError('InvalidParameterError', `${what} must be a non-empty property name (nested names use ".", e.g. "state.on").`);
   const text = unstorableText(name);
   if (text) throw new QueryError('InvalidParameterError', `${what} contains ${text}, which no stored property name can.`);
   const path = name.split('.');
-  if (path.some((key) => key.length === 0)) throw new QueryError('InvalidParameterError', `${what} "${name.slice(0, 80)}" has an empty segment.`);
-  if (path.length > LIMITS.depth) throw new QueryError('InvalidParameterError', `${what} has ${path.length} segments; events nest at most ${LIMITS.depth} levels deep.`);
+  if (path.some((key) => key.length === 0))
+    throw new QueryError('InvalidParameterError', `${what} "${name.slice(0, 80)}" has an empty segment.`);
+  if (path.length > LIMITS.depth)
+    throw new QueryError('InvalidParameterError', `${what} has ${path.length} segments; events nest at most ${LIMITS.depth} levels deep.`);
   return path;
 }
 
@@ -163,7 +185,11 @@ export function parseTimeframe(raw: unknown, now: Date, zone: TimeZone | number)
   if (isObject(value)) {
     const instant = (name: 'start' | 'end') => {
       const parsed = parseDateTime(own(value, name));
-      if (!parsed.ok) throw new QueryError('TimeframeDefinitionError', `An absolute timeframe needs "start" and "end" as ISO-8601 date-times: "${name}" is wrong, ${parsed.problem}.`);
+      if (!parsed.ok)
+        throw new QueryError(
+          'TimeframeDefinitionError',
+          `An absolute timeframe needs "start" and "end" as ISO-8601 date-times: "${name}" is wrong, ${parsed.problem}.`,
+        );
       return parsed.date;
     };
     const start = instant('start');
@@ -171,10 +197,15 @@ export function parseTimeframe(raw: unknown, now: Date, zone: TimeZone | number)
     if (start >= end) throw new QueryError('TimeframeDefinitionError', 'The timeframe "start" must be before its "end".');
     return { start, end };
   }
-  if (typeof value !== 'string') throw new QueryError('TimeframeDefinitionError', 'timeframe must be a relative timeframe (e.g. "this_14_days") or {"start", "end"}.');
+  if (typeof value !== 'string')
+    throw new QueryError('TimeframeDefinitionError', 'timeframe must be a relative timeframe (e.g. "this_14_days") or {"start", "end"}.');
   const name = value === 'today' ? 'this_day' : value === 'yesterday' ? 'previous_day' : value;
   const match = RELATIVE.exec(name);
-  if (!match) throw new QueryError('TimeframeDefinitionError', `Unknown timeframe "${value.slice(0, 80)}": use this_N_units or previous_N_units (minutes, hours, days, weeks, months, years), or {"start", "end"}.`);
+  if (!match)
+    throw new QueryError(
+      'TimeframeDefinitionError',
+      `Unknown timeframe "${value.slice(0, 80)}": use this_N_units or previous_N_units (minutes, hours, days, weeks, months, years), or {"start", "end"}.`,
+    );
   const [, kind, count = '1', unit] = match as unknown as [string, 'this' | 'previous', string | undefined, Unit];
   const n = Number(count);
   if (n < 1) throw new QueryError('TimeframeDefinitionError', 'A relative timeframe needs at least 1 unit.');
@@ -199,9 +230,17 @@ export function intervalBoundaries(timeframe: Timeframe, unit: Unit, zone: TimeZ
   const startLocal = toWallClock(tz, timeframe.start);
   const boundaries = [timeframe.start];
   for (let k = 1; boundaries[boundaries.length - 1]! < timeframe.end; k += 1) {
-    if (k > MAX_INTERVALS) throw new QueryError('InvalidIntervalError', `That timeframe holds more than ${MAX_INTERVALS} ${unit}s: use a longer interval or a shorter timeframe.`);
+    if (k > MAX_INTERVALS)
+      throw new QueryError(
+        'InvalidIntervalError',
+        `That timeframe holds more than ${MAX_INTERVALS} ${unit}s: use a longer interval or a shorter timeframe.`,
+      );
     const boundary = fixed ? addUnits(timeframe.start, unit, k) : fromWallClock(tz, addUnits(startLocal, unit, k));
-    if (!(boundary <= LATEST)) throw new QueryError('InvalidIntervalError', `The last ${unit} of that timeframe ends after the year 9999: end the timeframe earlier.`);
+    if (!(boundary <= LATEST))
+      throw new QueryError(
+        'InvalidIntervalError',
+        `The last ${unit} of that timeframe ends after the year 9999: end the timeframe earlier.`,
+      );
     boundaries.push(boundary);
   }
   return boundaries;
@@ -218,7 +257,8 @@ export function parseTimezone(raw: unknown): TimeZone {
 function parseFilters(raw: unknown): Filter[] {
   if (raw === undefined || raw === null || raw === '') return [];
   const value = structured('filters', raw);
-  if (!Array.isArray(value)) throw new QueryError('FilterDefinitionError', 'filters must be a JSON array of {property_name, operator, property_value}.');
+  if (!Array.isArray(value))
+    throw new QueryError('FilterDefinitionError', 'filters must be a JSON array of {property_name, operator, property_value}.');
   if (value.length > MAX_FILTERS) throw new QueryError('FilterDefinitionError', `A query takes at most ${MAX_FILTERS} filters.`);
   return value.map((item, index) => {
     if (!isObject(item)) throw new QueryError('FilterDefinitionError', `filters[${index}] must be an object.`);
@@ -243,10 +283,12 @@ function parseFilters(raw: unknown): Filter[] {
       case 'lte':
       case 'gt':
       case 'gte':
-        if (typeof value !== 'number' && typeof value !== 'string') throw new QueryError('FilterDefinitionError', `filters[${index}]: "${operator}" compares with a number or a string.`);
+        if (typeof value !== 'number' && typeof value !== 'string')
+          throw new QueryError('FilterDefinitionError', `filters[${index}]: "${operator}" compares with a number or a string.`);
         break;
       case 'contains':
-        if (value === null || typeof value === 'object') throw new QueryError('FilterDefinitionError', `filters[${index}]: "contains" takes a string (or an array element).`);
+        if (value === null || typeof value === 'object')
+          throw new QueryError('FilterDefinitionError', `filters[${index}]: "contains" takes a string (or an array element).`);
         break;
       default:
         break;
@@ -264,7 +306,8 @@ function parseGroupBy(raw: unknown): ParsedQuery['groupBy'] {
 }
 
 function parsePercentile(raw: unknown): number {
-  if (raw === undefined || raw === null || raw === '') throw new QueryError('MissingRequiredParameterError', 'percentile is required for percentile: a number from 0 to 100 (e.g. 95).');
+  if (raw === undefined || raw === null || raw === '')
+    throw new QueryError('MissingRequiredParameterError', 'percentile is required for percentile: a number from 0 to 100 (e.g. 95).');
   const value = typeof raw === 'string' ? Number(raw) : raw;
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || value > 100) {
     throw new QueryError('InvalidParameterError', 'percentile must be a number from 0 to 100 (e.g. 95 or 99.9).');
@@ -275,13 +318,16 @@ function parsePercentile(raw: unknown): number {
 export function parseQuery(analysis: Analysis, params: Record<string, unknown>, now = new Date()): ParsedQuery {
   const param = (name: string) => own(params, name);
   const collection = param('event_collection');
-  if (typeof collection !== 'string' || collection.length === 0) throw new QueryError('MissingRequiredParameterError', 'event_collection is required.');
+  if (typeof collection !== 'string' || collection.length === 0)
+    throw new QueryError('MissingRequiredParameterError', 'event_collection is required.');
   const collectionText = unstorableText(collection);
-  if (collectionText) throw new QueryError('InvalidParameterError', `event_collection contains ${collectionText}, which no collection name can.`);
+  if (collectionText)
+    throw new QueryError('InvalidParameterError', `event_collection contains ${collectionText}, which no collection name can.`);
   const zone = parseTimezone(param('timezone'));
   const query: ParsedQuery = { analysis, collection, filters: parseFilters(param('filters')), groupBy: parseGroupBy(param('group_by')) };
   if (analysis !== 'count' && analysis !== 'extraction') {
-    if (param('target_property') === undefined || param('target_property') === '') throw new QueryError('MissingRequiredParameterError', `target_property is required for ${analysis}.`);
+    if (param('target_property') === undefined || param('target_property') === '')
+      throw new QueryError('MissingRequiredParameterError', `target_property is required for ${analysis}.`);
     query.target = propertyPath(param('target_property'), 'target_property');
   }
   if (analysis === 'median') query.percentile = 50;
@@ -295,19 +341,24 @@ export function parseQuery(analysis: Analysis, params: Record<string, unknown>, 
     query.intervals = intervalBoundaries(query.timeframe, unit, zone);
   }
   if (analysis === 'extraction') {
-    if (query.groupBy.length > 0 || query.intervals) throw new QueryError('InvalidParameterError', 'extraction takes neither group_by nor interval.');
+    if (query.groupBy.length > 0 || query.intervals)
+      throw new QueryError('InvalidParameterError', 'extraction takes neither group_by nor interval.');
     if (param('latest') !== undefined && param('latest') !== '') {
       const latest = Number(param('latest'));
-      if (!Number.isInteger(latest) || latest < 1 || latest > MAX_EXTRACTION) throw new QueryError('InvalidParameterError', `latest must be an integer from 1 to ${MAX_EXTRACTION}.`);
+      if (!Number.isInteger(latest) || latest < 1 || latest > MAX_EXTRACTION)
+        throw new QueryError('InvalidParameterError', `latest must be an integer from 1 to ${MAX_EXTRACTION}.`);
       query.latest = latest;
     }
     if (param('property_names') !== undefined && param('property_names') !== '') {
       const names = structured('property_names', param('property_names'));
-      if (!Array.isArray(names) || names.length === 0) throw new QueryError('InvalidParameterError', 'property_names must be a JSON array of property names.');
-      if (names.length > MAX_PROPERTY_NAMES) throw new QueryError('InvalidParameterError', `property_names takes at most ${MAX_PROPERTY_NAMES} names.`);
+      if (!Array.isArray(names) || names.length === 0)
+        throw new QueryError('InvalidParameterError', 'property_names must be a JSON array of property names.');
+      if (names.length > MAX_PROPERTY_NAMES)
+        throw new QueryError('InvalidParameterError', `property_names takes at most ${MAX_PROPERTY_NAMES} names.`);
       query.propertyNames = names.map((name, index) => propertyPath(name, `property_names[${index}]`));
     }
-    if (param('email') !== undefined) throw new QueryError('InvalidParameterError', 'keen-sink answers extractions synchronously only: drop "email".');
+    if (param('email') !== undefined)
+      throw new QueryError('InvalidParameterError', 'keen-sink answers extractions synchronously only: drop "email".');
   }
   return query;
 }
@@ -357,7 +408,11 @@ function filterSql(sql: Statement, filter: Filter): string {
   const name = indexed(filter.path);
   const scalar = filter.value === null || typeof filter.value !== 'object';
   if (sql.fast && name && filter.operator === 'eq' && scalar) return indexedEqSql(sql, name, filter.value);
-  if (filter.operator === 'eq' && (filter.value === null || typeof filter.value !== 'object') && !filter.path.some((key) => /^\d+$/.test(key))) {
+  if (
+    filter.operator === 'eq' &&
+    (filter.value === null || typeof filter.value !== 'object') &&
+    !filter.path.some((key) => /^\d+$/.test(key))
+  ) {
     // Scalars use containment, which the GIN index serves: {"p": v}, or {"p": [v]} so that on an
     // array property eq matches any element, as Keen's eq does. Containment cannot step into
     // arrays by index, so paths with numeric segments use plain equality below.
@@ -384,7 +439,10 @@ function filterSql(sql: Statement, filter: Filter): string {
       return `(${x} IN (SELECT elements.value FROM jsonb_array_elements(${json(filter.value)}) AS elements))`;
     case 'contains': {
       const value = json(filter.value);
-      const text = typeof filter.value === 'string' ? `(jsonb_typeof(${x}) = 'string' AND strpos(${x} #>> '{}', ${sql.param(filter.value, 'text')}) > 0) OR ` : '';
+      const text =
+        typeof filter.value === 'string'
+          ? `(jsonb_typeof(${x}) = 'string' AND strpos(${x} #>> '{}', ${sql.param(filter.value, 'text')}) > 0) OR `
+          : '';
       return `(${text}(jsonb_typeof(${x}) = 'array' AND ${x} @> jsonb_build_array(${value})))`;
     }
   }
@@ -457,7 +515,10 @@ function rollupSql(projectId: string, query: ParsedQuery, name: string): BuiltQu
   if (query.timeframe) {
     const start = sql.param(query.timeframe.start.toISOString(), 'timestamptz');
     const end = sql.param(query.timeframe.end.toISOString(), 'timestamptz');
-    const cutHours = sql.param(cut.map((d) => d.toISOString()), 'timestamptz[]');
+    const cutHours = sql.param(
+      cut.map((d) => d.toISOString()),
+      'timestamptz[]',
+    );
     hours.push(`hour >= ${start}`, `hour + interval '1 hour' <= ${end}`, `hour <> ALL (${cutHours})`);
     events.push(`
  UNION ALL
@@ -469,12 +530,20 @@ SELECT e.value, e.at
                    AND keen_timestamp < least(cut.hour + interval '1 hour', ${end})) AS e`);
   }
   const seen = `SELECT value, hour AS at FROM keen_property_hours WHERE ${hours.join(' AND ')}${events.join('')}`;
-  const bucket = query.intervals ? `width_bucket(at, ${sql.param(query.intervals.map((d) => d.toISOString()), 'timestamptz[]')})` : '1';
+  const bucket = query.intervals
+    ? `width_bucket(at, ${sql.param(
+        query.intervals.map((d) => d.toISOString()),
+        'timestamptz[]',
+      )})`
+    : '1';
   // Distinct (value, interval) pairs first: hashing them is far cheaper than count(DISTINCT)'s sort.
   const distinct = `SELECT value, ${bucket} AS bucket FROM (${seen}) AS seen GROUP BY 1, 2`;
   const order = query.intervals ? 'bucket' : '';
   if (query.analysis === 'select_unique') {
-    return { text: `SELECT value${order && ', bucket'} FROM (${distinct}) AS d\n ORDER BY ${order && 'bucket, '}value`, values: sql.values };
+    return {
+      text: `SELECT value${order && ', bucket'} FROM (${distinct}) AS d\n ORDER BY ${order && 'bucket, '}value`,
+      values: sql.values,
+    };
   }
   const count = `count(*) FILTER (WHERE jsonb_typeof(value) <> 'null') AS value`;
   if (!order) return { text: `SELECT ${count} FROM (${distinct}) AS d`, values: sql.values };
@@ -496,14 +565,23 @@ export function buildSql(projectId: string, query: ParsedQuery, fast = false): B
     const where = whereSql(sql, projectId, query);
     const limit = sql.param(query.latest ?? MAX_EXTRACTION + 1, 'int');
     const order = query.latest ? 'DESC' : 'ASC';
-    return { text: `SELECT event FROM keen_events\n WHERE ${where}\n ORDER BY keen_timestamp ${order}, id ${order}\n LIMIT ${limit}`, values: sql.values };
+    return {
+      text: `SELECT event FROM keen_events\n WHERE ${where}\n ORDER BY keen_timestamp ${order}, id ${order}\n LIMIT ${limit}`,
+      values: sql.values,
+    };
   }
   // select_unique answers one row per distinct value (folded into arrays by shapeResult), so
   // that its answer is read and bounded row by row instead of built whole in one jsonb_agg.
   const distinct = query.analysis === 'select_unique';
   const columns = [`${distinct ? `event #> ${sql.param(query.target, 'text[]')}` : aggregateSql(sql, query)} AS value`];
   query.groupBy.forEach((group, index) => columns.push(`event #> ${sql.param(group.path, 'text[]')} AS g${index}`));
-  if (query.intervals) columns.push(`width_bucket(keen_timestamp, ${sql.param(query.intervals.map((d) => d.toISOString()), 'timestamptz[]')}) AS bucket`);
+  if (query.intervals)
+    columns.push(
+      `width_bucket(keen_timestamp, ${sql.param(
+        query.intervals.map((d) => d.toISOString()),
+        'timestamptz[]',
+      )}) AS bucket`,
+    );
   const where = whereSql(sql, projectId, query);
   // Ordinal positions of the grouping columns: fixed numbers, never user input.
   const grouping = columns.slice(1).map((_, index) => String(index + 2));
@@ -602,7 +680,8 @@ function groupedResult(query: ParsedQuery, rows: ResultRow[]): Array<Record<stri
 export function shapeResult(query: ParsedQuery, rawRows: Row[]): unknown {
   const parsed = rawRows.map((row) => readRow(query, row));
   const rows = query.analysis === 'select_unique' ? foldDistinct(parsed) : parsed;
-  const single = (subset: ResultRow[]) => (query.groupBy.length > 0 ? groupedResult(query, subset) : toValue(query.analysis, subset[0]?.value));
+  const single = (subset: ResultRow[]) =>
+    query.groupBy.length > 0 ? groupedResult(query, subset) : toValue(query.analysis, subset[0]?.value);
   if (!query.intervals) return single(rows);
   const boundaries = query.intervals;
   const byBucket = new Map<number, ResultRow[]>();
@@ -639,7 +718,13 @@ const AS_TEXT = { getTypeParser: () => (value: string) => value };
  * cancelled (the cursor closes with the transaction) and `tooLarge` is thrown: what is held
  * never grows past the limit plus one FETCH, whatever matches.
  */
-async function readRows(db: pg.Pool, built: BuiltQuery, maxBytes: number, tooLarge: () => Error, take: (row: Row) => number): Promise<void> {
+async function readRows(
+  db: pg.Pool,
+  built: BuiltQuery,
+  maxBytes: number,
+  tooLarge: () => Error,
+  take: (row: Row) => number,
+): Promise<void> {
   const client = await db.connect();
   let broken = false;
   try {
@@ -684,7 +769,11 @@ export async function runQuery(db: pg.Pool, projectId: string, query: ParsedQuer
         `The extraction holds more than ${maxBytes} bytes of events, this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES): page through it with narrower timeframes (split it in halves, or in intervals), ask for the newest events only with "latest", or fewer properties with "property_names".`,
       );
     await readRows(db, built, maxBytes, tooLarge, (row) => {
-      if (events.length === MAX_EXTRACTION) throw new QueryError('ExtractionTooLargeError', `More than ${MAX_EXTRACTION} events match: add "latest" or narrow the timeframe or filters.`);
+      if (events.length === MAX_EXTRACTION)
+        throw new QueryError(
+          'ExtractionTooLargeError',
+          `More than ${MAX_EXTRACTION} events match: add "latest" or narrow the timeframe or filters.`,
+        );
       const text = query.propertyNames ? JSON.stringify(pick(parseJsonText(row.event), query.propertyNames)) : row.event!;
       events.push(text);
       return Buffer.byteLength(text) + 1;

@@ -130,7 +130,8 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
 
   const authorize = (req: IncomingMessage, url: URL, key: string) => {
     const given = req.headers.authorization ?? url.searchParams.get('api_key') ?? undefined;
-    if (given === undefined || given === '') throw new HttpError(401, 'InvalidApiKeyError', "An API key is required: send it in the 'Authorization' header or as ?api_key=.");
+    if (given === undefined || given === '')
+      throw new HttpError(401, 'InvalidApiKeyError', "An API key is required: send it in the 'Authorization' header or as ?api_key=.");
     if (!keyMatches(given, key)) throw new HttpError(401, 'InvalidApiKeyError', 'The API key is not valid for this project and operation.');
   };
 
@@ -139,14 +140,21 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
       for (const addon of event.unknownAddons) {
         if (reportedAddons.has(addon)) continue;
         reportedAddons.add(addon);
-        logger.warn({ addon, collection: event.collection }, 'add-on not implemented by keen-sink: events are stored without its output (reported once)');
+        logger.warn(
+          { addon, collection: event.collection },
+          'add-on not implemented by keen-sink: events are stored without its output (reported once)',
+        );
       }
     }
   };
 
   /** Validation should have refused what PostgreSQL refuses: each such event is worth a line (never its content). */
   const reportRefusal = (event: PreparedEvent, outcome: StoreOutcome | undefined) => {
-    if (outcome?.status === 'refused') logger.warn({ collection: event.collection, problem: outcome.problem }, 'PostgreSQL refused an event that passed validation; refused it alone');
+    if (outcome?.status === 'refused')
+      logger.warn(
+        { collection: event.collection, problem: outcome.problem },
+        'PostgreSQL refused an event that passed validation; refused it alone',
+      );
   };
 
   async function writeOne(req: IncomingMessage, res: ServerResponse, collectionSegment: string) {
@@ -182,7 +190,8 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     type Slot = { error: EventError } | { event: PreparedEvent };
     const slots: Array<[string, Slot[]]> = [];
     for (const [collection, events] of Object.entries(batch)) {
-      if (!Array.isArray(events)) throw new HttpError(400, 'InvalidEventError', `The value for collection "${collection.slice(0, 80)}" must be an array of events.`);
+      if (!Array.isArray(events))
+        throw new HttpError(400, 'InvalidEventError', `The value for collection "${collection.slice(0, 80)}" must be an array of events.`);
       const problem = collectionNameProblem(collection);
       const results = events.map((event, index): Slot => {
         if (problem) return { error: { name: 'InvalidCollectionNameError', description: problem } };
@@ -193,7 +202,12 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
         // good events is not refused (and dead-lettered) whole because of one.
         const bytes = Buffer.byteLength(JSON.stringify(event));
         if (bytes > LIMITS.eventBytes) {
-          return { error: { name: 'EventTooLargeError', description: `Event ${index} of "${collection.slice(0, 80)}" has ${bytes} bytes; an event may be at most ${LIMITS.eventBytes}.` } };
+          return {
+            error: {
+              name: 'EventTooLargeError',
+              description: `Event ${index} of "${collection.slice(0, 80)}" has ${bytes} bytes; an event may be at most ${LIMITS.eventBytes}.`,
+            },
+          };
         }
         return { event: prepared.value };
       });
@@ -210,7 +224,8 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
       const answer = results.map((slot) => {
         if ('error' in slot) return { success: false, error: slot.error };
         const outcome = outcomeById.get(slot.event.id);
-        if (outcome?.status === 'refused') return { success: false, error: { name: 'InvalidPropertyValueError', description: outcome.problem } };
+        if (outcome?.status === 'refused')
+          return { success: false, error: { name: 'InvalidPropertyValueError', description: outcome.problem } };
         return outcome?.status === 'duplicate' ? { success: true, duplicate: true, message: duplicateMessage } : { success: true };
       });
       response[collection] = answer;
@@ -219,7 +234,12 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   }
 
   async function query(req: IncomingMessage, res: ServerResponse, url: URL, analysis: string) {
-    if (!isQueryName(analysis)) throw new HttpError(404, 'ResourceNotFoundError', `Unknown analysis "${analysis.slice(0, 40)}": keen-sink answers ${QUERY_NAMES.join(', ')}.`);
+    if (!isQueryName(analysis))
+      throw new HttpError(
+        404,
+        'ResourceNotFoundError',
+        `Unknown analysis "${analysis.slice(0, 40)}": keen-sink answers ${QUERY_NAMES.join(', ')}.`,
+      );
     // The sender names the keys: a null-prototype object, filled with own properties only, so
     // `__proto__` or `constructor` is a parameter like any other (and unknown, so ignored).
     const params: Record<string, unknown> = Object.create(null);
@@ -229,13 +249,16 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
       if (tooLarge) throw new HttpError(413, 'RequestTooLargeError', 'A query body may be at most 1 MiB.');
       if (body.length > 0) {
         const parsed = parseJson(body);
-        if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new HttpError(400, 'InvalidParameterError', 'A query body must be a JSON object of parameters.');
+        if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+          throw new HttpError(400, 'InvalidParameterError', 'A query body must be a JSON object of parameters.');
         for (const [key, value] of Object.entries(parsed)) params[key] = value;
       }
     }
     const body = await answerQuery(db, options.projectId, analysis, params, { maxResultBytes: options.maxResultBytes });
     // An extraction arrives as PostgreSQL's JSON text, sent on without a parse and a stringify.
-    const members = Object.entries(body).map(([key, value]) => `${JSON.stringify(key)}:${value instanceof JsonText ? value.text : JSON.stringify(value)}`);
+    const members = Object.entries(body).map(
+      ([key, value]) => `${JSON.stringify(key)}:${value instanceof JsonText ? value.text : JSON.stringify(value)}`,
+    );
     sendText(res, 200, `{${members.join(',')}}`);
   }
 
@@ -258,8 +281,10 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
         return send(res, 503, { status: 'not ready', checks: { postgres: false } });
       }
     }
-    if (parts[0] !== '3.0' || parts[1] !== 'projects' || parts.length < 4) throw new HttpError(404, 'ResourceNotFoundError', `Nothing at ${url.pathname.slice(0, 200)}.`);
-    if (parts[2] !== options.projectId) throw new HttpError(404, 'ProjectNotFoundError', `Project ${parts[2]!.slice(0, 64)} does not exist on this keen-sink.`);
+    if (parts[0] !== '3.0' || parts[1] !== 'projects' || parts.length < 4)
+      throw new HttpError(404, 'ResourceNotFoundError', `Nothing at ${url.pathname.slice(0, 200)}.`);
+    if (parts[2] !== options.projectId)
+      throw new HttpError(404, 'ProjectNotFoundError', `Project ${parts[2]!.slice(0, 64)} does not exist on this keen-sink.`);
     const [resource, name, ...rest] = parts.slice(3);
     if (resource === 'events' && name === undefined && req.method === 'GET') {
       authorize(req, url, options.readKey);
@@ -285,15 +310,27 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
         if (err instanceof HttpError) return send(res, err.status, { message: err.message, error_code: err.code });
         if (err instanceof QueryError) return send(res, 400, { message: err.message, error_code: err.code });
         if ((err as { code?: string }).code === '57014') {
-          return send(res, 503, { message: 'The query took too long and was cancelled: narrow the timeframe or filters.', error_code: 'QueryTimeoutError' });
+          return send(res, 503, {
+            message: 'The query took too long and was cancelled: narrow the timeframe or filters.',
+            error_code: 'QueryTimeoutError',
+          });
         }
         if ((err as Error).message === 'request aborted') return undefined;
         logger.error({ err, method: req.method, path: (req.url ?? '').split('?')[0] }, 'request failed');
-        if (!res.headersSent) send(res, 500, { message: 'keen-sink failed to handle this request; see its log.', error_code: 'InternalServerError' });
+        if (!res.headersSent)
+          send(res, 500, { message: 'keen-sink failed to handle this request; see its log.', error_code: 'InternalServerError' });
         return undefined;
       })
       .finally(() => {
-        logger.debug({ method: req.method, path: (req.url ?? '').split('?')[0], status: res.statusCode, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'request');
+        logger.debug(
+          {
+            method: req.method,
+            path: (req.url ?? '').split('?')[0],
+            status: res.statusCode,
+            ms: Number(process.hrtime.bigint() - started) / 1e6,
+          },
+          'request',
+        );
       });
   });
   // Keen clients keep connections alive between batches.
@@ -310,7 +347,10 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   } catch (err) {
     await db.end().catch(() => {});
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EADDRINUSE') throw new StartupError(`port ${options.port} on ${options.host} is already in use (EADDRINUSE): stop what listens there or set KEEN_SINK_PORT`);
+    if (code === 'EADDRINUSE')
+      throw new StartupError(
+        `port ${options.port} on ${options.host} is already in use (EADDRINUSE): stop what listens there or set KEEN_SINK_PORT`,
+      );
     throw new StartupError(`cannot listen on ${options.host}:${options.port} (${describe(err)}): fix KEEN_SINK_HOST or KEEN_SINK_PORT`);
   }
 
@@ -339,5 +379,5 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   };
 }
 
-const duplicateMessage = 'An event with this keen.uniqueness_token was already recorded in this collection within 31 days; this one was not stored again.';
-
+const duplicateMessage =
+  'An event with this keen.uniqueness_token was already recorded in this collection within 31 days; this one was not stored again.';

@@ -94,6 +94,8 @@ async function insertEvents(db: pg.Pool, projectId: string, events: PreparedEven
 
 /** Forgets claims older than the window; they could be taken over anyway, this only bounds the table. */
 export async function expireUniquenessTokens(db: pg.Pool): Promise<number> {
-  const { rowCount } = await db.query(`DELETE FROM keen_uniqueness_tokens WHERE claimed_at < now() - make_interval(days => $1)`, [UNIQUENESS_WINDOW_DAYS]);
+  const { rowCount } = await db.query(`DELETE FROM keen_uniqueness_tokens WHERE claimed_at < now() - make_interval(days => $1)`, [
+    UNIQUENESS_WINDOW_DAYS,
+  ]);
   return rowCount ?? 0;
 }

@@ -89,7 +89,10 @@ export function parseTimeZone(raw: unknown): TimeZoneParse {
   const numeric = typeof raw === 'string' && /^[+-]?\d+$/.test(raw.trim()) ? Number(raw) : raw;
   if (typeof numeric === 'number') {
     if (Number.isInteger(numeric) && Math.abs(numeric) <= MAX_OFFSET_SECONDS) return { ok: true, zone: fixedOffset(numeric) };
-    return { ok: false, message: `timezone ${String(numeric).slice(0, 40)} is out of range: an offset is whole seconds from UTC, at most ${MAX_OFFSET_SECONDS} either way (e.g. -28800).` };
+    return {
+      ok: false,
+      message: `timezone ${String(numeric).slice(0, 40)} is out of range: an offset is whole seconds from UTC, at most ${MAX_OFFSET_SECONDS} either way (e.g. -28800).`,
+    };
   }
   // IANA names are letters, digits, "/", "_", "+" and "-"; anything else is refused before
   // reaching Intl (which also accepts odd spellings such as offsets in "+01:00" form).

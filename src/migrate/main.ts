@@ -39,7 +39,9 @@ async function checkSiteDatabase(url: string): Promise<void> {
   } catch (err) {
     if (err instanceof DatabaseSetupError) throw err;
     if (pgCode(err) === '3D000') {
-      throw new DatabaseSetupError(`REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${shown(url)}: point DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`);
+      throw new DatabaseSetupError(
+        `REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${shown(url)}: point DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`,
+      );
     }
     throw connectionProblem(err, url) ?? err;
   } finally {
@@ -68,13 +70,23 @@ async function migrate(): Promise<void> {
     if (err instanceof MigrationError) {
       // The runner applies each migration in a transaction: a failed one left nothing behind.
       if (/^migration \S+ failed: /.test(err.message)) {
-        throw new DatabaseSetupError(`${err.message}; nothing of it was applied: fix the database or the migration, then run migrate again`);
+        throw new DatabaseSetupError(
+          `${err.message}; nothing of it was applied: fix the database or the migration, then run migrate again`,
+        );
       }
       throw err;
     }
     const code = pgCode(err);
-    if (code === 'ENOENT') throw new DatabaseSetupError(`cannot read migrations from ${directory} (ENOENT): run migrate from a complete checkout of the project`);
-    throw connectionProblem(err, url) ?? new DatabaseSetupError(`failed against DATABASE_URL=${shown(url)} (${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user may create tables in this database`);
+    if (code === 'ENOENT')
+      throw new DatabaseSetupError(
+        `cannot read migrations from ${directory} (ENOENT): run migrate from a complete checkout of the project`,
+      );
+    throw (
+      connectionProblem(err, url) ??
+      new DatabaseSetupError(
+        `failed against DATABASE_URL=${shown(url)} (${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user may create tables in this database`,
+      )
+    );
   }
   for (const name of result.applied) process.stdout.write(`${NAME}: applied ${name}\n`);
   const total = result.applied.length + result.alreadyApplied.length;

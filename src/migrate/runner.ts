@@ -33,7 +33,10 @@ function lockKey(table: string): number {
 
 export async function listMigrations(directory: string): Promise<Array<{ name: string; sql: string; checksum: string }>> {
   const entries = await readdir(directory, { withFileTypes: true });
-  const names = entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
+  const names = entries
+    .filter((e) => e.isDirectory())
+    .map((e) => e.name)
+    .sort();
   return Promise.all(
     names.map(async (name) => {
       const sql = await readFile(path.join(directory, name, 'migration.sql'), 'utf8');
@@ -42,7 +45,11 @@ export async function listMigrations(directory: string): Promise<Array<{ name: s
   );
 }
 
-export async function applyMigrations({ databaseUrl, directory, table = '_prisma_migrations' }: MigrationOptions): Promise<MigrationResult> {
+export async function applyMigrations({
+  databaseUrl,
+  directory,
+  table = '_prisma_migrations',
+}: MigrationOptions): Promise<MigrationResult> {
   const migrations = await listMigrations(directory);
   const client = new pg.Client({ connectionString: databaseUrl, connectionTimeoutMillis: 10_000 });
   await client.connect();
@@ -68,13 +75,17 @@ export async function applyMigrations({ databaseUrl, directory, table = '_prisma
       const previous = done.get(migration.name);
       if (previous?.finished_at) {
         if (previous.checksum !== migration.checksum) {
-          throw new MigrationError(`migration ${migration.name} was edited after it was applied (checksum differs): restore the file, add a new migration instead`);
+          throw new MigrationError(
+            `migration ${migration.name} was edited after it was applied (checksum differs): restore the file, add a new migration instead`,
+          );
         }
         result.alreadyApplied.push(migration.name);
         continue;
       }
       if (previous) {
-        throw new MigrationError(`migration ${migration.name} failed earlier and is marked unfinished in ${table}: fix the database by hand, then delete that row`);
+        throw new MigrationError(
+          `migration ${migration.name} failed earlier and is marked unfinished in ${table}: fix the database by hand, then delete that row`,
+        );
       }
       await client.query('BEGIN');
       try {

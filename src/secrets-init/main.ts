@@ -40,11 +40,15 @@ try {
   const ca = path.join(tls, 'ca.crt');
   process.stdout.write(`${NAME}: lamps verify the broker with ${ca}: docker compose exec mosquitto cat ${ca}\n`);
   const user = config.DASHBOARD_USERNAME ?? 'admin';
-  process.stdout.write(`${NAME}: dashboard login: user ${user}, password: docker compose exec dashboard cat ${path.join(dir, 'dashboard-password')}\n`);
+  process.stdout.write(
+    `${NAME}: dashboard login: user ${user}, password: docker compose exec dashboard cat ${path.join(dir, 'dashboard-password')}\n`,
+  );
   process.exit(0);
 } catch (err) {
   const line =
-    err instanceof ConfigError ? err.message : `cannot write the secrets (${(err as Error).message}): check the secrets volume (SECRETS_DIR)`;
+    err instanceof ConfigError
+      ? err.message
+      : `cannot write the secrets (${(err as Error).message}): check the secrets volume (SECRETS_DIR)`;
   process.stderr.write(`${NAME}: ${line.replace(/\s+/g, ' ')}\n`);
   process.exit(1);
 }

@@ -12,13 +12,16 @@ import { z } from 'zod';
  */
 
 const url = (protocols: string[]) =>
-  z.string().refine((value) => {
-    try {
-      return protocols.includes(new URL(value).protocol);
-    } catch {
-      return false;
-    }
-  }, `must be a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}`);
+  z.string().refine(
+    (value) => {
+      try {
+        return protocols.includes(new URL(value).protocol);
+      } catch {
+        return false;
+      }
+    },
+    `must be a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}`,
+  );
 
 /** KEEN_ATTEMPTS when it is not set (the dashboard, which does not read it, describes this one). */
 export const DEFAULT_KEEN_ATTEMPTS = 12;
@@ -29,7 +32,10 @@ const optionalSecret = z.string().min(1).optional();
 const sections = {
   common: {
     REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
-    QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('lampi'),
+    QUEUE_PREFIX: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only')
+      .default('lampi'),
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   },
   ops: {
@@ -42,11 +48,17 @@ const sections = {
     MQTT_USERNAME: optionalSecret,
     MQTT_PASSWORD: optionalSecret,
     /** Base of the fixed client ids that keep our persistent sessions across restarts. */
-    MQTT_CLIENT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,40}$/, '1-40 letters, digits, _ or -').default('lampi-ingest'),
+    MQTT_CLIENT_ID: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]{1,40}$/, '1-40 letters, digits, _ or -')
+      .default('lampi-ingest'),
   },
   subscriber: {
     /** Lamp-state topics are consumed through `$share/<group>/...` so connections (and replicas) split the load. */
-    MQTT_SHARE_GROUP: z.string().regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only').default('lampi-ingest'),
+    MQTT_SHARE_GROUP: z
+      .string()
+      .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only')
+      .default('lampi-ingest'),
     /** Connections sharing the lamp-state topics; each may hold the broker's in-flight window unacknowledged. */
     SUBSCRIBER_CONNECTIONS: positiveInt(4),
   },
@@ -98,7 +110,12 @@ const sections = {
     TLS_SERVER_NAMES: z
       .string()
       .default('localhost,127.0.0.1')
-      .transform((value) => value.split(',').map((name) => name.trim()).filter(Boolean))
+      .transform((value) =>
+        value
+          .split(',')
+          .map((name) => name.trim())
+          .filter(Boolean),
+      )
       .refine(
         (names) => names.length > 0 && names.every((name) => /^[A-Za-z0-9.:*-]+$/.test(name)),
         'must be comma-separated host names or IP addresses',

@@ -6,7 +6,19 @@
 
 /** The columns we read or write, as Django 3.2's `manage.py migrate` creates them. */
 export const DJANGO_TABLES = {
-  auth_user: ['id', 'password', 'last_login', 'is_superuser', 'username', 'first_name', 'last_name', 'email', 'is_staff', 'is_active', 'date_joined'],
+  auth_user: [
+    'id',
+    'password',
+    'last_login',
+    'is_superuser',
+    'username',
+    'first_name',
+    'last_name',
+    'email',
+    'is_staff',
+    'is_active',
+    'date_joined',
+  ],
   lampi_lampi: ['device_id', 'name', 'association_code', 'created_at', 'user_id'],
 } as const;
 

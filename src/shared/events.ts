@@ -46,11 +46,7 @@ export function activationEvent(deviceId: string, user: string, receivedAt: stri
 }
 
 export function deviceMonitoringEvent(deviceId: string, connected: boolean, receivedAt: string, token: string): KeenEvent {
-  return buildKeenEvent(
-    { device_id: deviceId, service: 'mqttbridge', state: connected ? 'connected' : 'disconnected' },
-    receivedAt,
-    token,
-  );
+  return buildKeenEvent({ device_id: deviceId, service: 'mqttbridge', state: connected ? 'connected' : 'disconnected' }, receivedAt, token);
 }
 
 export function deviceStateEvent(deviceId: string, state: object, receivedAt: string, token: string): KeenEvent {

@@ -43,9 +43,7 @@ export interface IncomingMessage {
   receivedAt: Date;
 }
 
-export type ParsedMessage =
-  | { ok: true; message: IngestMessage }
-  | { ok: false; reason: RejectReason; detail: string; deviceId?: string };
+export type ParsedMessage = { ok: true; message: IngestMessage } | { ok: false; reason: RejectReason; detail: string; deviceId?: string };
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
 
@@ -138,7 +136,8 @@ function findStructuralProblem(root: object): { reason: RejectReason; detail: st
       const path = where === '(root)' ? key : `${where}.${key}`;
       const text = unstorableText(key);
       // The key is not quoted: it may hold the very character that is refused.
-      if (text) return { reason: 'unstorable_text', detail: `a key ${where === '(root)' ? 'at the top level' : `in ${where}`} contains ${text}` };
+      if (text)
+        return { reason: 'unstorable_text', detail: `a key ${where === '(root)' ? 'at the top level' : `in ${where}`} contains ${text}` };
       stack.push([child, depth + 1, path]);
     }
   }

@@ -13,10 +13,29 @@ export function createMetrics(processName: string) {
   const registers = [registry];
   return {
     registry,
-    messagesReceived: new Counter({ name: 'lampi_messages_received_total', help: 'MQTT messages received', labelNames: ['kind'], registers }),
-    messagesRejected: new Counter({ name: 'lampi_messages_rejected_total', help: 'Messages refused, by reason', labelNames: ['reason'], registers }),
-    messagesEnqueued: new Counter({ name: 'lampi_messages_enqueued_total', help: 'Messages whose job Redis confirmed', labelNames: ['kind'], registers }),
-    redeliveriesDeduplicated: new Counter({ name: 'lampi_mqtt_redeliveries_deduplicated_total', help: 'Redelivered MQTT messages that matched an existing job', registers }),
+    messagesReceived: new Counter({
+      name: 'lampi_messages_received_total',
+      help: 'MQTT messages received',
+      labelNames: ['kind'],
+      registers,
+    }),
+    messagesRejected: new Counter({
+      name: 'lampi_messages_rejected_total',
+      help: 'Messages refused, by reason',
+      labelNames: ['reason'],
+      registers,
+    }),
+    messagesEnqueued: new Counter({
+      name: 'lampi_messages_enqueued_total',
+      help: 'Messages whose job Redis confirmed',
+      labelNames: ['kind'],
+      registers,
+    }),
+    redeliveriesDeduplicated: new Counter({
+      name: 'lampi_mqtt_redeliveries_deduplicated_total',
+      help: 'Redelivered MQTT messages that matched an existing job',
+      registers,
+    }),
     jobsCompleted: new Counter({ name: 'lampi_jobs_completed_total', help: 'Jobs completed', labelNames: ['queue'], registers }),
     // Attempts and jobs apart: an outage that every job outlives fails many attempts and no job.
     jobAttemptsFailed: new Counter({
@@ -27,8 +46,17 @@ export function createMetrics(processName: string) {
     }),
     jobsFailed: new Counter({ name: 'lampi_jobs_failed_total', help: 'Jobs that failed for good', labelNames: ['queue'], registers }),
     devicesCreated: new Counter({ name: 'lampi_devices_created_total', help: 'Devices created on first bridge connect', registers }),
-    bridgeReplaysDropped: new Counter({ name: 'lampi_bridge_state_replays_dropped_total', help: 'Bridge states equal to the last recorded one', registers }),
-    deadLettered: new Counter({ name: 'lampi_keen_dead_lettered_total', help: 'Keen events moved to the dead-letter queue', labelNames: ['collection'], registers }),
+    bridgeReplaysDropped: new Counter({
+      name: 'lampi_bridge_state_replays_dropped_total',
+      help: 'Bridge states equal to the last recorded one',
+      registers,
+    }),
+    deadLettered: new Counter({
+      name: 'lampi_keen_dead_lettered_total',
+      help: 'Keen events moved to the dead-letter queue',
+      labelNames: ['collection'],
+      registers,
+    }),
     keenRequestSeconds: new Histogram({
       name: 'lampi_keen_request_duration_seconds',
       help: 'Keen HTTP request latency',
@@ -36,7 +64,12 @@ export function createMetrics(processName: string) {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers,
     }),
-    keenResponses: new Counter({ name: 'lampi_keen_responses_total', help: 'Keen responses by HTTP status (or network error)', labelNames: ['status'], registers }),
+    keenResponses: new Counter({
+      name: 'lampi_keen_responses_total',
+      help: 'Keen responses by HTTP status (or network error)',
+      labelNames: ['status'],
+      registers,
+    }),
     keenEventsPerRequest: new Histogram({
       name: 'lampi_keen_events_per_request',
       help: 'Events sent in one Keen request',
@@ -49,7 +82,12 @@ export function createMetrics(processName: string) {
       labelNames: ['reason'],
       registers,
     }),
-    keenEvents: new Counter({ name: 'lampi_keen_events_total', help: 'Keen events by outcome', labelNames: ['collection', 'outcome'], registers }),
+    keenEvents: new Counter({
+      name: 'lampi_keen_events_total',
+      help: 'Keen events by outcome',
+      labelNames: ['collection', 'outcome'],
+      registers,
+    }),
     queueDepth: new Gauge({ name: 'lampi_queue_jobs', help: 'Jobs per queue and state', labelNames: ['queue', 'state'], registers }),
     redisMemoryUsedRatio: new Gauge({
       name: 'lampi_redis_memory_used_ratio',

@@ -59,7 +59,10 @@ export function firstConnect(client: MqttClient, settings: MqttSettings): Promis
   const timeoutMs = settings.connectTimeoutMs ?? 10_000;
   const where = `MQTT_URL=${safeUrl(settings.url)}`;
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new StartupError(`cannot reach the MQTT broker at ${where} (no answer in ${timeoutMs} ms): start it or fix MQTT_URL`)), timeoutMs);
+    const timer = setTimeout(
+      () => reject(new StartupError(`cannot reach the MQTT broker at ${where} (no answer in ${timeoutMs} ms): start it or fix MQTT_URL`)),
+      timeoutMs,
+    );
     client.once('connect', () => {
       clearTimeout(timer);
       resolve();

@@ -100,5 +100,7 @@ function listenProblem(err: NodeJS.ErrnoException, { service, port, host }: OpsS
       `METRICS_PORT ${port} is in use (another ${service} on this host?): set METRICS_PORT to a free port, or 0 to pick one (it is logged)`,
     );
   }
-  return new StartupError(`cannot serve /metrics on ${host}:${port} (${describe(err)}): set METRICS_PORT to a free port (or 0) and METRICS_HOST to an address of this host`);
+  return new StartupError(
+    `cannot serve /metrics on ${host}:${port} (${describe(err)}): set METRICS_PORT to a free port (or 0) and METRICS_HOST to an address of this host`,
+  );
 }

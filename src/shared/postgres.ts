@@ -74,7 +74,8 @@ export async function waitForDatabase(url: string, seconds: number, onWait: (rea
 function namesIn(url: string): { user: string; database: string } {
   try {
     const parsed = new URL(url);
-    const user = decodeURIComponent(parsed.username) || parsed.searchParams.get('user') || process.env.PGUSER || process.env.USER || 'postgres';
+    const user =
+      decodeURIComponent(parsed.username) || parsed.searchParams.get('user') || process.env.PGUSER || process.env.USER || 'postgres';
     return { user, database: decodeURIComponent(parsed.pathname.replace(/^\//, '')) || user };
   } catch {
     return { user: '(unknown)', database: '(unknown)' };
@@ -108,17 +109,23 @@ export function connectionProblem(err: unknown, url: string, options: ProblemOpt
     return new DatabaseSetupError(`PostgreSQL refused the password of user "${user}" at ${where} (28P01): fix the password in ${setting}`);
   }
   if (code === '28000' && /role .* does not exist/i.test(message)) {
-    return new DatabaseSetupError(`PostgreSQL has no role "${user}" at ${where} (28000): fix the user in ${setting}, or create the role (createuser ${user})`);
+    return new DatabaseSetupError(
+      `PostgreSQL has no role "${user}" at ${where} (28000): fix the user in ${setting}, or create the role (createuser ${user})`,
+    );
   }
   if (code === '28000') {
-    return new DatabaseSetupError(`PostgreSQL refused the login at ${where} (28000 ${oneLine(message)}): fix the user or password in ${setting}, or allow it in pg_hba.conf`);
+    return new DatabaseSetupError(
+      `PostgreSQL refused the login at ${where} (28000 ${oneLine(message)}): fix the user or password in ${setting}, or allow it in pg_hba.conf`,
+    );
   }
   if (code === '3D000') {
     const todo = options.missingDatabase ?? `create it (createdb ${database}) or fix the database name in ${setting}`;
     return new DatabaseSetupError(`database "${database}" does not exist at ${where} (3D000): ${todo}`);
   }
   if (code === '57P03') {
-    return new DatabaseSetupError(`PostgreSQL at ${where} is still starting up (57P03): wait for it to accept connections, then start again`);
+    return new DatabaseSetupError(
+      `PostgreSQL at ${where} is still starting up (57P03): wait for it to accept connections, then start again`,
+    );
   }
   if (/SSL|certificate/i.test(message)) {
     return new DatabaseSetupError(`TLS problem connecting to ${where} (${oneLine(message)}): fix sslmode in ${setting}`);
@@ -150,7 +157,10 @@ export async function checkConnection(url: string, options: ProblemOptions = {})
     await client.end().catch(() => {});
   } catch (err) {
     const setting = options.setting ?? 'DATABASE_URL';
-    throw connectionProblem(err, url, options) ?? new DatabaseSetupError(`cannot connect to PostgreSQL at ${setting}=${shown(url)} (${describe(err)}): fix ${setting}`);
+    throw (
+      connectionProblem(err, url, options) ??
+      new DatabaseSetupError(`cannot connect to PostgreSQL at ${setting}=${shown(url)} (${describe(err)}): fix ${setting}`)
+    );
   }
 }
 

@@ -67,7 +67,12 @@ export function backoffBaseMs(opts: { backoff?: number | { delay?: number } }): 
  * The Worker `settings.backoffStrategy` for jobs with `backoff: { type: JITTERED_BACKOFF, delay }`;
  * `delay` is the base of the exponential.
  */
-export function jitteredBackoff(attemptsMade: number, type?: string, _err?: Error, job?: { opts: { backoff?: number | { delay?: number } } }): number {
+export function jitteredBackoff(
+  attemptsMade: number,
+  type?: string,
+  _err?: Error,
+  job?: { opts: { backoff?: number | { delay?: number } } },
+): number {
   if (type !== JITTERED_BACKOFF) return 0;
   return jitteredBackoffDelay(attemptsMade, backoffBaseMs(job?.opts ?? {}));
 }
@@ -86,7 +91,6 @@ export function retryWindowMs(options: Pick<DefaultJobOptions, 'attempts' | 'bac
   }
   return { minMs, maxMs };
 }
-
 
 const DAY_S = 24 * 3600;
 
@@ -140,7 +144,8 @@ export function openQueues(connection: ConnectionOptions, prefix: string, keenAt
     ingest: new Queue<LampStatesJob>(QUEUE_NAMES.ingest, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     bridgeState: Array.from(
       { length: BRIDGE_PARTITIONS },
-      (_, partition) => new Queue<BridgeStatesJob>(QUEUE_NAMES.bridgeState(partition), { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+      (_, partition) =>
+        new Queue<BridgeStatesJob>(QUEUE_NAMES.bridgeState(partition), { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     ),
     keen: new Queue<KeenDeliveryJob>(QUEUE_NAMES.keen, { connection, prefix, defaultJobOptions: JOB_OPTIONS.keen(keenAttempts) }),
     deadLetter: new Queue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection, prefix, defaultJobOptions: JOB_OPTIONS.deadLetter }),
@@ -172,7 +177,12 @@ export class StartupError extends Error {
  * MQTT message is not acknowledged and stays with the broker until Redis is back.
  */
 export async function connectRedis(url: string, { connectTimeoutMs = 10_000, autoPipelining = false } = {}): Promise<Redis> {
-  const redis = new Redis(url, { maxRetriesPerRequest: null, enableReadyCheck: true, lazyConnect: true, enableAutoPipelining: autoPipelining });
+  const redis = new Redis(url, {
+    maxRetriesPerRequest: null,
+    enableReadyCheck: true,
+    lazyConnect: true,
+    enableAutoPipelining: autoPipelining,
+  });
   let lastError: unknown;
   redis.on('error', (err) => {
     // Reconnection is automatic; callers watch 'ready'/'close' (health) rather than each error.

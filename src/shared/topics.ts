@@ -15,8 +15,7 @@ const DEVICE_ID = /^[0-9a-f]{1,12}$/;
 export type TopicKind = 'bridge-state' | 'lamp-state';
 
 export type ParsedTopic =
-  | { ok: true; kind: TopicKind; deviceId: string }
-  | { ok: false; reason: 'unrecognized_topic' | 'invalid_device_id'; detail: string };
+  { ok: true; kind: TopicKind; deviceId: string } | { ok: false; reason: 'unrecognized_topic' | 'invalid_device_id'; detail: string };
 
 export function parseTopic(topic: string): ParsedTopic {
   const lower = topic.toLowerCase();

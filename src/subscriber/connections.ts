@@ -77,7 +77,10 @@ function openConnection(options: SubscriberConnectionOptions, index: number): Mq
     const handled = options.onMessage(clientId, message);
     if (packet.qos === 0 || packet.messageId === undefined) {
       // Nothing to acknowledge; waiting still keeps a flood of QoS 0 messages from piling up.
-      handled.then(() => done(), (err: unknown) => log.error({ err }, 'QoS 0 message dropped: handling failed'));
+      handled.then(
+        () => done(),
+        (err: unknown) => log.error({ err }, 'QoS 0 message dropped: handling failed'),
+      );
       return;
     }
     const { messageId } = packet;

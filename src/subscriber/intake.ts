@@ -76,7 +76,16 @@ export class Intake {
     } else {
       metrics.messagesReceived.inc({ kind: 'invalid' });
       metrics.messagesRejected.inc({ reason: parsed.reason });
-      logger.warn({ reason: parsed.reason, detail: parsed.detail, topic: message.topic.slice(0, TOPIC_LOG_CHARS), device_id: parsed.deviceId, bytes: message.payload.length }, 'message rejected');
+      logger.warn(
+        {
+          reason: parsed.reason,
+          detail: parsed.detail,
+          topic: message.topic.slice(0, TOPIC_LOG_CHARS),
+          device_id: parsed.deviceId,
+          bytes: message.payload.length,
+        },
+        'message rejected',
+      );
     }
     return new Promise<void>((stored) => {
       this.#waiting.push({ session, message, parsed, receivedAt, stored });
@@ -124,7 +133,10 @@ export class Intake {
         if (!remembered) return;
         ids[i] = remembered;
         metrics.redeliveriesDeduplicated.inc();
-        logger.info({ message_id: remembered, device_id: parsed.ok ? parsed.message.deviceId : undefined }, 'broker redelivered a message we had already queued');
+        logger.info(
+          { message_id: remembered, device_id: parsed.ok ? parsed.message.deviceId : undefined },
+          'broker redelivered a message we had already queued',
+        );
       }),
     );
     return ids;
@@ -155,14 +167,27 @@ export class Intake {
       // The topic and payload as sent travel too, for the record should the worker reject the state.
       const { topic } = message;
       if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId, topic });
-      else lampStates.push({ ...parsed.message, messageId, topic, payload: Buffer.from(message.payload.buffer, message.payload.byteOffset, message.payload.byteLength).toString('utf8') });
+      else
+        lampStates.push({
+          ...parsed.message,
+          messageId,
+          topic,
+          payload: Buffer.from(message.payload.buffer, message.payload.byteOffset, message.payload.byteLength).toString('utf8'),
+        });
     });
     const byPartition = groupBy(bridgeStates, (state) => queues.bridgeStateQueueFor(state.deviceId));
     // Ids are chosen now, so that a retried write sends the very same jobs.
     const bridgeJobs = [...byPartition].flatMap(([queue, states]) =>
-      this.#chunks(states).map((chunk) => ({ queue, job: { kind: 'bridge-states', states: chunk } satisfies BridgeStatesJob, id: newMessageId() })),
+      this.#chunks(states).map((chunk) => ({
+        queue,
+        job: { kind: 'bridge-states', states: chunk } satisfies BridgeStatesJob,
+        id: newMessageId(),
+      })),
     );
-    const lampJobs = this.#chunks(lampStates).map((chunk) => ({ job: { kind: 'lamp-states', states: chunk } satisfies LampStatesJob, id: newMessageId() }));
+    const lampJobs = this.#chunks(lampStates).map((chunk) => ({
+      job: { kind: 'lamp-states', states: chunk } satisfies LampStatesJob,
+      id: newMessageId(),
+    }));
 
     return async () => {
       // Sent together without waiting for one another; Redis runs them in this order.
@@ -196,7 +221,10 @@ export class Intake {
         return result;
       } catch (err) {
         if (attempt === 1 || attempt % 30 === 0) {
-          this.#options.logger.error({ err: describe(err), attempt }, `Redis refused the ${what}; holding the messages unacknowledged and retrying`);
+          this.#options.logger.error(
+            { err: describe(err), attempt },
+            `Redis refused the ${what}; holding the messages unacknowledged and retrying`,
+          );
         }
         await new Promise((resolve) => setTimeout(resolve, this.#retryDelayMs));
       }

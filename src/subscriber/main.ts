@@ -9,7 +9,13 @@ await runService('subscriber', async () => {
   const config = loadConfig(['common', 'ops', 'mqtt', 'subscriber']);
   const logger = createLogger('subscriber', config.LOG_LEVEL);
   const metrics = createMetrics('subscriber');
-  const ops = await startOpsServer({ service: 'subscriber', port: config.METRICS_PORT ?? 9101, host: config.METRICS_HOST, metrics, logger });
+  const ops = await startOpsServer({
+    service: 'subscriber',
+    port: config.METRICS_PORT ?? 9101,
+    host: config.METRICS_HOST,
+    metrics,
+    logger,
+  });
   const subscriber = await startSubscriber(config, logger, metrics).catch(async (err: unknown) => {
     await ops.close();
     throw err;

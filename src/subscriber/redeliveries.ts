@@ -55,7 +55,10 @@ export class RedeliveryLedger {
       fields.push(String(packet.messageId), `${messageId} ${contentDigest(packet.topic, packet.payload)}`);
     }
     // Packet ids are 16 bits, so a session's hash never holds more than 65,535 fields.
-    return [...bySession].flatMap(([session, fields]) => [this.redis.hset(this.key(session), ...fields), this.redis.expire(this.key(session), REMEMBER_S)]);
+    return [...bySession].flatMap(([session, fields]) => [
+      this.redis.hset(this.key(session), ...fields),
+      this.redis.expire(this.key(session), REMEMBER_S),
+    ]);
   }
 
   private key(session: string): string {

@@ -18,7 +18,12 @@ export class AssociationPublisher {
   ) {}
 
   /** `topicTemplate`: ASSOCIATION_TOPIC, `{device_id}` standing for the lamp's id (default: the seed's topic). */
-  static async connect(settings: MqttSettings, clientIdBase: string, logger: Logger, topicTemplate = DEFAULT_ASSOCIATION_TOPIC): Promise<AssociationPublisher> {
+  static async connect(
+    settings: MqttSettings,
+    clientIdBase: string,
+    logger: Logger,
+    topicTemplate = DEFAULT_ASSOCIATION_TOPIC,
+  ): Promise<AssociationPublisher> {
     const clientId = `${clientIdBase}-worker-${hostname()}-${process.pid}`.slice(0, 64);
     const client = openMqttClient(settings, { clientId, clean: true }, logger);
     try {

@@ -11,7 +11,6 @@
  */
 import { UnrecoverableError, type ConnectionOptions, type Job, type Queue, type Worker } from 'bullmq';
 import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
-import { isConnectionError } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 import { runStage } from './stage-runner.js';
@@ -56,7 +55,8 @@ export async function redriveDeadLetter(keen: Queue<KeenDeliveryJob>, data: Dead
     const state = await old.getState();
     // An active copy may still fail and dead-letter itself, which BullMQ would ignore while
     // this dead letter exists: leave the dead letter parked and let the operator retry later.
-    if (state === 'active') throw new Error(`${QUEUE_NAMES.keen} job ${jobId} is being delivered right now; retry the dead letter once it has finished`);
+    if (state === 'active')
+      throw new Error(`${QUEUE_NAMES.keen} job ${jobId} is being delivered right now; retry the dead letter once it has finished`);
     if (state !== 'failed' && state !== 'completed' && state !== 'unknown') return { jobId, outcome: 'already-queued', state };
     if (state !== 'unknown') {
       await old.remove();
@@ -86,7 +86,8 @@ export async function addDeadLetter(deadLetter: Queue<DeadLetterJob>, letter: De
     if (stored?.data.failedAt === letter.failedAt) return;
     // Missing: the old copy finished its redrive between the add and the read; add again.
     if (stored && (await stored.getState()) !== 'active') return;
-    if (Date.now() > deadline) throw new Error(`dead letter ${jobId} is still being redriven after ${OLD_DEAD_LETTER_WAIT_MS} ms; the delivery will be retried`);
+    if (Date.now() > deadline)
+      throw new Error(`dead letter ${jobId} is still being redriven after ${OLD_DEAD_LETTER_WAIT_MS} ms; the delivery will be retried`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
@@ -101,11 +102,23 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     // rather than redriven without an operator.
     if (!data.parked || job.attemptsMade === 0) {
       if (!data.parked) await job.updateData({ ...data, parked: true });
-      log.warn({ attempts: data.attemptsMade, failed_at: data.failedAt, status: data.lastError?.status, code: data.lastError?.code, err: deadLetterReason(data) }, 'keen event dead-lettered: parked for an operator');
+      log.warn(
+        {
+          attempts: data.attemptsMade,
+          failed_at: data.failedAt,
+          status: data.lastError?.status,
+          code: data.lastError?.code,
+          err: deadLetterReason(data),
+        },
+        'keen event dead-lettered: parked for an operator',
+      );
       throw parkingError(data);
     }
     const result = await redriveDeadLetter(queues.keen, data);
-    log.info({ outcome: result.outcome, replaced: result.outcome === 'redriven' ? result.replaced : undefined }, `dead letter redriven to ${QUEUE_NAMES.keen}`);
+    log.info(
+      { outcome: result.outcome, replaced: result.outcome === 'redriven' ? result.replaced : undefined },
+      `dead letter redriven to ${QUEUE_NAMES.keen}`,
+    );
     return result;
   };
   const worker = runStage({
@@ -121,7 +134,10 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
   worker.on('failed', (job, err) => {
     // Parking is the normal path and logged above; anything else is a redrive that failed.
     if (err instanceof UnrecoverableError || !job) return;
-    logger.error({ job_id: job.id, queue: QUEUE_NAMES.deadLetter, device_id: deviceIdOf(job.data), collection: job.data.collection, err: err.message }, 'dead letter redrive failed; it stays in the Failed list, retry it again');
+    logger.error(
+      { job_id: job.id, queue: QUEUE_NAMES.deadLetter, device_id: deviceIdOf(job.data), collection: job.data.collection, err: err.message },
+      'dead letter redrive failed; it stays in the Failed list, retry it again',
+    );
   });
   return worker;
 }

@@ -8,7 +8,15 @@ import type { ConnectionOptions, Job, Worker } from 'bullmq';
 import { groupBy } from '../shared/collections.js';
 import type { Config } from '../shared/config.js';
 import { activationEvent, deviceMonitoringEvent, deviceStateEvent, uniquenessToken } from '../shared/events.js';
-import { parseBridgeStatesJob, parseLampStatesJob, payloadRecord, type BridgeStatesJob, type KeenEventRecord, type LampStatesJob, type RejectedMessageJob } from '../shared/jobs.js';
+import {
+  parseBridgeStatesJob,
+  parseLampStatesJob,
+  payloadRecord,
+  type BridgeStatesJob,
+  type KeenEventRecord,
+  type LampStatesJob,
+  type RejectedMessageJob,
+} from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { jitteredBackoffDelay, type PipelineQueues } from '../shared/queues.js';
@@ -82,8 +90,13 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
 
   const reject = async (rejected: RejectedState) => {
     metrics.messagesRejected.inc({ reason: 'unknown_device' });
-    logger.warn({ message_id: rejected.id, device_id: rejected.deviceId, reason: 'unknown_device' }, `message rejected: ${rejected.detail}`);
-    const unkept = [rejected.topic === undefined ? 'topic rebuilt' : '', rejected.payload === undefined ? 'payload not kept' : ''].filter(Boolean);
+    logger.warn(
+      { message_id: rejected.id, device_id: rejected.deviceId, reason: 'unknown_device' },
+      `message rejected: ${rejected.detail}`,
+    );
+    const unkept = [rejected.topic === undefined ? 'topic rebuilt' : '', rejected.payload === undefined ? 'payload not kept' : ''].filter(
+      Boolean,
+    );
     const record: RejectedMessageJob = {
       topic: rejected.topic ?? rejected.usualTopic,
       reason: 'unknown_device',
@@ -103,7 +116,11 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
     const waits = job.data.waits ?? 0;
     if (unknown.length > 0 && waits + 1 < unknownDeviceAttempts) {
       // The states wait in a job of their own, so the others need not.
-      await queues.ingest.add('lamp-states', { kind: 'lamp-states', states: unknown, waits: waits + 1 }, { jobId: `${job.id}-w`, delay: jitteredBackoffDelay(waits + 1, 500) });
+      await queues.ingest.add(
+        'lamp-states',
+        { kind: 'lamp-states', states: unknown, waits: waits + 1 },
+        { jobId: `${job.id}-w`, delay: jitteredBackoffDelay(waits + 1, 500) },
+      );
     } else {
       for (const s of unknown) {
         await reject({
@@ -122,7 +139,10 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
 
   const handleLampStates = async (job: Job<LampStatesJob>) => {
     const recorded = options.unknownDeviceStates === 'reject' ? await statesOfKnownLamps(job) : job.data.states;
-    const events = recorded.map((s): KeenEventRecord => ({ collection: 'devicestate', event: deviceStateEvent(s.deviceId, s.state, s.receivedAt, uniquenessToken(s.messageId, 'devicestate')) }));
+    const events = recorded.map((s): KeenEventRecord => ({
+      collection: 'devicestate',
+      event: deviceStateEvent(s.deviceId, s.state, s.receivedAt, uniquenessToken(s.messageId, 'devicestate')),
+    }));
     await sendToKeen(job.id!, await undeliveredOf(events));
   };
 
@@ -143,13 +163,17 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
   const refreshAssociation = async (deviceId: string, messageId: string, created: boolean) => {
     try {
       const association = await registry.publishAssociation(deviceId, (message) => publisher.publish(deviceId, message));
-      if (!association) logger.info({ message_id: messageId, device_id: deviceId }, 'lamp deleted while it connected; no association message sent');
+      if (!association)
+        logger.info({ message_id: messageId, device_id: deviceId }, 'lamp deleted while it connected; no association message sent');
     } catch (err) {
       // A lamp this message created must get its code: its state is retried. A known lamp's
       // message is only refreshed; holding its partition for a broker that is away would delay
       // every lamp behind it, and the bridge's next connect (once the broker is back) refreshes it.
       if (created) throw err;
-      logger.warn({ message_id: messageId, device_id: deviceId, err: err instanceof Error ? err.message : String(err) }, 'association message not refreshed; the next connect will');
+      logger.warn(
+        { message_id: messageId, device_id: deviceId, err: err instanceof Error ? err.message : String(err) },
+        'association message not refreshed; the next connect will',
+      );
     }
   };
 
@@ -165,7 +189,10 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
         // Created connected, by this message.
         outcome = 'recorded';
         metrics.devicesCreated.inc();
-        events.push({ collection: 'activations', event: activationEvent(deviceId, options.defaultUser, state.receivedAt, uniquenessToken(messageId, 'activations')) });
+        events.push({
+          collection: 'activations',
+          event: activationEvent(deviceId, options.defaultUser, state.receivedAt, uniquenessToken(messageId, 'activations')),
+        });
         logger.info({ message_id: messageId, device_id: deviceId }, 'new device activated');
       }
       if (activation.insertedNow) {
@@ -191,9 +218,15 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       });
     } else if (outcome === 'unchanged') {
       metrics.bridgeReplaysDropped.inc();
-      logger.debug({ message_id: messageId, device_id: deviceId, connected, retained: state.retained }, 'bridge state unchanged; not recorded again');
+      logger.debug(
+        { message_id: messageId, device_id: deviceId, connected, retained: state.retained },
+        'bridge state unchanged; not recorded again',
+      );
     } else {
-      events.push({ collection: 'devicemonitoring', event: deviceMonitoringEvent(deviceId, connected, state.receivedAt, uniquenessToken(messageId, 'devicemonitoring')) });
+      events.push({
+        collection: 'devicemonitoring',
+        event: deviceMonitoringEvent(deviceId, connected, state.receivedAt, uniquenessToken(messageId, 'devicemonitoring')),
+      });
     }
     return events;
   };
@@ -219,19 +252,36 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       const lamps = [...groupBy(states, (state) => state.deviceId).values()];
       // Lamps that open with a connect may be new: they are created together, in one statement.
       const connects = lamps.flatMap((lampStates) => (lampStates[0]?.connected ? [lampStates[0]] : []));
-      const activations = connects.length === 0 ? new Map<string, Activation>() : await registry.activate(connects.map((s) => ({ deviceId: s.deviceId, messageId: s.messageId, connectedAt: new Date(s.receivedAt) })));
-      const failed = (await Promise.allSettled(lamps.map((lampStates) => handleLamp(lampStates, activations)))).find((r) => r.status === 'rejected');
+      const activations =
+        connects.length === 0
+          ? new Map<string, Activation>()
+          : await registry.activate(
+              connects.map((s) => ({ deviceId: s.deviceId, messageId: s.messageId, connectedAt: new Date(s.receivedAt) })),
+            );
+      const failed = (await Promise.allSettled(lamps.map((lampStates) => handleLamp(lampStates, activations)))).find(
+        (r) => r.status === 'rejected',
+      );
       if (failed) throw failed.reason;
       return await sendToKeen(job.id!, events);
     } catch (err) {
-      if (handled.size > 0) await job.updateData({ kind: 'bridge-states', states: states.filter((s) => !handled.has(s.messageId)), events });
+      if (handled.size > 0)
+        await job.updateData({ kind: 'bridge-states', states: states.filter((s) => !handled.has(s.messageId)), events });
       throw err;
     }
   };
 
   const stage = { connection: options.connection, logger, metrics };
   return [
-    runStage({ ...stage, queue: queues.ingest, process: handleLampStates, parse: parseLampStatesJob, subject: lampsOf, concurrency: options.concurrency }),
-    ...queues.bridgeState.map((queue) => runStage({ ...stage, queue, process: handleBridgeStates, parse: parseBridgeStatesJob, subject: lampsOf, ordered: true })),
+    runStage({
+      ...stage,
+      queue: queues.ingest,
+      process: handleLampStates,
+      parse: parseLampStatesJob,
+      subject: lampsOf,
+      concurrency: options.concurrency,
+    }),
+    ...queues.bridgeState.map((queue) =>
+      runStage({ ...stage, queue, process: handleBridgeStates, parse: parseBridgeStatesJob, subject: lampsOf, ordered: true }),
+    ),
   ];
 }

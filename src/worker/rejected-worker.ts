@@ -9,7 +9,11 @@ import type { RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import { runStage } from './stage-runner.js';
 
-export function createRejectedWorker(connection: ConnectionOptions, queue: Queue<RejectedMessageJob>, logger: Logger): Worker<RejectedMessageJob> {
+export function createRejectedWorker(
+  connection: ConnectionOptions,
+  queue: Queue<RejectedMessageJob>,
+  logger: Logger,
+): Worker<RejectedMessageJob> {
   return runStage({
     queue,
     connection,

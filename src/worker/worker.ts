@@ -38,7 +38,11 @@ const POSTGRES_PING_MS = 2000;
 const POSTGRES_CHECK_MS = 5000;
 
 export async function startWorker(config: WorkerConfig, logger: Logger, metrics: Metrics): Promise<WorkerProcess> {
-  const registry = new DeviceRegistry({ databaseUrl: config.DATABASE_URL, defaultUser: config.DEFAULT_USER, schema: config.REGISTRY_SCHEMA });
+  const registry = new DeviceRegistry({
+    databaseUrl: config.DATABASE_URL,
+    defaultUser: config.DEFAULT_USER,
+    schema: config.REGISTRY_SCHEMA,
+  });
   const watch = new DependencyWatch(logger);
   const cleanups: Array<() => Promise<unknown>> = [() => registry.close()];
   const closeAll = async () => {
@@ -75,7 +79,18 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
 
     const prefix = config.QUEUE_PREFIX;
     const workers: Worker[] = [
-      ...(await createIngestWorkers({ connection: redis, queues, registry, publisher, defaultUser: config.DEFAULT_USER, concurrency: config.WORKER_CONCURRENCY, unknownDeviceStates: config.UNKNOWN_DEVICE_STATES, logger, metrics, keen: batcher })),
+      ...(await createIngestWorkers({
+        connection: redis,
+        queues,
+        registry,
+        publisher,
+        defaultUser: config.DEFAULT_USER,
+        concurrency: config.WORKER_CONCURRENCY,
+        unknownDeviceStates: config.UNKNOWN_DEVICE_STATES,
+        logger,
+        metrics,
+        keen: batcher,
+      })),
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: config.KEEN_CONCURRENCY, logger, metrics }),
       createDeadLetterWorker({ connection: redis, queues, logger }),
       createRejectedWorker(redis, queues.rejected, logger),
@@ -84,13 +99,25 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     // publisher and the database), then those close in turn.
     cleanups.push(() => Promise.all(workers.map((worker) => worker.close())));
     publisher.reportTo(watch, config.MQTT_URL);
-    watch.poll('postgres', config.DATABASE_URL, 'ingest jobs are retried until it is back', () => withTimeout(registry.ping(), POSTGRES_PING_MS), POSTGRES_CHECK_MS);
-    logger.info({ concurrency: config.WORKER_CONCURRENCY, keen_concurrency: config.KEEN_CONCURRENCY, keen_api: safeUrl(config.KEEN_API_URL) }, 'worker ready');
+    watch.poll(
+      'postgres',
+      config.DATABASE_URL,
+      'ingest jobs are retried until it is back',
+      () => withTimeout(registry.ping(), POSTGRES_PING_MS),
+      POSTGRES_CHECK_MS,
+    );
+    logger.info(
+      { concurrency: config.WORKER_CONCURRENCY, keen_concurrency: config.KEEN_CONCURRENCY, keen_api: safeUrl(config.KEEN_API_URL) },
+      'worker ready',
+    );
     return {
       workers,
       close: closeAll,
       async readiness() {
-        const postgres = await withTimeout(registry.ping(), POSTGRES_PING_MS).then(() => true, () => false);
+        const postgres = await withTimeout(registry.ping(), POSTGRES_PING_MS).then(
+          () => true,
+          () => false,
+        );
         return { redis: redis.status === 'ready', mqtt: publisher.connected, postgres, keen: keenPause.readiness() };
       },
       refreshQueueGauges: async () => {
@@ -115,7 +142,9 @@ async function checkDatabase(registry: DeviceRegistry, databaseUrl: string): Pro
     try {
       await registry.prisma.$queryRawUnsafe(`SELECT 1 FROM ${table} LIMIT 0`);
     } catch {
-      throw new StartupError(`the database at ${where} has no ${table} table: run \`npm run migrate\`${registry.schema === 'django' ? ' with REGISTRY_SCHEMA=django' : ''} first`);
+      throw new StartupError(
+        `the database at ${where} has no ${table} table: run \`npm run migrate\`${registry.schema === 'django' ? ' with REGISTRY_SCHEMA=django' : ''} first`,
+      );
     }
   }
 }

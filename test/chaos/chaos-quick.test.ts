@@ -16,7 +16,11 @@ describe('chaos, quick form', () => {
   it(
     'loses nothing, duplicates nothing at Keen, dead-letters only what Keen refuses, registers each lamp once',
     async () => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'chaos/run.ts', '--quick'], { cwd: ROOT, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, ['--import', 'tsx', 'chaos/run.ts', '--quick'], {
+        cwd: ROOT,
+        env: process.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let output = '';
       child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
       child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));

@@ -36,14 +36,21 @@ beforeAll(async () => {
   if (process.getuid?.() === 0) {
     // Started as root, Mosquitto runs as `mosquitto`: it must be able to write its database.
     try {
-      chownSync(dir, Number(execFileSync('id', ['-u', 'mosquitto']).toString()), Number(execFileSync('id', ['-g', 'mosquitto']).toString()));
+      chownSync(
+        dir,
+        Number(execFileSync('id', ['-u', 'mosquitto']).toString()),
+        Number(execFileSync('id', ['-g', 'mosquitto']).toString()),
+      );
     } catch {
       // no such user: Mosquitto stays root
     }
   }
   port = await freePort();
   conf = path.join(dir, 'mosquitto.conf');
-  writeFileSync(conf, [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence true', `persistence_location ${dir}/`, ''].join('\n'));
+  writeFileSync(
+    conf,
+    [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence true', `persistence_location ${dir}/`, ''].join('\n'),
+  );
   await startBroker();
 });
 

@@ -30,7 +30,14 @@ import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { startRedis, waitFor } from '../support/processes.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 const USER = 'operator';
 const PASSWORD = 'browser-test-password';
 
@@ -55,29 +62,58 @@ describe('dashboard in a browser', () => {
 
   beforeAll(async () => {
     if (!existsSync(CHROMIUM)) {
-      throw new Error(`headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH; this test never downloads a browser`);
+      throw new Error(
+        `headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH; this test never downloads a browser`,
+      );
     }
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     redis = await connectRedis(services.redis);
     queues = openQueues(redis, prefix);
     keen = await startFakeKeen({ projectId: 'browser-project', writeKey: 'browser-write-key' });
-    batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
+    batcher = new KeenBatcher({
+      client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }),
+      maxEvents: 50,
+      lingerMs: 5,
+    });
     workers.push(
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger }),
       createDeadLetterWorker({ connection: redis, queues, logger }),
     );
     dashboard = await startDashboard(
-      { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, LOG_LEVEL: 'silent', DASHBOARD_PORT: 0, DASHBOARD_HOST: '127.0.0.1', DASHBOARD_USERNAME: USER, DASHBOARD_PASSWORD: PASSWORD, DASHBOARD_READ_ONLY: false },
+      {
+        REDIS_URL: services.redis,
+        QUEUE_PREFIX: prefix,
+        LOG_LEVEL: 'silent',
+        DASHBOARD_PORT: 0,
+        DASHBOARD_HOST: '127.0.0.1',
+        DASHBOARD_USERNAME: USER,
+        DASHBOARD_PASSWORD: PASSWORD,
+        DASHBOARD_READ_ONLY: false,
+      },
       logger,
     );
 
     // Keen refuses this lamp's events for good: its event is dead-lettered and parked, and the
     // other event of the job is delivered.
-    keen.rejectEvents((_collection, event) => (event.device_id === deviceId ? { name: 'InvalidPropertyValueError', description: 'brightness out of range' } : undefined));
+    keen.rejectEvents((_collection, event) =>
+      event.device_id === deviceId ? { name: 'InvalidPropertyValueError', description: 'brightness out of range' } : undefined,
+    );
     const event = deviceStateEvent(deviceId, { on: true, brightness: 0.7 }, new Date().toISOString(), token);
     const other = deviceStateEvent(randomDeviceId(), { on: false }, new Date().toISOString(), otherToken);
-    await queues.keen.add('devicestate', { events: [{ collection: 'devicestate', event }, { collection: 'devicestate', event: other }] }, { jobId: sourceJobId });
-    await waitFor('the refused event parked as a dead letter', async () => (await (await queues.deadLetter.getJob(token))?.getState()) === 'failed');
+    await queues.keen.add(
+      'devicestate',
+      {
+        events: [
+          { collection: 'devicestate', event },
+          { collection: 'devicestate', event: other },
+        ],
+      },
+      { jobId: sourceJobId },
+    );
+    await waitFor(
+      'the refused event parked as a dead letter',
+      async () => (await (await queues.deadLetter.getJob(token))?.getState()) === 'failed',
+    );
     await waitFor('the delivery job completed', async () => (await (await queues.keen.getJob(sourceJobId))?.getState()) === 'completed');
     expect(keen.tokens('devicestate')).toEqual([otherToken]);
   });
@@ -93,7 +129,8 @@ describe('dashboard in a browser', () => {
   });
 
   /** A job's card: the nearest element around its id (the card's title) that holds its tabs. */
-  const jobCard = (page: Page, id: string) => page.getByText(id, { exact: true }).first().locator('xpath=ancestor::*[.//*[@role="tab"]][1]');
+  const jobCard = (page: Page, id: string) =>
+    page.getByText(id, { exact: true }).first().locator('xpath=ancestor::*[.//*[@role="tab"]][1]');
 
   it('logs in, sees the dead letter with its error, retries it, and sees it delivered', async () => {
     const context = await browser.newContext({ httpCredentials: { username: USER, password: PASSWORD } });
@@ -118,7 +155,10 @@ describe('dashboard in a browser', () => {
       let retry: ReturnType<typeof actions.nth> | undefined;
       for (let i = 0; i < (await actions.count()) && !retry; i += 1) {
         await actions.nth(i).hover();
-        const shown = await tooltip.waitFor({ state: 'visible', timeout: 2000 }).then(() => true, () => false);
+        const shown = await tooltip.waitFor({ state: 'visible', timeout: 2000 }).then(
+          () => true,
+          () => false,
+        );
         if (shown) retry = actions.nth(i);
         await page.mouse.move(0, 0);
       }
@@ -175,11 +215,21 @@ describe('dashboard in a browser while Redis is down', () => {
   let browser: Browser;
 
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH`);
+    if (!existsSync(CHROMIUM))
+      throw new Error(
+        `headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH`,
+      );
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     redis = await startRedis({ appendonly: false });
     dashboard = await startDashboard(
-      { REDIS_URL: redis.url, QUEUE_PREFIX: randomPrefix('browser-outage'), LOG_LEVEL: 'silent', DASHBOARD_PORT: 0, DASHBOARD_HOST: '127.0.0.1', DASHBOARD_READ_ONLY: false },
+      {
+        REDIS_URL: redis.url,
+        QUEUE_PREFIX: randomPrefix('browser-outage'),
+        LOG_LEVEL: 'silent',
+        DASHBOARD_PORT: 0,
+        DASHBOARD_HOST: '127.0.0.1',
+        DASHBOARD_READ_ONLY: false,
+      },
       logger,
     );
   });

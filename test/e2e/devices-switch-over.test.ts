@@ -43,7 +43,13 @@ describe('switching over with an imported fleet', () => {
     retainedTopics.add(topic);
     await broker.publishAsync(topic, payload, { qos: 1, retain: true });
   };
-  const row = async (id: string) => (await pool.query('SELECT d.association_code, d.bridge_connected, u.username FROM devices d JOIN users u ON u.id = d.user_id WHERE d.device_id = $1', [id])).rows[0];
+  const row = async (id: string) =>
+    (
+      await pool.query(
+        'SELECT d.association_code, d.bridge_connected, u.username FROM devices d JOIN users u ON u.id = d.user_id WHERE d.device_id = $1',
+        [id],
+      )
+    ).rows[0];
   const of = (collection: string, id: string) => keen.eventsIn(collection).filter((event) => event.device_id === id);
 
   beforeAll(async () => {
@@ -68,7 +74,15 @@ describe('switching over with an imported fleet', () => {
   it('re-issues nothing to an imported fleet that is already connected: no new code, no activations, only devicemonitoring', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'lampi-switch-'));
     const fleet = path.join(dir, 'fleet.csv');
-    writeFileSync(fleet, ['device_id,owner,code,name', `${lamps.alice},alice,${codes.alice},Desk`, `${lamps.bob},bob,${codes.bob},`, `${lamps.parked},parked_device_user,${codes.parked},`].join('\n'));
+    writeFileSync(
+      fleet,
+      [
+        'device_id,owner,code,name',
+        `${lamps.alice},alice,${codes.alice},Desk`,
+        `${lamps.bob},bob,${codes.bob},`,
+        `${lamps.parked},parked_device_user,${codes.parked},`,
+      ].join('\n'),
+    );
     expect((await runDevices(['import', fleet], env)).code).toBe(0);
 
     // What the old daemon and the site left on the broker: each lamp's association message, and
@@ -78,23 +92,45 @@ describe('switching over with an imported fleet', () => {
     await retain(associationTopic(lamps.parked), JSON.stringify({ associated: false, code: codes.parked }));
     for (const id of Object.values(lamps)) await retain(bridgeTopic(id), '1');
 
-    pipeline = await startPipeline({ services, prefix, databaseUrl: db.url, keen: { url: keen.url, projectId: PROJECT, writeKey: WRITE_KEY } });
-    await waitFor('each lamp seen connecting', () => Object.values(lamps).every((id) => of('devicemonitoring', id).length === 1), 30_000, 100);
+    pipeline = await startPipeline({
+      services,
+      prefix,
+      databaseUrl: db.url,
+      keen: { url: keen.url, projectId: PROJECT, writeKey: WRITE_KEY },
+    });
+    await waitFor(
+      'each lamp seen connecting',
+      () => Object.values(lamps).every((id) => of('devicemonitoring', id).length === 1),
+      30_000,
+      100,
+    );
     await sleep(1000); // anything re-issued would be on its way by now
 
     for (const [owner, id] of Object.entries(lamps)) {
       expect(of('devicemonitoring', id).map((event) => event.state)).toEqual(['connected']);
       expect(of('activations', id)).toEqual([]);
-      expect(await row(id)).toEqual({ association_code: codes[owner as keyof typeof codes], bridge_connected: true, username: owner === 'parked' ? 'parked_device_user' : owner });
+      expect(await row(id)).toEqual({
+        association_code: codes[owner as keyof typeof codes],
+        bridge_connected: true,
+        username: owner === 'parked' ? 'parked_device_user' : owner,
+      });
     }
     expect(JSON.parse((await retainedOn(services.mqtt, associationTopic(lamps.alice)))!)).toEqual({ associated: true });
     expect(JSON.parse((await retainedOn(services.mqtt, associationTopic(lamps.bob)))!)).toEqual({ associated: true });
-    expect(JSON.parse((await retainedOn(services.mqtt, associationTopic(lamps.parked)))!)).toEqual({ associated: false, code: codes.parked });
+    expect(JSON.parse((await retainedOn(services.mqtt, associationTopic(lamps.parked)))!)).toEqual({
+      associated: false,
+      code: codes.parked,
+    });
   });
 
   it('records a lamp state from a lamp nobody registered as devicestate, at once, and registers nothing', async () => {
     await broker.publishAsync(`/devices/${stranger}/lamp/changed`, JSON.stringify({ on: true, brightness: 0.5 }), { qos: 1 });
-    const [event] = await waitFor('the stranger\'s devicestate', () => (of('devicestate', stranger).length > 0 ? of('devicestate', stranger) : undefined), 10_000, 50);
+    const [event] = await waitFor(
+      "the stranger's devicestate",
+      () => (of('devicestate', stranger).length > 0 ? of('devicestate', stranger) : undefined),
+      10_000,
+      50,
+    );
     expect(event).toMatchObject({ device_id: stranger, state: { on: true, brightness: 0.5 } });
     expect(await row(stranger)).toBeUndefined();
   });
@@ -111,7 +147,14 @@ describe('switching over with an imported fleet', () => {
     expect(again.association_code).toMatch(/^[0-9a-f]{32}$/);
     expect(again.association_code).not.toBe(codes.parked);
     expect(of('activations', lamps.parked)[0]).toMatchObject({ device_id: lamps.parked, user: 'parked_device_user' });
-    await waitFor('the new code retained for the lamp', async () => (await retainedOn(services.mqtt, associationTopic(lamps.parked))) === JSON.stringify({ associated: false, code: again.association_code }), 10_000, 100);
+    await waitFor(
+      'the new code retained for the lamp',
+      async () =>
+        (await retainedOn(services.mqtt, associationTopic(lamps.parked))) ===
+        JSON.stringify({ associated: false, code: again.association_code }),
+      10_000,
+      100,
+    );
     codes.parked = again.association_code;
   });
 

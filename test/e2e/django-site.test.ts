@@ -41,8 +41,10 @@ describe('a LAMPI site as the registry (REGISTRY_SCHEMA=django)', () => {
     site.python<SiteLamp[]>(
       `emit([{'device_id': l.device_id, 'name': l.name, 'association_code': l.association_code, 'owner': l.user.username, 'created_at': l.created_at.isoformat()} for l in Lampi.objects.filter(device_id__in=${JSON.stringify(ids)}).order_by('device_id')])`,
     );
-  const connect = (device: string, state: '1' | '0') => lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, state, { qos: 1 });
-  const changeState = (device: string, state: object) => lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify(state), { qos: 1 });
+  const connect = (device: string, state: '1' | '0') =>
+    lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, state, { qos: 1 });
+  const changeState = (device: string, state: object) =>
+    lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify(state), { qos: 1 });
   const ofDevice = (collection: string, device: string) => keen.eventsIn(collection).filter((e) => e.device_id === device);
   const monitoring = (device: string) =>
     ofDevice('devicemonitoring', device)
@@ -53,7 +55,12 @@ describe('a LAMPI site as the registry (REGISTRY_SCHEMA=django)', () => {
   async function retainedAssociation(device: string): Promise<unknown> {
     const client = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-look-${Math.random().toString(16).slice(2, 8)}` });
     try {
-      const got = new Promise<unknown>((resolve) => client.on('message', (_t, payload, packet) => packet.retain && resolve(payload.length === 0 ? null : JSON.parse(payload.toString()))));
+      const got = new Promise<unknown>((resolve) =>
+        client.on(
+          'message',
+          (_t, payload, packet) => packet.retain && resolve(payload.length === 0 ? null : JSON.parse(payload.toString())),
+        ),
+      );
       await client.subscribeAsync(`/devices/${device}/lamp/associated`, { qos: 1 });
       return await Promise.race([got, sleep(500).then(() => null)]);
     } finally {
@@ -61,7 +68,12 @@ describe('a LAMPI site as the registry (REGISTRY_SCHEMA=django)', () => {
     }
   }
   const retainedBecomes = (device: string, expected: unknown) =>
-    waitFor(`the retained association message of ${device} to be ${JSON.stringify(expected)}`, async () => JSON.stringify(await retainedAssociation(device)) === JSON.stringify(expected) || undefined, 15_000, 50);
+    waitFor(
+      `the retained association message of ${device} to be ${JSON.stringify(expected)}`,
+      async () => JSON.stringify(await retainedAssociation(device)) === JSON.stringify(expected) || undefined,
+      15_000,
+      50,
+    );
 
   beforeAll(async () => {
     site = await startDjangoSite(services.postgres, services.mqtt);
@@ -79,7 +91,13 @@ emit(True)`);
     const migrate = startService('migrate', { DATABASE_URL: site.db.url, REGISTRY_SCHEMA: 'django' });
     expect(await migrate.exited, migrate.output()).toBe(0);
     keen = await startFakeKeen({ projectId: PROJECT, writeKey: WRITE_KEY });
-    pipeline = await startPipeline({ services, prefix, databaseUrl: site.db.url, keen: { url: keen.url, projectId: PROJECT, writeKey: WRITE_KEY }, workerEnv: { REGISTRY_SCHEMA: 'django' } });
+    pipeline = await startPipeline({
+      services,
+      prefix,
+      databaseUrl: site.db.url,
+      keen: { url: keen.url, projectId: PROJECT, writeKey: WRITE_KEY },
+      workerEnv: { REGISTRY_SCHEMA: 'django' },
+    });
     lamp = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-lamp` });
   });
 
@@ -88,7 +106,8 @@ emit(True)`);
   });
 
   afterAll(async () => {
-    for (const device of [claimedBefore, parkedBefore, fresh]) await lamp?.publishAsync(`/devices/${device}/lamp/associated`, '', { qos: 1, retain: true });
+    for (const device of [claimedBefore, parkedBefore, fresh])
+      await lamp?.publishAsync(`/devices/${device}/lamp/associated`, '', { qos: 1, retain: true });
     await lamp?.endAsync();
     await pipeline?.kill();
     await keen?.close();
@@ -99,7 +118,10 @@ emit(True)`);
     const started = Date.now();
     await connect(fresh, '1');
     await changeState(fresh, { on: true, brightness: 0.5 });
-    await waitFor('activations, devicemonitoring and devicestate at Keen', () => ofDevice('activations', fresh).length === 1 && monitoring(fresh).length === 1 && ofDevice('devicestate', fresh).length === 1);
+    await waitFor(
+      'activations, devicemonitoring and devicestate at Keen',
+      () => ofDevice('activations', fresh).length === 1 && monitoring(fresh).length === 1 && ofDevice('devicestate', fresh).length === 1,
+    );
 
     const [row] = await lampsOnSite([fresh]);
     expect(row).toMatchObject({ device_id: fresh, name: 'My LAMPI', owner: PARKED });
@@ -140,7 +162,9 @@ emit(True)`);
       await connect(device, '1');
       await changeState(device, { on: false });
     }
-    await waitFor('their devicemonitoring and devicestate', () => [claimedBefore, parkedBefore].every((d) => monitoring(d).length === 1 && ofDevice('devicestate', d).length === 1));
+    await waitFor('their devicemonitoring and devicestate', () =>
+      [claimedBefore, parkedBefore].every((d) => monitoring(d).length === 1 && ofDevice('devicestate', d).length === 1),
+    );
     await retainedBecomes(claimedBefore, { associated: true });
     const parkedRow = fleetBefore.find((l) => l.device_id === parkedBefore)!;
     await retainedBecomes(parkedBefore, { associated: false, code: parkedRow.association_code });

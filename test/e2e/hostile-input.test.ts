@@ -70,43 +70,94 @@ function buildCorpus(): { messages: Message[]; flood: Message[] } {
     const { seq, key } = nextKey(lamp);
     messages.push({ topic: lampTopic(lamp, rand() < 0.5), payload: Buffer.from(build(seq)), expect: 'valid', klass, key });
   };
-  const plain = (seq: number) => JSON.stringify({ color: { h: (seq % 100) / 100, s: 1 }, brightness: (seq % 10) / 10, on: seq % 2 === 0, client: 'lamp_ui', seq });
+  const plain = (seq: number) =>
+    JSON.stringify({ color: { h: (seq % 100) / 100, s: 1 }, brightness: (seq % 10) / 10, on: seq % 2 === 0, client: 'lamp_ui', seq });
 
   // Valid lamp states, the stream the hostile messages are mixed into.
   for (let i = 0; i < 1000; i++) validState('valid stream', plain);
 
   // -- topics: random levels where the device id goes ------------------------------------------
-  const idChars = fc.constantFrom(...'ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ-_.:;,!"\'()[]{}<>=?@ ~`|\\^*&%$é中文🙂Ωß'.split(/(?=[\s\S])/u));
+  const idChars = fc.constantFrom(
+    ...'ghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ-_.:;,!"\'()[]{}<>=?@ ~`|\\^*&%$é中文🙂Ωß'.split(/(?=[\s\S])/u),
+  );
   for (const id of draw(fc.string({ unit: idChars, minLength: 1, maxLength: 40 }), 2000)) {
-    messages.push({ topic: lampTopic(id, rand() < 0.5), payload: Buffer.from(plain(1)), expect: 'invalid_device_id', klass: 'topic: non-hex device id' });
+    messages.push({
+      topic: lampTopic(id, rand() < 0.5),
+      payload: Buffer.from(plain(1)),
+      expect: 'invalid_device_id',
+      klass: 'topic: non-hex device id',
+    });
   }
   for (const n of draw(fc.integer({ min: 13, max: 400 }), 300)) {
     const id = Array.from({ length: n }, () => pick([...'0123456789abcdef'])).join('');
-    messages.push({ topic: lampTopic(id, rand() < 0.5), payload: Buffer.from(plain(1)), expect: 'invalid_device_id', klass: 'topic: device id too long' });
+    messages.push({
+      topic: lampTopic(id, rand() < 0.5),
+      payload: Buffer.from(plain(1)),
+      expect: 'invalid_device_id',
+      klass: 'topic: device id too long',
+    });
   }
   for (let i = 0; i < 200; i++) {
-    messages.push({ topic: lampTopic('', i % 2 === 0), payload: Buffer.from(plain(1)), expect: 'invalid_device_id', klass: 'topic: empty device id level' });
+    messages.push({
+      topic: lampTopic('', i % 2 === 0),
+      payload: Buffer.from(plain(1)),
+      expect: 'invalid_device_id',
+      klass: 'topic: empty device id level',
+    });
   }
-  for (let i = 0; i < 100; i++) messages.push({ topic: '$SYS/broker/connection/_broker/state', payload: Buffer.from('1'), expect: 'invalid_device_id', klass: 'topic: empty bridge id' });
-  for (let i = 0; i < 100; i++) messages.push({ topic: '$SYS/broker/connection//state', payload: Buffer.from('1'), expect: 'unrecognized_topic', klass: 'topic: empty bridge connection level' });
+  for (let i = 0; i < 100; i++)
+    messages.push({
+      topic: '$SYS/broker/connection/_broker/state',
+      payload: Buffer.from('1'),
+      expect: 'invalid_device_id',
+      klass: 'topic: empty bridge id',
+    });
+  for (let i = 0; i < 100; i++)
+    messages.push({
+      topic: '$SYS/broker/connection//state',
+      payload: Buffer.from('1'),
+      expect: 'unrecognized_topic',
+      klass: 'topic: empty bridge connection level',
+    });
   for (const id of draw(fc.string({ unit: idChars, minLength: 1, maxLength: 30 }), 300)) {
     // A bridge connection that is not `<id>_broker`: another bridge's notifications, not a lamp's.
-    messages.push({ topic: `$SYS/broker/connection/${id}/state`, payload: Buffer.from('1'), expect: 'unrecognized_topic', klass: 'topic: bridge connection not named <id>_broker' });
+    messages.push({
+      topic: `$SYS/broker/connection/${id}/state`,
+      payload: Buffer.from('1'),
+      expect: 'unrecognized_topic',
+      klass: 'topic: bridge connection not named <id>_broker',
+    });
   }
   // Topics nobody subscribed to never reach the subscriber at all.
   for (const levels of draw(fc.array(fc.string({ unit: idChars, minLength: 0, maxLength: 8 }), { minLength: 1, maxLength: 6 }), 400)) {
-    messages.push({ topic: `noise/${levels.join('/')}`, payload: Buffer.from('x'), expect: 'not-delivered', klass: 'topic: random, unsubscribed' });
+    messages.push({
+      topic: `noise/${levels.join('/')}`,
+      payload: Buffer.from('x'),
+      expect: 'not-delivered',
+      klass: 'topic: random, unsubscribed',
+    });
   }
-  for (let i = 0; i < 100; i++) messages.push({ topic: `devices/${pick(LAMPS)}/lamp/changed/extra`, payload: Buffer.from(plain(1)), expect: 'not-delivered', klass: 'topic: extra level, unsubscribed' });
+  for (let i = 0; i < 100; i++)
+    messages.push({
+      topic: `devices/${pick(LAMPS)}/lamp/changed/extra`,
+      payload: Buffer.from(plain(1)),
+      expect: 'not-delivered',
+      klass: 'topic: extra level, unsubscribed',
+    });
 
   // -- payloads: binary and invalid UTF-8 ----------------------------------------------------------
   // Invalid whatever surrounds them: bytes UTF-8 never uses, an overlong form, a surrogate, a code point past U+10FFFF.
   const broken = [[0xff], [0xfe], [0xc0, 0xaf], [0xc1, 0xbf], [0xed, 0xa0, 0x80], [0xf8, 0x88, 0x80, 0x80, 0x80], [0xf4, 0x90, 0x80, 0x80]];
   for (const bytes of draw(fc.uint8Array({ minLength: 0, maxLength: 600 }), 1500)) {
     const at = Math.floor(rand() * (bytes.length + 1));
-    lampMsg('payload: binary / invalid UTF-8', 'invalid_utf8', Buffer.concat([Buffer.from(bytes.subarray(0, at)), Buffer.from(pick(broken)), Buffer.from(bytes.subarray(at))]));
+    lampMsg(
+      'payload: binary / invalid UTF-8',
+      'invalid_utf8',
+      Buffer.concat([Buffer.from(bytes.subarray(0, at)), Buffer.from(pick(broken)), Buffer.from(bytes.subarray(at))]),
+    );
   }
-  for (const text of draw(fc.string({ unit: 'grapheme', minLength: 0, maxLength: 200 }), 500)) lampMsg('payload: text that is not JSON', 'invalid_json', `{${text}`);
+  for (const text of draw(fc.string({ unit: 'grapheme', minLength: 0, maxLength: 200 }), 500))
+    lampMsg('payload: text that is not JSON', 'invalid_json', `{${text}`);
   lampMsg('payload: empty', 'invalid_json', '');
 
   // -- payloads: at and over the size limit ------------------------------------------------------
@@ -117,7 +168,8 @@ function buildCorpus(): { messages: Message[]; flood: Message[] } {
   for (let i = 0; i < 10; i++) validState('payload: exactly 64 KiB', (seq) => padded(seq, MAX_LAMP_STATE_BYTES));
   for (let i = 0; i < 10; i++) lampMsg('payload: 64 KiB + 1', 'payload_too_large', padded(0, MAX_LAMP_STATE_BYTES + 1));
   for (let i = 0; i < 2; i++) lampMsg('payload: 1 MiB', 'payload_too_large', padded(0, 1024 * 1024));
-  for (let i = 0; i < 5; i++) lampMsg('payload: 200 KB of binary', 'payload_too_large', Buffer.from(Array.from({ length: 200_000 }, () => Math.floor(rand() * 256))));
+  for (let i = 0; i < 5; i++)
+    lampMsg('payload: 200 KB of binary', 'payload_too_large', Buffer.from(Array.from({ length: 200_000 }, () => Math.floor(rand() * 256))));
 
   // -- payloads: deeply nested JSON --------------------------------------------------------------
   for (const depth of draw(fc.integer({ min: 17, max: 5000 }), 500)) {
@@ -125,38 +177,81 @@ function buildCorpus(): { messages: Message[]; flood: Message[] } {
     const close = open === '[' ? ']' : '}';
     lampMsg('JSON: nested too deep', 'too_deeply_nested', `{"on":true,"deep":${open.repeat(depth - 1)}1${close.repeat(depth - 1)}}`);
   }
-  for (let i = 0; i < 5; i++) validState('JSON: nested exactly 16 deep', (seq) => `{"seq":${seq},"deep":${'{"a":'.repeat(15)}1${'}'.repeat(15)}}`);
+  for (let i = 0; i < 5; i++)
+    validState('JSON: nested exactly 16 deep', (seq) => `{"seq":${seq},"deep":${'{"a":'.repeat(15)}1${'}'.repeat(15)}}`);
 
   // -- payloads: huge numbers --------------------------------------------------------------------
   const infinite = ['1e999', '-1e999', '1e400', `1${'0'.repeat(400)}`, `-${'9'.repeat(500)}`];
-  for (let i = 0; i < 300; i++) lampMsg('JSON: number beyond float range', 'invalid_lamp_state', `{"on":true,"x":${rand() < 0.5 ? `[[${pick(infinite)}]]` : pick(infinite)}}`);
-  for (let i = 0; i < 100; i++) lampMsg('JSON: huge brightness', 'invalid_lamp_state', `{"brightness":${pick(['1e308', '2', '1.0000001', '-1e-300'])}}`);
-  for (let i = 0; i < 100; i++) validState('JSON: large but finite numbers', (seq) => `{"seq":${seq},"big":123456789012345678901234567890,"max":1.7976931348623157e308,"tiny":5e-324,"neg":-0}`);
+  for (let i = 0; i < 300; i++)
+    lampMsg(
+      'JSON: number beyond float range',
+      'invalid_lamp_state',
+      `{"on":true,"x":${rand() < 0.5 ? `[[${pick(infinite)}]]` : pick(infinite)}}`,
+    );
+  for (let i = 0; i < 100; i++)
+    lampMsg('JSON: huge brightness', 'invalid_lamp_state', `{"brightness":${pick(['1e308', '2', '1.0000001', '-1e-300'])}}`);
+  for (let i = 0; i < 100; i++)
+    validState(
+      'JSON: large but finite numbers',
+      (seq) => `{"seq":${seq},"big":123456789012345678901234567890,"max":1.7976931348623157e308,"tiny":5e-324,"neg":-0}`,
+    );
 
   // -- payloads: repeated keys (the last one wins, as in JSON.parse) -------------------------------
   for (let i = 0; i < 250; i++) lampMsg('JSON: repeated key, last invalid', 'invalid_lamp_state', '{"on":true,"on":"yes"}');
-  for (let i = 0; i < 250; i++) validState('JSON: repeated keys', (seq) => `{"brightness":0.1,"brightness":0.9,"seq":0,"seq":${seq},"__proto__":{},"__proto__":{"x":1}}`);
+  for (let i = 0; i < 250; i++)
+    validState(
+      'JSON: repeated keys',
+      (seq) => `{"brightness":0.1,"brightness":0.9,"seq":0,"seq":${seq},"__proto__":{},"__proto__":{"x":1}}`,
+    );
 
   // -- payloads: keys aimed at prototypes, Keen's rules and our envelope (valid: sanitized) --------
   const sneaky: Array<(seq: number) => string> = [
     (seq) => `{"seq":${seq},"__proto__":{"polluted":"yes","device_id":"ffffffffffff","keen":{"uniqueness_token":"evil"}}}`,
     (seq) => `{"seq":${seq},"constructor":{"prototype":{"polluted":"yes"}}}`,
     (seq) => `{"seq":${seq},"a.b":1,"a_b":2,"$set":{"x.y":2,"$inc":3},".":4,"$":5,"":6}`,
-    (seq) => `{"seq":${seq},"keen":{"timestamp":"1970-01-01T00:00:00.000Z","uniqueness_token":"evil","id":"x","addons":[]},"device_id":"ffffffffffff"}`,
+    (seq) =>
+      `{"seq":${seq},"keen":{"timestamp":"1970-01-01T00:00:00.000Z","uniqueness_token":"evil","id":"x","addons":[]},"device_id":"ffffffffffff"}`,
     (seq) => `{"seq":${seq},"toString":1,"hasOwnProperty":"x","valueOf":null,"__defineGetter__":2}`,
     (seq) => `{"seq":${seq},"${'k'.repeat(300)}":1,"${'.'.repeat(300)}":2}`,
     (seq) => `{"seq":${seq},"list":[{"a.b":1},{"$x":[{"keen.id":2}]}],"s":"\\ud83d\\udca1"}`,
   ];
   for (let i = 0; i < 700; i++) validState('keys: __proto__, constructor, dotted, $, keen, long', sneaky[i % sneaky.length]!);
   // Valid UTF-8 and valid JSON, but text no Keen can store: JSON escapes for NUL and lone surrogates.
-  const unstorable = ['{"s":"\\ud800"}', '{"s":"a\\u0000b"}', '{"list":[{"deep":"\\udfff"}]}', '{"k\\ud800":1}', '{"a":{"\\u0000":true}}', '{"on":true,"client":"\\udc00\\ud800"}'];
+  const unstorable = [
+    '{"s":"\\ud800"}',
+    '{"s":"a\\u0000b"}',
+    '{"list":[{"deep":"\\udfff"}]}',
+    '{"k\\ud800":1}',
+    '{"a":{"\\u0000":true}}',
+    '{"on":true,"client":"\\udc00\\ud800"}',
+  ];
   for (let i = 0; i < 300; i++) lampMsg('JSON: text no Keen can store (NUL, lone surrogate)', 'unstorable_text', pick(unstorable));
   const hostileKey = fc.oneof(
-    fc.constantFrom('__proto__', 'constructor', 'prototype', 'keen', 'keen.id', 'keen.uniqueness_token', 'device_id', '$where', '$', '.', '..', 'a.b.c', '', 'toString'),
+    fc.constantFrom(
+      '__proto__',
+      'constructor',
+      'prototype',
+      'keen',
+      'keen.id',
+      'keen.uniqueness_token',
+      'device_id',
+      '$where',
+      '$',
+      '.',
+      '..',
+      'a.b.c',
+      '',
+      'toString',
+    ),
     fc.string({ unit: fc.constantFrom(...'ab.$_k'.split('')), maxLength: 12 }),
   );
   const hostileValue = fc.letrec((tie) => ({
-    value: fc.oneof({ depthSize: 'small', withCrossShrink: true }, fc.jsonValue({ maxDepth: 1 }), fc.dictionary(hostileKey, tie('value'), { maxKeys: 4 }), fc.array(tie('value'), { maxLength: 3 })),
+    value: fc.oneof(
+      { depthSize: 'small', withCrossShrink: true },
+      fc.jsonValue({ maxDepth: 1 }),
+      fc.dictionary(hostileKey, tie('value'), { maxKeys: 4 }),
+      fc.array(tie('value'), { maxLength: 3 }),
+    ),
   })).value;
   for (const object of draw(fc.dictionary(hostileKey, hostileValue, { maxKeys: 6 }), 800)) {
     validState('keys: generated hostile objects', (seq) => {
@@ -167,19 +262,56 @@ function buildCorpus(): { messages: Message[]; flood: Message[] } {
   }
 
   // -- payloads: not an object, wrong types --------------------------------------------------------
-  for (let i = 0; i < 300; i++) lampMsg('JSON: not an object', 'not_an_object', pick(['null', '[]', '[1,2]', '"str"', '42', 'true', '[{"on":true}]']));
-  const wrongTypes = ['{"on":"yes"}', '{"brightness":2}', '{"brightness":-0.1}', '{"color":{"h":"x","s":1}}', '{"color":5}', `{"client":"${'c'.repeat(300)}"}`, '{"color":{"h":1.5,"s":0}}', '{"on":1}'];
+  for (let i = 0; i < 300; i++)
+    lampMsg('JSON: not an object', 'not_an_object', pick(['null', '[]', '[1,2]', '"str"', '42', 'true', '[{"on":true}]']));
+  const wrongTypes = [
+    '{"on":"yes"}',
+    '{"brightness":2}',
+    '{"brightness":-0.1}',
+    '{"color":{"h":"x","s":1}}',
+    '{"color":5}',
+    `{"client":"${'c'.repeat(300)}"}`,
+    '{"color":{"h":1.5,"s":0}}',
+    '{"on":1}',
+  ];
   for (let i = 0; i < 700; i++) lampMsg('JSON: LAMPI fields of the wrong type or range', 'invalid_lamp_state', pick(wrongTypes));
 
   // -- bridge states other than 0 and 1 ------------------------------------------------------------
-  const bridgeJunk = ['', '2', '10', '01', 'true', 'connected', ' 1', '1\n', '\u0000', '\u0001', '٣', '-1', '1.0', '0x1', 'x'.repeat(70_000)];
+  const bridgeJunk = [
+    '',
+    '2',
+    '10',
+    '01',
+    'true',
+    'connected',
+    ' 1',
+    '1\n',
+    '\u0000',
+    '\u0001',
+    '٣',
+    '-1',
+    '1.0',
+    '0x1',
+    'x'.repeat(70_000),
+  ];
   for (let i = 0; i < 1000; i++) {
     const junk = i % 50 === 0 ? Buffer.from([0xff]) : Buffer.from(pick(bridgeJunk));
-    messages.push({ topic: bridgeTopic(pick(ALL_LAMPS)), payload: junk, expect: 'invalid_bridge_state', klass: 'bridge state other than 0/1' });
+    messages.push({
+      topic: bridgeTopic(pick(ALL_LAMPS)),
+      payload: junk,
+      expect: 'invalid_bridge_state',
+      klass: 'bridge state other than 0/1',
+    });
   }
 
   // -- lamp states from lamps that never connected ---------------------------------------------
-  for (let i = 0; i < 20; i++) messages.push({ topic: lampTopic(`dead${String(i).padStart(8, '0')}`, false), payload: Buffer.from(plain(1)), expect: 'unknown_device', klass: 'lamp state from a lamp that never connected' });
+  for (let i = 0; i < 20; i++)
+    messages.push({
+      topic: lampTopic(`dead${String(i).padStart(8, '0')}`, false),
+      payload: Buffer.from(plain(1)),
+      expect: 'unknown_device',
+      klass: 'lamp state from a lamp that never connected',
+    });
 
   shuffle(messages, rand);
 
@@ -187,8 +319,18 @@ function buildCorpus(): { messages: Message[]; flood: Message[] } {
   const flood: Message[] = [];
   for (let i = 0; i < 2000; i++) {
     const { seq, key } = nextKey(FLOOD_LAMP);
-    flood.push({ topic: lampTopic(FLOOD_LAMP, false), payload: Buffer.from(plain(seq)), expect: 'valid', klass: 'flood from one lamp: valid', key });
-    const [payload, expect] = pick([['{"on":tr', 'invalid_json'], [Buffer.from([0xff, 0xfe]), 'invalid_utf8'], ['[]', 'not_an_object']] as const);
+    flood.push({
+      topic: lampTopic(FLOOD_LAMP, false),
+      payload: Buffer.from(plain(seq)),
+      expect: 'valid',
+      klass: 'flood from one lamp: valid',
+      key,
+    });
+    const [payload, expect] = pick([
+      ['{"on":tr', 'invalid_json'],
+      [Buffer.from([0xff, 0xfe]), 'invalid_utf8'],
+      ['[]', 'not_an_object'],
+    ] as const);
     flood.push({ topic: lampTopic(FLOOD_LAMP, true), payload: Buffer.from(payload), expect, klass: 'flood from one lamp: invalid' });
   }
   return { messages, flood };
@@ -251,19 +393,47 @@ describe('hostile input through the real subscriber and worker', () => {
   let sampler: NodeJS.Timeout | undefined;
 
   beforeAll(async () => {
-    process.stdout.write(`[hostile] seed ${SEED}: ${all.length} messages, ${invalid.length + all.filter((m) => m.expect === 'not-delivered').length} hostile (${invalid.length} to be rejected), ${valid.length} valid\n`);
+    process.stdout.write(
+      `[hostile] seed ${SEED}: ${all.length} messages, ${invalid.length + all.filter((m) => m.expect === 'not-delivered').length} hostile (${invalid.length} to be rejected), ${valid.length} valid\n`,
+    );
     // A broker of our own: the flood must not meet a shared broker's default queue limit (1000).
     broker = await startMosquitto();
     db = await createTestDatabase(services.postgres);
     keen = await startFakeKeen({ projectId: PROJECT, writeKey: WRITE_KEY });
     ports = { subscriber: await freePort(), worker: await freePort() };
-    const common = { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, MQTT_URL: broker.url, MQTT_CLIENT_ID: prefix, METRICS_HOST: '127.0.0.1', LOG_LEVEL: 'error' };
+    const common = {
+      REDIS_URL: services.redis,
+      QUEUE_PREFIX: prefix,
+      MQTT_URL: broker.url,
+      MQTT_CLIENT_ID: prefix,
+      METRICS_HOST: '127.0.0.1',
+      LOG_LEVEL: 'error',
+    };
     // With the default (record), a stranger's lamp states would be recorded; this run checks that `reject` rejects them.
-    worker = startService('worker', { ...common, METRICS_PORT: String(ports.worker), DATABASE_URL: db.url, KEEN_API_URL: keen.url, KEEN_PROJECT_ID: PROJECT, KEEN_WRITE_KEY: WRITE_KEY, KEEN_TIMEOUT_MS: '5000', UNKNOWN_DEVICE_STATES: 'reject' });
-    subscriber = startService('subscriber', { ...common, METRICS_PORT: String(ports.subscriber), MQTT_SHARE_GROUP: prefix, SUBSCRIBER_CONNECTIONS: '2' });
+    worker = startService('worker', {
+      ...common,
+      METRICS_PORT: String(ports.worker),
+      DATABASE_URL: db.url,
+      KEEN_API_URL: keen.url,
+      KEEN_PROJECT_ID: PROJECT,
+      KEEN_WRITE_KEY: WRITE_KEY,
+      KEEN_TIMEOUT_MS: '5000',
+      UNKNOWN_DEVICE_STATES: 'reject',
+    });
+    subscriber = startService('subscriber', {
+      ...common,
+      METRICS_PORT: String(ports.subscriber),
+      MQTT_SHARE_GROUP: prefix,
+      SUBSCRIBER_CONNECTIONS: '2',
+    });
     await Promise.all([
       waitFor('the worker metrics endpoint', () => fetch(`http://127.0.0.1:${ports.worker}/healthz`).then((r) => r.ok), 60_000, 200),
-      waitFor('the subscriber metrics endpoint', () => fetch(`http://127.0.0.1:${ports.subscriber}/healthz`).then((r) => r.ok), 60_000, 200),
+      waitFor(
+        'the subscriber metrics endpoint',
+        () => fetch(`http://127.0.0.1:${ports.subscriber}/healthz`).then((r) => r.ok),
+        60_000,
+        200,
+      ),
     ]);
   }, 120_000);
 
@@ -283,7 +453,10 @@ describe('hostile input through the real subscriber and worker', () => {
       // unknown_device is only known to the registry; to the parser such a message is valid.
       const got = parsed.ok ? 'valid' : parsed.reason;
       const want = m.expect === 'unknown_device' ? 'valid' : m.expect;
-      if (got !== want && wrong.length < 20) wrong.push(`${m.klass}: ${JSON.stringify(m.topic.slice(0, 80))} ${JSON.stringify(m.payload.subarray(0, 60).toString())} -> ${got}, meant ${want}`);
+      if (got !== want && wrong.length < 20)
+        wrong.push(
+          `${m.klass}: ${JSON.stringify(m.topic.slice(0, 80))} ${JSON.stringify(m.payload.subarray(0, 60).toString())} -> ${got}, meant ${want}`,
+        );
     }
     expect(wrong).toEqual([]);
     expect(invalid.length + all.filter((m) => m.expect === 'not-delivered').length).toBeGreaterThanOrEqual(10_000);
@@ -294,7 +467,12 @@ describe('hostile input through the real subscriber and worker', () => {
     // The lamps connect first, as their bridges do.
     for (const id of ALL_LAMPS) await publisher.publishAsync(bridgeTopic(id), '1', { qos: 1, retain: true });
     const pool = new pg.Pool({ connectionString: db.url, max: 1 });
-    await waitFor('the lamps to be registered', async () => Number((await pool.query('SELECT count(*) AS n FROM devices')).rows[0].n) === ALL_LAMPS.length, 60_000, 200);
+    await waitFor(
+      'the lamps to be registered',
+      async () => Number((await pool.query('SELECT count(*) AS n FROM devices')).rows[0].n) === ALL_LAMPS.length,
+      60_000,
+      200,
+    );
     await pool.end();
     await sleep(1000);
     const baseline = { subscriber: rss(subscriber.child.pid!), worker: rss(worker.child.pid!) };
@@ -321,18 +499,34 @@ describe('hostile input through the real subscriber and worker', () => {
     let receivedSoFar = 0;
     await waitFor(
       'the subscriber to receive every delivered message',
-      async () => (receivedSoFar = sum(await scrape(ports.subscriber, 'lampi_messages_received_total', 'kind'))) >= delivered.length + ALL_LAMPS.length,
+      async () =>
+        (receivedSoFar = sum(await scrape(ports.subscriber, 'lampi_messages_received_total', 'kind'))) >=
+        delivered.length + ALL_LAMPS.length,
       300_000,
       500,
     ).catch(async (err: unknown) => {
       const byKind = await scrape(ports.subscriber, 'lampi_messages_received_total', 'kind');
-      throw new Error(`${String(err)}: received ${receivedSoFar} of ${delivered.length + ALL_LAMPS.length} (${JSON.stringify(Object.fromEntries(byKind))}); rejected ${JSON.stringify(Object.fromEntries(await scrape(ports.subscriber, 'lampi_messages_rejected_total', 'reason')))}; subscriber log tail:\n${subscriber.output().slice(-3000)}`);
+      throw new Error(
+        `${String(err)}: received ${receivedSoFar} of ${delivered.length + ALL_LAMPS.length} (${JSON.stringify(Object.fromEntries(byKind))}); rejected ${JSON.stringify(Object.fromEntries(await scrape(ports.subscriber, 'lampi_messages_rejected_total', 'reason')))}; subscriber log tail:\n${subscriber.output().slice(-3000)}`,
+      );
     });
     const expectedKeys = new Set(valid.map((m) => m.key!));
-    await waitFor('every valid lamp state at Keen', () => keen.eventsIn('devicestate').filter((e) => expectedKeys.has(`${e.device_id}:${(e.state as { seq?: unknown }).seq}`)).length >= expectedKeys.size, 180_000, 500);
+    await waitFor(
+      'every valid lamp state at Keen',
+      () =>
+        keen.eventsIn('devicestate').filter((e) => expectedKeys.has(`${e.device_id}:${(e.state as { seq?: unknown }).seq}`)).length >=
+        expectedKeys.size,
+      180_000,
+      500,
+    );
     const unknownDevices = all.filter((m) => m.expect === 'unknown_device').length;
     // A lamp state from an unknown lamp waits for its activation (about 25 s of retries) before it is rejected.
-    await waitFor('the worker to reject the lamp states of unknown lamps', async () => ((await scrape(ports.worker, 'lampi_messages_rejected_total', 'reason')).get('unknown_device') ?? 0) >= unknownDevices, 180_000, 500);
+    await waitFor(
+      'the worker to reject the lamp states of unknown lamps',
+      async () => ((await scrape(ports.worker, 'lampi_messages_rejected_total', 'reason')).get('unknown_device') ?? 0) >= unknownDevices,
+      180_000,
+      500,
+    );
     await sleep(2000);
     clearInterval(sampler);
 
@@ -367,7 +561,11 @@ describe('hostile input through the real subscriber and worker', () => {
     // -- delivered once, and only what a lamp may say ------------------------------------------
     const states = keen.eventsIn('devicestate');
     const counts = new Map<string, number>();
-    for (const event of states) counts.set(`${event.device_id}:${(event.state as { seq?: unknown }).seq}`, (counts.get(`${event.device_id}:${(event.state as { seq?: unknown }).seq}`) ?? 0) + 1);
+    for (const event of states)
+      counts.set(
+        `${event.device_id}:${(event.state as { seq?: unknown }).seq}`,
+        (counts.get(`${event.device_id}:${(event.state as { seq?: unknown }).seq}`) ?? 0) + 1,
+      );
     expect([...expectedKeys].filter((key) => counts.get(key) !== 1)).toEqual([]);
     expect(states.length).toBe(expectedKeys.size);
     const allEvents: StoredEvent[] = [...keen.events.values()].flat();
@@ -379,7 +577,11 @@ describe('hostile input through the real subscriber and worker', () => {
     }
     for (const event of states) expect(Object.keys(event).sort()).toEqual(['device_id', 'keen', 'state']);
     // The sneaky keys arrive as plain data, renamed where Keen would refuse them.
-    const sneaky = states.find((e) => Object.hasOwn(e.state as object, '__proto__') && (e.state as Record<string, { polluted?: string }>)['__proto__']?.polluted === 'yes');
+    const sneaky = states.find(
+      (e) =>
+        Object.hasOwn(e.state as object, '__proto__') &&
+        (e.state as Record<string, { polluted?: string }>)['__proto__']?.polluted === 'yes',
+    );
     expect(sneaky).toBeDefined();
     expect(Object.prototype.hasOwnProperty.call({}, 'polluted')).toBe(false);
     expect(keen.requests.every((r) => r.status === 200)).toBe(true);
@@ -395,7 +597,9 @@ describe('hostile input through the real subscriber and worker', () => {
       const samples = memory[name];
       const peak = Math.max(...samples);
       const end = samples.slice(-4).reduce((a, b) => a + b, 0) / Math.min(4, samples.length);
-      process.stdout.write(`[hostile] ${name} RSS: ${(baseline[name] / MB).toFixed(0)} MB before, peak ${(peak / MB).toFixed(0)} MB, ${(end / MB).toFixed(0)} MB at the end (${samples.length} samples)\n`);
+      process.stdout.write(
+        `[hostile] ${name} RSS: ${(baseline[name] / MB).toFixed(0)} MB before, peak ${(peak / MB).toFixed(0)} MB, ${(end / MB).toFixed(0)} MB at the end (${samples.length} samples)\n`,
+      );
       return { peak, end };
     };
     for (const name of ['subscriber', 'worker'] as const) {

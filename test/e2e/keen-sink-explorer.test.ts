@@ -21,7 +21,14 @@ import { parseTimeZone } from '../../src/keen-sink/timezone.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
+const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
 const SCREENSHOTS = path.resolve(import.meta.dirname, '../../artifacts/screenshots');
 const PROJECT = 'lampi-explorer';
 const WRITE_KEY = 'explorer-write-key';
@@ -37,9 +44,17 @@ let browser: Browser;
 const origins: Server[] = [];
 
 async function write(batch: Record<string, object[]>): Promise<void> {
-  const response = await fetch(`${sink.url}/3.0/projects/${PROJECT}/events`, { method: 'POST', headers: { authorization: WRITE_KEY, 'content-type': 'application/json' }, body: JSON.stringify(batch) });
+  const response = await fetch(`${sink.url}/3.0/projects/${PROJECT}/events`, {
+    method: 'POST',
+    headers: { authorization: WRITE_KEY, 'content-type': 'application/json' },
+    body: JSON.stringify(batch),
+  });
   const results = (await response.json()) as Record<string, Array<{ success: boolean }>>;
-  expect(Object.values(results).flat().every((result) => result.success)).toBe(true);
+  expect(
+    Object.values(results)
+      .flat()
+      .every((result) => result.success),
+  ).toBe(true);
 }
 
 /** A web page of another origin: serves `html` at / and keen-analysis's browser build. */
@@ -58,7 +73,9 @@ const stateTimes: Date[] = [];
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) {
-    throw new Error(`headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH; this test never downloads a browser`);
+    throw new Error(
+      `headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH; this test never downloads a browser`,
+    );
   }
   mkdirSync(SCREENSHOTS, { recursive: true });
   database = await createTestDatabase(inject('services').postgres, { migrate: false });
@@ -71,11 +88,23 @@ beforeAll(async () => {
     for (let k = 0; k <= day % 4; k += 1) {
       const time = new Date(now - day * DAY - (k + 1) * 600_000);
       stateTimes.push(time);
-      states.push({ device_id: LAMPS[k % LAMPS.length], state: { on: k % 2 === 0, brightness: k / 4 }, keen: { timestamp: time.toISOString() } });
+      states.push({
+        device_id: LAMPS[k % LAMPS.length],
+        state: { on: k % 2 === 0, brightness: k / 4 },
+        keen: { timestamp: time.toISOString() },
+      });
     }
   }
   // Kept for the start: a sink with CORS for the origin of the page that uses keen-analysis.
-  sink = await startKeenSink({ databaseUrl: database.url, projectId: PROJECT, writeKey: WRITE_KEY, readKey: READ_KEY, port: 0, host: '127.0.0.1', logger: createLogger('keen-sink', 'silent') });
+  sink = await startKeenSink({
+    databaseUrl: database.url,
+    projectId: PROJECT,
+    writeKey: WRITE_KEY,
+    readKey: READ_KEY,
+    port: 0,
+    host: '127.0.0.1',
+    logger: createLogger('keen-sink', 'silent'),
+  });
   await write({ activations, devicestate: states, devicemonitoring: [{ device_id: LAMPS[0], connected: true }] });
 });
 
@@ -92,7 +121,10 @@ async function logIn(page: Page) {
 }
 
 /** The cells of the table shown in the Explorer's Table view, row by row. */
-const tableCells = (page: Page) => page.locator('#view-table table tbody tr').evaluateAll((rows) => rows.map((row) => [...row.querySelectorAll('td')].map((cell) => cell.textContent)));
+const tableCells = (page: Page) =>
+  page
+    .locator('#view-table table tbody tr')
+    .evaluateAll((rows) => rows.map((row) => [...row.querySelectorAll('td')].map((cell) => cell.textContent)));
 
 describe('keen-sink explorer in a browser', () => {
   it('logs in with the read key, shows Streams refreshing live, and renders planted strings as text', async () => {
@@ -110,16 +142,21 @@ describe('keen-sink explorer in a browser', () => {
 
       const streams = page.locator('#streams-list');
       await streams.locator('.stream[data-collection="activations"]').waitFor();
-      for (const collection of ['activations', 'devicestate', 'devicemonitoring']) await streams.locator(`.stream[data-collection="${collection}"]`).waitFor();
+      for (const collection of ['activations', 'devicestate', 'devicemonitoring'])
+        await streams.locator(`.stream[data-collection="${collection}"]`).waitFor();
       // The planted markup is shown as text, and did not become an element or run.
-      await expect.poll(() => streams.locator('.stream[data-collection="activations"]').innerText()).toContain(HOSTILE.replaceAll('"', '\\"'));
+      await expect
+        .poll(() => streams.locator('.stream[data-collection="activations"]').innerText())
+        .toContain(HOSTILE.replaceAll('"', '\\"'));
       expect(await page.locator('#streams-list img').count()).toBe(0);
       expect(await page.evaluate(() => (window as { __planted?: number }).__planted)).toBeUndefined();
 
       // A new event appears without reloading.
       const marker = `live-${Date.now()}`;
       await write({ devicemonitoring: [{ device_id: marker, connected: false }] });
-      await expect.poll(() => streams.locator('.stream[data-collection="devicemonitoring"]').innerText(), { timeout: 15_000 }).toContain(marker);
+      await expect
+        .poll(() => streams.locator('.stream[data-collection="devicemonitoring"]').innerText(), { timeout: 15_000 })
+        .toContain(marker);
       await page.screenshot({ path: path.join(SCREENSHOTS, 'streams.png'), fullPage: true });
 
       // The key is in this tab, never in the URL.
@@ -185,7 +222,9 @@ describe('keen-sink explorer in a browser', () => {
 
       await page.getByRole('tab', { name: 'Chart' }).click();
       const drawn = await page.evaluate(() => {
-        const chart = (window as unknown as { Chart: { getChart(canvas: HTMLCanvasElement): any } }).Chart.getChart(document.getElementById('chart') as HTMLCanvasElement);
+        const chart = (window as unknown as { Chart: { getChart(canvas: HTMLCanvasElement): any } }).Chart.getChart(
+          document.getElementById('chart') as HTMLCanvasElement,
+        );
         return chart && { type: chart.config.type, labels: chart.data.labels, data: chart.data.datasets[0].data, height: chart.height };
       });
       expect(drawn).toMatchObject({ type: 'line', data: expected });
@@ -193,7 +232,9 @@ describe('keen-sink explorer in a browser', () => {
       expect(drawn.height).toBeGreaterThan(100);
       const url = new URL(page.url());
       expect(url.searchParams.get('interval')).toBe('daily');
-      expect(JSON.parse(url.searchParams.get('filters') ?? '[]')).toEqual([{ property_name: 'state.brightness', operator: 'gte', property_value: 0 }]);
+      expect(JSON.parse(url.searchParams.get('filters') ?? '[]')).toEqual([
+        { property_name: 'state.brightness', operator: 'gte', property_value: 0 },
+      ]);
       await page.screenshot({ path: path.join(SCREENSHOTS, 'explorer-devicestate-daily.png'), fullPage: true });
 
       await page.getByRole('tab', { name: 'Table' }).click();
@@ -212,10 +253,22 @@ describe('keen-sink explorer in a browser', () => {
     </script>`;
     const allowed = await otherOrigin(page);
     const refused = await otherOrigin(page);
-    const corsSink = await startKeenSink({ databaseUrl: database.url, projectId: PROJECT, writeKey: WRITE_KEY, readKey: READ_KEY, port: 0, host: '127.0.0.1', logger: createLogger('keen-sink', 'silent'), corsOrigins: [allowed] });
+    const corsSink = await startKeenSink({
+      databaseUrl: database.url,
+      projectId: PROJECT,
+      writeKey: WRITE_KEY,
+      readKey: READ_KEY,
+      port: 0,
+      host: '127.0.0.1',
+      logger: createLogger('keen-sink', 'silent'),
+      corsOrigins: [allowed],
+    });
     const context = await browser.newContext();
     try {
-      for (const [origin, title] of [[allowed, `result ${LAMPS.length}`], [refused, /^failed /]] as const) {
+      for (const [origin, title] of [
+        [allowed, `result ${LAMPS.length}`],
+        [refused, /^failed /],
+      ] as const) {
         const tab = await context.newPage();
         await tab.addInitScript((host) => Object.assign(window, { SINK_HOST: host }), `127.0.0.1:${corsSink.port}`);
         await tab.goto(origin);

@@ -34,7 +34,10 @@ describe('pipeline into keen-sink', () => {
   const ours = (property = 'device_id') => [{ property_name: property, operator: 'in', property_value: devices }];
 
   beforeAll(async () => {
-    [registryDb, sinkDb] = await Promise.all([createTestDatabase(services.postgres), createTestDatabase(services.postgres, { migrate: false })]);
+    [registryDb, sinkDb] = await Promise.all([
+      createTestDatabase(services.postgres),
+      createTestDatabase(services.postgres, { migrate: false }),
+    ]);
     const port = await freePort();
     sink = startService('keen-sink', {
       KEEN_SINK_PORT: String(port),
@@ -46,7 +49,12 @@ describe('pipeline into keen-sink', () => {
     });
     await waitForLog(sink, 'keen-sink ready');
     sinkUrl = `http://127.0.0.1:${port}`;
-    pipeline = await startPipeline({ services, prefix, databaseUrl: registryDb.url, keen: { url: sinkUrl, projectId: PROJECT, writeKey: WRITE_KEY } });
+    pipeline = await startPipeline({
+      services,
+      prefix,
+      databaseUrl: registryDb.url,
+      keen: { url: sinkUrl, projectId: PROJECT, writeKey: WRITE_KEY },
+    });
     lamp = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-lamp` });
   });
 
@@ -66,22 +74,42 @@ describe('pipeline into keen-sink', () => {
     for (const device of devices) {
       await lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, '1', { qos: 1 });
       for (let i = 0; i < 3; i++) {
-        await lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ color: { h: 0.44, s: 1 }, brightness: i / 4, on: true, client: 'lamp_ui' }), { qos: 1 });
+        await lamp.publishAsync(
+          `/devices/${device}/lamp/changed`,
+          JSON.stringify({ color: { h: 0.44, s: 1 }, brightness: i / 4, on: true, client: 'lamp_ui' }),
+          { qos: 1 },
+        );
       }
     }
 
-    await waitFor('6 devicestate events in keen-sink', async () => (await query('count', { event_collection: 'devicestate', timeframe: 'this_1_days', filters: ours() })) === 6);
+    await waitFor(
+      '6 devicestate events in keen-sink',
+      async () => (await query('count', { event_collection: 'devicestate', timeframe: 'this_1_days', filters: ours() })) === 6,
+    );
     // Lamp states are recorded without waiting for their lamp's connect (UNKNOWN_DEVICE_STATES=record), so they may arrive first.
     await waitFor('2 activations and 2 devicemonitoring events in keen-sink', async () => {
-      const counts = await Promise.all(['activations', 'devicemonitoring'].map((collection) => query('count', { event_collection: collection, timeframe: 'this_1_days', filters: ours() })));
+      const counts = await Promise.all(
+        ['activations', 'devicemonitoring'].map((collection) =>
+          query('count', { event_collection: collection, timeframe: 'this_1_days', filters: ours() }),
+        ),
+      );
       return counts.every((n) => n === 2);
     });
 
     // The seed's Explorer example.
-    const activated = (await query('select_unique', { event_collection: 'activations', target_property: 'device_id', timeframe: 'this_14_days', filters: ours() })) as string[];
+    const activated = (await query('select_unique', {
+      event_collection: 'activations',
+      target_property: 'device_id',
+      timeframe: 'this_14_days',
+      filters: ours(),
+    })) as string[];
     expect([...activated].sort()).toEqual([...devices].sort());
 
-    const monitoring = (await query('extraction', { event_collection: 'devicemonitoring', timeframe: 'this_1_days', filters: ours() })) as Array<Record<string, any>>;
+    const monitoring = (await query('extraction', {
+      event_collection: 'devicemonitoring',
+      timeframe: 'this_1_days',
+      filters: ours(),
+    })) as Array<Record<string, any>>;
     expect(monitoring).toHaveLength(2);
     for (const event of monitoring) {
       expect(event).toMatchObject({ service: 'mqttbridge', state: 'connected' });
@@ -89,10 +117,20 @@ describe('pipeline into keen-sink', () => {
       expect(event.keen.addons).toBeUndefined();
       const at = new Date(event.keen.timestamp);
       // The date_time_parser add-on ran on our keen.timestamp.
-      expect(event.timestamp.info).toMatchObject({ year: at.getUTCFullYear(), month: at.getUTCMonth() + 1, hour: at.getUTCHours(), minute: at.getUTCMinutes() });
+      expect(event.timestamp.info).toMatchObject({
+        year: at.getUTCFullYear(),
+        month: at.getUTCMonth() + 1,
+        hour: at.getUTCHours(),
+        minute: at.getUTCMinutes(),
+      });
     }
 
-    const brightness = await query('sum', { event_collection: 'devicestate', target_property: 'state.brightness', timeframe: 'this_1_days', filters: ours() });
+    const brightness = await query('sum', {
+      event_collection: 'devicestate',
+      target_property: 'state.brightness',
+      timeframe: 'this_1_days',
+      filters: ours(),
+    });
     expect(brightness).toBeCloseTo(2 * (0 + 0.25 + 0.5));
   });
 });

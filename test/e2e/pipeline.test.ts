@@ -44,7 +44,12 @@ describe('pipeline end to end', () => {
   beforeAll(async () => {
     db = await createTestDatabase(services.postgres);
     keen = await startFakeKeen({ projectId: PROJECT, writeKey: WRITE_KEY });
-    pipeline = await startPipeline({ services, prefix, databaseUrl: db.url, keen: { url: keen.url, projectId: PROJECT, writeKey: WRITE_KEY } });
+    pipeline = await startPipeline({
+      services,
+      prefix,
+      databaseUrl: db.url,
+      keen: { url: keen.url, projectId: PROJECT, writeKey: WRITE_KEY },
+    });
     prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: db.url }) });
     publisher = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-lamp` });
   });
@@ -73,7 +78,9 @@ describe('pipeline end to end', () => {
     await publish(bridgeTopic, '0');
 
     const row = await waitFor('device row, disconnected', () =>
-      prisma.device.findUnique({ where: { deviceId: device }, include: { user: true } }).then((d) => (d?.bridgeConnected === false ? d : undefined)),
+      prisma.device
+        .findUnique({ where: { deviceId: device }, include: { user: true } })
+        .then((d) => (d?.bridgeConnected === false ? d : undefined)),
     );
     expect(row.name).toBe('My LAMPI');
     expect(row.associationCode).toMatch(/^[0-9a-f]{32}$/);
@@ -89,7 +96,10 @@ describe('pipeline end to end', () => {
     expect(association.retain).toBe(true);
     expect(JSON.parse(association.payload)).toEqual({ associated: false, code: row.associationCode });
 
-    await waitFor('all five events at Keen', () => ofDevice('devicemonitoring').length === 2 && ofDevice('devicestate').length === 2 && ofDevice('activations').length === 1);
+    await waitFor(
+      'all five events at Keen',
+      () => ofDevice('devicemonitoring').length === 2 && ofDevice('devicestate').length === 2 && ofDevice('activations').length === 1,
+    );
     const [activation] = ofDevice('activations') as [StoredEvent];
     expectEnvelope(activation, bridgeTopic);
     expect(withoutKeen(activation)).toEqual({ device_id: device, user: 'parked_device_user' });
@@ -110,7 +120,9 @@ describe('pipeline end to end', () => {
     states.forEach((event) => expectEnvelope(event, lampTopic));
 
     const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: { url: services.redis }, prefix });
-    const record = await waitFor('the rejection record', async () => (await rejected.getJobs(['failed', 'waiting', 'active'])).find((job) => job.data.deviceId === device));
+    const record = await waitFor('the rejection record', async () =>
+      (await rejected.getJobs(['failed', 'waiting', 'active'])).find((job) => job.data.deviceId === device),
+    );
     await rejected.close();
     expect(record.data).toMatchObject({ reason: 'invalid_json', topic: lampTopic });
     expect(pipeline.subscriber.output()).toContain('"msg":"message rejected"');
@@ -125,17 +137,24 @@ describe('pipeline end to end', () => {
     expect(ofDevice('devicestate').length).toBe(before);
     keen.clearFaults();
     await waitFor('all 20 events after recovery', () => ofDevice('devicestate').length === before + 20, 60_000);
-    const brightness = ofDevice('devicestate').slice(before).map((e) => (e.state as { brightness: number }).brightness).sort((a, b) => a - b);
+    const brightness = ofDevice('devicestate')
+      .slice(before)
+      .map((e) => (e.state as { brightness: number }).brightness)
+      .sort((a, b) => a - b);
     expect(brightness).toEqual(Array.from({ length: 20 }, (_, i) => i / 20));
   });
 
   it('dead-letters an event Keen refuses for good, with the event and the error, and delivers the rest', async () => {
-    keen.rejectEvents((_collection, event) => ((event.state as { poison?: boolean } | undefined)?.poison ? 'InvalidPropertyValueError' : undefined));
+    keen.rejectEvents((_collection, event) =>
+      (event.state as { poison?: boolean } | undefined)?.poison ? 'InvalidPropertyValueError' : undefined,
+    );
     const before = ofDevice('devicestate').length;
     await publish(lampTopic, JSON.stringify({ on: true, poison: true }));
     await publish(lampTopic, JSON.stringify({ on: true, brightness: 0.9 }));
     const deadLetters = new Queue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection: { url: services.redis }, prefix });
-    const dead = await waitFor('the dead letter', async () => (await deadLetters.getJobs(['failed', 'waiting', 'active'])).find((job) => job.data.event.device_id === device));
+    const dead = await waitFor('the dead letter', async () =>
+      (await deadLetters.getJobs(['failed', 'waiting', 'active'])).find((job) => job.data.event.device_id === device),
+    );
     await deadLetters.close();
     expect(dead.data.collection).toBe('devicestate');
     expect(dead.data.event.state).toEqual({ on: true, poison: true });

@@ -33,7 +33,9 @@ function groupMembers(pgid: number): number[] {
     .flatMap((pid) => {
       try {
         // Fields after the command (which is in parentheses): state, ppid, pgrp, ...
-        const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ');
+        const fields = readFileSync(`/proc/${pid}/stat`, 'utf8')
+          .replace(/^.*\) /s, '')
+          .split(' ');
         return fields[0] !== 'Z' && Number(fields[2]) === pgid ? [Number(pid)] : [];
       } catch {
         return []; // gone meanwhile
@@ -51,7 +53,13 @@ describe('README: Running without Docker', () => {
     url.pathname = `/${name}`;
     return url.toString();
   };
-  const env = { MQTT_USERNAME: 'lampi-svc', MQTT_PASSWORD: `pw-${suffix}`, KEEN_PROJECT_ID: 'readme', KEEN_READ_KEY: `read-${suffix}`, KEEN_WRITE_KEY: `write-${suffix}` };
+  const env = {
+    MQTT_USERNAME: 'lampi-svc',
+    MQTT_PASSWORD: `pw-${suffix}`,
+    KEEN_PROJECT_ID: 'readme',
+    KEEN_READ_KEY: `read-${suffix}`,
+    KEEN_WRITE_KEY: `write-${suffix}`,
+  };
   let redis: Awaited<ReturnType<typeof startRedis>>;
   let pgid: number | undefined;
   let ports: { mqtt: number; mqtts: number; sink: number };
@@ -88,7 +96,14 @@ describe('README: Running without Docker', () => {
   it("pasted into bash, starts a pipeline that delivers a lamp's events to keen-sink", async () => {
     const block = readmeBlock();
     // What the operator reads is what runs: the block starts every process the section names.
-    for (const line of ['deploy/mosquitto/run-local.sh', 'npm run migrate', 'npm run keen-sink', 'npm run subscriber', 'KEEN_API_URL=', 'KEEN_READ_KEY=']) {
+    for (const line of [
+      'deploy/mosquitto/run-local.sh',
+      'npm run migrate',
+      'npm run keen-sink',
+      'npm run subscriber',
+      'KEEN_API_URL=',
+      'KEEN_READ_KEY=',
+    ]) {
       expect(block).toContain(line);
     }
     expect(block.match(/npm run worker/g)).toHaveLength(2);
@@ -128,19 +143,33 @@ describe('README: Running without Docker', () => {
     const ready = (file: string, msg: string) => readFileSync(path.join(local, file), 'utf8').includes(`"msg":"${msg}"`);
     await waitFor(
       'keen-sink, the subscriber and both workers ready',
-      () => ready('keen-sink.log', 'keen-sink ready') && ready('subscriber.log', 'subscriber ready') && ready('worker-1.log', 'worker ready') && ready('worker-2.log', 'worker ready'),
+      () =>
+        ready('keen-sink.log', 'keen-sink ready') &&
+        ready('subscriber.log', 'subscriber ready') &&
+        ready('worker-1.log', 'worker ready') &&
+        ready('worker-2.log', 'worker ready'),
       60_000,
       200,
     ).catch((err: unknown) => {
       throw new Error(`${String(err)}\n${logs()}`);
     });
-    for (const file of ['worker-1.log', 'worker-2.log']) expect(readFileSync(path.join(local, file), 'utf8')).toContain(`"keen_api":"http://127.0.0.1:${ports.sink}/"`);
+    for (const file of ['worker-1.log', 'worker-2.log'])
+      expect(readFileSync(path.join(local, file), 'utf8')).toContain(`"keen_api":"http://127.0.0.1:${ports.sink}/"`);
 
     // A lamp's bridge connects (the broker's notification, retained) and the lamp sends a state.
     const device = randomDeviceId();
-    lamp = await mqtt.connectAsync(`mqtt://127.0.0.1:${ports.mqtt}`, { username: env.MQTT_USERNAME, password: env.MQTT_PASSWORD, reconnectPeriod: 0, clientId: `readme-${suffix}` });
+    lamp = await mqtt.connectAsync(`mqtt://127.0.0.1:${ports.mqtt}`, {
+      username: env.MQTT_USERNAME,
+      password: env.MQTT_PASSWORD,
+      reconnectPeriod: 0,
+      clientId: `readme-${suffix}`,
+    });
     await lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, '1', { qos: 1, retain: true });
-    await lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ color: { h: 0.5, s: 1 }, brightness: 0.8, on: true, client: 'lamp_ui' }), { qos: 1 });
+    await lamp.publishAsync(
+      `/devices/${device}/lamp/changed`,
+      JSON.stringify({ color: { h: 0.5, s: 1 }, brightness: 0.8, on: true, client: 'lamp_ui' }),
+      { qos: 1 },
+    );
 
     const query = async (collection: string) => {
       const url = new URL(`http://127.0.0.1:${ports.sink}/3.0/projects/${env.KEEN_PROJECT_ID}/queries/extraction`);
@@ -165,6 +194,8 @@ describe('README: Running without Docker', () => {
     const [activations, monitoring, states] = events;
     expect(activations).toHaveLength(1);
     expect(monitoring).toEqual([expect.objectContaining({ device_id: device, state: 'connected' })]);
-    expect(states).toEqual([expect.objectContaining({ device_id: device, state: { color: { h: 0.5, s: 1 }, brightness: 0.8, on: true, client: 'lamp_ui' } })]);
+    expect(states).toEqual([
+      expect.objectContaining({ device_id: device, state: { color: { h: 0.5, s: 1 }, brightness: 0.8, on: true, client: 'lamp_ui' } }),
+    ]);
   });
 });

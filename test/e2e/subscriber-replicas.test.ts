@@ -55,11 +55,22 @@ describe('two subscriber replicas', () => {
     for (const device of devices) await lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, '0', { qos: 1 });
 
     const ours = (collection: string) => keen.eventsIn(collection).filter((e) => devices.includes(e.device_id as string));
-    await waitFor('every event', () => ours('devicestate').length >= 60 && ours('devicemonitoring').length >= 6 && ours('activations').length >= 3);
+    await waitFor(
+      'every event',
+      () => ours('devicestate').length >= 60 && ours('devicemonitoring').length >= 6 && ours('activations').length >= 3,
+    );
     await sleep(1500);
-    expect(ours('devicestate').map((e) => (e.state as { seq: number }).seq).sort((a, b) => a - b)).toEqual(Array.from({ length: 60 }, (_, i) => i));
+    expect(
+      ours('devicestate')
+        .map((e) => (e.state as { seq: number }).seq)
+        .sort((a, b) => a - b),
+    ).toEqual(Array.from({ length: 60 }, (_, i) => i));
     expect(ours('activations')).toHaveLength(3);
-    expect(ours('devicemonitoring').map((e) => `${e.device_id}:${e.state}`).sort()).toEqual(devices.flatMap((d) => [`${d}:connected`, `${d}:disconnected`]).sort());
+    expect(
+      ours('devicemonitoring')
+        .map((e) => `${e.device_id}:${e.state}`)
+        .sort(),
+    ).toEqual(devices.flatMap((d) => [`${d}:connected`, `${d}:disconnected`]).sort());
     // Both replicas really took part: each read all six bridge states, and they shared the lamp states.
     const counts = await Promise.all([pipeline.subscriber, second].map((proc) => enqueuedByKind(proc)));
     for (const count of counts) {
@@ -77,6 +88,7 @@ describe('two subscriber replicas', () => {
 async function enqueuedByKind(proc: ManagedProcess): Promise<Record<string, number>> {
   const text = await scrapeMetrics(proc);
   const counts: Record<string, number> = {};
-  for (const [, kind, value] of text.matchAll(/^lampi_messages_enqueued_total\{kind="([^"]+)"[^}]*\} (\d+)$/gm)) counts[kind!] = Number(value);
+  for (const [, kind, value] of text.matchAll(/^lampi_messages_enqueued_total\{kind="([^"]+)"[^}]*\} (\d+)$/gm))
+    counts[kind!] = Number(value);
   return counts;
 }

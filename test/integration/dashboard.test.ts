@@ -39,7 +39,10 @@ function configFor(prefix: string, overrides: Partial<DashboardConfig> = {}): Da
 }
 
 let seq = 0;
-async function parkDeadLetter(queues: PipelineQueues, error = 'Keen rejected the event: InvalidPropertyNameError: refused'): Promise<string> {
+async function parkDeadLetter(
+  queues: PipelineQueues,
+  error = 'Keen rejected the event: InvalidPropertyNameError: refused',
+): Promise<string> {
   seq += 1;
   const token = `${randomPrefix('dash')}-${seq}-devicestate`;
   const data: DeadLetterJob = {
@@ -103,7 +106,11 @@ describe('dashboard', () => {
       { authorization: 'Basic !!!' },
     ];
     for (const headers of attempts) {
-      for (const [path, method] of [['/', 'GET'], ['/api/queues', 'GET'], [`/api/queues/${QUEUE_NAMES.deadLetter}/retry/failed`, 'PUT']] as const) {
+      for (const [path, method] of [
+        ['/', 'GET'],
+        ['/api/queues', 'GET'],
+        [`/api/queues/${QUEUE_NAMES.deadLetter}/retry/failed`, 'PUT'],
+      ] as const) {
         const response = await request(dashboard, path, { method, headers });
         expect(response.status, `${method} ${path} with ${JSON.stringify(headers)}`).toBe(401);
         expect(response.headers.get('www-authenticate')).toBe('Basic realm="LAMPI dashboard", charset="UTF-8"');
@@ -119,7 +126,13 @@ describe('dashboard', () => {
     expect(api.status).toBe(200);
     const body = (await api.json()) as { queues: Array<{ name: string; readOnlyMode: boolean; description: string }> };
     expect(body.queues.map((q) => q.name).sort()).toEqual(
-      [QUEUE_NAMES.ingest, ...Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n)), QUEUE_NAMES.deadLetter, QUEUE_NAMES.keen, QUEUE_NAMES.rejected].sort(),
+      [
+        QUEUE_NAMES.ingest,
+        ...Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n)),
+        QUEUE_NAMES.deadLetter,
+        QUEUE_NAMES.keen,
+        QUEUE_NAMES.rejected,
+      ].sort(),
     );
     for (const queue of body.queues) {
       expect(queue.readOnlyMode).toBe(false);
@@ -135,11 +148,16 @@ describe('dashboard', () => {
     expect(job.failedReason).toBe('Keen answered 400: InvalidPropertyNameError');
     expect(job.data.event.keen.uniqueness_token).toBe(id);
 
-    const retried = await request(dashboard, `/api/queues/${QUEUE_NAMES.deadLetter}/${encodeURIComponent(id)}/retry`, { method: 'PUT', headers: GOOD });
+    const retried = await request(dashboard, `/api/queues/${QUEUE_NAMES.deadLetter}/${encodeURIComponent(id)}/retry`, {
+      method: 'PUT',
+      headers: GOOD,
+    });
     expect(retried.status).toBe(204);
     await waitFor('the event back in keen-delivery', async () => (await stateIn(queues.keen, id)) === 'waiting');
     // Alone in a keen-delivery job named by its token.
-    expect((await queues.keen.getJob(id))!.data).toEqual({ events: [{ collection: 'devicestate', event: job.data.event, redrives: { count: 1, lastAt: expect.any(String) } }] });
+    expect((await queues.keen.getJob(id))!.data).toEqual({
+      events: [{ collection: 'devicestate', event: job.data.event, redrives: { count: 1, lastAt: expect.any(String) } }],
+    });
     await waitFor('the dead letter gone', async () => (await stateIn(queues.deadLetter, id)) === 'missing');
   });
 
@@ -166,7 +184,10 @@ describe('dashboard', () => {
       const binaryId = randomPrefix('rej');
       await queues.rejected.add('invalid_json', record(Buffer.from(text)), { jobId: textId });
       await queues.rejected.add('invalid_json', record(Buffer.from([0xff, 0xfe, 0x00])), { jobId: binaryId });
-      await waitFor('both rejections failed', async () => (await stateIn(queues.rejected, textId)) === 'failed' && (await stateIn(queues.rejected, binaryId)) === 'failed');
+      await waitFor(
+        'both rejections failed',
+        async () => (await stateIn(queues.rejected, textId)) === 'failed' && (await stateIn(queues.rejected, binaryId)) === 'failed',
+      );
 
       const shown = async (id: string) => {
         const response = await request(dashboard, `/api/queues/${QUEUE_NAMES.rejected}/${id}`, { headers: GOOD });
@@ -185,7 +206,9 @@ describe('dashboard', () => {
       expect(listed.find((q) => q.name === QUEUE_NAMES.rejected)).toMatchObject({ allowRetries: false });
       expect(listed.find((q) => q.name === QUEUE_NAMES.deadLetter)).toMatchObject({ allowRetries: true });
       // 12 attempts, 1 s base, doubling to the five-minute cap: 9 to 19 minutes.
-      expect(listed.find((q) => q.name === QUEUE_NAMES.keen)?.description).toContain('tried 12 times (KEEN_ATTEMPTS, the default) over about 9 min to 19 min');
+      expect(listed.find((q) => q.name === QUEUE_NAMES.keen)?.description).toContain(
+        'tried 12 times (KEEN_ATTEMPTS, the default) over about 9 min to 19 min',
+      );
     } finally {
       await rejectedWorker.close();
     }
@@ -213,7 +236,11 @@ describe('dashboard', () => {
       ['DELETE', `/api/queues/${q}/${encodeURIComponent(id)}`],
     ];
     for (const [method, path] of changes) {
-      const response = await request(readOnly, path, { method, headers: { ...GOOD, 'content-type': 'application/json' }, body: method === 'DELETE' ? undefined : '{}' });
+      const response = await request(readOnly, path, {
+        method,
+        headers: { ...GOOD, 'content-type': 'application/json' },
+        body: method === 'DELETE' ? undefined : '{}',
+      });
       expect(response.status, `${method} ${path}`).toBe(403);
       expect(await response.json()).toEqual({ error: 'the dashboard is read-only (DASHBOARD_READ_ONLY=true)' });
     }
@@ -238,7 +265,12 @@ describe('dashboard startup', () => {
 
   it('refuses to start on 0.0.0.0 without credentials: one line, exit 1', async () => {
     const port = await freePort();
-    const proc = startService('dashboard', { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, DASHBOARD_HOST: '0.0.0.0', DASHBOARD_PORT: String(port) });
+    const proc = startService('dashboard', {
+      REDIS_URL: services.redis,
+      QUEUE_PREFIX: prefix,
+      DASHBOARD_HOST: '0.0.0.0',
+      DASHBOARD_PORT: String(port),
+    });
     expect(await proc.exited).toBe(1);
     expect(proc.output()).toBe(
       'dashboard: refusing to serve the dashboard on DASHBOARD_HOST=0.0.0.0 without credentials: set DASHBOARD_USERNAME and DASHBOARD_PASSWORD, or bind it to 127.0.0.1\n',
@@ -246,8 +278,18 @@ describe('dashboard startup', () => {
   });
 
   it('refuses a username without a password, and a read-only flag it cannot read', async () => {
-    const half = startService('dashboard', { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, DASHBOARD_USERNAME: USER, DASHBOARD_PORT: '0' });
-    const flag = startService('dashboard', { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, DASHBOARD_READ_ONLY: 'maybe', DASHBOARD_PORT: '0' });
+    const half = startService('dashboard', {
+      REDIS_URL: services.redis,
+      QUEUE_PREFIX: prefix,
+      DASHBOARD_USERNAME: USER,
+      DASHBOARD_PORT: '0',
+    });
+    const flag = startService('dashboard', {
+      REDIS_URL: services.redis,
+      QUEUE_PREFIX: prefix,
+      DASHBOARD_READ_ONLY: 'maybe',
+      DASHBOARD_PORT: '0',
+    });
     expect(await half.exited).toBe(1);
     expect(half.output()).toBe('dashboard: invalid configuration: set both DASHBOARD_USERNAME and DASHBOARD_PASSWORD, or neither\n');
     expect(await flag.exited).toBe(1);
@@ -256,9 +298,21 @@ describe('dashboard startup', () => {
 
   it('starts on 0.0.0.0 with credentials, as npm run dashboard', async () => {
     const port = await freePort();
-    const proc = startService('dashboard', { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, DASHBOARD_HOST: '0.0.0.0', DASHBOARD_PORT: String(port), DASHBOARD_USERNAME: USER, DASHBOARD_PASSWORD: PASSWORD });
+    const proc = startService('dashboard', {
+      REDIS_URL: services.redis,
+      QUEUE_PREFIX: prefix,
+      DASHBOARD_HOST: '0.0.0.0',
+      DASHBOARD_PORT: String(port),
+      DASHBOARD_USERNAME: USER,
+      DASHBOARD_PASSWORD: PASSWORD,
+    });
     try {
-      await waitFor('the dashboard listening', () => proc.output().includes('"msg":"dashboard listening"') || (proc.child.exitCode !== null ? Promise.reject(new Error(proc.output())) : false));
+      await waitFor(
+        'the dashboard listening',
+        () =>
+          proc.output().includes('"msg":"dashboard listening"') ||
+          (proc.child.exitCode !== null ? Promise.reject(new Error(proc.output())) : false),
+      );
       expect((await fetch(`http://127.0.0.1:${port}/`)).status).toBe(401);
       expect((await fetch(`http://127.0.0.1:${port}/`, { headers: GOOD })).status).toBe(200);
       expect(proc.output()).not.toContain(PASSWORD);

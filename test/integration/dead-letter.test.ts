@@ -25,18 +25,31 @@ const logger = createLogger('dead-letter-test', 'silent');
 
 let counter = 0;
 /** A dead letter as the Keen delivery worker writes it: job id = the event's uniqueness token. */
-function deadLetterFor(deviceId = randomDeviceId(), collection: KeenCollection = 'devicestate', error = 'Keen rejected the event: InvalidPropertyNameError: Property names cannot contain "."'): DeadLetterJob {
+function deadLetterFor(
+  deviceId = randomDeviceId(),
+  collection: KeenCollection = 'devicestate',
+  error = 'Keen rejected the event: InvalidPropertyNameError: Property names cannot contain "."',
+): DeadLetterJob {
   counter += 1;
   const token = `${randomPrefix('job')}-${counter}-${collection}`;
   const event = deviceStateEvent(deviceId, { on: true, brightness: 0.5 }, new Date().toISOString(), token);
-  return { collection, event, sourceJobId: token, attemptsMade: 12, lastError: { message: error, status: 400, code: 'InvalidPropertyNameError' }, failedAt: new Date().toISOString() };
+  return {
+    collection,
+    event,
+    sourceJobId: token,
+    attemptsMade: 12,
+    lastError: { message: error, status: 400, code: 'InvalidPropertyNameError' },
+    failedAt: new Date().toISOString(),
+  };
 }
 
 const tokenOf = (data: KeenEventRecord) => data.event.keen.uniqueness_token;
 /** A keen-delivery job of this one event, as a redrive adds it. */
 const deliveryOf = (data: KeenEventRecord): KeenDeliveryJob => ({ events: [{ collection: data.collection, event: data.event }] });
 /** The keen-delivery job a redrive adds: the one event, carrying its redrive history. */
-const redrivenDeliveryOf = (data: KeenEventRecord, count = 1) => ({ events: [{ collection: data.collection, event: data.event, redrives: { count, lastAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) } }] });
+const redrivenDeliveryOf = (data: KeenEventRecord, count = 1) => ({
+  events: [{ collection: data.collection, event: data.event, redrives: { count, lastAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) } }],
+});
 
 async function addDeadLetter(queues: PipelineQueues, data: DeadLetterJob): Promise<string> {
   await queues.deadLetter.add(data.collection, data, { jobId: tokenOf(data) });
@@ -56,7 +69,11 @@ const parked = (queues: PipelineQueues, id: string) =>
   });
 
 /** Runs `npm run dlq -- ...` as its own process. */
-function dlq(prefix: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function dlq(
+  prefix: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/dlq/main.ts', ...args], {
       cwd: ROOT,
@@ -121,9 +138,13 @@ describe('dead-letter worker', () => {
     const token = tokenOf(data);
     // An earlier redrive of the event that gave up: failed in keen-delivery under the token.
     await queues.keen.add(data.collection, deliveryOf(data), { jobId: token });
-    const giveUp = new Worker<KeenDeliveryJob>(QUEUE_NAMES.keen, async (job) => {
-      if (job.id === token) throw new UnrecoverableError('Keen said no');
-    }, { connection: redis, prefix });
+    const giveUp = new Worker<KeenDeliveryJob>(
+      QUEUE_NAMES.keen,
+      async (job) => {
+        if (job.id === token) throw new UnrecoverableError('Keen said no');
+      },
+      { connection: redis, prefix },
+    );
     await waitFor('the old delivery job failed', async () => (await stateOf(queues.keen, token)) === 'failed');
     await giveUp.close();
     const old = (await queues.keen.getJob(token))!;
@@ -164,11 +185,17 @@ describe('dead-letter worker', () => {
 
   it('with the real Keen delivery worker: the refused event of a job dead-lettered by Keen, parked, redriven, delivered once', async () => {
     const keen = await startFakeKeen({ projectId: 'dlq-project', writeKey: 'dlq-write-key' });
-    const batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
+    const batcher = new KeenBatcher({
+      client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }),
+      maxEvents: 50,
+      lingerMs: 5,
+    });
     const delivery = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger });
     try {
       const deviceId = randomDeviceId();
-      keen.rejectEvents((_collection, event) => (event.device_id === deviceId ? { name: 'InvalidPropertyValueError', description: 'refused for the test' } : undefined));
+      keen.rejectEvents((_collection, event) =>
+        event.device_id === deviceId ? { name: 'InvalidPropertyValueError', description: 'refused for the test' } : undefined,
+      );
       // A job as the registry worker writes it: the events of one ingest job, one of them refused.
       // (Earlier tests of this file left redriven events in keen-delivery: only this job's count.)
       const ingestId = randomPrefix('ingest');
@@ -176,17 +203,31 @@ describe('dead-letter worker', () => {
       const sourceJobId = `${ingestId}-keen`;
       const token = `${ingestId}-1-devicestate`;
       const event = deviceStateEvent(deviceId, { on: true }, new Date().toISOString(), token);
-      const others = [2, 3].map((n) => deviceStateEvent(randomDeviceId(), { on: false }, new Date().toISOString(), `${ingestId}-${n}-devicestate`));
-      await queues.keen.add('devicestate', { events: [event, ...others].map((e) => ({ collection: 'devicestate' as const, event: e })) }, { jobId: sourceJobId });
+      const others = [2, 3].map((n) =>
+        deviceStateEvent(randomDeviceId(), { on: false }, new Date().toISOString(), `${ingestId}-${n}-devicestate`),
+      );
+      await queues.keen.add(
+        'devicestate',
+        { events: [event, ...others].map((e) => ({ collection: 'devicestate' as const, event: e })) },
+        { jobId: sourceJobId },
+      );
 
       const job = await parked(queues, token);
       expect(job.failedReason).toContain('InvalidPropertyValueError');
-      expect(job.data).toMatchObject({ collection: 'devicestate', event, sourceJobId, attemptsMade: 1, lastError: { code: 'InvalidPropertyValueError' } });
+      expect(job.data).toMatchObject({
+        collection: 'devicestate',
+        event,
+        sourceJobId,
+        attemptsMade: 1,
+        lastError: { code: 'InvalidPropertyValueError' },
+      });
       expect(job.data.lastError.message).toBe(job.failedReason);
       // The others were accepted and the job completed; only the refused event is a dead letter.
       expect(await waitFor('the source job completed', async () => (await stateOf(queues.keen, sourceJobId)) === 'completed')).toBe(true);
       expect(ours().sort()).toEqual(others.map((e) => e.keen.uniqueness_token).sort());
-      expect((await queues.deadLetter.getJobs(['failed', 'waiting', 'active'])).map((j) => j.id).filter((id) => id?.startsWith(ingestId))).toEqual([token]);
+      expect(
+        (await queues.deadLetter.getJobs(['failed', 'waiting', 'active'])).map((j) => j.id).filter((id) => id?.startsWith(ingestId)),
+      ).toEqual([token]);
 
       keen.clearFaults();
       await job.retry('failed');
@@ -209,20 +250,36 @@ describe('dead-letter worker', () => {
 
   it('with the real Keen delivery worker: attempts run out, every event of the job dead-lettered, each redriven and delivered once', async () => {
     const keen = await startFakeKeen({ projectId: 'dlq-project', writeKey: 'dlq-write-key' });
-    const batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
+    const batcher = new KeenBatcher({
+      client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }),
+      maxEvents: 50,
+      lingerMs: 5,
+    });
     const delivery = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger });
     try {
       keen.respondWith({ status: 503, body: { message: 'down for the test', error_code: 'ServiceUnavailableError' } });
       const ingestId = randomPrefix('ingest');
       const ours = () => keen.tokens('devicestate').filter((t) => t.startsWith(ingestId));
       const sourceJobId = `${ingestId}-keen`;
-      const events = [1, 2, 3].map((n) => deviceStateEvent(randomDeviceId(), { on: true }, new Date().toISOString(), `${ingestId}-${n}-devicestate`));
+      const events = [1, 2, 3].map((n) =>
+        deviceStateEvent(randomDeviceId(), { on: true }, new Date().toISOString(), `${ingestId}-${n}-devicestate`),
+      );
       const tokens = events.map((e) => e.keen.uniqueness_token);
-      await queues.keen.add('devicestate', { events: events.map((e) => ({ collection: 'devicestate' as const, event: e })) }, { jobId: sourceJobId, attempts: 2, backoff: { type: JITTERED_BACKOFF, delay: 20 } });
+      await queues.keen.add(
+        'devicestate',
+        { events: events.map((e) => ({ collection: 'devicestate' as const, event: e })) },
+        { jobId: sourceJobId, attempts: 2, backoff: { type: JITTERED_BACKOFF, delay: 20 } },
+      );
 
       const letters = await Promise.all(tokens.map((token) => parked(queues, token)));
       for (const [i, letter] of letters.entries()) {
-        expect(letter.data).toMatchObject({ collection: 'devicestate', event: events[i], sourceJobId, attemptsMade: 2, lastError: { status: 503, code: 'ServiceUnavailableError' } });
+        expect(letter.data).toMatchObject({
+          collection: 'devicestate',
+          event: events[i],
+          sourceJobId,
+          attemptsMade: 2,
+          lastError: { status: 503, code: 'ServiceUnavailableError' },
+        });
         expect(letter.failedReason).toContain('down for the test');
       }
       expect(await waitFor('the source job failed', async () => (await stateOf(queues.keen, sourceJobId)) === 'failed')).toBe(true);
@@ -249,9 +306,15 @@ describe('dead-letter worker', () => {
 
 /** Runs the CLI under a pseudo-terminal (util-linux `script`), typing `answer` at its prompt. */
 function dlqOnTerminal(prefix: string, args: string[], answer: string): Promise<{ code: number | null; output: string }> {
-  const command = [process.execPath, '--import', 'tsx', 'src/dlq/main.ts', ...args].map((part) => `'${part.replace(/'/g, `'\\''`)}'`).join(' ');
+  const command = [process.execPath, '--import', 'tsx', 'src/dlq/main.ts', ...args]
+    .map((part) => `'${part.replace(/'/g, `'\\''`)}'`)
+    .join(' ');
   return new Promise((resolve) => {
-    const child = spawn('script', ['-qec', command, '/dev/null'], { cwd: ROOT, env: { PATH: process.env.PATH, REDIS_URL: services.redis, QUEUE_PREFIX: prefix }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('script', ['-qec', command, '/dev/null'], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH, REDIS_URL: services.redis, QUEUE_PREFIX: prefix },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let output = '';
     let answered = false;
     const collect = (chunk: Buffer) => {
@@ -268,7 +331,11 @@ function dlqOnTerminal(prefix: string, args: string[], answer: string): Promise<
 }
 
 /** The JSON lines of a CLI's stderr (the audit line), parsed. */
-const jsonLines = (text: string) => text.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as Record<string, unknown>);
+const jsonLines = (text: string) =>
+  text
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
 
 describe('npm run dlq', () => {
   const prefix = randomPrefix('dlqcli');
@@ -297,8 +364,17 @@ describe('npm run dlq', () => {
 
   it('refuses bad arguments with a usage line and exit code 1', async () => {
     const cases = [
-      [], ['bogus'], ['list', 'extra'], ['redrive'], ['redrive', '--all', 'some-id'], ['redrive', '--bogus'],
-      ['purge'], ['purge', '--older-than', '7x'], ['purge', '--older-than', '7d', 'extra'], ['purge', '--older-than', '0s', '--yes'], ['purge', '--older-than=0d'],
+      [],
+      ['bogus'],
+      ['list', 'extra'],
+      ['redrive'],
+      ['redrive', '--all', 'some-id'],
+      ['redrive', '--bogus'],
+      ['purge'],
+      ['purge', '--older-than', '7x'],
+      ['purge', '--older-than', '7d', 'extra'],
+      ['purge', '--older-than', '0s', '--yes'],
+      ['purge', '--older-than=0d'],
     ];
     const results = await Promise.all(cases.map((args) => dlq(prefix, args)));
     for (const [i, result] of results.entries()) {
@@ -320,7 +396,11 @@ describe('npm run dlq', () => {
     expect(await dlq(prefix, ['list'])).toMatchObject({ code: 0, stdout: `no dead letters in ${prefix}:${QUEUE_NAMES.deadLetter}\n` });
 
     const devices = [randomDeviceId(), randomDeviceId(), randomDeviceId()];
-    const letters = [deadLetterFor(devices[0], 'devicestate', 'Keen answered 503: Service Unavailable'), deadLetterFor(devices[1], 'activations'), deadLetterFor(devices[2], 'devicemonitoring')];
+    const letters = [
+      deadLetterFor(devices[0], 'devicestate', 'Keen answered 503: Service Unavailable'),
+      deadLetterFor(devices[1], 'activations'),
+      deadLetterFor(devices[2], 'devicemonitoring'),
+    ];
     const [first, second, third] = (await parkAll(letters)) as [string, string, string];
 
     const listed = await dlq(prefix, ['list']);
@@ -370,7 +450,11 @@ describe('npm run dlq', () => {
 
   it('redrive reports each outcome from the real Keen delivery: delivered, refused again (exit 1), and list shows the history', async () => {
     const keen = await startFakeKeen({ projectId: 'dlq-project', writeKey: 'dlq-write-key' });
-    const batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
+    const batcher = new KeenBatcher({
+      client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }),
+      maxEvents: 50,
+      lingerMs: 5,
+    });
     const delivery = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger });
     const worker = startWorker();
     try {
@@ -378,11 +462,15 @@ describe('npm run dlq', () => {
       const good = deadLetterFor();
       const bad = deadLetterFor(refusedDevice);
       for (const data of [good, bad]) await parked(queues, await addDeadLetter(queues, data));
-      keen.rejectEvents((_collection, event) => (event.device_id === refusedDevice ? { name: 'InvalidPropertyValueError', description: 'still out of range' } : undefined));
+      keen.rejectEvents((_collection, event) =>
+        event.device_id === refusedDevice ? { name: 'InvalidPropertyValueError', description: 'still out of range' } : undefined,
+      );
 
       const result = await dlq(prefix, ['redrive', tokenOf(good), tokenOf(bad)]);
       expect(result.stdout).toContain(`${tokenOf(good)}: delivered to Keen\n`);
-      expect(result.stdout).toContain(`${tokenOf(bad)}: refused again: Keen rejected the event: InvalidPropertyValueError: still out of range\n`);
+      expect(result.stdout).toContain(
+        `${tokenOf(bad)}: refused again: Keen rejected the event: InvalidPropertyValueError: still out of range\n`,
+      );
       expect(result.stdout).toContain('redrive: 1 delivered, 1 refused again, 0 redrive failed, 0 still queued, 0 not found');
       expect(result.code).toBe(1);
       expect(keen.tokens('devicestate')).toContain(tokenOf(good));
@@ -409,7 +497,11 @@ describe('npm run dlq', () => {
       keen.respondWith({ status: 503, body: { message: 'down for the test', error_code: 'ServiceUnavailableError' } });
       const down = await dlq(prefix, ['redrive', '--wait', '2s', tokenOf(bad)]);
       expect(down.code).toBe(3);
-      expect(down.stdout).toMatch(new RegExp(`${tokenOf(bad)}: still queued: in keen-delivery job ${tokenOf(bad)} \\((delayed|active|waiting), [0-9]+ of 12 attempts made`));
+      expect(down.stdout).toMatch(
+        new RegExp(
+          `${tokenOf(bad)}: still queued: in keen-delivery job ${tokenOf(bad)} \\((delayed|active|waiting), [0-9]+ of 12 attempts made`,
+        ),
+      );
       keen.clearFaults();
       await waitFor('the event delivered once Keen is back', () => keen.tokens('devicestate').includes(tokenOf(bad)), 20_000);
     } finally {
@@ -430,13 +522,18 @@ describe('npm run dlq', () => {
       for (const data of letters) await parked(own, await addDeadLetter(own, data));
       const ids = letters.map(tokenOf);
 
-      expect(await run(['purge', '--older-than', '1h'])).toMatchObject({ code: 0, stdout: `no dead letters older than 1h in ${purgePrefix}:${QUEUE_NAMES.deadLetter}: nothing to purge\n` });
+      expect(await run(['purge', '--older-than', '1h'])).toMatchObject({
+        code: 0,
+        stdout: `no dead letters older than 1h in ${purgePrefix}:${QUEUE_NAMES.deadLetter}: nothing to purge\n`,
+      });
       await sleep(1100);
 
       const dry = await run(['purge', '--older-than', '1s', '--dry-run']);
       expect(dry.code).toBe(0);
       for (const id of ids) expect(dry.stdout).toContain(id);
-      expect(dry.stdout).toContain(`dry run: would delete these 3 dead letters older than 1s from ${purgePrefix}:${QUEUE_NAMES.deadLetter}; nothing was deleted`);
+      expect(dry.stdout).toContain(
+        `dry run: would delete these 3 dead letters older than 1s from ${purgePrefix}:${QUEUE_NAMES.deadLetter}; nothing was deleted`,
+      );
       expect(await own.deadLetter.getFailedCount()).toBe(3);
 
       const refused = await run(['purge', '--older-than', '1s']);
@@ -468,7 +565,16 @@ describe('npm run dlq', () => {
       expect(scripted.stdout).toContain('purged 2 dead letters older than 1s');
       const audit = jsonLines(scripted.stderr);
       expect(audit).toHaveLength(1);
-      expect(audit[0]).toMatchObject({ level: 'info', process: 'dlq', msg: 'dead letters purged', audit: 'dlq-purge', older_than: '1s', deleted_count: 2, skipped: [], queue: `${purgePrefix}:${QUEUE_NAMES.deadLetter}` });
+      expect(audit[0]).toMatchObject({
+        level: 'info',
+        process: 'dlq',
+        msg: 'dead letters purged',
+        audit: 'dlq-purge',
+        older_than: '1s',
+        deleted_count: 2,
+        skipped: [],
+        queue: `${purgePrefix}:${QUEUE_NAMES.deadLetter}`,
+      });
       expect((audit[0]!.deleted as string[]).sort()).toEqual(more.map(tokenOf).sort());
       expect(audit[0]!.user).toEqual(expect.any(String));
       expect((await run(['list'])).stdout).toBe(`no dead letters in ${purgePrefix}:${QUEUE_NAMES.deadLetter}\n`);

@@ -32,7 +32,15 @@ describe('npm run devices', () => {
   const codes = { alice: code(), parked: code(), bob: code() };
   const rows = async () =>
     (
-      await pool.query<{ device_id: string; name: string; association_code: string; username: string; is_active: boolean; created_by_job_id: string; created_at: Date }>(
+      await pool.query<{
+        device_id: string;
+        name: string;
+        association_code: string;
+        username: string;
+        is_active: boolean;
+        created_by_job_id: string;
+        created_at: Date;
+      }>(
         'SELECT d.device_id, d.name, d.association_code, u.username, u.is_active, d.created_by_job_id, d.created_at FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.device_id',
       )
     ).rows;
@@ -53,7 +61,12 @@ describe('npm run devices', () => {
   it('imports a CSV fleet: owners created as needed, the parked user inactive, each lamp with its code; again, it changes nothing', async () => {
     const csv = file(
       'fleet.csv',
-      ['device_id,owner,code,name', `${lamps.alice},alice,${codes.alice},Kitchen`, `${lamps.parked},parked_device_user,${codes.parked},`, `${lamps.bob},bob,${codes.bob.toUpperCase()},"Hall, upstairs"`].join('\n'),
+      [
+        'device_id,owner,code,name',
+        `${lamps.alice},alice,${codes.alice},Kitchen`,
+        `${lamps.parked},parked_device_user,${codes.parked},`,
+        `${lamps.bob},bob,${codes.bob.toUpperCase()},"Hall, upstairs"`,
+      ].join('\n'),
     );
     const first = await runDevices(['import', csv], env);
     expect(first.stderr).toBe('');
@@ -62,9 +75,30 @@ describe('npm run devices', () => {
     const imported = await rows();
     expect(imported.map(({ created_at: _, ...row }) => row)).toEqual(
       [
-        { device_id: lamps.alice, name: 'Kitchen', association_code: codes.alice, username: 'alice', is_active: true, created_by_job_id: 'import' },
-        { device_id: lamps.parked, name: 'My LAMPI', association_code: codes.parked, username: 'parked_device_user', is_active: false, created_by_job_id: 'import' },
-        { device_id: lamps.bob, name: 'Hall, upstairs', association_code: codes.bob, username: 'bob', is_active: true, created_by_job_id: 'import' },
+        {
+          device_id: lamps.alice,
+          name: 'Kitchen',
+          association_code: codes.alice,
+          username: 'alice',
+          is_active: true,
+          created_by_job_id: 'import',
+        },
+        {
+          device_id: lamps.parked,
+          name: 'My LAMPI',
+          association_code: codes.parked,
+          username: 'parked_device_user',
+          is_active: false,
+          created_by_job_id: 'import',
+        },
+        {
+          device_id: lamps.bob,
+          name: 'Hall, upstairs',
+          association_code: codes.bob,
+          username: 'bob',
+          is_active: true,
+          created_by_job_id: 'import',
+        },
       ].sort((a, b) => a.device_id.localeCompare(b.device_id)),
     );
 
@@ -78,7 +112,15 @@ describe('npm run devices', () => {
   it('imports nothing from a file with a bad row, naming each bad row by line and reason', async () => {
     const before = await rows();
     const fresh = randomDeviceId();
-    const csv = file('bad.csv', ['device_id,owner,code,name', `${fresh},carol,${code()},ok`, `${randomDeviceId().toUpperCase()},carol,${code()},x`, `${randomDeviceId()},carol,${code().slice(2)},x`].join('\n'));
+    const csv = file(
+      'bad.csv',
+      [
+        'device_id,owner,code,name',
+        `${fresh},carol,${code()},ok`,
+        `${randomDeviceId().toUpperCase()},carol,${code()},x`,
+        `${randomDeviceId()},carol,${code().slice(2)},x`,
+      ].join('\n'),
+    );
     const run = await runDevices(['import', csv], env);
     expect(run.code).toBe(1);
     expect(run.stderr).toContain(`${csv} line 3: device_id`);
@@ -88,7 +130,17 @@ describe('npm run devices', () => {
     expect(await rows()).toEqual(before);
 
     // A code that another lamp in the registry already has: found in the database, the same all-or-nothing.
-    const clash = file('clash.json', JSON.stringify([{ device_id: fresh, owner: 'carol', code: code() }, { device_id: randomDeviceId(), owner: 'carol', code: codes.bob }], null, 1));
+    const clash = file(
+      'clash.json',
+      JSON.stringify(
+        [
+          { device_id: fresh, owner: 'carol', code: code() },
+          { device_id: randomDeviceId(), owner: 'carol', code: codes.bob },
+        ],
+        null,
+        1,
+      ),
+    );
     const clashed = await runDevices(['import', clash], env);
     expect(clashed.code).toBe(1);
     expect(clashed.stderr).toContain(`${clash} line 7: its code already belongs to lamp ${lamps.bob} in the registry`);
@@ -99,11 +151,25 @@ describe('npm run devices', () => {
   it('keeps a lamp it already has as registered, and says where the file differs', async () => {
     const before = await rows();
     const added = randomDeviceId();
-    const json = file('more.json', JSON.stringify([{ device_id: lamps.alice, owner: 'mallory', code: codes.alice, name: 'Kitchen' }, { device_id: added, owner: 'dave', code: code() }], null, 2));
+    const json = file(
+      'more.json',
+      JSON.stringify(
+        [
+          { device_id: lamps.alice, owner: 'mallory', code: codes.alice, name: 'Kitchen' },
+          { device_id: added, owner: 'dave', code: code() },
+        ],
+        null,
+        2,
+      ),
+    );
     const run = await runDevices(['import', json], env);
     expect(run.code).toBe(0);
-    expect(run.stdout).toContain(`${json} line 2: lamp ${lamps.alice} is already registered, kept as registered (owner alice, the file says mallory)`);
-    expect(run.stdout).toContain('1 added (1 claimed, 0 parked), 1 user created; 1 already registered, kept as registered (1 of them differ from the file, above)');
+    expect(run.stdout).toContain(
+      `${json} line 2: lamp ${lamps.alice} is already registered, kept as registered (owner alice, the file says mallory)`,
+    );
+    expect(run.stdout).toContain(
+      '1 added (1 claimed, 0 parked), 1 user created; 1 already registered, kept as registered (1 of them differ from the file, above)',
+    );
     const after = await rows();
     expect(after.find((row) => row.device_id === lamps.alice)).toEqual(before.find((row) => row.device_id === lamps.alice));
     expect(after.find((row) => row.device_id === added)).toMatchObject({ username: 'dave', is_active: true, name: 'My LAMPI' });
@@ -114,7 +180,9 @@ describe('npm run devices', () => {
     expect(table.code).toBe(0);
     const lines = table.stdout.trim().split('\n');
     expect(lines[0]).toMatch(/^DEVICE_ID\s+OWNER\s+BRIDGE\s+ASSOCIATION_CODE\s+CREATED_AT\s+NAME$/);
-    expect(lines.find((line) => line.startsWith(lamps.parked))).toMatch(new RegExp(`^${lamps.parked}\\s+parked_device_user \\(parked\\)\\s+-\\s+${codes.parked}\\s+\\S+\\s+My LAMPI$`));
+    expect(lines.find((line) => line.startsWith(lamps.parked))).toMatch(
+      new RegExp(`^${lamps.parked}\\s+parked_device_user \\(parked\\)\\s+-\\s+${codes.parked}\\s+\\S+\\s+My LAMPI$`),
+    );
     expect(lines.at(-1)).toBe('4 lamps: 3 claimed, 1 parked');
 
     const json = await runDevices(['list', '--json'], env);
@@ -135,14 +203,21 @@ describe('npm run devices', () => {
       bridge_state_message_id: null,
     });
 
-    await pool.query("UPDATE devices SET bridge_connected = true, bridge_state_at = '2026-12-01T10:00:00Z', bridge_state_job_id = 'm1' WHERE device_id = $1", [lamps.parked]);
+    await pool.query(
+      "UPDATE devices SET bridge_connected = true, bridge_state_at = '2026-12-01T10:00:00Z', bridge_state_job_id = 'm1' WHERE device_id = $1",
+      [lamps.parked],
+    );
     const shown = await runDevices(['show', lamps.parked.toUpperCase()], env);
     expect(shown.code).toBe(0);
     expect(shown.stdout).toContain(`association_code      ${codes.parked}`);
     expect(shown.stdout).toMatch(/owner\s+parked_device_user \(parked: nobody has claimed it\), inactive/);
     expect(shown.stdout).toMatch(/bridge\s+connected since 2026-12-01T10:00:00.000Z/);
     expect(shown.stdout).toMatch(/created_by\s+import/);
-    expect(JSON.parse((await runDevices(['show', lamps.parked, '--json'], env)).stdout)).toMatchObject({ bridge_connected: true, bridge_state_message_id: 'm1', parked: true });
+    expect(JSON.parse((await runDevices(['show', lamps.parked, '--json'], env)).stdout)).toMatchObject({
+      bridge_connected: true,
+      bridge_state_message_id: 'm1',
+      parked: true,
+    });
   });
 
   it('claims a parked lamp by its code for a new user, and the lamp finds {"associated": true} retained on its topic', async () => {
@@ -151,12 +226,18 @@ describe('npm run devices', () => {
     const run = await runDevices(['claim', codes.parked.toUpperCase(), 'erin'], env);
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);
-    expect(run.stdout).toContain(`claimed: lamp ${lamps.parked} is now erin's (it was parked_device_user's); user erin was created (active)`);
-    expect((await rows()).find((row) => row.device_id === lamps.parked)).toMatchObject({ username: 'erin', is_active: true, association_code: codes.parked });
+    expect(run.stdout).toContain(
+      `claimed: lamp ${lamps.parked} is now erin's (it was parked_device_user's); user erin was created (active)`,
+    );
+    expect((await rows()).find((row) => row.device_id === lamps.parked)).toMatchObject({
+      username: 'erin',
+      is_active: true,
+      association_code: codes.parked,
+    });
     expect(await retainedOn(services.mqtt, topic)).toBe('{"associated":true}');
   });
 
-  it('publishes on ASSOCIATION_TOPIC, and a claim for the lamp\'s own owner only tells the lamp again', async () => {
+  it("publishes on ASSOCIATION_TOPIC, and a claim for the lamp's own owner only tells the lamp again", async () => {
     const topic = `devices/${lamps.alice}/lamp/associated`;
     topics.push(topic);
     const before = await rows();
@@ -191,14 +272,28 @@ describe('npm run devices', () => {
 
   it('claims nothing when the broker cannot be reached, and prints no password', async () => {
     const before = await rows();
-    const withSecrets = { DATABASE_URL: db.url.replace('postgresql://postgres@', 'postgresql://postgres:db-s3cret@'), MQTT_URL: 'mqtt://127.0.0.1:1', MQTT_USERNAME: 'ingest', MQTT_PASSWORD: 'mqtt-s3cret' };
+    const withSecrets = {
+      DATABASE_URL: db.url.replace('postgresql://postgres@', 'postgresql://postgres:db-s3cret@'),
+      MQTT_URL: 'mqtt://127.0.0.1:1',
+      MQTT_USERNAME: 'ingest',
+      MQTT_PASSWORD: 'mqtt-s3cret',
+    };
     const run = await runDevices(['claim', codes.bob, 'frank'], withSecrets);
     expect(run.code).toBe(1);
-    expect(run.stderr.trim()).toBe('devices: cannot reach the MQTT broker at MQTT_URL=mqtt://127.0.0.1:1 (ECONNREFUSED): start it or fix MQTT_URL');
+    expect(run.stderr.trim()).toBe(
+      'devices: cannot reach the MQTT broker at MQTT_URL=mqtt://127.0.0.1:1 (ECONNREFUSED): start it or fix MQTT_URL',
+    );
     expect(await rows()).toEqual(before);
 
-    const outputs = [run, await runDevices(['list', '--json'], withSecrets), await runDevices(['show', lamps.bob], withSecrets), await runDevices(['list'], { ...withSecrets, DATABASE_URL: 'postgresql://postgres:db-s3cret@127.0.0.1:1/x' })];
-    expect(outputs[3]!.stderr.trim()).toMatch(/^devices: cannot reach PostgreSQL at DATABASE_URL=postgresql:\/\/postgres:\*\*\*@127.0.0.1:1\/x \(.+\): start PostgreSQL or fix DATABASE_URL$/);
+    const outputs = [
+      run,
+      await runDevices(['list', '--json'], withSecrets),
+      await runDevices(['show', lamps.bob], withSecrets),
+      await runDevices(['list'], { ...withSecrets, DATABASE_URL: 'postgresql://postgres:db-s3cret@127.0.0.1:1/x' }),
+    ];
+    expect(outputs[3]!.stderr.trim()).toMatch(
+      /^devices: cannot reach PostgreSQL at DATABASE_URL=postgresql:\/\/postgres:\*\*\*@127.0.0.1:1\/x \(.+\): start PostgreSQL or fix DATABASE_URL$/,
+    );
     for (const output of outputs) {
       expect(output.stdout + output.stderr).not.toContain('s3cret');
     }
@@ -208,7 +303,7 @@ describe('npm run devices', () => {
     const run = await runDevices(['delete', lamps.parked], env);
     expect(run.code).toBe(0);
     expect(run.stdout).toContain(`deleted lamp ${lamps.parked} (owner erin, bridge connected since 2026-12-01T10:00:00.000Z)`);
-    expect(run.stdout).toContain('its bridge is connected now: restart the lamp\'s broker');
+    expect(run.stdout).toContain("its bridge is connected now: restart the lamp's broker");
     expect((await rows()).map((row) => row.device_id)).not.toContain(lamps.parked);
     // The owner stays: they may own other lamps, or claim one again.
     expect((await pool.query("SELECT 1 FROM users WHERE username = 'erin'")).rowCount).toBe(1);
@@ -218,7 +313,9 @@ describe('npm run devices', () => {
     for (const args of [['list'], ['claim', codes.bob, 'frank'], ['delete', lamps.bob]]) {
       const run = await runDevices(args, { ...env, REGISTRY_SCHEMA: 'django' });
       expect(run.code).toBe(1);
-      expect(run.stderr).toBe('devices: REGISTRY_SCHEMA=django: the LAMPI site owns the lamps; list, claim and delete them on the site (its admin), not here\n');
+      expect(run.stderr).toBe(
+        'devices: REGISTRY_SCHEMA=django: the LAMPI site owns the lamps; list, claim and delete them on the site (its admin), not here\n',
+      );
     }
     expect((await rows()).map((row) => row.device_id)).toContain(lamps.bob);
   });

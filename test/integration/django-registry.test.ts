@@ -33,7 +33,9 @@ const messageId = () => randomUUID().replaceAll('-', '');
 
 /** `pg_dump -s` of the database, without the random `\restrict` lines PostgreSQL's dumps now carry. */
 async function schemaDump(url: string, exclude: string[] = []): Promise<string> {
-  const { stdout } = await run('pg_dump', ['-s', '--no-owner', ...exclude.flatMap((table) => ['-T', table]), url], { maxBuffer: 64 * 1024 * 1024 });
+  const { stdout } = await run('pg_dump', ['-s', '--no-owner', ...exclude.flatMap((table) => ['-T', table]), url], {
+    maxBuffer: 64 * 1024 * 1024,
+  });
   return stdout
     .split('\n')
     .filter((line) => !/^\\(un)?restrict /.test(line))
@@ -46,7 +48,15 @@ async function tablesOf(url: string): Promise<string[]> {
 }
 
 async function failure(name: 'worker' | 'migrate', env: Record<string, string>) {
-  const proc = startService(name, { METRICS_PORT: '0', REDIS_URL: services.redis, MQTT_URL: services.mqtt, KEEN_PROJECT_ID: 'p', KEEN_WRITE_KEY: 'django-write-key', REGISTRY_SCHEMA: 'django', ...env });
+  const proc = startService(name, {
+    METRICS_PORT: '0',
+    REDIS_URL: services.redis,
+    MQTT_URL: services.mqtt,
+    KEEN_PROJECT_ID: 'p',
+    KEEN_WRITE_KEY: 'django-write-key',
+    REGISTRY_SCHEMA: 'django',
+    ...env,
+  });
   const code = await proc.exited;
   return { code, lines: proc.output().trim().split('\n') };
 }
@@ -102,13 +112,22 @@ describe('start-up checks with REGISTRY_SCHEMA=django', () => {
   it('a column missing from lampi_lampi is named; without our own table the worker asks for npm run migrate', async () => {
     const site = await newSite(true);
     const worker = await failure('worker', { DATABASE_URL: site.db.url });
-    expect(worker).toEqual({ code: 1, lines: [`worker: the database at DATABASE_URL=${site.db.url} has no ingest_lamps table: run \`npm run migrate\` with REGISTRY_SCHEMA=django first`] });
+    expect(worker).toEqual({
+      code: 1,
+      lines: [
+        `worker: the database at DATABASE_URL=${site.db.url} has no ingest_lamps table: run \`npm run migrate\` with REGISTRY_SCHEMA=django first`,
+      ],
+    });
 
     await run('psql', ['-q', '-c', 'ALTER TABLE lampi_lampi DROP COLUMN name', site.db.url]);
     for (const name of ['worker', 'migrate'] as const) {
       const { code, lines } = await failure(name, { DATABASE_URL: site.db.url });
       expect(code).toBe(1);
-      expect(lines).toEqual([expect.stringMatching(/: REGISTRY_SCHEMA=django but the database at .* lacks column lampi_lampi\.name: run the LAMPI site's `manage\.py migrate` against it first$/)]);
+      expect(lines).toEqual([
+        expect.stringMatching(
+          /: REGISTRY_SCHEMA=django but the database at .* lacks column lampi_lampi\.name: run the LAMPI site's `manage\.py migrate` against it first$/,
+        ),
+      ]);
     }
   });
 });
@@ -156,13 +175,23 @@ describe('workers on a LAMPI site', () => {
     workers.push(...started);
     return started;
   }
-  const addBridgeStates = (states: BridgeStatesJob['states'], jobId: string) => queues.bridgeStateQueueFor(states[0]!.deviceId).add('bridge-states', { kind: 'bridge-states', states }, { jobId });
-  const bridge = (deviceId: string, connected: boolean, retained = false) => ({ kind: 'bridge-state' as const, deviceId, connected, retained, receivedAt: new Date().toISOString(), messageId: messageId() });
+  const addBridgeStates = (states: BridgeStatesJob['states'], jobId: string) =>
+    queues.bridgeStateQueueFor(states[0]!.deviceId).add('bridge-states', { kind: 'bridge-states', states }, { jobId });
+  const bridge = (deviceId: string, connected: boolean, retained = false) => ({
+    kind: 'bridge-state' as const,
+    deviceId,
+    connected,
+    retained,
+    receivedAt: new Date().toISOString(),
+    messageId: messageId(),
+  });
   async function allDone(): Promise<boolean> {
-    for (const queue of queues.bridgeState) if (Object.values(await queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized')).some((n) => n > 0)) return false;
+    for (const queue of queues.bridgeState)
+      if (Object.values(await queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized')).some((n) => n > 0)) return false;
     return true;
   }
-  const keenEvents = async (): Promise<KeenEventRecord[]> => (await queues.keen.getJobs(['waiting'], 0, -1, true)).flatMap((job) => job.data.events);
+  const keenEvents = async (): Promise<KeenEventRecord[]> =>
+    (await queues.keen.getJobs(['waiting'], 0, -1, true)).flatMap((job) => job.data.events);
 
   beforeAll(async () => {
     site = await startDjangoSite(services.postgres, services.mqtt);
@@ -197,7 +226,17 @@ lamps = [[l.device_id, l.user.username, l.association_code, Lampi.objects.filter
 emit({'users': users, 'lamps': lamps})`);
     expect(seen.users).toHaveLength(1);
     const [parked] = seen.users as [Record<string, unknown>];
-    expect(parked).toMatchObject({ username: PARKED, usable: false, is_active: false, is_staff: false, is_superuser: false, first_name: '', last_name: '', email: '', last_login: null });
+    expect(parked).toMatchObject({
+      username: PARKED,
+      usable: false,
+      is_active: false,
+      is_staff: false,
+      is_superuser: false,
+      first_name: '',
+      last_name: '',
+      email: '',
+      last_login: null,
+    });
     expect(parked.password).toMatch(/^![A-Za-z0-9]{40}$/);
     expect(Math.abs(Date.parse(parked.date_joined as string) - Date.now())).toBeLessThan(60_000);
 
@@ -211,7 +250,9 @@ emit({'users': users, 'lamps': lamps})`);
 
     // The connect that created a lamp told it its code, on the configured topic, and so did its
     // live copy if that was another (retained replays are no new connects).
-    await waitFor('an association message per lamp', () => lamps.every((d) => associations.some((m) => m.topic === `devices/${d}/lamp/associated`)));
+    await waitFor('an association message per lamp', () =>
+      lamps.every((d) => associations.some((m) => m.topic === `devices/${d}/lamp/associated`)),
+    );
     await sleep(300);
     for (const [deviceId, , code] of seen.lamps) {
       const received = associations.filter((m) => m.topic === `devices/${deviceId}/lamp/associated`);
@@ -239,12 +280,14 @@ emit({'users': users, 'lamps': lamps})`);
     // The site claims the lamp now, between our read and our publish.
     let claimed = false;
     const claim = site
-      .python(`
+      .python(
+        `
 from django.conf import settings
 settings.LAMPI_ASSOCIATION_TOPIC = '${TOPIC}'
 carol = User.objects.create_user('carol', password='carol-pw')
 Lampi.objects.get(association_code='${code}').associate_and_publish_associated_msg(carol)
-emit(True)`)
+emit(True)`,
+      )
       .then(() => (claimed = true));
     await sleep(1500);
     expect(claimed).toBe(false); // its save waits for our row lock
@@ -254,9 +297,14 @@ emit(True)`)
     const topic = `devices/${device}/lamp/associated`;
     await waitFor('both messages', () => associations.filter((m) => m.topic === topic).length === 2);
     // Ours first, the site's last: what the broker keeps is the claim.
-    expect(associations.filter((m) => m.topic === topic).map((m) => JSON.parse(m.payload))).toEqual([{ associated: false, code }, { associated: true }]);
+    expect(associations.filter((m) => m.topic === topic).map((m) => JSON.parse(m.payload))).toEqual([
+      { associated: false, code },
+      { associated: true },
+    ]);
     // Read again now, the registry says the same as the site.
-    expect(await registry.publishAssociation(device, (association) => publisher.publish(device, association))).toEqual({ associated: true });
+    expect(await registry.publishAssociation(device, (association) => publisher.publish(device, association))).toEqual({
+      associated: true,
+    });
   });
 
   it("with the broker away, a known lamp's connect is still recorded (its message waits for the next connect), a new lamp's waits for the broker", async () => {
@@ -272,7 +320,8 @@ emit(True)`)
 
     await addBridgeStates([bridge(known, false)], messageId());
     await addBridgeStates([bridge(known, true)], messageId());
-    const recorded = async () => (await keenEvents()).filter((r) => r.event.device_id === known && r.collection === 'devicemonitoring').length === 3;
+    const recorded = async () =>
+      (await keenEvents()).filter((r) => r.event.device_id === known && r.collection === 'devicemonitoring').length === 3;
     await waitFor('both states of the known lamp recorded', recorded, 10_000);
     const newLamp = bridge(randomDeviceId(), true);
     const newJob = await addBridgeStates([newLamp], messageId());
@@ -283,7 +332,11 @@ emit(True)`)
 
     const back = await startMosquitto({ port: broker.port, dir: broker.dir });
     stops.push(() => back.kill('SIGKILL'));
-    await waitFor('the new lamp activated once the broker is back', async () => (await keenEvents()).some((r) => r.event.device_id === newLamp.deviceId && r.collection === 'activations'), 20_000);
+    await waitFor(
+      'the new lamp activated once the broker is back',
+      async () => (await keenEvents()).some((r) => r.event.device_id === newLamp.deviceId && r.collection === 'activations'),
+      20_000,
+    );
   });
 
   it('a lamp deleted on the site is unknown at once: its lamp states are not taken as known, its disconnect is rejected', async () => {
@@ -299,11 +352,19 @@ emit(True)`)
     await addBridgeStates([disconnect], messageId());
     const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: redis, prefix });
     try {
-      const record = await waitFor('the rejection', async () => (await rejected.getJob(`${disconnect.messageId}-rejected`))?.data, 10_000, 50);
+      const record = await waitFor(
+        'the rejection',
+        async () => (await rejected.getJob(`${disconnect.messageId}-rejected`))?.data,
+        10_000,
+        50,
+      );
       expect(record).toMatchObject({ reason: 'unknown_device', deviceId: device });
     } finally {
       await rejected.close();
     }
-    expect((await keenEvents()).filter((record) => record.event.device_id === device).map((record) => record.collection)).toEqual(['activations', 'devicemonitoring']);
+    expect((await keenEvents()).filter((record) => record.event.device_id === device).map((record) => record.collection)).toEqual([
+      'activations',
+      'devicemonitoring',
+    ]);
   });
 });

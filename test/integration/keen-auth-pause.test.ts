@@ -95,7 +95,10 @@ describe('a Keen key refused with 401', () => {
       expect(await queues.keen.getFailedCount()).toBe(0);
       expect(keen.eventCount()).toBe(0);
       // One line for the operator (this test runs well inside the minute it may repeat after).
-      const pausedLines = worker.output().split('\n').filter((line) => line.includes('Keen delivery is paused'));
+      const pausedLines = worker
+        .output()
+        .split('\n')
+        .filter((line) => line.includes('Keen delivery is paused'));
       expect(pausedLines).toHaveLength(1);
       const line = JSON.parse(pausedLines[0]!) as Record<string, unknown>;
       expect(line).toMatchObject({ level: 'error', reason: 'unauthorized', status: 401, code: 'InvalidApiKeyError' });

@@ -33,28 +33,45 @@ let batcher: KeenBatcher;
 let prefix: string;
 
 const event = (state: object = { on: true }): KeenEvent =>
-  deviceStateEvent(randomDeviceId(), state, new Date().toISOString(), uniquenessToken(`sp${randomBytes(8).toString('hex')}`, 'devicestate'));
+  deviceStateEvent(
+    randomDeviceId(),
+    state,
+    new Date().toISOString(),
+    uniquenessToken(`sp${randomBytes(8).toString('hex')}`, 'devicestate'),
+  );
 const tokenOf = (e: KeenEvent) => e.keen.uniqueness_token;
 const sorted = (list: string[]) => [...list].sort();
-const isPoisoned = (_collection: string, sent: Record<string, unknown>) => (sent.state as { poison?: boolean } | undefined)?.poison === true;
+const isPoisoned = (_collection: string, sent: Record<string, unknown>) =>
+  (sent.state as { poison?: boolean } | undefined)?.poison === true;
 
 async function deliver(events: KeenEvent[]): Promise<void> {
   // One job of 100 events, as one ingest job's group: it goes to Keen as one bulk request.
   await queues.keen.add(
     'devicestate',
     { events: events.map((e) => ({ collection: 'devicestate' as const, event: e })) },
-    { jobId: `ing${randomBytes(8).toString('hex')}-keen`, attempts: ATTEMPTS, backoff: { type: JITTERED_BACKOFF, delay: 50 }, removeOnComplete: false, removeOnFail: false },
+    {
+      jobId: `ing${randomBytes(8).toString('hex')}-keen`,
+      attempts: ATTEMPTS,
+      backoff: { type: JITTERED_BACKOFF, delay: 50 },
+      removeOnComplete: false,
+      removeOnFail: false,
+    },
   );
-  await waitFor('keen-delivery to settle', async () => Object.values(await queues.keen.getJobCounts('waiting', 'active', 'delayed', 'prioritized')).every((n) => n === 0), 30_000, 50);
+  await waitFor(
+    'keen-delivery to settle',
+    async () => Object.values(await queues.keen.getJobCounts('waiting', 'active', 'delayed', 'prioritized')).every((n) => n === 0),
+    30_000,
+    50,
+  );
 }
 
-const deadLetters = async () => (await queues.deadLetter.getJobs(['waiting', 'active', 'failed', 'completed', 'delayed'])) as Array<Job<DeadLetterJob>>;
+const deadLetters = async () =>
+  (await queues.deadLetter.getJobs(['waiting', 'active', 'failed', 'completed', 'delayed'])) as Array<Job<DeadLetterJob>>;
 
 beforeAll(() => {
   redis = new Redis(inject('services').redis, { maxRetriesPerRequest: null });
 });
 afterAll(async () => redis.quit());
-
 
 async function start(): Promise<void> {
   prefix = randomPrefix('split');
@@ -62,7 +79,15 @@ async function start(): Promise<void> {
   queues = openQueues(redis, prefix, 2);
   const client = new KeenClient({ apiUrl: keen.url, projectId: PROJECT, writeKey: WRITE_KEY, timeoutMs: 2000 });
   batcher = new KeenBatcher({ client, maxEvents: 100, lingerMs: 20, metrics: createMetrics('split-test') });
-  worker = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger: createLogger('split-test', 'silent'), metrics: createMetrics('split-test') });
+  worker = createKeenDeliveryWorker({
+    connection: redis,
+    prefix,
+    queues,
+    batcher,
+    concurrency: 10,
+    logger: createLogger('split-test', 'silent'),
+    metrics: createMetrics('split-test'),
+  });
 }
 
 afterEach(async () => {
@@ -77,7 +102,11 @@ afterEach(async () => {
 describe('a bulk request failed whole by one event', () => {
   it('500: the 99 good events are delivered once each, the poisoned one alone is dead-lettered after its attempts, with the 500', async () => {
     await start();
-    keen.failRequestsContaining({ matches: isPoisoned, status: 500, body: { message: 'Internal server error', error_code: 'InternalServerError' } });
+    keen.failRequestsContaining({
+      matches: isPoisoned,
+      status: 500,
+      body: { message: 'Internal server error', error_code: 'InternalServerError' },
+    });
     const good = Array.from({ length: 99 }, () => event());
     const poisoned = event({ on: true, poison: true });
     const all = [...good.slice(0, 42), poisoned, ...good.slice(42)];
@@ -87,7 +116,11 @@ describe('a bulk request failed whole by one event', () => {
     expect(keen.duplicatesDropped).toBe(0);
     const letters = await deadLetters();
     expect(letters.map((letter) => letter.id)).toEqual([tokenOf(poisoned)]);
-    expect(letters[0]!.data).toMatchObject({ event: { keen: { uniqueness_token: tokenOf(poisoned) } }, attemptsMade: ATTEMPTS, lastError: { status: 500, code: 'InternalServerError' } });
+    expect(letters[0]!.data).toMatchObject({
+      event: { keen: { uniqueness_token: tokenOf(poisoned) } },
+      attemptsMade: ATTEMPTS,
+      lastError: { status: 500, code: 'InternalServerError' },
+    });
     // The first attempt isolated it in 1 + 2·7 requests (halves down to one event); each retry sends it alone.
     const bulk = keen.requests.filter((request) => request.kind === 'bulk');
     expect(bulk[0]!.eventCount).toBe(100);
@@ -97,7 +130,11 @@ describe('a bulk request failed whole by one event', () => {
 
   it('413: the poisoned event is dead-lettered at its first attempt, the rest delivered', async () => {
     await start();
-    keen.failRequestsContaining({ matches: isPoisoned, status: 413, body: { message: 'Request entity too large', error_code: 'RequestEntityTooLargeError' } });
+    keen.failRequestsContaining({
+      matches: isPoisoned,
+      status: 413,
+      body: { message: 'Request entity too large', error_code: 'RequestEntityTooLargeError' },
+    });
     const good = Array.from({ length: 99 }, () => event());
     const poisoned = event({ on: false, poison: true });
     await deliver([poisoned, ...good]);

@@ -71,7 +71,12 @@ const JOB_OPTS: JobsOptions = { attempts: 6, backoff: { type: JITTERED_BACKOFF, 
 
 const event = (props: { deviceId?: string; state?: object } = {}): KeenEvent => {
   const token = uniquenessToken(`it${randomBytes(8).toString('hex')}`, 'devicestate');
-  return deviceStateEvent(props.deviceId ?? randomDeviceId(), props.state ?? { on: true, brightness: 0.5 }, new Date().toISOString(), token);
+  return deviceStateEvent(
+    props.deviceId ?? randomDeviceId(),
+    props.state ?? { on: true, brightness: 0.5 },
+    new Date().toISOString(),
+    token,
+  );
 };
 const events = (n: number) => Array.from({ length: n }, () => event());
 const tokenOf = (e: KeenEvent) => e.keen.uniqueness_token;
@@ -110,7 +115,10 @@ async function harness(options: HarnessOptions = {}): Promise<Harness> {
   const batcher = new KeenBatcher({
     client: {
       recordSerialized: (batch) => {
-        const request: SentRequest = { at: Date.now(), tokens: Object.values(batch).flatMap((list) => list.map((json) => tokenOf(JSON.parse(json) as KeenEvent))) };
+        const request: SentRequest = {
+          at: Date.now(),
+          tokens: Object.values(batch).flatMap((list) => list.map((json) => tokenOf(JSON.parse(json) as KeenEvent))),
+        };
         sent.push(request);
         requestStarts.push(request.at);
         return client.recordSerialized(batch).then(
@@ -132,7 +140,15 @@ async function harness(options: HarnessOptions = {}): Promise<Harness> {
     metrics: createMetrics('keen-delivery-test'),
     pause,
   });
-  const worker = createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: options.concurrency ?? 100, logger, metrics: createMetrics('keen-delivery-test') });
+  const worker = createKeenDeliveryWorker({
+    connection: redis,
+    prefix,
+    queues,
+    batcher,
+    concurrency: options.concurrency ?? 100,
+    logger,
+    metrics: createMetrics('keen-delivery-test'),
+  });
   cleanups.push(async () => {
     await worker.close();
     await batcher.close();
@@ -152,7 +168,11 @@ async function harness(options: HarnessOptions = {}): Promise<Harness> {
     async addJobs(groups, opts = {}) {
       const ids = groups.map(() => `ing${randomBytes(8).toString('hex')}-keen`);
       await queues.keen.addBulk(
-        groups.map((group, i) => ({ name: 'devicestate', data: { events: group.map((e) => ({ collection: 'devicestate' as const, event: e })) }, opts: { ...JOB_OPTS, ...opts, jobId: ids[i]! } })),
+        groups.map((group, i) => ({
+          name: 'devicestate',
+          data: { events: group.map((e) => ({ collection: 'devicestate' as const, event: e })) },
+          opts: { ...JOB_OPTS, ...opts, jobId: ids[i]! },
+        })),
       );
       return ids;
     },
@@ -222,7 +242,10 @@ describe('keen-delivery', () => {
 
   it('rides out a 503 outage: every event of every multi-event job accepted exactly once, nothing dead-lettered', async () => {
     const h = await harness({ concurrency: 100, maxEvents: 50 });
-    h.keen.respondWith({ status: 503, body: { message: 'Keen is down for maintenance', error_code: 'ServiceUnavailableError' } }, { times: 4 });
+    h.keen.respondWith(
+      { status: 503, body: { message: 'Keen is down for maintenance', error_code: 'ServiceUnavailableError' } },
+      { times: 4 },
+    );
     const all = events(300);
     // Jobs of 7 in requests of 50: some jobs straddle two requests, one refused and one accepted.
     const groups = groupsOf(all, [7]);
@@ -289,7 +312,9 @@ describe('keen-delivery', () => {
     // the two requests meets a 503.
     const h = await harness({ maxEvents: 4, lingerMs: 20 });
     const refusedDevice = randomDeviceId();
-    h.keen.rejectEvents((_c, e) => (e.device_id === refusedDevice ? { name: 'InvalidPropertyValueError', description: 'refused for the test' } : undefined));
+    h.keen.rejectEvents((_c, e) =>
+      e.device_id === refusedDevice ? { name: 'InvalidPropertyValueError', description: 'refused for the test' } : undefined,
+    );
     h.keen.respondWith({ status: 503, body: { message: 'Keen hiccup', error_code: 'ServiceUnavailableError' } }, { times: 1 });
     const refused = event({ deviceId: refusedDevice });
     const good = events(7);
@@ -310,7 +335,13 @@ describe('keen-delivery', () => {
     const [dead, ...others] = await h.deadLetters();
     expect(others).toHaveLength(0);
     expect(dead!.id).toBe(tokenOf(refused));
-    expect(dead!.data).toMatchObject({ collection: 'devicestate', event: refused, sourceJobId: id, attemptsMade: refusedAt, lastError: { code: 'InvalidPropertyValueError' } });
+    expect(dead!.data).toMatchObject({
+      collection: 'devicestate',
+      event: refused,
+      sourceJobId: id,
+      attemptsMade: refusedAt,
+      lastError: { code: 'InvalidPropertyValueError' },
+    });
     const [job] = await h.finished([id!]);
     expect(await job!.getState()).toBe('completed');
     expect(job!.attemptsMade).toBe(2);
@@ -341,7 +372,10 @@ describe('keen-delivery', () => {
     expect(limited.tokens.length).toBeGreaterThan(0);
     expect(sorted(answered(h.sent))).toEqual(sorted(all.map(tokenOf)));
     for (const token of limited.tokens) {
-      expect(h.sent.filter((request) => request.at >= learned.at + 2000 && request.tokens.includes(token)), token).toHaveLength(1);
+      expect(
+        h.sent.filter((request) => request.at >= learned.at + 2000 && request.tokens.includes(token)),
+        token,
+      ).toHaveLength(1);
     }
 
     // attemptsMade counts the successful attempt: 1 means the 429 spent none. The jobs that had
@@ -428,7 +462,9 @@ describe('keen-delivery', () => {
   it('dead-letters only the events Keen refused in a bulk response, with their errors, and completes their job', async () => {
     const h = await harness();
     const refusedDevice = randomDeviceId();
-    h.keen.rejectEvents((_c, e) => (e.device_id === refusedDevice ? { name: 'InvalidPropertyValueError', description: 'state is not allowed here' } : undefined));
+    h.keen.rejectEvents((_c, e) =>
+      e.device_id === refusedDevice ? { name: 'InvalidPropertyValueError', description: 'state is not allowed here' } : undefined,
+    );
     const good = events(40);
     const refused = event({ deviceId: refusedDevice });
     // Keen's own validation: a dotted property name that bypassed toKeenProperties.
@@ -451,7 +487,12 @@ describe('keen-delivery', () => {
       lastError: { code: 'InvalidPropertyValueError', message: expect.stringContaining('state is not allowed here') },
       failedAt: expect.stringMatching(/^\d{4}-\d{2}-\d{2}T/),
     });
-    expect(byId.get(tokenOf(badName))).toMatchObject({ event: badName, sourceJobId: mixedId, attemptsMade: 1, lastError: { code: 'InvalidPropertyNameError' } });
+    expect(byId.get(tokenOf(badName))).toMatchObject({
+      event: badName,
+      sourceJobId: mixedId,
+      attemptsMade: 1,
+      lastError: { code: 'InvalidPropertyNameError' },
+    });
 
     // Both jobs complete at the first attempt, the mixed one holding all it was given.
     const [mixedJob, goodJob] = await h.finished([mixedId!, goodId!]);
@@ -460,9 +501,15 @@ describe('keen-delivery', () => {
       expect(job.attemptsMade).toBe(1);
     }
     expect(tokensIn(mixedJob!)).toEqual(mixed.map(tokenOf));
-    const lines = h.logs().split('\n').filter((l) => l.includes('Keen refused the event; dead-lettered')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = h
+      .logs()
+      .split('\n')
+      .filter((l) => l.includes('Keen refused the event; dead-lettered'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines).toHaveLength(2);
-    expect(lines).toContainEqual(expect.objectContaining({ job_id: mixedId, collection: 'devicestate', device_id: refusedDevice, code: 'InvalidPropertyValueError' }));
+    expect(lines).toContainEqual(
+      expect.objectContaining({ job_id: mixedId, collection: 'devicestate', device_id: refusedDevice, code: 'InvalidPropertyValueError' }),
+    );
   });
 
   it('dead-letters every event of a request refused with a permanent 400 at once, with the original event and last error', async () => {
@@ -492,10 +539,21 @@ describe('keen-delivery', () => {
     expect(h.keen.eventCount()).toBe(0);
 
     const logs = h.logs();
-    const lines = logs.split('\n').filter((l) => l.includes('dead-lettered')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = logs
+      .split('\n')
+      .filter((l) => l.includes('dead-lettered'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines).toHaveLength(3);
     for (const original of originals) {
-      expect(lines).toContainEqual(expect.objectContaining({ job_id: id, collection: 'devicestate', device_id: original.device_id, status: 400, code: 'InvalidEventError' }));
+      expect(lines).toContainEqual(
+        expect.objectContaining({
+          job_id: id,
+          collection: 'devicestate',
+          device_id: original.device_id,
+          status: 400,
+          code: 'InvalidEventError',
+        }),
+      );
     }
     expect(logs).not.toContain(WRITE_KEY);
   });
@@ -528,7 +586,11 @@ describe('keen-delivery', () => {
     expect(sorted(dead.map((job) => job.id!))).toEqual(sorted(all.map(tokenOf)));
     for (const job of dead) {
       const source = ids[groups.findIndex((group) => group.some((e) => tokenOf(e) === job.id))]!;
-      expect(job.data).toMatchObject({ sourceJobId: source, attemptsMade: 3, lastError: { status: 503, code: 'ServiceUnavailableError', message: expect.stringContaining('still down') } });
+      expect(job.data).toMatchObject({
+        sourceJobId: source,
+        attemptsMade: 3,
+        lastError: { status: 503, code: 'ServiceUnavailableError', message: expect.stringContaining('still down') },
+      });
       expect(job.data.event).toEqual(all.find((e) => tokenOf(e) === job.id));
     }
     for (const job of await h.finished(ids)) {
@@ -548,7 +610,12 @@ describe('keen-delivery', () => {
     h.keen.respondWith({ status: 503, body: { message: 'brief outage', error_code: 'ServiceUnavailableError' } }, { times: 2 });
     const all = events(12);
     const [id] = await h.addJobs([all], { attempts: 3, backoff: { type: JITTERED_BACKOFF, delay: 1000 } });
-    await waitFor('the first attempt answered', () => h.sent.length >= 3 && h.sent.slice(0, 3).every((request) => request.outcome !== undefined), 10_000, 10);
+    await waitFor(
+      'the first attempt answered',
+      () => h.sent.length >= 3 && h.sent.slice(0, 3).every((request) => request.outcome !== undefined),
+      10_000,
+      10,
+    );
     h.keen.respondWith({ status: 500, body: { message: 'still broken', error_code: 'InternalServerError' } });
     await waitFor('8 dead letters', async () => (await h.deadLetters()).length === 8, 20_000);
     await h.settled();
@@ -568,7 +635,11 @@ describe('keen-delivery', () => {
     const dead = await h.deadLetters();
     expect(sorted(dead.map((job) => job.id!))).toEqual(sorted(undelivered));
     for (const job of dead) {
-      expect(job.data).toMatchObject({ sourceJobId: id, attemptsMade: 3, lastError: { status: 500, code: 'InternalServerError', message: expect.stringContaining('still broken') } });
+      expect(job.data).toMatchObject({
+        sourceJobId: id,
+        attemptsMade: 3,
+        lastError: { status: 500, code: 'InternalServerError', message: expect.stringContaining('still broken') },
+      });
       expect(job.data.event).toEqual(all.find((e) => tokenOf(e) === job.id));
     }
     const [job] = await h.finished([id!]);

@@ -5,7 +5,6 @@
  * start off the hour, and intervals across a daylight-saving change. Events are written through
  * the bulk endpoint, so the rollup is the one keen-sink keeps itself.
  */
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createLogger } from '../../src/shared/logger.js';
 import { buildSql, parseQuery, planSql, runQuery, type Analysis } from '../../src/keen-sink/query.js';
@@ -39,7 +38,15 @@ function instants(): Date[] {
 
 beforeAll(async () => {
   database = await createTestDatabase(inject('services').postgres, { migrate: false });
-  sink = await startKeenSink({ databaseUrl: database.url, projectId: PROJECT, writeKey: WRITE_KEY, readKey: 'read', port: 0, host: '127.0.0.1', logger: createLogger('keen-sink', 'silent') });
+  sink = await startKeenSink({
+    databaseUrl: database.url,
+    projectId: PROJECT,
+    writeKey: WRITE_KEY,
+    readKey: 'read',
+    port: 0,
+    host: '127.0.0.1',
+    logger: createLogger('keen-sink', 'silent'),
+  });
   const batch: Record<string, unknown[]> = { devicestate: [], activations: [] };
   instants().forEach((at, index) => {
     const device = DEVICES[index % DEVICES.length];
@@ -50,8 +57,15 @@ beforeAll(async () => {
   });
   // Two requests, the second repeating hours the first already rolled up.
   const half = Math.ceil(batch.devicestate!.length / 2);
-  for (const part of [{ devicestate: batch.devicestate!.slice(0, half) }, { devicestate: batch.devicestate!.slice(half), activations: batch.activations }]) {
-    const response = await fetch(new URL(`/3.0/projects/${PROJECT}/events`, sink.url), { method: 'POST', headers: { authorization: WRITE_KEY, 'content-type': 'application/json' }, body: JSON.stringify(part) });
+  for (const part of [
+    { devicestate: batch.devicestate!.slice(0, half) },
+    { devicestate: batch.devicestate!.slice(half), activations: batch.activations },
+  ]) {
+    const response = await fetch(new URL(`/3.0/projects/${PROJECT}/events`, sink.url), {
+      method: 'POST',
+      headers: { authorization: WRITE_KEY, 'content-type': 'application/json' },
+      body: JSON.stringify(part),
+    });
     expect(response.status).toBe(200);
   }
 });
@@ -86,7 +100,12 @@ describe('fast paths answer what the plain SQL answers', () => {
       for (const interval of frame.timeframe ? [undefined, 'daily', 'hourly'] : [undefined]) {
         it(`${analysis} of device_id, ${interval ?? 'no interval'}, ${label}`, async () => {
           for (const collection of ['devicestate', 'activations', 'nothing-here']) {
-            const { fast, plain, sql } = await both(analysis, { event_collection: collection, target_property: 'device_id', ...frame, ...(interval ? { interval } : {}) });
+            const { fast, plain, sql } = await both(analysis, {
+              event_collection: collection,
+              target_property: 'device_id',
+              ...frame,
+              ...(interval ? { interval } : {}),
+            });
             expect(sql).toContain('keen_property_hours');
             expect(fast).toEqual(plain);
           }
@@ -97,7 +116,12 @@ describe('fast paths answer what the plain SQL answers', () => {
       for (const value of [...DEVICES.filter((d) => d === null || typeof d !== 'object'), 'lamp-9', 'absent']) {
         for (const interval of frame.timeframe ? [undefined, 'daily'] : [undefined]) {
           const filters = [{ property_name: 'device_id', operator: 'eq', property_value: value }];
-          const { fast, plain, sql } = await both('count', { event_collection: 'devicestate', filters, ...frame, ...(interval ? { interval } : {}) });
+          const { fast, plain, sql } = await both('count', {
+            event_collection: 'devicestate',
+            filters,
+            ...frame,
+            ...(interval ? { interval } : {}),
+          });
           expect(sql).toContain(`(event -> 'device_id') = `);
           expect(fast).toEqual(plain);
         }
@@ -109,7 +133,10 @@ describe('fast paths answer what the plain SQL answers', () => {
     const all = await both('count_unique', { event_collection: 'devicestate', target_property: 'device_id' });
     // Every distinct non-null value of DEVICES (7 and 7.0 are one number).
     expect(all.fast).toBe(10);
-    const lamp1 = await both('count', { event_collection: 'devicestate', filters: [{ property_name: 'device_id', operator: 'eq', property_value: 'lamp-1' }] });
+    const lamp1 = await both('count', {
+      event_collection: 'devicestate',
+      filters: [{ property_name: 'device_id', operator: 'eq', property_value: 'lamp-1' }],
+    });
     const stringsAndArrays = await sink.db.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM keen_events WHERE collection = 'devicestate' AND (event->'device_id' = '"lamp-1"' OR event->'device_id' = '["lamp-1", "lamp-9"]')`,
     );
@@ -119,10 +146,19 @@ describe('fast paths answer what the plain SQL answers', () => {
 
   it('other queries keep the plain SQL: filtered or grouped count_unique, other targets', () => {
     const frame = timeframes[0]!;
-    const filtered = parseQuery('count_unique', { event_collection: 'devicestate', target_property: 'device_id', filters: [{ property_name: 'n', operator: 'gt', property_value: 3 }], ...frame });
+    const filtered = parseQuery('count_unique', {
+      event_collection: 'devicestate',
+      target_property: 'device_id',
+      filters: [{ property_name: 'n', operator: 'gt', property_value: 3 }],
+      ...frame,
+    });
     const grouped = parseQuery('select_unique', { event_collection: 'devicestate', target_property: 'device_id', group_by: 'n', ...frame });
     const other = parseQuery('count_unique', { event_collection: 'devicestate', target_property: 'n', ...frame });
-    const nested = parseQuery('count', { event_collection: 'devicestate', filters: [{ property_name: 'device_id.id', operator: 'eq', property_value: 'lamp-1' }], ...frame });
+    const nested = parseQuery('count', {
+      event_collection: 'devicestate',
+      filters: [{ property_name: 'device_id.id', operator: 'eq', property_value: 'lamp-1' }],
+      ...frame,
+    });
     for (const query of [filtered, grouped, other]) expect(planSql(PROJECT, query).text).toBe(buildSql(PROJECT, query, true).text);
     for (const query of [filtered, grouped, other, nested]) expect(planSql(PROJECT, query).text).not.toContain('keen_property_hours');
     expect(planSql(PROJECT, nested).text).not.toContain(`(event -> 'device_id')`);
@@ -147,10 +183,24 @@ describe('the indexes and the rollup', () => {
   it('concurrent bulk writes of the same lamps and hours all succeed (the rollup takes its locks in order)', async () => {
     const at = (i: number) => new Date(Date.UTC(2026, 3, 1) + (i % 5) * HOUR).toISOString();
     const bodies = Array.from({ length: 8 }, (_, r) =>
-      JSON.stringify({ devicestate: Array.from({ length: 200 }, (_, i) => ({ device_id: `race-${(i * (r % 2 ? 7 : 3)) % 50}`, keen: { timestamp: at(i + r) } })) }),
+      JSON.stringify({
+        devicestate: Array.from({ length: 200 }, (_, i) => ({
+          device_id: `race-${(i * (r % 2 ? 7 : 3)) % 50}`,
+          keen: { timestamp: at(i + r) },
+        })),
+      }),
     );
     const statuses = await Promise.all(
-      bodies.map(async (body) => (await fetch(new URL(`/3.0/projects/${PROJECT}/events`, sink.url), { method: 'POST', headers: { authorization: WRITE_KEY, 'content-type': 'application/json' }, body })).status),
+      bodies.map(
+        async (body) =>
+          (
+            await fetch(new URL(`/3.0/projects/${PROJECT}/events`, sink.url), {
+              method: 'POST',
+              headers: { authorization: WRITE_KEY, 'content-type': 'application/json' },
+              body,
+            })
+          ).status,
+      ),
     );
     expect(statuses).toEqual(bodies.map(() => 200));
     const { rows } = await sink.db.query<{ kept: number; seen: number }>(`
@@ -167,10 +217,21 @@ describe('the indexes and the rollup', () => {
     try {
       await client.query('BEGIN');
       await client.query('SET LOCAL enable_seqscan = off');
-      const plan = async (built: { text: string; values: unknown[] }) => (await client.query(`EXPLAIN ${built.text}`, built.values)).rows.map((row) => row['QUERY PLAN']).join('\n');
-      const eq = planSql(PROJECT, parseQuery('count', { event_collection: 'devicestate', filters: [{ property_name: 'device_id', operator: 'eq', property_value: 'lamp-2' }], ...frame }));
+      const plan = async (built: { text: string; values: unknown[] }) =>
+        (await client.query(`EXPLAIN ${built.text}`, built.values)).rows.map((row) => row['QUERY PLAN']).join('\n');
+      const eq = planSql(
+        PROJECT,
+        parseQuery('count', {
+          event_collection: 'devicestate',
+          filters: [{ property_name: 'device_id', operator: 'eq', property_value: 'lamp-2' }],
+          ...frame,
+        }),
+      );
       expect(await plan(eq)).toContain('keen_events_device_id_idx');
-      const unique = planSql(PROJECT, parseQuery('count_unique', { event_collection: 'devicestate', target_property: 'device_id', interval: 'daily', ...frame }));
+      const unique = planSql(
+        PROJECT,
+        parseQuery('count_unique', { event_collection: 'devicestate', target_property: 'device_id', interval: 'daily', ...frame }),
+      );
       expect(await plan(unique)).toContain('keen_property_hours_pkey');
       await client.query('ROLLBACK');
     } finally {

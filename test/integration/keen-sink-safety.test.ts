@@ -25,7 +25,8 @@ afterAll(async () => {
   await t?.close();
 });
 
-const storedCount = async (coll: string) => (await db.query<{ n: number }>('SELECT count(*)::int AS n FROM keen_events WHERE collection = $1', [coll])).rows[0]!.n;
+const storedCount = async (coll: string) =>
+  (await db.query<{ n: number }>('SELECT count(*)::int AS n FROM keen_events WHERE collection = $1', [coll])).rows[0]!.n;
 
 /** Nested objects {"a":{"a":...1}} `depth` deep, as text (JSON.stringify itself would overflow). */
 const nestedObjects = (depth: number) => `${'{"a":'.repeat(depth)}1${'}'.repeat(depth)}`;
@@ -35,7 +36,12 @@ describe('a query cannot change the server: the __proto__ attack', () => {
   it('plants an event, queries it by __proto__ paths with the read key, and every later answer is unchanged', async () => {
     const lamps = collection('lamps');
     const planted = collection('planted');
-    await t.recordMany({ [lamps]: [{ device_id: 'a', keen: { timestamp: '2026-01-10T01:00:00Z' } }, { device_id: 'b', keen: { timestamp: '2026-01-10T02:00:00Z' } }] });
+    await t.recordMany({
+      [lamps]: [
+        { device_id: 'a', keen: { timestamp: '2026-01-10T01:00:00Z' } },
+        { device_id: 'b', keen: { timestamp: '2026-01-10T02:00:00Z' } },
+      ],
+    });
     const probes: Array<[string, Record<string, unknown>]> = [
       ['count', { event_collection: lamps }],
       ['count', { event_collection: lamps, timeframe: { start: '2026-01-10T00:00:00Z', end: '2026-01-11T00:00:00Z' }, interval: 'daily' }],
@@ -50,7 +56,20 @@ describe('a query cannot change the server: the __proto__ attack', () => {
     const write = await t.record(planted, `{"device_id":"evil","__proto__":${poison},"state":{"__proto__":${poison}}}`);
     expect(write.status).toBe(201);
     const attacks: Array<[string, Record<string, unknown>]> = [
-      ['extraction', { event_collection: planted, property_names: ['__proto__.timezone', '__proto__.uniqueness_token', '__proto__.timeframe', '__proto__.filters', '__proto__.polluted', 'state.__proto__.polluted'] }],
+      [
+        'extraction',
+        {
+          event_collection: planted,
+          property_names: [
+            '__proto__.timezone',
+            '__proto__.uniqueness_token',
+            '__proto__.timeframe',
+            '__proto__.filters',
+            '__proto__.polluted',
+            'state.__proto__.polluted',
+          ],
+        },
+      ],
       ['extraction', { event_collection: planted, property_names: ['__proto__', 'constructor.prototype.polluted', 'state'] }],
       ['select_unique', { event_collection: planted, target_property: '__proto__' }],
       ['count', { event_collection: planted, group_by: ['__proto__', 'state.__proto__', 'constructor'] }],
@@ -61,7 +80,10 @@ describe('a query cannot change the server: the __proto__ attack', () => {
     expect(extracted.status).toBe(200);
     // The planted object comes back as data, under its own key.
     expect(extracted.text).toContain('"__proto__":{"timezone":"US/Pacific"');
-    const posted = await t.http('POST', `/3.0/projects/${PROJECT}/queries/count`, { key: READ_KEY, body: `{"__proto__":{"event_collection":"${lamps}"},"event_collection":"${planted}"}` });
+    const posted = await t.http('POST', `/3.0/projects/${PROJECT}/queries/count`, {
+      key: READ_KEY,
+      body: `{"__proto__":{"event_collection":"${lamps}"},"event_collection":"${planted}"}`,
+    });
     expect(posted.body).toEqual({ result: 1 });
 
     // This process runs the sink: its shared prototype is untouched.
@@ -75,7 +97,7 @@ describe('a query cannot change the server: the __proto__ attack', () => {
   });
 });
 
-describe('every bad event fails alone, with Keen\'s error for it', () => {
+describe("every bad event fails alone, with Keen's error for it", () => {
   // Each is refused: [label, event as JSON text, Keen error name].
   const bad: Array<[string, string, string]> = [
     ['a lone high surrogate in a value', '{"s":"\\ud800"}', 'InvalidPropertyValueError'],
@@ -88,7 +110,11 @@ describe('every bad event fails alone, with Keen\'s error for it', () => {
     ['a timestamp that an offset moves past 9999', '{"keen":{"timestamp":"9999-12-31T23:00:00-05:00"}}', 'InvalidPropertyValueError'],
     ['a day that does not exist (February 30)', '{"keen":{"timestamp":"2026-02-30T00:00:00Z"}}', 'InvalidPropertyValueError'],
     ['hour 24', '{"keen":{"timestamp":"2026-01-01T24:00:00Z"}}', 'InvalidPropertyValueError'],
-    ['a date_time_parser input on February 29 of a common year', '{"when":"2027-02-29T00:00:00Z","keen":{"addons":[{"name":"keen:date_time_parser","input":{"date_time":"when"},"output":"when_info"}]}}', 'InvalidPropertyValueError'],
+    [
+      'a date_time_parser input on February 29 of a common year',
+      '{"when":"2027-02-29T00:00:00Z","keen":{"addons":[{"name":"keen:date_time_parser","input":{"date_time":"when"},"output":"when_info"}]}}',
+      'InvalidPropertyValueError',
+    ],
     ['1,001 levels of objects', nestedObjects(1001), 'InvalidPropertyValueError'],
     ['200,000 levels of arrays', `{"deep":${nestedArrays(200_000)}}`, 'InvalidPropertyValueError'],
     ['a number too large for a double', '{"n":1e999}', 'InvalidPropertyValueError'],
@@ -106,7 +132,9 @@ describe('every bad event fails alone, with Keen\'s error for it', () => {
       expect(results[2 * i + 1], label).toEqual({ success: false, error: { name, description: expect.any(String) } });
       expect(results[2 * i + 2], `the neighbour after ${label}`).toEqual({ success: true });
     });
-    expect(reply.body['bad\ud800name']).toEqual([{ success: false, error: { name: 'InvalidCollectionNameError', description: expect.stringContaining('surrogate') } }]);
+    expect(reply.body['bad\ud800name']).toEqual([
+      { success: false, error: { name: 'InvalidCollectionNameError', description: expect.stringContaining('surrogate') } },
+    ]);
     expect(await storedCount(coll)).toBe(1 + bad.length);
   });
 
@@ -154,25 +182,98 @@ describe('bad parameters are 400s with {message, error_code}, never 500', () => 
   const coll = 'anything';
   const deepValue = JSON.parse(nestedArrays(1200));
   const cases: Array<[string, string, Record<string, unknown>, string]> = [
-    ['a start on February 30', 'count', { event_collection: coll, timeframe: { start: '2026-02-30T00:00:00Z', end: '2026-03-05T00:00:00Z' } }, 'TimeframeDefinitionError'],
-    ['an end on April 31', 'count', { event_collection: coll, timeframe: { start: '2026-04-01T00:00:00Z', end: '2026-04-31T00:00:00Z' } }, 'TimeframeDefinitionError'],
-    ['a start in year 0', 'count', { event_collection: coll, timeframe: { start: '0000-01-01T00:00:00Z', end: '2026-01-01T00:00:00Z' } }, 'TimeframeDefinitionError'],
+    [
+      'a start on February 30',
+      'count',
+      { event_collection: coll, timeframe: { start: '2026-02-30T00:00:00Z', end: '2026-03-05T00:00:00Z' } },
+      'TimeframeDefinitionError',
+    ],
+    [
+      'an end on April 31',
+      'count',
+      { event_collection: coll, timeframe: { start: '2026-04-01T00:00:00Z', end: '2026-04-31T00:00:00Z' } },
+      'TimeframeDefinitionError',
+    ],
+    [
+      'a start in year 0',
+      'count',
+      { event_collection: coll, timeframe: { start: '0000-01-01T00:00:00Z', end: '2026-01-01T00:00:00Z' } },
+      'TimeframeDefinitionError',
+    ],
     ['this_999999_years', 'count', { event_collection: coll, timeframe: 'this_999999_years' }, 'TimeframeDefinitionError'],
     ['previous_99999_months', 'count', { event_collection: coll, timeframe: 'previous_99999_months' }, 'TimeframeDefinitionError'],
-    ['an interval ending after 9999', 'count', { event_collection: coll, timeframe: { start: '9999-11-01T00:00:00Z', end: '9999-12-31T00:00:00Z' }, interval: 'monthly' }, 'InvalidIntervalError'],
+    [
+      'an interval ending after 9999',
+      'count',
+      { event_collection: coll, timeframe: { start: '9999-11-01T00:00:00Z', end: '9999-12-31T00:00:00Z' }, interval: 'monthly' },
+      'InvalidIntervalError',
+    ],
     ['interval __proto__', 'count', { event_collection: coll, timeframe: 'this_1_days', interval: '__proto__' }, 'InvalidIntervalError'],
-    ['interval constructor', 'count', { event_collection: coll, timeframe: 'this_1_days', interval: 'constructor' }, 'InvalidIntervalError'],
+    [
+      'interval constructor',
+      'count',
+      { event_collection: coll, timeframe: 'this_1_days', interval: 'constructor' },
+      'InvalidIntervalError',
+    ],
     ['a NUL in the collection', 'count', { event_collection: 'a\u0000b' }, 'InvalidParameterError'],
-    ['a lone surrogate in the target property', 'count_unique', { event_collection: coll, target_property: 'a\ud800' }, 'InvalidParameterError'],
+    [
+      'a lone surrogate in the target property',
+      'count_unique',
+      { event_collection: coll, target_property: 'a\ud800' },
+      'InvalidParameterError',
+    ],
     ['a NUL in a group_by name', 'count', { event_collection: coll, group_by: ['ok', 'x\u0000'] }, 'InvalidParameterError'],
-    ['a NUL in a filter property name', 'count', { event_collection: coll, filters: [{ property_name: 'a\u0000', operator: 'exists', property_value: true }] }, 'InvalidParameterError'],
-    ['a lone surrogate in a filter value', 'count', { event_collection: coll, filters: [{ property_name: 'a', operator: 'eq', property_value: '\udc00' }] }, 'FilterDefinitionError'],
-    ['a NUL in an "in" list', 'count', { event_collection: coll, filters: [{ property_name: 'a', operator: 'in', property_value: ['ok', 'x\u0000'] }] }, 'FilterDefinitionError'],
-    ['a NUL in a contains string', 'count', { event_collection: coll, filters: [{ property_name: 'a', operator: 'contains', property_value: '\u0000' }] }, 'FilterDefinitionError'],
-    ['a filter value 1,200 levels deep', 'count', { event_collection: coll, filters: [{ property_name: 'a', operator: 'eq', property_value: deepValue }] }, 'FilterDefinitionError'],
-    ['101 filters', 'count', { event_collection: coll, filters: Array.from({ length: 101 }, () => ({ property_name: 'a', operator: 'exists', property_value: true })) }, 'FilterDefinitionError'],
-    ['a path of 1,001 segments', 'count', { event_collection: coll, filters: [{ property_name: Array(1001).fill('a').join('.'), operator: 'eq', property_value: 1 }] }, 'InvalidParameterError'],
-    ['101 property_names', 'extraction', { event_collection: coll, property_names: Array.from({ length: 101 }, (_, i) => `p${i}`) }, 'InvalidParameterError'],
+    [
+      'a NUL in a filter property name',
+      'count',
+      { event_collection: coll, filters: [{ property_name: 'a\u0000', operator: 'exists', property_value: true }] },
+      'InvalidParameterError',
+    ],
+    [
+      'a lone surrogate in a filter value',
+      'count',
+      { event_collection: coll, filters: [{ property_name: 'a', operator: 'eq', property_value: '\udc00' }] },
+      'FilterDefinitionError',
+    ],
+    [
+      'a NUL in an "in" list',
+      'count',
+      { event_collection: coll, filters: [{ property_name: 'a', operator: 'in', property_value: ['ok', 'x\u0000'] }] },
+      'FilterDefinitionError',
+    ],
+    [
+      'a NUL in a contains string',
+      'count',
+      { event_collection: coll, filters: [{ property_name: 'a', operator: 'contains', property_value: '\u0000' }] },
+      'FilterDefinitionError',
+    ],
+    [
+      'a filter value 1,200 levels deep',
+      'count',
+      { event_collection: coll, filters: [{ property_name: 'a', operator: 'eq', property_value: deepValue }] },
+      'FilterDefinitionError',
+    ],
+    [
+      '101 filters',
+      'count',
+      {
+        event_collection: coll,
+        filters: Array.from({ length: 101 }, () => ({ property_name: 'a', operator: 'exists', property_value: true })),
+      },
+      'FilterDefinitionError',
+    ],
+    [
+      'a path of 1,001 segments',
+      'count',
+      { event_collection: coll, filters: [{ property_name: Array(1001).fill('a').join('.'), operator: 'eq', property_value: 1 }] },
+      'InvalidParameterError',
+    ],
+    [
+      '101 property_names',
+      'extraction',
+      { event_collection: coll, property_names: Array.from({ length: 101 }, (_, i) => `p${i}`) },
+      'InvalidParameterError',
+    ],
     ['a filter that is not an object', 'count', { event_collection: coll, filters: [null] }, 'FilterDefinitionError'],
     ['a collection that is a number (POST)', 'count', { event_collection: 7 }, 'MissingRequiredParameterError'],
   ];
@@ -209,7 +310,11 @@ describe('bounded answers: KEEN_SINK_MAX_RESULT_BYTES', () => {
 
   beforeAll(async () => {
     small = await startTestSink(inject('services').postgres, { maxResultBytes: LIMIT });
-    const events = Array.from({ length: 200 }, (_, n) => ({ n, pad: pad(n), keen: { timestamp: new Date(Date.UTC(2026, 0, 1, 0, n)).toISOString() } }));
+    const events = Array.from({ length: 200 }, (_, n) => ({
+      n,
+      pad: pad(n),
+      keen: { timestamp: new Date(Date.UTC(2026, 0, 1, 0, n)).toISOString() },
+    }));
     expect((await small.recordMany({ [coll]: events })).status).toBe(200);
   });
   afterAll(async () => small?.close());
@@ -217,47 +322,89 @@ describe('bounded answers: KEEN_SINK_MAX_RESULT_BYTES', () => {
   it('refuses an extraction past the limit, saying how to page, and answers the pages', async () => {
     const all = await small.query('extraction', { event_collection: coll });
     expect(all.status).toBe(400);
-    expect(all.body).toEqual({ message: expect.stringMatching(/65536 bytes.*KEEN_SINK_MAX_RESULT_BYTES.*timeframe.*"latest".*"property_names"/), error_code: 'ResultTooLargeError' });
+    expect(all.body).toEqual({
+      message: expect.stringMatching(/65536 bytes.*KEEN_SINK_MAX_RESULT_BYTES.*timeframe.*"latest".*"property_names"/),
+      error_code: 'ResultTooLargeError',
+    });
     const latest = await small.query('extraction', { event_collection: coll, latest: '20' });
     expect(latest.status).toBe(200);
     expect(latest.body.result.map((event: any) => event.n)).toEqual(Array.from({ length: 20 }, (_, i) => 180 + i));
     expect(latest.text.length).toBeLessThan(LIMIT);
-    const narrow = await small.query('extraction', { event_collection: coll, timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:30:00Z' } });
+    const narrow = await small.query('extraction', {
+      event_collection: coll,
+      timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:30:00Z' },
+    });
     expect(narrow.body.result).toHaveLength(30);
     const names = await small.query('extraction', { event_collection: coll, property_names: ['n'] });
     expect(names.body.result).toEqual(Array.from({ length: 200 }, (_, n) => ({ n })));
   });
 
   it('refuses select_unique and group_by answers past the limit, and answers the small ones', async () => {
-    expect((await small.query('select_unique', { event_collection: coll, target_property: 'pad' })).body.error_code).toBe('ResultTooLargeError');
+    expect((await small.query('select_unique', { event_collection: coll, target_property: 'pad' })).body.error_code).toBe(
+      'ResultTooLargeError',
+    );
     expect((await small.query('count', { event_collection: coll, group_by: 'pad' })).body.error_code).toBe('ResultTooLargeError');
-    expect((await small.query('count', { event_collection: coll, group_by: 'pad', timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:05:00Z' } })).body.result).toHaveLength(5);
+    expect(
+      (
+        await small.query('count', {
+          event_collection: coll,
+          group_by: 'pad',
+          timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:05:00Z' },
+        })
+      ).body.result,
+    ).toHaveLength(5);
     const unique = await small.query('select_unique', { event_collection: coll, target_property: 'n' });
     expect(unique.body.result).toEqual(Array.from({ length: 200 }, (_, n) => n));
   });
 
   it('refuses a multi_analysis and a funnel with_actors past the limit, and answers the small ones', async () => {
     // Each label alone is under the limit; the answer holding both is not.
-    const pads = { event_collection: coll, target_property: 'pad', timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:40:00Z' } };
+    const pads = {
+      event_collection: coll,
+      target_property: 'pad',
+      timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:40:00Z' },
+    };
     expect((await small.query('select_unique', pads)).status).toBe(200);
-    const both = await small.query('multi_analysis', { ...pads, analyses: { a: { analysis_type: 'select_unique', target_property: 'pad' }, b: { analysis_type: 'select_unique', target_property: 'pad' } } });
+    const both = await small.query('multi_analysis', {
+      ...pads,
+      analyses: {
+        a: { analysis_type: 'select_unique', target_property: 'pad' },
+        b: { analysis_type: 'select_unique', target_property: 'pad' },
+      },
+    });
     expect(both.body.error_code).toBe('ResultTooLargeError');
-    const counts = await small.query('multi_analysis', { event_collection: coll, analyses: { a: { analysis_type: 'count' }, b: { analysis_type: 'count_unique', target_property: 'n' } } });
+    const counts = await small.query('multi_analysis', {
+      event_collection: coll,
+      analyses: { a: { analysis_type: 'count' }, b: { analysis_type: 'count_unique', target_property: 'n' } },
+    });
     expect(counts.body.result).toEqual({ a: 200, b: 200 });
 
-    const step = (withActors: boolean) => ({ event_collection: coll, actor_property: 'pad', timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T04:00:00Z' }, with_actors: withActors });
+    const step = (withActors: boolean) => ({
+      event_collection: coll,
+      actor_property: 'pad',
+      timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T04:00:00Z' },
+      with_actors: withActors,
+    });
     const actors = await small.query('funnel', { steps: [step(true)] });
     expect(actors.status).toBe(400);
-    expect(actors.body).toEqual({ message: expect.stringMatching(/steps\[0\].*KEEN_SINK_MAX_RESULT_BYTES/), error_code: 'ResultTooLargeError' });
+    expect(actors.body).toEqual({
+      message: expect.stringMatching(/steps\[0\].*KEEN_SINK_MAX_RESULT_BYTES/),
+      error_code: 'ResultTooLargeError',
+    });
     expect((await small.query('funnel', { steps: [step(false)] })).body.result).toEqual([200]);
-    const few = await small.query('funnel', { steps: [{ ...step(true), timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:03:00Z' } }] });
+    const few = await small.query('funnel', {
+      steps: [{ ...step(true), timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-01-01T00:03:00Z' } }],
+    });
     expect(few.body.actors).toEqual([[pad(0), pad(1), pad(2)]]);
   });
 
   it('keeps serving after refusals: the refused queries leave no connection or transaction behind', async () => {
     for (let i = 0; i < 15; i += 1) expect((await small.query('extraction', { event_collection: coll })).status).toBe(400);
     expect((await small.query('count', { event_collection: coll })).body).toEqual({ result: 200 });
-    const { rows } = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'`, [small.database.name]);
+    const { rows } = await db.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND state LIKE 'idle in transaction%'`,
+      [small.database.name],
+    );
     expect(rows[0]!.n).toBe(0);
   });
 });

@@ -29,7 +29,11 @@ interface Reply {
   headers: Headers;
 }
 
-async function http(method: string, path: string, options: { body?: string | object; key?: string | null; query?: Record<string, string> } = {}): Promise<Reply> {
+async function http(
+  method: string,
+  path: string,
+  options: { body?: string | object; key?: string | null; query?: Record<string, string> } = {},
+): Promise<Reply> {
   const url = new URL(path, sink.url);
   for (const [name, value] of Object.entries(options.query ?? {})) url.searchParams.set(name, value);
   const headers: Record<string, string> = { 'content-type': 'application/json' };
@@ -47,12 +51,18 @@ async function http(method: string, path: string, options: { body?: string | obj
 }
 
 const record = (coll: string, event: unknown, key: string | null = WRITE_KEY) =>
-  http('POST', `/3.0/projects/${PROJECT}/events/${encodeURIComponent(coll)}`, { body: typeof event === 'string' ? event : JSON.stringify(event), key });
-const recordMany = (batch: unknown, key: string | null = WRITE_KEY) => http('POST', `/3.0/projects/${PROJECT}/events`, { body: batch as object, key });
+  http('POST', `/3.0/projects/${PROJECT}/events/${encodeURIComponent(coll)}`, {
+    body: typeof event === 'string' ? event : JSON.stringify(event),
+    key,
+  });
+const recordMany = (batch: unknown, key: string | null = WRITE_KEY) =>
+  http('POST', `/3.0/projects/${PROJECT}/events`, { body: batch as object, key });
 
 /** A GET query the way Keen's URLs carry it: structured parameters as JSON strings. */
 async function query(analysis: string, params: Record<string, unknown>, key: string | null = READ_KEY): Promise<Reply> {
-  const q = Object.fromEntries(Object.entries(params).map(([name, value]) => [name, typeof value === 'string' ? value : JSON.stringify(value)]));
+  const q = Object.fromEntries(
+    Object.entries(params).map(([name, value]) => [name, typeof value === 'string' ? value : JSON.stringify(value)]),
+  );
   return http('GET', `/3.0/projects/${PROJECT}/queries/${analysis}`, { query: q, key });
 }
 
@@ -63,7 +73,9 @@ async function result(analysis: string, params: Record<string, unknown>): Promis
 }
 
 async function storedEvents(coll: string): Promise<any[]> {
-  const { rows } = await db.query<{ event: any }>('SELECT event FROM keen_events WHERE collection = $1 ORDER BY keen_timestamp, id', [coll]);
+  const { rows } = await db.query<{ event: any }>('SELECT event FROM keen_events WHERE collection = $1 ORDER BY keen_timestamp, id', [
+    coll,
+  ]);
   return rows.map((row) => row.event);
 }
 
@@ -74,7 +86,15 @@ const DAY = 24 * HOUR;
 beforeAll(async () => {
   database = await createTestDatabase(inject('services').postgres, { migrate: false });
   const logger = createLogger('keen-sink', 'info', { write: (line: string) => void logLines.push(line) });
-  sink = await startKeenSink({ databaseUrl: database.url, projectId: PROJECT, writeKey: WRITE_KEY, readKey: READ_KEY, port: 0, host: '127.0.0.1', logger });
+  sink = await startKeenSink({
+    databaseUrl: database.url,
+    projectId: PROJECT,
+    writeKey: WRITE_KEY,
+    readKey: READ_KEY,
+    port: 0,
+    host: '127.0.0.1',
+    logger,
+  });
   db = new pg.Pool({ connectionString: database.url, max: 4 });
 });
 
@@ -90,7 +110,15 @@ describe('migrations', () => {
     expect(rows.map((row) => row.migration_name)).toEqual(['20261128120000_keen_events', '20261203120000_keen_query_speed']);
     const { rows: prisma } = await db.query(`SELECT to_regclass('_prisma_migrations') AS t`);
     expect(prisma[0].t).toBeNull();
-    const again = await startKeenSink({ databaseUrl: database.url, projectId: PROJECT, writeKey: WRITE_KEY, readKey: READ_KEY, port: 0, host: '127.0.0.1', logger: createLogger('keen-sink', 'silent') });
+    const again = await startKeenSink({
+      databaseUrl: database.url,
+      projectId: PROJECT,
+      writeKey: WRITE_KEY,
+      readKey: READ_KEY,
+      port: 0,
+      host: '127.0.0.1',
+      logger: createLogger('keen-sink', 'silent'),
+    });
     await again.close();
     const { rows: after } = await db.query(`SELECT count(*)::int AS n FROM ${MIGRATIONS_TABLE}`);
     expect(after[0].n).toBe(2);
@@ -106,11 +134,17 @@ describe('npm run keen-sink', () => {
     expect(missing.output().trim().split('\n')).toEqual([
       'keen-sink: invalid configuration: KEEN_SINK_DATABASE_URL (or DATABASE_URL) is required; KEEN_WRITE_KEY is required; KEEN_READ_KEY is required',
     ]);
-    const unreachable = startService('keen-sink', { ...env, KEEN_SINK_PORT: String(await freePort()), DATABASE_URL: `postgresql://keen:secret@127.0.0.1:${await freePort()}/keen` });
+    const unreachable = startService('keen-sink', {
+      ...env,
+      KEEN_SINK_PORT: String(await freePort()),
+      DATABASE_URL: `postgresql://keen:secret@127.0.0.1:${await freePort()}/keen`,
+    });
     expect(await unreachable.exited).toBe(1);
     const lines = unreachable.output().trim().split('\n');
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/^keen-sink: cannot reach PostgreSQL at KEEN_SINK_DATABASE_URL=postgresql:\/\/keen:\*\*\*@127\.0\.0\.1:\d+\/keen \(ECONNREFUSED\): start PostgreSQL or fix KEEN_SINK_DATABASE_URL$/);
+    expect(lines[0]).toMatch(
+      /^keen-sink: cannot reach PostgreSQL at KEEN_SINK_DATABASE_URL=postgresql:\/\/keen:\*\*\*@127\.0\.0\.1:\d+\/keen \(ECONNREFUSED\): start PostgreSQL or fix KEEN_SINK_DATABASE_URL$/,
+    );
   });
 
   it('serves on KEEN_SINK_PORT, falling back to DATABASE_URL, and stops on SIGTERM', async () => {
@@ -118,7 +152,9 @@ describe('npm run keen-sink', () => {
     const proc = startService('keen-sink', { ...env, KEEN_SINK_PORT: String(port), DATABASE_URL: database.url });
     try {
       await waitForLog(proc, 'keen-sink ready');
-      const reply = await fetch(`http://127.0.0.1:${port}/3.0/projects/${PROJECT}/queries/count?api_key=${READ_KEY}&event_collection=nothing`);
+      const reply = await fetch(
+        `http://127.0.0.1:${port}/3.0/projects/${PROJECT}/queries/count?api_key=${READ_KEY}&event_collection=nothing`,
+      );
       expect(await reply.json()).toEqual({ result: 0 });
     } finally {
       expect(await proc.kill('SIGTERM')).toBe(0);
@@ -172,7 +208,13 @@ describe('write API: wire format', () => {
   it('answers keen-tracking 5 (the official Node SDK) in the shapes it expects', async () => {
     // @ts-expect-error keen-tracking ships no types
     const { default: KeenTracking } = await import('keen-tracking');
-    const client = new KeenTracking({ projectId: PROJECT, writeKey: WRITE_KEY, protocol: 'http', host: '127.0.0.1', nodeRequestConfig: { port: sink.port } });
+    const client = new KeenTracking({
+      projectId: PROJECT,
+      writeKey: WRITE_KEY,
+      protocol: 'http',
+      host: '127.0.0.1',
+      nodeRequestConfig: { port: sink.port },
+    });
     const coll = collection('sdk');
     await expect(client.recordEvent(coll, { via: 'sdk' })).resolves.toEqual({ created: true });
     await expect(client.recordEvents({ [coll]: [{ via: 'bulk' }, { $bad: 1 }] })).resolves.toEqual({
@@ -186,7 +228,11 @@ describe('write API: authentication', () => {
   it('takes the write key from the Authorization header or ?api_key=', async () => {
     const coll = collection('auth');
     expect((await record(coll, { via: 'header' })).status).toBe(201);
-    const viaQuery = await http('POST', `/3.0/projects/${PROJECT}/events/${coll}`, { body: { via: 'query' }, key: null, query: { api_key: WRITE_KEY } });
+    const viaQuery = await http('POST', `/3.0/projects/${PROJECT}/events/${coll}`, {
+      body: { via: 'query' },
+      key: null,
+      query: { api_key: WRITE_KEY },
+    });
     expect(viaQuery.status).toBe(201);
     expect(await storedEvents(coll)).toHaveLength(2);
   });
@@ -255,7 +301,10 @@ describe('write API: validation (400 with {message, error_code})', () => {
     expect((await record(coll, event(900_000))).status).toBe(201);
     const bulk = await recordMany(`{"${coll}": [{"n": 1}, ${event(900_001)}]}`);
     expect(bulk.status).toBe(200);
-    expect(bulk.body[coll]).toEqual([{ success: true }, { success: false, error: { name: 'EventTooLargeError', description: expect.stringContaining('900000') } }]);
+    expect(bulk.body[coll]).toEqual([
+      { success: true },
+      { success: false, error: { name: 'EventTooLargeError', description: expect.stringContaining('900000') } },
+    ]);
     const huge = await recordMany(`{"${coll}": [${Array.from({ length: 12 }, () => event(899_000)).join(',')}]}`);
     expect(huge.status).toBe(413);
     expect(huge.body.error_code).toBe('RequestTooLargeError');
@@ -315,7 +364,12 @@ describe('write API: enrichment and add-ons', () => {
   it('stores events with an add-on it does not implement, without its output, and logs that once', async () => {
     const coll = collection('addon');
     const unknown = { name: 'keen:ip_to_geo', input: { ip: 'ip' }, output: 'geo' };
-    const reply = await recordMany({ [coll]: [{ ip: '1.2.3.4', keen: { addons: [unknown] } }, { ip: '5.6.7.8', keen: { addons: [unknown] } }] });
+    const reply = await recordMany({
+      [coll]: [
+        { ip: '1.2.3.4', keen: { addons: [unknown] } },
+        { ip: '5.6.7.8', keen: { addons: [unknown] } },
+      ],
+    });
     expect(reply.body[coll]).toEqual([{ success: true }, { success: true }]);
     await record(coll, { ip: '9.9.9.9', keen: { addons: [unknown] } });
     const events = await storedEvents(coll);
@@ -328,7 +382,10 @@ describe('write API: enrichment and add-ons', () => {
   });
 
   it('refuses a date_time_parser whose input is not a date', async () => {
-    const reply = await record('ok', { when: 'soon', keen: { addons: [{ name: 'keen:date_time_parser', input: { date_time: 'when' }, output: 'when_info' }] } });
+    const reply = await record('ok', {
+      when: 'soon',
+      keen: { addons: [{ name: 'keen:date_time_parser', input: { date_time: 'when' }, output: 'when_info' }] },
+    });
     expect(reply.status).toBe(400);
     expect(reply.body.error_code).toBe('InvalidPropertyValueError');
   });
@@ -342,7 +399,13 @@ describe('write API: keen.uniqueness_token', () => {
     const second = await record(coll, { n: 2, keen: { uniqueness_token: 'tok-1' } });
     expect(second.status).toBe(200);
     expect(second.body).toEqual({ created: false, duplicate: true, message: expect.stringContaining('uniqueness_token') });
-    const bulk = await recordMany({ [coll]: [{ n: 3, keen: { uniqueness_token: 'tok-1' } }, { n: 4, keen: { uniqueness_token: 'tok-2' } }, { n: 5, keen: { uniqueness_token: 'tok-2' } }] });
+    const bulk = await recordMany({
+      [coll]: [
+        { n: 3, keen: { uniqueness_token: 'tok-1' } },
+        { n: 4, keen: { uniqueness_token: 'tok-2' } },
+        { n: 5, keen: { uniqueness_token: 'tok-2' } },
+      ],
+    });
     expect(bulk.body[coll]).toEqual([
       { success: true, duplicate: true, message: expect.any(String) },
       { success: true },
@@ -394,7 +457,13 @@ describe('query API', () => {
   const day = '2026-01-10';
   const at = (time: string) => `${day}T${time}Z`;
   const events = [
-    { device_id: 'lamp-a', state: { on: true, brightness: 0.5, hue: 10 }, tags: ['kitchen', 'warm'], note: 'hello world', keen: { timestamp: at('01:00:00') } },
+    {
+      device_id: 'lamp-a',
+      state: { on: true, brightness: 0.5, hue: 10 },
+      tags: ['kitchen', 'warm'],
+      note: 'hello world',
+      keen: { timestamp: at('01:00:00') },
+    },
     { device_id: 'lamp-a', state: { on: false, brightness: 0.0, hue: 20 }, tags: ['kitchen'], keen: { timestamp: at('01:30:00') } },
     { device_id: 'lamp-b', state: { on: true, brightness: 1.0, hue: 30 }, tags: [], note: 'goodbye', keen: { timestamp: at('02:15:00') } },
     { device_id: 'lamp-c', state: { on: true, brightness: 0.25 }, keen: { timestamp: at('05:00:00') } },
@@ -410,7 +479,10 @@ describe('query API', () => {
 
   it('authenticates with the read key only', async () => {
     expect((await query('count', allTime)).status).toBe(200);
-    expect((await http('GET', `/3.0/projects/${PROJECT}/queries/count`, { key: null, query: { api_key: READ_KEY, event_collection: coll } })).status).toBe(200);
+    expect(
+      (await http('GET', `/3.0/projects/${PROJECT}/queries/count`, { key: null, query: { api_key: READ_KEY, event_collection: coll } }))
+        .status,
+    ).toBe(200);
     for (const key of [null, WRITE_KEY, 'nope']) {
       const reply = await query('count', allTime, key);
       expect(reply.status).toBe(401);
@@ -418,7 +490,7 @@ describe('query API', () => {
     }
   });
 
-  it('answers each analysis type in Keen\'s shape', async () => {
+  it("answers each analysis type in Keen's shape", async () => {
     expect(await result('count', allTime)).toBe(5);
     expect(await result('count_unique', { ...allTime, target_property: 'device_id' })).toBe(3);
     expect(await result('select_unique', { ...allTime, target_property: 'device_id' })).toEqual(['lamp-a', 'lamp-b', 'lamp-c']);
@@ -442,7 +514,14 @@ describe('query API', () => {
   it('answers POSTed JSON queries, as keen-analysis sends them', async () => {
     const reply = await http('POST', `/3.0/projects/${PROJECT}/queries/count_unique`, {
       key: READ_KEY,
-      body: { analysis_type: 'count_unique', event_collection: coll, target_property: 'device_id', timeframe: jan10, filters: [{ property_name: 'state.on', operator: 'eq', property_value: true }], timezone: 0 },
+      body: {
+        analysis_type: 'count_unique',
+        event_collection: coll,
+        target_property: 'device_id',
+        timeframe: jan10,
+        filters: [{ property_name: 'state.on', operator: 'eq', property_value: true }],
+        timezone: 0,
+      },
     });
     expect(reply).toMatchObject({ status: 200, body: { result: 3 } });
   });
@@ -490,12 +569,22 @@ describe('query API', () => {
     expect(hourly).toHaveLength(6);
     expect(hourly.map((item: any) => item.value)).toEqual([0, 2, 1, 0, 0, 1]);
     expect(hourly[1]).toEqual({ value: 2, timeframe: { start: at('01:00:00.000'), end: at('02:00:00.000') } });
-    const monthly = await result('count', { ...allTime, timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-03-01T00:00:00Z' }, interval: 'monthly' });
+    const monthly = await result('count', {
+      ...allTime,
+      timeframe: { start: '2026-01-01T00:00:00Z', end: '2026-03-01T00:00:00Z' },
+      interval: 'monthly',
+    });
     expect(monthly).toEqual([
       { value: 4, timeframe: { start: '2026-01-01T00:00:00.000Z', end: '2026-02-01T00:00:00.000Z' } },
       { value: 1, timeframe: { start: '2026-02-01T00:00:00.000Z', end: '2026-03-01T00:00:00.000Z' } },
     ]);
-    const grouped = await result('select_unique', { ...allTime, target_property: 'device_id', group_by: 'state.on', timeframe: jan10, interval: 'daily' });
+    const grouped = await result('select_unique', {
+      ...allTime,
+      target_property: 'device_id',
+      group_by: 'state.on',
+      timeframe: jan10,
+      interval: 'daily',
+    });
     expect(grouped).toEqual([
       {
         value: [
@@ -505,7 +594,8 @@ describe('query API', () => {
         timeframe: { start: '2026-01-10T00:00:00.000Z', end: '2026-01-11T00:00:00.000Z' },
       },
     ]);
-    for (const interval of ['minutely', 'weekly', 'yearly']) expect((await query('count', { ...allTime, timeframe: jan10, interval })).status).toBe(200);
+    for (const interval of ['minutely', 'weekly', 'yearly'])
+      expect((await query('count', { ...allTime, timeframe: jan10, interval })).status).toBe(200);
   });
 
   it('limits timeframes: absolute {start, end}, and relative this_ and previous_ units', async () => {
@@ -555,7 +645,11 @@ describe('query API', () => {
       ['count', { event_collection: coll, interval: 'daily' }, 'InvalidIntervalError'],
       ['count', { event_collection: coll, timeframe: jan10, interval: 'fortnightly' }, 'InvalidIntervalError'],
       ['count', { event_collection: coll, timeframe: 'this_10_years', interval: 'minutely' }, 'InvalidIntervalError'],
-      ['count', { event_collection: coll, filters: [{ property_name: 'a', operator: 'like', property_value: 1 }] }, 'FilterDefinitionError'],
+      [
+        'count',
+        { event_collection: coll, filters: [{ property_name: 'a', operator: 'like', property_value: 1 }] },
+        'FilterDefinitionError',
+      ],
       ['count', { event_collection: coll, filters: '{"not": "an array"}' }, 'FilterDefinitionError'],
       ['count', { event_collection: coll, filters: '[' }, 'InvalidParameterError'],
       ['count', { event_collection: coll, timezone: 'Mars/Olympus' }, 'InvalidTimezoneError'],
@@ -579,7 +673,10 @@ describe('query API', () => {
         { device_id: 'b827eb0000ff', user: 'parked_device_user', keen: { timestamp: ago(15 * DAY) } },
       ],
     });
-    const reply = await http('GET', `/3.0/projects/${PROJECT}/queries/select_unique?api_key=${READ_KEY}&event_collection=activations&target_property=device_id&timeframe=this_14_days`);
+    const reply = await http(
+      'GET',
+      `/3.0/projects/${PROJECT}/queries/select_unique?api_key=${READ_KEY}&event_collection=activations&target_property=device_id&timeframe=this_14_days`,
+    );
     expect(reply).toMatchObject({ status: 200, body: { result: devices } });
   });
 
@@ -588,7 +685,9 @@ describe('query API', () => {
     for (const path of evil) {
       expect(await result('count_unique', { ...allTime, target_property: path })).toBe(0);
       expect(await result('count', { ...allTime, filters: [{ property_name: path, operator: 'exists', property_value: true }] })).toBe(0);
-      expect(await result('count', { ...allTime, filters: [{ property_name: 'device_id', operator: 'eq', property_value: path }] })).toBe(0);
+      expect(await result('count', { ...allTime, filters: [{ property_name: 'device_id', operator: 'eq', property_value: path }] })).toBe(
+        0,
+      );
       expect(await result('count', { ...allTime, group_by: path })).toEqual([{ [path]: null, result: 5 }]);
     }
     expect(await result('count', { event_collection: "x' OR '1'='1" })).toBe(0);
@@ -601,7 +700,10 @@ describe('query API', () => {
     const parsed = parseQuery('count', {
       event_collection: coll,
       timeframe: jan10,
-      filters: JSON.stringify([{ property_name: "a'b", operator: 'eq', property_value: "c'd" }, { property_name: 'state.brightness', operator: 'gt', property_value: 0.1 }]),
+      filters: JSON.stringify([
+        { property_name: "a'b", operator: 'eq', property_value: "c'd" },
+        { property_name: 'state.brightness', operator: 'gt', property_value: 0.1 },
+      ]),
       group_by: 'device_id',
     });
     const { text, values } = buildSql(PROJECT, parsed);
@@ -614,10 +716,18 @@ describe('query API', () => {
       await client.query('BEGIN');
       await client.query('SET LOCAL enable_seqscan = off');
       const timeframeOnly = buildSql(PROJECT, parseQuery('count', { event_collection: coll, timeframe: jan10 }));
-      const plan = (await client.query(`EXPLAIN ${timeframeOnly.text}`, timeframeOnly.values)).rows.map((row) => row['QUERY PLAN']).join('\n');
+      const plan = (await client.query(`EXPLAIN ${timeframeOnly.text}`, timeframeOnly.values)).rows
+        .map((row) => row['QUERY PLAN'])
+        .join('\n');
       // Either index leads with (project_id, collection) and ends with keen_timestamp.
       expect(plan).toMatch(/keen_events_(collection_timestamp|device_id)_idx/);
-      const eq = buildSql(PROJECT, parseQuery('count', { event_collection: coll, filters: [{ property_name: 'device_id', operator: 'eq', property_value: 'lamp-a' }] }));
+      const eq = buildSql(
+        PROJECT,
+        parseQuery('count', {
+          event_collection: coll,
+          filters: [{ property_name: 'device_id', operator: 'eq', property_value: 'lamp-a' }],
+        }),
+      );
       const eqPlan = (await client.query(`EXPLAIN ${eq.text}`, eq.values)).rows.map((row) => row['QUERY PLAN']).join('\n');
       expect(eqPlan).toMatch(/keen_events_(event|collection_timestamp|device_id)_idx/);
       await client.query('ROLLBACK');

@@ -41,7 +41,13 @@ const event = (token: string) => buildKeenEvent({ device_id: 'b827eb0000ff' }, n
 describe('keen-tracking 5.0.1 defect', () => {
   it('resolves undefined on a 429 with a plain-text body: the event is lost silently', async () => {
     const port = Number(new URL(keen.url).port);
-    const tracking = new KeenTracking({ projectId: PROJECT, writeKey: WRITE_KEY, protocol: 'http', host: '127.0.0.1', nodeRequestConfig: { port } });
+    const tracking = new KeenTracking({
+      projectId: PROJECT,
+      writeKey: WRITE_KEY,
+      protocol: 'http',
+      host: '127.0.0.1',
+      nodeRequestConfig: { port },
+    });
 
     // Sanity: the same client does record an event when Keen accepts it.
     await expect(tracking.recordEvent('devicestate', event('ok-1'))).resolves.toEqual({ created: true });

@@ -25,14 +25,18 @@ describe('migrate waits for PostgreSQL (MIGRATE_WAIT_SECONDS)', () => {
   it('without a wait, a PostgreSQL that is not up yet fails migrate at once, in one line', async () => {
     const proc = startService('migrate', { DATABASE_URL: server.url });
     expect(await proc.exited).toBe(1);
-    expect(proc.output().trim().split('\n')).toEqual([expect.stringMatching(/^migrate: cannot reach PostgreSQL at DATABASE_URL=.*: start PostgreSQL or fix DATABASE_URL$/)]);
+    expect(proc.output().trim().split('\n')).toEqual([
+      expect.stringMatching(/^migrate: cannot reach PostgreSQL at DATABASE_URL=.*: start PostgreSQL or fix DATABASE_URL$/),
+    ]);
   });
 
   it('with MIGRATE_WAIT_SECONDS, migrate started before PostgreSQL applies the migrations once it opens', async () => {
     const proc = startService('migrate', { DATABASE_URL: server.url, MIGRATE_WAIT_SECONDS: '120' });
     // Started only after migrate has found it missing and said it waits.
     for (let i = 0; i < 300 && !proc.output().includes('not accepting connections yet'); i++) await sleep(100);
-    expect(proc.output()).toMatch(/^migrate: PostgreSQL at postgresql:\/\/postgres@127\.0\.0\.1:\d+\/lampi is not accepting connections yet \(.*\): waiting up to 120s \(MIGRATE_WAIT_SECONDS\)$/m);
+    expect(proc.output()).toMatch(
+      /^migrate: PostgreSQL at postgresql:\/\/postgres@127\.0\.0\.1:\d+\/lampi is not accepting connections yet \(.*\): waiting up to 120s \(MIGRATE_WAIT_SECONDS\)$/m,
+    );
     await sleep(3000);
     expect(proc.child.exitCode, 'migrate still waiting').toBeNull();
     await server.start();
@@ -41,7 +45,7 @@ describe('migrate waits for PostgreSQL (MIGRATE_WAIT_SECONDS)', () => {
     expect(proc.output().match(/not accepting connections yet/g)).toHaveLength(1);
     const client = new pg.Client({ connectionString: server.url });
     await client.connect();
-    const { rows } = await client.query("SELECT count(*)::int AS n FROM _prisma_migrations WHERE finished_at IS NOT NULL");
+    const { rows } = await client.query('SELECT count(*)::int AS n FROM _prisma_migrations WHERE finished_at IS NOT NULL');
     await client.end();
     expect(rows[0].n).toBeGreaterThan(0);
   }, 60_000);

@@ -71,18 +71,39 @@ function parseSchema(text: string): ExpectedModel[] {
       const [, field, type, modifier, attrText] = m as unknown as [string, string, string, string | undefined, string];
       if (tableOf.has(type)) {
         const relation = /@relation\(fields:\s*\[([^\]]+)\],\s*references:\s*\[([^\]]+)\]\)/.exec(attrText);
-        if (relation) pendingRelations.push({ fields: relation[1]!.split(',').map((s) => s.trim()), model: type, references: relation[2]!.split(',').map((s) => s.trim()) });
+        if (relation)
+          pendingRelations.push({
+            fields: relation[1]!.split(',').map((s) => s.trim()),
+            model: type,
+            references: relation[2]!.split(',').map((s) => s.trim()),
+          });
         continue; // relation field: no column
       }
-      const attrs = [...attrText.matchAll(/@([\w.]+)(\((?:[^()]|\([^()]*\))*\))?/g)].map(([, name, args]) => ({ name: name!, args: args?.slice(1, -1) }));
+      const attrs = [...attrText.matchAll(/@([\w.]+)(\((?:[^()]|\([^()]*\))*\))?/g)].map(([, name, args]) => ({
+        name: name!,
+        args: args?.slice(1, -1),
+      }));
       const column = attrs.find((a) => a.name === 'map')?.args?.replace(/"/g, '') ?? field;
       fieldToColumn.set(field, column);
       const native = attrs.find((a) => a.name.startsWith('db.'));
       const nativeType = native ? `${native.name.slice(3)}${native.args ? `(${native.args})` : ''}` : undefined;
       const pgType =
         nativeType === undefined
-          ? ({ Int: 'integer', String: 'text', Boolean: 'boolean', DateTime: 'timestamp(3) without time zone', BigInt: 'bigint', Float: 'double precision' } as Record<string, string>)[type]
-          : nativeType.replace(/^VarChar\((\d+)\)$/, 'character varying($1)').replace(/^Char\((\d+)\)$/, 'character($1)').replace(/^Timestamptz\((\d+)\)$/, 'timestamp($1) with time zone').replace(/^Timestamptz$/, 'timestamp with time zone');
+          ? (
+              {
+                Int: 'integer',
+                String: 'text',
+                Boolean: 'boolean',
+                DateTime: 'timestamp(3) without time zone',
+                BigInt: 'bigint',
+                Float: 'double precision',
+              } as Record<string, string>
+            )[type]
+          : nativeType
+              .replace(/^VarChar\((\d+)\)$/, 'character varying($1)')
+              .replace(/^Char\((\d+)\)$/, 'character($1)')
+              .replace(/^Timestamptz\((\d+)\)$/, 'timestamp($1) with time zone')
+              .replace(/^Timestamptz$/, 'timestamp with time zone');
       if (!pgType) throw new Error(`schema reader does not know type ${type}`);
       const def = attrs.find((a) => a.name === 'default')?.args;
       let pgDefault: string | undefined;
@@ -91,7 +112,9 @@ function parseSchema(text: string): ExpectedModel[] {
       else if (def === 'true' || def === 'false') pgDefault = def;
       else if (def?.startsWith('"')) pgDefault = `'${JSON.parse(def)}'::${pgType.replace(/\(\d+\)$/, '')}`;
       else if (def !== undefined) throw new Error(`schema reader does not know @default(${def})`);
-      for (const a of attrs) if (!['id', 'unique', 'default', 'map'].includes(a.name) && !a.name.startsWith('db.')) throw new Error(`schema reader does not know @${a.name}`);
+      for (const a of attrs)
+        if (!['id', 'unique', 'default', 'map'].includes(a.name) && !a.name.startsWith('db.'))
+          throw new Error(`schema reader does not know @${a.name}`);
       columns.push({
         column,
         type: pgType,
@@ -205,12 +228,16 @@ describe('migrations create what schema.prisma describes', () => {
 
   it('has exactly the tables and columns of the schema, with their types, nullability and defaults', async () => {
     const catalog = await withClient(db.url, async (c) => {
-      const tables = await c.query<{ table_name: string }>(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`);
+      const tables = await c.query<{ table_name: string }>(
+        `SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`,
+      );
       return { tables: tables.rows.map((r) => r.table_name), columns: await catalogColumns(c) };
     });
     expect(catalog.tables).toEqual([...expected.map((m) => m.table), '_prisma_migrations'].sort());
     const want = expected
-      .flatMap((m) => m.columns.map((c) => ({ table: m.table, column: c.column, type: c.type, nullable: c.nullable, default: c.default ?? null })))
+      .flatMap((m) =>
+        m.columns.map((c) => ({ table: m.table, column: c.column, type: c.type, nullable: c.nullable, default: c.default ?? null })),
+      )
       .sort((a, b) => `${a.table}.${a.column}`.localeCompare(`${b.table}.${b.column}`));
     const got = [...catalog.columns].sort((a, b) => `${a.table}.${a.column}`.localeCompare(`${b.table}.${b.column}`));
     expect(got).toEqual(want);
@@ -236,9 +263,19 @@ describe('migrations create what schema.prisma describes', () => {
     });
     const want = expected
       .flatMap((m) => [
-        ...m.columns.filter((c) => c.id).map((c) => ({ table: m.table, name: `${m.table}_pkey`, unique: true, primary: true, columns: [c.column] })),
-        ...m.columns.filter((c) => c.unique).map((c) => ({ table: m.table, name: `${m.table}_${c.column}_key`, unique: true, primary: false, columns: [c.column] })),
-        ...m.indexes.map((cols) => ({ table: m.table, name: `${m.table}_${cols.join('_')}_idx`, unique: false, primary: false, columns: cols })),
+        ...m.columns
+          .filter((c) => c.id)
+          .map((c) => ({ table: m.table, name: `${m.table}_pkey`, unique: true, primary: true, columns: [c.column] })),
+        ...m.columns
+          .filter((c) => c.unique)
+          .map((c) => ({ table: m.table, name: `${m.table}_${c.column}_key`, unique: true, primary: false, columns: [c.column] })),
+        ...m.indexes.map((cols) => ({
+          table: m.table,
+          name: `${m.table}_${cols.join('_')}_idx`,
+          unique: false,
+          primary: false,
+          columns: cols,
+        })),
       ])
       .sort((a, b) => a.name.localeCompare(b.name));
     expect(indexes).toEqual(want);
@@ -298,7 +335,10 @@ describe('migrations create what schema.prisma describes', () => {
 
     // Nullable bridge state round-trips, Timestamptz(3) keeps milliseconds.
     const at = new Date('2026-11-28T10:11:12.345Z');
-    const updated = await prisma.device.update({ where: { deviceId: 'b827eb000001' }, data: { bridgeConnected: true, bridgeStateAt: at, bridgeStateJobId: 'job-2', name: 'Kitchen' } });
+    const updated = await prisma.device.update({
+      where: { deviceId: 'b827eb000001' },
+      data: { bridgeConnected: true, bridgeStateAt: at, bridgeStateJobId: 'job-2', name: 'Kitchen' },
+    });
     expect(updated).toMatchObject({ bridgeConnected: true, bridgeStateJobId: 'job-2', name: 'Kitchen' });
     expect(updated.bridgeStateAt?.toISOString()).toBe(at.toISOString());
 
@@ -335,7 +375,13 @@ describe('migrations create what schema.prisma describes', () => {
 
   it('Device: column widths VarChar(12) device id, Char(32) code, VarChar(50) name, VarChar(64) job ids', async () => {
     const owner = await prisma.user.create({ data: { username: 'owner-4' } });
-    const ok = { deviceId: 'b827eb000005', associationCode: 'e'.repeat(32), createdByJobId: 'j'.repeat(64), userId: owner.id, name: 'n'.repeat(50) };
+    const ok = {
+      deviceId: 'b827eb000005',
+      associationCode: 'e'.repeat(32),
+      createdByJobId: 'j'.repeat(64),
+      userId: owner.id,
+      name: 'n'.repeat(50),
+    };
     await prisma.device.create({ data: ok });
     const tooLong = [
       { ...ok, deviceId: 'b827eb0000061' },
@@ -351,24 +397,42 @@ describe('migrations create what schema.prisma describes', () => {
 
   it('Device → User foreign key is enforced: no unknown owner, no deleting an owner with lamps (P2003)', async () => {
     const orphan = await rejection(
-      prisma.device.create({ data: { deviceId: 'b827eb00000b', associationCode: 'k'.repeat(32), createdByJobId: 'job-5', userId: 2_000_000_000 } }),
+      prisma.device.create({
+        data: { deviceId: 'b827eb00000b', associationCode: 'k'.repeat(32), createdByJobId: 'job-5', userId: 2_000_000_000 },
+      }),
     );
     expect(orphan.code).toBe('P2003');
 
     const owner = await prisma.user.create({ data: { username: 'owner-5' } });
-    await prisma.device.create({ data: { deviceId: 'b827eb00000c', associationCode: 'm'.repeat(32), createdByJobId: 'job-6', userId: owner.id } });
+    await prisma.device.create({
+      data: { deviceId: 'b827eb00000c', associationCode: 'm'.repeat(32), createdByJobId: 'job-6', userId: owner.id },
+    });
     expect((await rejection(prisma.user.delete({ where: { id: owner.id } }))).code).toBe('P2003');
     // Deleting the lamp first frees the owner.
     await prisma.device.delete({ where: { deviceId: 'b827eb00000c' } });
     await prisma.user.delete({ where: { id: owner.id } });
   });
 
-  it('records the migration in Prisma\'s own bookkeeping table with its checksum', async () => {
+  it("records the migration in Prisma's own bookkeeping table with its checksum", async () => {
     const files = await listMigrations(PRISMA_MIGRATIONS);
-    const rows = await withClient(db.url, async (c) => (await c.query(`SELECT migration_name, checksum, finished_at, rolled_back_at, applied_steps_count FROM _prisma_migrations ORDER BY migration_name`)).rows);
-    expect(rows.map((r) => ({ name: r.migration_name, checksum: r.checksum, done: r.finished_at !== null, rolledBack: r.rolled_back_at, steps: r.applied_steps_count }))).toEqual(
-      files.map((f) => ({ name: f.name, checksum: f.checksum, done: true, rolledBack: null, steps: 1 })),
+    const rows = await withClient(
+      db.url,
+      async (c) =>
+        (
+          await c.query(
+            `SELECT migration_name, checksum, finished_at, rolled_back_at, applied_steps_count FROM _prisma_migrations ORDER BY migration_name`,
+          )
+        ).rows,
     );
+    expect(
+      rows.map((r) => ({
+        name: r.migration_name,
+        checksum: r.checksum,
+        done: r.finished_at !== null,
+        rolledBack: r.rolled_back_at,
+        steps: r.applied_steps_count,
+      })),
+    ).toEqual(files.map((f) => ({ name: f.name, checksum: f.checksum, done: true, rolledBack: null, steps: 1 })));
   });
 });
 
@@ -405,7 +469,10 @@ describe('the migration runner', () => {
     await applyMigrations({ databaseUrl: db.url, directory: dir });
     mkdirSync(path.join(dir, '29990101000000_add_note'));
     writeFileSync(path.join(dir, '29990101000000_add_note', 'migration.sql'), 'ALTER TABLE "devices" ADD COLUMN "note" TEXT;\n');
-    expect(await applyMigrations({ databaseUrl: db.url, directory: dir })).toEqual({ applied: ['29990101000000_add_note'], alreadyApplied: await names() });
+    expect(await applyMigrations({ databaseUrl: db.url, directory: dir })).toEqual({
+      applied: ['29990101000000_add_note'],
+      alreadyApplied: await names(),
+    });
   });
 
   it('refuses a migration edited after it was applied (checksum differs), and changes nothing', async () => {
@@ -415,15 +482,22 @@ describe('the migration runner', () => {
     const [first] = await names();
     appendFileSync(path.join(dir, first!, 'migration.sql'), '\n-- an innocent-looking edit\n');
     await expect(applyMigrations({ databaseUrl: db.url, directory: dir })).rejects.toThrow(MigrationError);
-    await expect(applyMigrations({ databaseUrl: db.url, directory: dir })).rejects.toThrow(`migration ${first} was edited after it was applied (checksum differs)`);
+    await expect(applyMigrations({ databaseUrl: db.url, directory: dir })).rejects.toThrow(
+      `migration ${first} was edited after it was applied (checksum differs)`,
+    );
   });
 
   it('rolls back a failing migration completely and records nothing for it', async () => {
     const db = await freshDatabase();
     const dir = copyOfMigrations();
     mkdirSync(path.join(dir, '29990101000000_broken'));
-    writeFileSync(path.join(dir, '29990101000000_broken', 'migration.sql'), 'CREATE TABLE "half_done" (id int);\nALTER TABLE "no_such_table" ADD COLUMN x int;\n');
-    await expect(applyMigrations({ databaseUrl: db.url, directory: dir })).rejects.toThrow(/migration 29990101000000_broken failed: relation "no_such_table" does not exist/);
+    writeFileSync(
+      path.join(dir, '29990101000000_broken', 'migration.sql'),
+      'CREATE TABLE "half_done" (id int);\nALTER TABLE "no_such_table" ADD COLUMN x int;\n',
+    );
+    await expect(applyMigrations({ databaseUrl: db.url, directory: dir })).rejects.toThrow(
+      /migration 29990101000000_broken failed: relation "no_such_table" does not exist/,
+    );
     const state = await withClient(db.url, async (c) => ({
       rows: (await c.query('SELECT migration_name FROM _prisma_migrations ORDER BY 1')).rows.map((r) => r.migration_name),
       halfDone: (await c.query(`SELECT to_regclass('public.half_done') AS t`)).rows[0].t,
@@ -470,7 +544,9 @@ describe("keen-sink's migrations upgrade a store in place", () => {
     const upgrade = await applyMigrations({ databaseUrl: db.url, directory: KEEN_SINK_MIGRATIONS, table: KEEN_SINK_MIGRATIONS_TABLE });
     expect(upgrade.applied).toEqual([all[1]!.name]);
 
-    const { rows: indexes } = await pool.query<{ name: string }>(`SELECT indexname AS name FROM pg_indexes WHERE tablename = 'keen_events' ORDER BY 1`);
+    const { rows: indexes } = await pool.query<{ name: string }>(
+      `SELECT indexname AS name FROM pg_indexes WHERE tablename = 'keen_events' ORDER BY 1`,
+    );
     expect(indexes.map((i) => i.name)).toEqual([
       'keen_events_collection_timestamp_idx',
       'keen_events_device_id_array_idx',
@@ -493,7 +569,12 @@ describe("keen-sink's migrations upgrade a store in place", () => {
     // Events written after the upgrade are rolled up too, and answers match the plain SQL.
     await pool.query(`INSERT INTO keen_events (id, project_id, collection, keen_timestamp, keen_created_at, event)
       VALUES ('late', 'p', 'devicestate', '2026-11-10T05:30:00Z', now(), '{"device_id": "lamp-9"}')`);
-    const params = { event_collection: 'devicestate', target_property: 'device_id', interval: 'daily', timeframe: { start: '2026-11-01T00:00:00Z', end: '2026-11-11T00:00:00Z' } };
+    const params = {
+      event_collection: 'devicestate',
+      target_property: 'device_id',
+      interval: 'daily',
+      timeframe: { start: '2026-11-01T00:00:00Z', end: '2026-11-11T00:00:00Z' },
+    };
     const parsed = parseQuery('count_unique', params);
     const fast = (await runQuery(pool, 'p', parsed)) as Array<{ value: number }>;
     expect(fast).toEqual(await runQuery(pool, 'p', parsed, { plain: true }));
@@ -551,7 +632,11 @@ describe('npm run migrate', () => {
 
   it('DATABASE_URL that is not a PostgreSQL URL: one line, exit 1', async () => {
     const result = await npmMigrate({ DATABASE_URL: 'mysql://root:pw@127.0.0.1/lampi' });
-    expect(result).toEqual({ code: 1, stdout: '', stderr: 'migrate: invalid configuration: DATABASE_URL must be a URL starting with postgres:// or postgresql://\n' });
+    expect(result).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: 'migrate: invalid configuration: DATABASE_URL must be a URL starting with postgres:// or postgresql://\n',
+    });
   });
 
   it('an edited migration is refused with one line naming it, exit 1', async () => {
@@ -559,7 +644,9 @@ describe('npm run migrate', () => {
     expect((await npmMigrate({ DATABASE_URL: databaseUrl(name) })).code).toBe(0);
     const [first] = await listMigrations(PRISMA_MIGRATIONS);
     // Same as editing the file: the recorded checksum no longer matches it.
-    await withClient(databaseUrl(name), (c) => c.query(`UPDATE _prisma_migrations SET checksum = $1 WHERE migration_name = $2`, ['0'.repeat(64), first!.name]));
+    await withClient(databaseUrl(name), (c) =>
+      c.query(`UPDATE _prisma_migrations SET checksum = $1 WHERE migration_name = $2`, ['0'.repeat(64), first!.name]),
+    );
     const result = await npmMigrate({ DATABASE_URL: databaseUrl(name) });
     expect(result).toEqual({
       code: 1,
@@ -591,7 +678,9 @@ describe("REGISTRY_SCHEMA=django: Django's migrate and prisma/django-migrations 
 
   beforeAll(async () => {
     site = await startDjangoSite(services.postgres, services.mqtt);
-    djangoTables = await withClient(site.db.url, async (c) => (await c.query<{ t: string }>(`SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`)).rows.map((r) => r.t));
+    djangoTables = await withClient(site.db.url, async (c) =>
+      (await c.query<{ t: string }>(`SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`)).rows.map((r) => r.t),
+    );
     await applyMigrations({ databaseUrl: site.db.url, directory: DJANGO_MODE_MIGRATIONS });
     prisma = new PrismaClient({ adapter: new PrismaPg({ connectionString: site.db.url }) });
   });
@@ -604,15 +693,19 @@ describe("REGISTRY_SCHEMA=django: Django's migrate and prisma/django-migrations 
     expect(expected.map((m) => m.table).sort()).toEqual(['auth_user', 'ingest_lamps', 'lampi_lampi']);
     const ours = expected.filter((m) => !djangoTables.includes(m.table)).map((m) => m.table);
     expect(ours).toEqual(['ingest_lamps']);
-    const after = await withClient(site.db.url, async (c) => (await c.query<{ t: string }>(`SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`)).rows.map((r) => r.t));
+    const after = await withClient(site.db.url, async (c) =>
+      (await c.query<{ t: string }>(`SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`)).rows.map((r) => r.t),
+    );
     expect(after).toEqual([...djangoTables, ...ours, '_prisma_migrations'].sort());
   });
 
-  it('every model has exactly its table\'s columns, types, nullability and defaults (Django keeps none in the database)', async () => {
+  it("every model has exactly its table's columns, types, nullability and defaults (Django keeps none in the database)", async () => {
     const tables = new Set(expected.map((m) => m.table));
     const columns = (await withClient(site.db.url, catalogColumns)).filter((c) => tables.has(c.table));
     const key = (r: { table: string; column: string }) => `${r.table}.${r.column}`;
-    const want = expected.flatMap((m) => m.columns.map((c) => ({ table: m.table, column: c.column, type: c.type, nullable: c.nullable, default: c.default ?? null })));
+    const want = expected.flatMap((m) =>
+      m.columns.map((c) => ({ table: m.table, column: c.column, type: c.type, nullable: c.nullable, default: c.default ?? null })),
+    );
     expect([...columns].sort((a, b) => key(a).localeCompare(key(b)))).toEqual(want.sort((a, b) => key(a).localeCompare(key(b))));
   });
 
@@ -625,15 +718,23 @@ describe("REGISTRY_SCHEMA=django: Django's migrate and prisma/django-migrations 
         CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
         GROUP BY x.indexrelid, 1, 2, 3`)
       ).rows,
-      foreignKeys: (await c.query<{ table: string; definition: string }>(`SELECT conrelid::regclass::text AS table, pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE contype = 'f'`)).rows,
+      foreignKeys: (
+        await c.query<{ table: string; definition: string }>(
+          `SELECT conrelid::regclass::text AS table, pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE contype = 'f'`,
+        )
+      ).rows,
     }));
     for (const m of expected) {
       const of = indexes.filter((i) => i.table === m.table);
-      for (const c of m.columns.filter((c) => c.id)) expect(of).toContainEqual({ table: m.table, unique: true, primary: true, columns: [c.column] });
-      for (const c of m.columns.filter((c) => c.unique)) expect(of).toContainEqual({ table: m.table, unique: true, primary: false, columns: [c.column] });
+      for (const c of m.columns.filter((c) => c.id))
+        expect(of).toContainEqual({ table: m.table, unique: true, primary: true, columns: [c.column] });
+      for (const c of m.columns.filter((c) => c.unique))
+        expect(of).toContainEqual({ table: m.table, unique: true, primary: false, columns: [c.column] });
       for (const cols of m.indexes) expect(of).toContainEqual({ table: m.table, unique: false, primary: false, columns: cols });
       for (const r of m.relations) {
-        expect(foreignKeys.filter((f) => f.table === m.table).map((f) => f.definition)).toContainEqual(expect.stringContaining(`FOREIGN KEY (${r.columns.join(', ')}) REFERENCES ${r.table}(${r.references.join(', ')})`));
+        expect(foreignKeys.filter((f) => f.table === m.table).map((f) => f.definition)).toContainEqual(
+          expect.stringContaining(`FOREIGN KEY (${r.columns.join(', ')}) REFERENCES ${r.table}(${r.references.join(', ')})`),
+        );
       }
     }
     // Nothing of ours points at Django's tables: the site deletes lamps without asking us.
@@ -642,11 +743,27 @@ describe("REGISTRY_SCHEMA=django: Django's migrate and prisma/django-migrations 
 
   it('the client writes through the models what Django reads back', async () => {
     const user = await prisma.authUser.create({
-      data: { username: 'prisma-made', password: '!x', isSuperuser: false, firstName: '', lastName: '', email: '', isStaff: false, isActive: true, dateJoined: new Date() },
+      data: {
+        username: 'prisma-made',
+        password: '!x',
+        isSuperuser: false,
+        firstName: '',
+        lastName: '',
+        email: '',
+        isStaff: false,
+        isActive: true,
+        dateJoined: new Date(),
+      },
     });
-    await prisma.lampi.create({ data: { deviceId: 'b827eb00d1a0', name: 'Desk', associationCode: 'f'.repeat(32), createdAt: new Date(), userId: user.id } });
+    await prisma.lampi.create({
+      data: { deviceId: 'b827eb00d1a0', name: 'Desk', associationCode: 'f'.repeat(32), createdAt: new Date(), userId: user.id },
+    });
     await prisma.ingestLamp.create({ data: { deviceId: 'b827eb00d1a0', associationCode: 'f'.repeat(32), bridgeConnected: true } });
-    expect(await site.python(`l = Lampi.objects.get(device_id='b827eb00d1a0')\nemit([l.name, l.user.username, l.association_code])`)).toEqual(['Desk', 'prisma-made', 'f'.repeat(32)]);
-    expect((await prisma.lampi.findUniqueOrThrow({ where: { associationCode: 'f'.repeat(32) }, include: { user: true } })).user.username).toBe('prisma-made');
+    expect(
+      await site.python(`l = Lampi.objects.get(device_id='b827eb00d1a0')\nemit([l.name, l.user.username, l.association_code])`),
+    ).toEqual(['Desk', 'prisma-made', 'f'.repeat(32)]);
+    expect(
+      (await prisma.lampi.findUniqueOrThrow({ where: { associationCode: 'f'.repeat(32) }, include: { user: true } })).user.username,
+    ).toBe('prisma-made');
   });
 });

@@ -88,7 +88,10 @@ async function startBroker(lampsPasswd?: string, env: Record<string, string> = {
   child.stderr.on('data', (c: Buffer) => (output += c.toString()));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   try {
-    await Promise.race([Promise.all([waitForPort(port), waitForPort(tlsPort)]), exited.then(() => Promise.reject(new Error(`broker exited:\n${output}`)))]);
+    await Promise.race([
+      Promise.all([waitForPort(port), waitForPort(tlsPort)]),
+      exited.then(() => Promise.reject(new Error(`broker exited:\n${output}`))),
+    ]);
   } catch (err) {
     child.kill();
     throw err;
@@ -115,7 +118,10 @@ function hashed(username: string, password: string): string {
 }
 
 const clients: MqttClient[] = [];
-async function connect(port: number, options: { username?: string; password?: string; clientId?: string; clean?: boolean }): Promise<MqttClient> {
+async function connect(
+  port: number,
+  options: { username?: string; password?: string; clientId?: string; clean?: boolean },
+): Promise<MqttClient> {
   const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
     protocolVersion: 4, // a lamp's bridge speaks MQTT 3.1.1
     reconnectPeriod: 0,
@@ -149,7 +155,9 @@ describe('deploy/mosquitto: the compose broker configuration', () => {
   let broker: Broker;
   beforeAll(async () => {
     // The lamps' file: two lamps, a comment, and a line that tries to take over our service user.
-    broker = await startBroker(`# lamps\n${hashed(LAMP.id, LAMP.password)}${hashed(OTHER.id, OTHER.password)}${hashed(SERVICE.username, 'taken-over')}`);
+    broker = await startBroker(
+      `# lamps\n${hashed(LAMP.id, LAMP.password)}${hashed(OTHER.id, OTHER.password)}${hashed(SERVICE.username, 'taken-over')}`,
+    );
   });
   afterAll(async () => {
     await Promise.all(clients.map((c) => c.endAsync(true).catch(() => {})));
@@ -161,14 +169,23 @@ describe('deploy/mosquitto: the compose broker configuration', () => {
     for (const file of ['passwd', 'acl']) expect(statSync(path.join(broker.root, 'run', file)).mode & 0o077).toBe(0);
     const passwd = readFileSync(path.join(broker.root, 'run/passwd'), 'utf8');
     expect(passwd).not.toContain(SERVICE.password);
-    expect(passwd.split('\n').filter(Boolean).map((l) => l.split(':')[0])).toEqual([LAMP.id, OTHER.id, SERVICE.username]);
+    expect(
+      passwd
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split(':')[0]),
+    ).toEqual([LAMP.id, OTHER.id, SERVICE.username]);
     expect(readFileSync(path.join(broker.root, 'run/acl'), 'utf8')).toMatch(new RegExp(`^user ${SERVICE.username}$`, 'm'));
   });
 
   it('refuses anonymous clients, wrong passwords, and a lamps.passwd entry for our service user', async () => {
     expect(await refused(broker.port, {})).toMatch(/Not authorized|not authorised/i);
-    expect(await refused(broker.port, { username: LAMP.id, password: 'wrong' })).toMatch(/Not authorized|not authorised|Bad username or password/i);
-    expect(await refused(broker.port, { username: SERVICE.username, password: 'taken-over' })).toMatch(/Not authorized|not authorised|Bad username or password/i);
+    expect(await refused(broker.port, { username: LAMP.id, password: 'wrong' })).toMatch(
+      /Not authorized|not authorised|Bad username or password/i,
+    );
+    expect(await refused(broker.port, { username: SERVICE.username, password: 'taken-over' })).toMatch(
+      /Not authorized|not authorised|Bad username or password/i,
+    );
     const service = await connect(broker.port, SERVICE);
     expect(service.connected).toBe(true);
   });
@@ -206,33 +223,38 @@ describe('deploy/mosquitto: the compose broker configuration', () => {
     expect(seenShared.map((m) => m.payload)).toEqual(['own-slash', 'own', 'sentinel']);
   });
 
-  it('a lamp reads its own association topic, never another lamp\'s', async () => {
+  it("a lamp reads its own association topic, never another lamp's", async () => {
     const lamp = await connect(broker.port, { username: LAMP.id, password: LAMP.password, clientId: `${LAMP.id}_broker` });
     const seen = collect(lamp);
     await lamp.subscribeAsync(['#', `/devices/${OTHER.id}/lamp/associated`, `/devices/${LAMP.id}/lamp/associated`], { qos: 1 });
     const service = await connect(broker.port, SERVICE);
     await service.publishAsync(`/devices/${OTHER.id}/lamp/associated`, 'DENIED other code', { qos: 1 });
     await service.publishAsync(`/devices/${LAMP.id}/lamp/associated`, 'own code', { qos: 1 });
-    await waitFor('the lamp\'s association code', () => seen.some((m) => m.payload === 'own code'), 10_000);
+    await waitFor("the lamp's association code", () => seen.some((m) => m.payload === 'own code'), 10_000);
     await sleep(200);
     expect(seen.map((m) => m.payload).filter((p) => p.startsWith('DENIED'))).toEqual([]);
   });
 
-  it('docker-compose.yml\'s healthcheck for the broker passes against it (and fails with a wrong password)', () => {
-    const compose = parse(readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8'), { merge: true }) as { services: { mosquitto: { healthcheck: { test: string[] } } } };
+  it("docker-compose.yml's healthcheck for the broker passes against it (and fails with a wrong password)", () => {
+    const compose = parse(readFileSync(path.join(ROOT, 'docker-compose.yml'), 'utf8'), { merge: true }) as {
+      services: { mosquitto: { healthcheck: { test: string[] } } };
+    };
     const [kind, command] = compose.services.mosquitto.healthcheck.test;
     expect(kind).toBe('CMD-SHELL');
     const local = command!.replaceAll('$$', '$').replace('-p 1883', `-p ${broker.port}`);
     const run = (password: string) => {
       const file = path.join(mkdtempSync(path.join(tmpdir(), 'lampi-hc-')), 'pw');
       writeFileSync(file, password);
-      return spawnSync('sh', ['-c', local], { env: { PATH: process.env.PATH, MQTT_USERNAME: SERVICE.username, MQTT_PASSWORD_FILE: file }, timeout: 15_000 });
+      return spawnSync('sh', ['-c', local], {
+        env: { PATH: process.env.PATH, MQTT_USERNAME: SERVICE.username, MQTT_PASSWORD_FILE: file },
+        timeout: 15_000,
+      });
     };
     expect(run(SERVICE.password).status).toBe(0);
     expect(run('wrong').status).not.toBe(0);
   });
 
-  it('an offline persistent session keeps 5000 QoS 1 messages (Mosquitto\'s default drops beyond 1000)', async () => {
+  it("an offline persistent session keeps 5000 QoS 1 messages (Mosquitto's default drops beyond 1000)", async () => {
     const clientId = 'lampi-svc-queue-test';
     const subscriber = await connect(broker.port, { ...SERVICE, clientId, clean: false });
     await subscriber.subscribeAsync('devices/+/lamp/changed', { qos: 1 });
@@ -246,7 +268,13 @@ describe('deploy/mosquitto: the compose broker configuration', () => {
 
     // The queue is delivered right after CONNACK: listen before connecting.
     const received = new Set<string>();
-    const back = mqtt.connect(`mqtt://127.0.0.1:${broker.port}`, { protocolVersion: 4, reconnectPeriod: 0, clientId, clean: false, ...SERVICE });
+    const back = mqtt.connect(`mqtt://127.0.0.1:${broker.port}`, {
+      protocolVersion: 4,
+      reconnectPeriod: 0,
+      clientId,
+      clean: false,
+      ...SERVICE,
+    });
     clients.push(back);
     back.on('message', (_topic, payload) => received.add(payload.toString()));
     await waitFor(`${total} messages after reconnecting`, () => received.size >= total, 15_000).catch(() => {});
@@ -298,7 +326,7 @@ describe('deploy/mosquitto: the TLS listener for lamps (certificates from script
     const seen = collect(service);
     const lamp = await connectTls('localhost', ca(), { username: LAMP.id, password: LAMP.password });
     await lamp.publishAsync(`devices/${LAMP.id}/lamp/changed`, 'over tls', { qos: 1 });
-    await waitFor('the lamp\'s message over TLS', () => seen.some((m) => m.payload === 'over tls'), 5000);
+    await waitFor("the lamp's message over TLS", () => seen.some((m) => m.payload === 'over tls'), 5000);
   });
 
   it('refuses a client that trusts another CA, and one that expects a name the certificate does not carry', async () => {
@@ -309,7 +337,9 @@ describe('deploy/mosquitto: the TLS listener for lamps (certificates from script
   });
 
   it('still needs a login over TLS', async () => {
-    expect(await tlsRefused('127.0.0.1', ca(), { username: LAMP.id, password: 'wrong' })).toMatch(/Not authorized|Bad username or password/i);
+    expect(await tlsRefused('127.0.0.1', ca(), { username: LAMP.id, password: 'wrong' })).toMatch(
+      /Not authorized|Bad username or password/i,
+    );
   });
 });
 
@@ -317,18 +347,33 @@ describe('deploy/mosquitto/entrypoint.sh refuses to start a broker nobody can us
   it('without MQTT_PASSWORD: one line, exit 1', async () => {
     const { root } = layout();
     const result = spawnSync('sh', [path.join(DEPLOY, 'entrypoint.sh'), 'true'], {
-      env: { PATH: process.env.PATH, MOSQUITTO_CONFIG_DIR: path.join(root, 'config'), MOSQUITTO_RUN_DIR: path.join(root, 'run'), MQTT_USERNAME: 'svc' },
+      env: {
+        PATH: process.env.PATH,
+        MOSQUITTO_CONFIG_DIR: path.join(root, 'config'),
+        MOSQUITTO_RUN_DIR: path.join(root, 'run'),
+        MQTT_USERNAME: 'svc',
+      },
     });
     expect(result.status).toBe(1);
-    expect(result.stderr.toString()).toBe('mosquitto entrypoint: MQTT_PASSWORD is required: set it (and MQTT_USERNAME) for the broker and our services, e.g. in .env\n');
+    expect(result.stderr.toString()).toBe(
+      'mosquitto entrypoint: MQTT_PASSWORD is required: set it (and MQTT_USERNAME) for the broker and our services, e.g. in .env\n',
+    );
   });
 
   it('with a clear-text password in lamps.passwd: one line, exit 1', async () => {
     const { root } = layout(`${LAMP.id}:plain-text\n`);
     const result = spawnSync('sh', [path.join(DEPLOY, 'entrypoint.sh'), 'true'], {
-      env: { PATH: process.env.PATH, MOSQUITTO_CONFIG_DIR: path.join(root, 'config'), MOSQUITTO_RUN_DIR: path.join(root, 'run'), MQTT_USERNAME: 'svc', MQTT_PASSWORD: 'pw' },
+      env: {
+        PATH: process.env.PATH,
+        MOSQUITTO_CONFIG_DIR: path.join(root, 'config'),
+        MOSQUITTO_RUN_DIR: path.join(root, 'run'),
+        MQTT_USERNAME: 'svc',
+        MQTT_PASSWORD: 'pw',
+      },
     });
     expect(result.status).toBe(1);
-    expect(result.stderr.toString()).toMatch(/^mosquitto entrypoint: .*lamps\.passwd has lines that are not hashed: create it with mosquitto_passwd\n$/);
+    expect(result.stderr.toString()).toMatch(
+      /^mosquitto entrypoint: .*lamps\.passwd has lines that are not hashed: create it with mosquitto_passwd\n$/,
+    );
   });
 });

@@ -18,7 +18,9 @@ async function scrape(port: number): Promise<string> {
 }
 
 function gauge(metrics: string, name: string, labels: Record<string, string>): number | undefined {
-  const line = metrics.split('\n').find((l) => l.startsWith(`${name}{`) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
+  const line = metrics
+    .split('\n')
+    .find((l) => l.startsWith(`${name}{`) && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
   return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
 }
 
@@ -53,9 +55,13 @@ describe('operations endpoints', () => {
     const device = randomDeviceId();
     const lamp = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-lamp` });
     await lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, '1', { qos: 1 });
-    for (let i = 0; i < 40; i++) await lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ on: true, brightness: i / 40 }), { qos: 1 });
+    for (let i = 0; i < 40; i++)
+      await lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ on: true, brightness: i / 40 }), { qos: 1 });
 
-    await waitFor('40 lamp states queued', async () => gauge(await scrape(subscriberPort), 'lampi_messages_enqueued_total', { kind: 'lamp-state' }) === 40);
+    await waitFor(
+      '40 lamp states queued',
+      async () => gauge(await scrape(subscriberPort), 'lampi_messages_enqueued_total', { kind: 'lamp-state' }) === 40,
+    );
     const metrics = await scrape(subscriberPort);
     // Lamp states travel in groups: the backlog is counted in jobs, each holding one or more.
     const jobs = gauge(metrics, 'lampi_queue_jobs', { queue: 'ingest', state: 'waiting' })!;
@@ -74,7 +80,11 @@ describe('operations endpoints', () => {
     });
     procs.push(worker);
     await waitForLog(worker, 'worker ready');
-    await waitFor('the backlog drained', async () => gauge(await scrape(subscriberPort), 'lampi_queue_jobs', { queue: 'ingest', state: 'waiting' }) === 0, 30_000);
+    await waitFor(
+      'the backlog drained',
+      async () => gauge(await scrape(subscriberPort), 'lampi_queue_jobs', { queue: 'ingest', state: 'waiting' }) === 0,
+      30_000,
+    );
     await waitFor('every event at Keen', () => keen.eventsIn('devicestate').length === 40);
 
     const workerMetrics = await waitFor('the worker counted its Keen deliveries', async () => {
@@ -94,7 +104,14 @@ describe('operations endpoints', () => {
     const redis = await startRedis();
     const port = await freePort();
     const own = randomPrefix('ops-ready');
-    const subscriber = startService('subscriber', { REDIS_URL: redis.url, QUEUE_PREFIX: own, MQTT_URL: services.mqtt, MQTT_CLIENT_ID: own, MQTT_SHARE_GROUP: own, METRICS_PORT: String(port) });
+    const subscriber = startService('subscriber', {
+      REDIS_URL: redis.url,
+      QUEUE_PREFIX: own,
+      MQTT_URL: services.mqtt,
+      MQTT_CLIENT_ID: own,
+      MQTT_SHARE_GROUP: own,
+      METRICS_PORT: String(port),
+    });
     procs.push(subscriber);
     await waitForLog(subscriber, 'subscriber ready');
     await redis.kill('SIGKILL');

@@ -15,7 +15,16 @@ import { API_TIMEOUT_MS } from '../../src/dashboard/dashboard.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomPrefix } from '../support/ids.js';
-import { freePort, sleep, startMosquitto, startRedis, startService, waitFor, waitForLog, type ManagedProcess } from '../support/processes.js';
+import {
+  freePort,
+  sleep,
+  startMosquitto,
+  startRedis,
+  startService,
+  waitFor,
+  waitForLog,
+  type ManagedProcess,
+} from '../support/processes.js';
 
 const services = inject('services');
 
@@ -36,7 +45,8 @@ function logLines(proc: ManagedProcess): Array<Record<string, unknown>> {
     });
 }
 
-const count = (proc: ManagedProcess, dependency: string, msg: RegExp) => logLines(proc).filter((line) => line.dependency === dependency && msg.test(String(line.msg))).length;
+const count = (proc: ManagedProcess, dependency: string, msg: RegExp) =>
+  logLines(proc).filter((line) => line.dependency === dependency && msg.test(String(line.msg))).length;
 const DOWN = /is unreachable/;
 const BACK = /is reachable again/;
 
@@ -61,11 +71,21 @@ describe('outages', () => {
     ]);
     const common = { REDIS_URL: redis.url, QUEUE_PREFIX: prefix, MQTT_URL: mosquitto.url, MQTT_CLIENT_ID: prefix, METRICS_PORT: '0' };
     subscriber = startService('subscriber', { ...common, MQTT_SHARE_GROUP: prefix, SUBSCRIBER_CONNECTIONS: '3' });
-    worker = startService('worker', { ...common, DATABASE_URL: db.url, KEEN_API_URL: keen.url, KEEN_PROJECT_ID: keen.projectId, KEEN_WRITE_KEY: keen.writeKey });
+    worker = startService('worker', {
+      ...common,
+      DATABASE_URL: db.url,
+      KEEN_API_URL: keen.url,
+      KEEN_PROJECT_ID: keen.projectId,
+      KEEN_WRITE_KEY: keen.writeKey,
+    });
     const port = await freePort();
     dashboardUrl = `http://127.0.0.1:${port}`;
     dashboard = startService('dashboard', { REDIS_URL: redis.url, QUEUE_PREFIX: prefix, DASHBOARD_PORT: String(port) });
-    await Promise.all([waitForLog(subscriber, 'subscriber ready'), waitForLog(worker, 'worker ready'), waitForLog(dashboard, 'dashboard listening')]);
+    await Promise.all([
+      waitForLog(subscriber, 'subscriber ready'),
+      waitForLog(worker, 'worker ready'),
+      waitForLog(dashboard, 'dashboard listening'),
+    ]);
   });
 
   afterAll(async () => {
@@ -92,16 +112,23 @@ describe('outages', () => {
     expect((await get('/api/queues')).status).toBe(200);
     const said = (msg: string) => logLines(dashboard).filter((line) => line.msg === msg).length;
     await waitFor('the dashboard saying Redis answers again', () => said('dashboard: Redis answers again') > 0, 5000);
-    expect({ hangs: said('dashboard: Redis did not answer in time'), back: said('dashboard: Redis answers again') }).toEqual({ hangs: 1, back: 1 });
+    expect({ hangs: said('dashboard: Redis did not answer in time'), back: said('dashboard: Redis answers again') }).toEqual({
+      hangs: 1,
+      back: 1,
+    });
   });
 
   it('Redis gone for a few seconds: one warning and one "back" line per process, and the dashboard answers 503 meanwhile', async () => {
     await redis.kill('SIGKILL');
-    for (const [name, proc] of Object.entries(processes())) await waitFor(`${name} saying Redis is gone`, () => count(proc, 'redis', DOWN) > 0, 10_000);
+    for (const [name, proc] of Object.entries(processes()))
+      await waitFor(`${name} saying Redis is gone`, () => count(proc, 'redis', DOWN) > 0, 10_000);
 
     const api = await get('/api/queues');
     expect(api.status).toBe(503);
-    expect(await api.json()).toEqual({ error: 'redis_unreachable', message: `Redis is unreachable (${redis.url}): the dashboard answers 503 until it is back` });
+    expect(await api.json()).toEqual({
+      error: 'redis_unreachable',
+      message: `Redis is unreachable (${redis.url}): the dashboard answers 503 until it is back`,
+    });
     const page = await get('/');
     expect(page.status).toBe(503);
     expect(await page.text()).toContain('<h1>Redis is unreachable</h1>');
@@ -113,7 +140,8 @@ describe('outages', () => {
     // Long enough for many reconnect attempts of every connection.
     await sleep(3000);
     redis = await startRedis({ port: redis.port, appendonly: false });
-    for (const [name, proc] of Object.entries(processes())) await waitFor(`${name} saying Redis is back`, () => count(proc, 'redis', BACK) > 0, 15_000);
+    for (const [name, proc] of Object.entries(processes()))
+      await waitFor(`${name} saying Redis is back`, () => count(proc, 'redis', BACK) > 0, 15_000);
     expect((await get('/api/queues')).status).toBe(200);
     const page2 = await get('/');
     expect(page2.status).toBe(200);
@@ -135,10 +163,12 @@ describe('outages', () => {
   it('the broker gone for a few seconds: one warning and one "back" line from the subscriber (3 connections) and the worker', async () => {
     const { port, dir } = mosquitto;
     await mosquitto.kill('SIGKILL');
-    for (const [name, proc] of Object.entries({ subscriber, worker })) await waitFor(`${name} saying the broker is gone`, () => count(proc, 'mqtt', DOWN) > 0, 10_000);
+    for (const [name, proc] of Object.entries({ subscriber, worker }))
+      await waitFor(`${name} saying the broker is gone`, () => count(proc, 'mqtt', DOWN) > 0, 10_000);
     await sleep(3000);
     mosquitto = await startMosquitto({ port, dir });
-    for (const [name, proc] of Object.entries({ subscriber, worker })) await waitFor(`${name} saying the broker is back`, () => count(proc, 'mqtt', BACK) > 0, 15_000);
+    for (const [name, proc] of Object.entries({ subscriber, worker }))
+      await waitFor(`${name} saying the broker is back`, () => count(proc, 'mqtt', BACK) > 0, 15_000);
     for (const [name, proc] of Object.entries({ subscriber, worker })) {
       expect({ name, down: count(proc, 'mqtt', DOWN), back: count(proc, 'mqtt', BACK) }).toEqual({ name, down: 1, back: 1 });
       expect(logLines(proc).filter((line) => line.level === 'error')).toEqual([]);
@@ -159,7 +189,10 @@ describe('PostgreSQL outage', () => {
 
   beforeAll(async () => {
     postgres = await createPrivatePostgres(path.join(dir, 'pg'), await freePort());
-    [db, keen] = await Promise.all([createTestDatabase(postgres.adminUrl), startFakeKeen({ projectId: 'pg-outage', writeKey: 'pg-outage-key' })]);
+    [db, keen] = await Promise.all([
+      createTestDatabase(postgres.adminUrl),
+      startFakeKeen({ projectId: 'pg-outage', writeKey: 'pg-outage-key' }),
+    ]);
     worker = startService('worker', {
       REDIS_URL: services.redis,
       MQTT_URL: services.mqtt,

@@ -56,7 +56,14 @@ describe('lampi_redis_memory_used_ratio', () => {
 
 describe('parseRedisMemory', () => {
   it('reads the two fields from INFO memory text, and says so when they are missing', () => {
-    expect(parseRedisMemory('# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:268435456\r\n')).toEqual({ ok: true, used: 1048576, max: 268435456 });
-    expect(parseRedisMemory('# Memory\r\nused_memory_human:1.00M\r\n')).toEqual({ ok: false, reason: 'INFO memory has no used_memory or maxmemory' });
+    expect(parseRedisMemory('# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:268435456\r\n')).toEqual({
+      ok: true,
+      used: 1048576,
+      max: 268435456,
+    });
+    expect(parseRedisMemory('# Memory\r\nused_memory_human:1.00M\r\n')).toEqual({
+      ok: false,
+      reason: 'INFO memory has no used_memory or maxmemory',
+    });
   });
 });

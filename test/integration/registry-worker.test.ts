@@ -9,7 +9,16 @@ import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { AsSent, BridgeStateMessage, BridgeStatesJob, KeenDeliveryJob, KeenEventRecord, LampStateMessage, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
+import type {
+  AsSent,
+  BridgeStateMessage,
+  BridgeStatesJob,
+  KeenDeliveryJob,
+  KeenEventRecord,
+  LampStateMessage,
+  LampStatesJob,
+  RejectedMessageJob,
+} from '../../src/shared/jobs.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
@@ -126,7 +135,8 @@ function registryStage(label: string) {
     addBridgeStates: (states: BridgeStatesJob['states'], jobId: string) =>
       stage.queues.bridgeStateQueueFor(states[0]!.deviceId).add('bridge-states', { kind: 'bridge-states', states }, { jobId }),
 
-    addLampStates: (states: LampStatesJob['states'], jobId: string) => stage.queues.ingest.add('lamp-states', { kind: 'lamp-states', states }, { jobId }),
+    addLampStates: (states: LampStatesJob['states'], jobId: string) =>
+      stage.queues.ingest.add('lamp-states', { kind: 'lamp-states', states }, { jobId }),
 
     async allIngestDone(): Promise<boolean> {
       for (const queue of [stage.queues.ingest, ...stage.queues.bridgeState]) {
@@ -162,13 +172,16 @@ describe('registry worker', () => {
   beforeAll(async () => {
     await stage.open();
     associations = await mqtt.connectAsync(services.mqtt, { clientId: `${stage.prefix}-observer` });
-    associations.on('message', (topic, payload, packet) => associationMessages.push({ topic, payload: payload.toString(), retain: packet.retain }));
+    associations.on('message', (topic, payload, packet) =>
+      associationMessages.push({ topic, payload: payload.toString(), retain: packet.retain }),
+    );
     await associations.subscribeAsync('/devices/+/lamp/associated', { qos: 1 });
   });
   afterAll(async () => {
     await stage.close();
     // Retained association messages of our random lamps are cleared from the shared broker.
-    for (const topic of new Set(associationMessages.map((m) => m.topic))) await associations.publishAsync(topic, '', { qos: 1, retain: true });
+    for (const topic of new Set(associationMessages.map((m) => m.topic)))
+      await associations.publishAsync(topic, '', { qos: 1, retain: true });
     await associations.endAsync();
   });
 
@@ -178,7 +191,8 @@ describe('registry worker', () => {
     const jobs: Array<{ data: BridgeStateMessage; jobId: string }> = [];
     let n = 0;
     for (const deviceId of devices) {
-      for (let copy = 0; copy < 5; copy++) jobs.push({ data: bridge(deviceId, true, { retained: copy > 0 }), jobId: `race${(n++).toString(16).padStart(8, '0')}` });
+      for (let copy = 0; copy < 5; copy++)
+        jobs.push({ data: bridge(deviceId, true, { retained: copy > 0 }), jobId: `race${(n++).toString(16).padStart(8, '0')}` });
     }
     await Promise.all(jobs.sort(() => Math.random() - 0.5).map((job) => stage.addBridge(job.data, job.jobId)));
     await waitFor('all ingest jobs done', stage.allIngestDone);
@@ -223,7 +237,11 @@ describe('registry worker', () => {
       // broker's retained replays are no new connects): one code per lamp.
       const liveCopy = new Map(jobs.filter((job) => !job.data.retained).map((job) => [job.data.deviceId, job.jobId]));
       const expectedCount = (row: (typeof rows)[number]) => (row.createdByJobId === liveCopy.get(row.deviceId) ? 1 : 2);
-      await waitFor('the association messages', () => rows.every((row) => associationMessages.filter((m) => m.topic === `/devices/${row.deviceId}/lamp/associated`).length === expectedCount(row)));
+      await waitFor('the association messages', () =>
+        rows.every(
+          (row) => associationMessages.filter((m) => m.topic === `/devices/${row.deviceId}/lamp/associated`).length === expectedCount(row),
+        ),
+      );
       await sleep(300);
       for (const row of rows) {
         const received = associationMessages.filter((m) => m.topic === `/devices/${row.deviceId}/lamp/associated`);
@@ -247,18 +265,29 @@ describe('registry worker', () => {
     ];
     for (const [i, data] of sequence.entries()) await stage.addBridge(data, `seq${device}${i}`);
     await waitFor('all ingest jobs done', stage.allIngestDone);
-    const events = (await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'devicemonitoring');
-    expect(events.map((record) => [record.event.state, record.event.keen.timestamp]).sort((a, b) => String(a[1]).localeCompare(String(b[1])))).toEqual([
+    const events = (await stage.keenEvents()).filter(
+      (record) => record.event.device_id === device && record.collection === 'devicemonitoring',
+    );
+    expect(
+      events.map((record) => [record.event.state, record.event.keen.timestamp]).sort((a, b) => String(a[1]).localeCompare(String(b[1]))),
+    ).toEqual([
       ['connected', at(0)],
       ['disconnected', at(20)],
       ['connected', at(40)],
     ]);
-    expect((await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'activations')).toHaveLength(1);
+    expect(
+      (await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'activations'),
+    ).toHaveLength(1);
     // A replay sends nothing to Keen; a change sends its events in one job named after it.
     const ids = (await stage.keenJobs()).map((job) => job.id);
     expect([0, 1, 2, 3, 4].map((i) => ids.includes(`seq${device}${i}-keen`))).toEqual([true, false, true, false, true]);
-    expect((await stage.queues.keen.getJob(`seq${device}0-keen`))!.data.events.map((record) => record.collection)).toEqual(['activations', 'devicemonitoring']);
-    expect((await stage.queues.keen.getJob(`seq${device}2-keen`))!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual([`seq${device}2-devicemonitoring`]);
+    expect((await stage.queues.keen.getJob(`seq${device}0-keen`))!.data.events.map((record) => record.collection)).toEqual([
+      'activations',
+      'devicemonitoring',
+    ]);
+    expect((await stage.queues.keen.getJob(`seq${device}2-keen`))!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual(
+      [`seq${device}2-devicemonitoring`],
+    );
   });
 
   it('rejects a bridge disconnect of a lamp that never connected at once, recorded as the broker sent it', async () => {
@@ -294,14 +323,27 @@ describe('registry worker', () => {
     const partition = 3;
     const [a, b, c] = lampsOfPartition(3, partition);
     const at = (ms: number) => new Date(Date.parse('2026-11-28T11:00:00.000Z') + ms).toISOString();
-    const state = (deviceId: string, connected: boolean, ms: number, retained = false) => ({ ...bridge(deviceId, connected, { receivedAt: at(ms), retained }), messageId: messageId() });
-    const states = [state(a!, true, 0), state(b!, true, 1), state(a!, false, 10), state(c!, false, 11), state(a!, true, 20), state(b!, true, 30, true)];
+    const state = (deviceId: string, connected: boolean, ms: number, retained = false) => ({
+      ...bridge(deviceId, connected, { receivedAt: at(ms), retained }),
+      messageId: messageId(),
+    });
+    const states = [
+      state(a!, true, 0),
+      state(b!, true, 1),
+      state(a!, false, 10),
+      state(c!, false, 11),
+      state(a!, true, 20),
+      state(b!, true, 30, true),
+    ];
     const first = messageId();
     await stage.addBridgeStates(states, first);
     await waitFor('the job done', stage.allIngestDone);
 
     const keenJob = (await stage.queues.keen.getJob(`${first}-keen`))!.data;
-    const of = (device: string) => keenJob.events.filter((record) => record.event.device_id === device).map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token]);
+    const of = (device: string) =>
+      keenJob.events
+        .filter((record) => record.event.device_id === device)
+        .map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token]);
     expect(of(a!)).toEqual([
       ['activations', null, `${states[0]!.messageId}-activations`],
       ['devicemonitoring', 'connected', `${states[0]!.messageId}-devicemonitoring`],
@@ -356,9 +398,12 @@ describe('registry worker', () => {
     const failed = (await partition.getJob(malformed))!;
     expect(await failed.getState()).toBe('failed');
     expect(failed.attemptsMade).toBe(1);
-    expect(failed.failedReason).toBe('malformed job data: kind: not \'bridge-states\'');
+    expect(failed.failedReason).toBe("malformed job data: kind: not 'bridge-states'");
     expect(await (await partition.getJob(next))!.getState()).toBe('completed');
-    expect((await stage.queues.keen.getJob(`${next}-keen`))!.data.events.map((record) => record.collection)).toEqual(['activations', 'devicemonitoring']);
+    expect((await stage.queues.keen.getJob(`${next}-keen`))!.data.events.map((record) => record.collection)).toEqual([
+      'activations',
+      'devicemonitoring',
+    ]);
   });
 
   it('with UNKNOWN_DEVICE_STATES=reject, turns the lamp states of known lamps into one keen-delivery job while unknown lamps wait apart, then are rejected', async () => {
@@ -382,7 +427,12 @@ describe('registry worker', () => {
     const jobId = messageId();
     await stage.addLampStates(states, jobId);
 
-    const keenJob = await waitFor('the devicestate events', async () => (await stage.queues.keen.getJob(`${jobId}-keen`))?.data, 10_000, 20);
+    const keenJob = await waitFor(
+      'the devicestate events',
+      async () => (await stage.queues.keen.getJob(`${jobId}-keen`))?.data,
+      10_000,
+      20,
+    );
     // The known lamps' states did not wait for the unknown lamp's: theirs wait in a job of their own.
     const waiting = await stage.queues.ingest.getJob(`${jobId}-w`);
     expect(waiting).toBeDefined();
@@ -398,14 +448,20 @@ describe('registry worker', () => {
         addons: [{ name: 'keen:date_time_parser', input: { date_time: 'keen.timestamp' }, output: 'timestamp.info' }],
       },
     });
-    expect(keenJob.events[1]!.event).toMatchObject({ device_id: alsoKnown, state: { ...state, on: false }, keen: { uniqueness_token: `${states[2]!.messageId}-devicestate` } });
+    expect(keenJob.events[1]!.event).toMatchObject({
+      device_id: alsoKnown,
+      state: { ...state, on: false },
+      keen: { uniqueness_token: `${states[2]!.messageId}-devicestate` },
+    });
 
     const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
     try {
       const records = await waitFor(
         'unknown device rejections',
         async () => {
-          const found = await Promise.all([states[1]!, states[3]!].map(async (s) => (await rejected.getJob(`${s.messageId}-rejected`))?.data));
+          const found = await Promise.all(
+            [states[1]!, states[3]!].map(async (s) => (await rejected.getJob(`${s.messageId}-rejected`))?.data),
+          );
           return found.every(Boolean) ? (found as RejectedMessageJob[]) : undefined;
         },
         20_000,
@@ -458,7 +514,9 @@ describe('registry worker', () => {
       10_000,
       50,
     );
-    expect(events.map((record) => [record.collection, record.event.device_id, record.event.state, record.event.keen.uniqueness_token])).toEqual([
+    expect(
+      events.map((record) => [record.collection, record.event.device_id, record.event.state, record.event.keen.uniqueness_token]),
+    ).toEqual([
       ['devicestate', late, { on: true, n: 1 }, `${states[0]!.messageId}-devicestate`],
       ['devicestate', late, { on: true, n: 2 }, `${states[1]!.messageId}-devicestate`],
     ]);
@@ -469,7 +527,9 @@ describe('registry worker', () => {
     } finally {
       await rejected.close();
     }
-    expect((await stage.keenEvents()).filter((record) => record.event.device_id === late && record.collection === 'devicestate')).toHaveLength(2);
+    expect(
+      (await stage.keenEvents()).filter((record) => record.event.device_id === late && record.collection === 'devicestate'),
+    ).toHaveLength(2);
   });
 
   it('tells a claimed lamp that reconnects it is claimed, read from the registry at that moment', async () => {
@@ -493,8 +553,15 @@ describe('registry worker', () => {
         [{ associated: true }, false],
       ]);
       // Claimed, not re-created: the same row, one activation.
-      expect(await prisma.device.findUniqueOrThrow({ where: { deviceId: device } })).toEqual({ ...row, bridgeConnected: true, bridgeStateAt: expect.any(Date), bridgeStateJobId: `claim${device}2` });
-      expect((await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'activations')).toHaveLength(1);
+      expect(await prisma.device.findUniqueOrThrow({ where: { deviceId: device } })).toEqual({
+        ...row,
+        bridgeConnected: true,
+        bridgeStateAt: expect.any(Date),
+        bridgeStateJobId: `claim${device}2`,
+      });
+      expect(
+        (await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'activations'),
+      ).toHaveLength(1);
     } finally {
       await prisma.$disconnect();
     }
@@ -509,7 +576,11 @@ describe('registry worker delivering lamp states to Keen itself', () => {
   beforeAll(async () => {
     await stage.open();
     keen = await startFakeKeen({ projectId: 'direct-project', writeKey: 'direct-write-key' });
-    batcher = new KeenBatcher({ client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }), maxEvents: 50, lingerMs: 5 });
+    batcher = new KeenBatcher({
+      client: new KeenClient({ apiUrl: keen.url, projectId: keen.projectId, writeKey: keen.writeKey, timeoutMs: 2000 }),
+      maxEvents: 50,
+      lingerMs: 5,
+    });
     await stage.startWorkers(1, { keen: batcher });
   });
   afterAll(async () => {
@@ -525,13 +596,19 @@ describe('registry worker delivering lamp states to Keen itself', () => {
     await waitFor('both lamps registered', stage.allIngestDone);
     // The bridge states' events still travel through keen-delivery (nobody delivers them here).
     const queuedBefore = (await stage.keenJobs()).length;
-    keen.rejectEvents((_c, e) => ((e.state as { poison?: boolean } | undefined)?.poison ? { name: 'InvalidPropertyValueError', description: 'refused for the test' } : undefined));
+    keen.rejectEvents((_c, e) =>
+      (e.state as { poison?: boolean } | undefined)?.poison
+        ? { name: 'InvalidPropertyValueError', description: 'refused for the test' }
+        : undefined,
+    );
 
     const states = [lampState(a, { on: true }), lampState(b, { on: false, poison: true }), lampState(a, { on: false })];
     const jobId = messageId();
     await stage.addLampStates(states, jobId);
     await waitFor('the job done', stage.allIngestDone);
-    expect(keen.tokens('devicestate').sort()).toEqual([`${states[0]!.messageId}-devicestate`, `${states[2]!.messageId}-devicestate`].sort());
+    expect(keen.tokens('devicestate').sort()).toEqual(
+      [`${states[0]!.messageId}-devicestate`, `${states[2]!.messageId}-devicestate`].sort(),
+    );
     // Only the refused event went on, for keen-delivery to retry and dead-letter.
     const rest = await stage.queues.keen.getJob(`${jobId}-keen`);
     expect(rest!.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual([`${states[1]!.messageId}-devicestate`]);
@@ -572,9 +649,9 @@ describe('registry worker with UNKNOWN_DEVICE_STATES=record (the default)', () =
     await waitFor('the job done', stage.allIngestDone);
 
     const keenJob = (await stage.queues.keen.getJob(`${jobId}-keen`))!.data;
-    expect(keenJob.events.map((record) => [record.collection, record.event.device_id, record.event.state, record.event.keen.uniqueness_token])).toEqual(
-      states.map((s) => ['devicestate', s.deviceId, s.state, `${s.messageId}-devicestate`]),
-    );
+    expect(
+      keenJob.events.map((record) => [record.collection, record.event.device_id, record.event.state, record.event.keen.uniqueness_token]),
+    ).toEqual(states.map((s) => ['devicestate', s.deviceId, s.state, `${s.messageId}-devicestate`]));
     expect(keenJob.events[0]!.event.keen).toMatchObject({ timestamp: states[0]!.receivedAt, addons: [{ name: 'keen:date_time_parser' }] });
     // Nothing waited and nothing was rejected.
     expect(await stage.queues.ingest.getJob(`${jobId}-w`)).toBeUndefined();
@@ -614,7 +691,9 @@ describe('registry worker through a PostgreSQL outage', () => {
   /** The database refuses new connections and loses the ones it had, as in a restart. */
   async function takeDatabaseAway() {
     await admin.query(`ALTER DATABASE ${stage.db.name} ALLOW_CONNECTIONS false`);
-    await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [stage.db.name]);
+    await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [
+      stage.db.name,
+    ]);
   }
 
   it('keeps a lamp bridge states in order while the first of them waits for the database', async () => {
@@ -641,7 +720,9 @@ describe('registry worker through a PostgreSQL outage', () => {
       const partition = stage.queues.bridgeState[bridgePartition(device)]!;
       const key = (list: string) => `${stage.prefix}:${partition.name}:${list}`;
       // Both lists in one transaction: the job moves between them.
-      const lists = (await stage.redis.multi().lrange(key('active'), 0, -1).lrange(key('wait'), 0, -1).exec())!.map(([, ids]) => ids as string[]);
+      const lists = (await stage.redis.multi().lrange(key('active'), 0, -1).lrange(key('wait'), 0, -1).exec())!.map(
+        ([, ids]) => ids as string[],
+      );
       expect([...lists[0]!, ...lists[1]!.reverse()]).toEqual(ids);
       expect(await partition.getJobCounts('delayed', 'failed', 'completed')).toEqual({ delayed: 0, failed: 0, completed: 0 });
       // Its attempts are the runner's: BullMQ counted none.
@@ -662,7 +743,9 @@ describe('registry worker through a PostgreSQL outage', () => {
 
     // One devicemonitoring event per change, none lost, each from its own job, in order.
     const perJob = await Promise.all(ids.map(async (id) => (await stage.queues.keen.getJob(`${id}-keen`))?.data.events ?? []));
-    expect(perJob.map((events) => events.map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token]))).toEqual([
+    expect(
+      perJob.map((events) => events.map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token])),
+    ).toEqual([
       [
         ['activations', null, `${ids[0]}-activations`],
         ['devicemonitoring', 'connected', `${ids[0]}-devicemonitoring`],
@@ -670,7 +753,9 @@ describe('registry worker through a PostgreSQL outage', () => {
       [['devicemonitoring', 'disconnected', `${ids[1]}-devicemonitoring`]],
       [['devicemonitoring', 'connected', `${ids[2]}-devicemonitoring`]],
     ]);
-    const monitoring = (await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'devicemonitoring');
+    const monitoring = (await stage.keenEvents()).filter(
+      (record) => record.event.device_id === device && record.collection === 'devicemonitoring',
+    );
     expect(monitoring.map((record) => [record.event.state, record.event.keen.timestamp])).toEqual([
       ['connected', at(0)],
       ['disconnected', at(10)],
@@ -687,7 +772,12 @@ describe('registry worker through a PostgreSQL outage', () => {
     const prisma = await stage.prisma();
     try {
       const row = await prisma.device.findUniqueOrThrow({ where: { deviceId: device } });
-      expect(row).toMatchObject({ bridgeConnected: true, bridgeStateJobId: ids[2], createdByJobId: ids[0], bridgeStateAt: new Date(at(20)) });
+      expect(row).toMatchObject({
+        bridgeConnected: true,
+        bridgeStateJobId: ids[2],
+        createdByJobId: ids[0],
+        bridgeStateAt: new Date(at(20)),
+      });
     } finally {
       await prisma.$disconnect();
     }
@@ -696,9 +786,12 @@ describe('registry worker through a PostgreSQL outage', () => {
   it('holds a job of several lamps through the outage, then handles each lamp in order, each event once', async () => {
     const [x, y] = lampsOfPartition(2, 5);
     const at = (ms: number) => new Date(Date.parse('2026-11-28T12:00:00.000Z') + ms).toISOString();
-    const states = [bridge(x!, true, { receivedAt: at(0) }), bridge(y!, true, { receivedAt: at(1) }), bridge(x!, false, { receivedAt: at(10) }), bridge(y!, false, { receivedAt: at(11) })].map(
-      (state) => ({ ...state, messageId: messageId() }),
-    );
+    const states = [
+      bridge(x!, true, { receivedAt: at(0) }),
+      bridge(y!, true, { receivedAt: at(1) }),
+      bridge(x!, false, { receivedAt: at(10) }),
+      bridge(y!, false, { receivedAt: at(11) }),
+    ].map((state) => ({ ...state, messageId: messageId() }));
     const jobId = messageId();
     await takeDatabaseAway();
     try {
@@ -713,7 +806,11 @@ describe('registry worker through a PostgreSQL outage', () => {
       [x!, states[0]!, states[2]!],
       [y!, states[1]!, states[3]!],
     ] as const) {
-      expect(events.filter((record) => record.event.device_id === lamp).map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token])).toEqual([
+      expect(
+        events
+          .filter((record) => record.event.device_id === lamp)
+          .map((record) => [record.collection, record.event.state ?? null, record.event.keen.uniqueness_token]),
+      ).toEqual([
         ['activations', null, `${first.messageId}-activations`],
         ['devicemonitoring', 'connected', `${first.messageId}-devicemonitoring`],
         ['devicemonitoring', 'disconnected', `${second.messageId}-devicemonitoring`],

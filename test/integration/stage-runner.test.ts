@@ -25,7 +25,9 @@ interface TestJob {
 
 const parseTestJob = (data: unknown): ParsedJob<TestJob> => {
   const job = data as Partial<TestJob> | null;
-  return typeof job?.deviceId === 'string' && typeof job.failures === 'number' ? { ok: true, data: job as TestJob } : { ok: false, reason: 'deviceId: missing' };
+  return typeof job?.deviceId === 'string' && typeof job.failures === 'number'
+    ? { ok: true, data: job as TestJob }
+    : { ok: false, reason: 'deviceId: missing' };
 };
 
 let redis: Redis;
@@ -40,7 +42,9 @@ afterAll(async () => {
 function stageUnderTest(label: string) {
   const queue = new Queue<TestJob>(label, { connection: redis, prefix: randomPrefix(label) });
   const lines: Array<Record<string, unknown>> = [];
-  const logger = createLogger('stage-test', 'info', { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+  const logger = createLogger('stage-test', 'info', {
+    write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>),
+  });
   const metrics = createMetrics('stage-test');
   const started: string[] = [];
   const workers: Worker[] = [];
@@ -51,7 +55,16 @@ function stageUnderTest(label: string) {
     return 'done';
   };
   const start = (options: Partial<StageOptions<TestJob>> = {}) => {
-    const worker = runStage<TestJob>({ queue, connection: redis, process, parse: parseTestJob, subject: (data) => ({ device_id: data.deviceId }), logger, metrics, ...options });
+    const worker = runStage<TestJob>({
+      queue,
+      connection: redis,
+      process,
+      parse: parseTestJob,
+      subject: (data) => ({ device_id: data.deviceId }),
+      logger,
+      metrics,
+      ...options,
+    });
     workers.push(worker);
     return worker;
   };
@@ -67,7 +80,8 @@ function stageUnderTest(label: string) {
   return { queue, lines, metrics, started, start, add, stateOf, done, close };
 }
 
-const count = async (metric: Metrics['jobAttemptsFailed'], queue: string) => (await metric.get()).values.find((v) => v.labels.queue === queue)?.value ?? 0;
+const count = async (metric: Metrics['jobAttemptsFailed'], queue: string) =>
+  (await metric.get()).values.find((v) => v.labels.queue === queue)?.value ?? 0;
 
 describe('stage runner, ordered stage', () => {
   let stage: ReturnType<typeof stageUnderTest>;
@@ -101,7 +115,9 @@ describe('stage runner, ordered stage', () => {
     expect(first).toBeLessThanOrEqual(50);
     expect(second).toBeGreaterThanOrEqual(50);
     expect(second).toBeLessThanOrEqual(100);
-    expect(stage.lines.filter((line) => line.msg === 'handled after 3 attempts').map((line) => [line.job_id, line.device_id, line.attempts])).toEqual([['a', 'lamp-a', 3]]);
+    expect(
+      stage.lines.filter((line) => line.msg === 'handled after 3 attempts').map((line) => [line.job_id, line.device_id, line.attempts]),
+    ).toEqual([['a', 'lamp-a', 3]]);
 
     expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(2);
     expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(0);
@@ -121,7 +137,9 @@ describe('stage runner, ordered stage', () => {
     expect(d.failedReason).toBe('gave up after 3 attempts: lamp lamp-d is away');
     expect(await stage.stateOf('e')).toBe('completed');
     const final = stage.lines.filter((line) => line.msg === `${stage.queue.name} job failed for good`);
-    expect(final.map((line) => [line.level, line.job_id, line.queue, line.device_id, line.attempts])).toEqual([['error', 'd', stage.queue.name, 'lamp-d', 3]]);
+    expect(final.map((line) => [line.level, line.job_id, line.queue, line.device_id, line.attempts])).toEqual([
+      ['error', 'd', stage.queue.name, 'lamp-d', 3],
+    ]);
 
     expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(3);
     expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(1);
@@ -159,7 +177,9 @@ describe('stage runner, ordered stage', () => {
     expect(await stage.stateOf('next')).toBe('completed');
     expect(stage.started).toEqual(['next']);
     const about = stage.lines.filter((line) => line.job_id === 'bad');
-    expect(about.map((line) => [line.level, line.queue, line.err])).toEqual([['error', stage.queue.name, 'malformed job data: deviceId: missing']]);
+    expect(about.map((line) => [line.level, line.queue, line.err])).toEqual([
+      ['error', stage.queue.name, 'malformed job data: deviceId: missing'],
+    ]);
     expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(1);
     expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(1);
   });
@@ -184,7 +204,8 @@ describe('stage runner, unordered stage', () => {
     // One failed attempt of the first, three of the second; one job failed for good.
     expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(4);
     expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(1);
-    const about = (id: string) => stage.lines.filter((line) => line.job_id === id).map((line) => [line.level, line.msg, line.device_id, line.attempts]);
+    const about = (id: string) =>
+      stage.lines.filter((line) => line.job_id === id).map((line) => [line.level, line.msg, line.device_id, line.attempts]);
     expect(about('recovers')).toEqual([
       ['warn', `${stage.queue.name} job failed; will retry`, 'lamp-r', 1],
       ['info', 'handled after 2 attempts', 'lamp-r', 2],

@@ -23,20 +23,26 @@ describe('start-up errors', () => {
     const { code, lines } = await failure('worker', {});
     expect(code).toBe(1);
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/^worker: invalid configuration: .*DATABASE_URL is required.*KEEN_PROJECT_ID is required.*KEEN_WRITE_KEY is required/);
+    expect(lines[0]).toMatch(
+      /^worker: invalid configuration: .*DATABASE_URL is required.*KEEN_PROJECT_ID is required.*KEEN_WRITE_KEY is required/,
+    );
   });
 
   it('names an invalid setting', async () => {
     const { code, lines } = await failure('subscriber', { SUBSCRIBER_CONNECTIONS: 'many', MQTT_URL: 'http://broker' });
     expect(code).toBe(1);
-    expect(lines).toEqual([expect.stringMatching(/^subscriber: invalid configuration: .*MQTT_URL must be a URL starting with mqtt:\/\/.*SUBSCRIBER_CONNECTIONS/)]);
+    expect(lines).toEqual([
+      expect.stringMatching(/^subscriber: invalid configuration: .*MQTT_URL must be a URL starting with mqtt:\/\/.*SUBSCRIBER_CONNECTIONS/),
+    ]);
   });
 
   it('names REDIS_URL when Redis cannot be reached, without its password', async () => {
     const port = await freePort();
     const { code, lines, output } = await failure('subscriber', { REDIS_URL: `redis://:hunter2@127.0.0.1:${port}` });
     expect(code).toBe(1);
-    expect(lines).toEqual([`subscriber: cannot reach Redis at REDIS_URL=redis://:***@127.0.0.1:${port} (ECONNREFUSED): start Redis or fix REDIS_URL`]);
+    expect(lines).toEqual([
+      `subscriber: cannot reach Redis at REDIS_URL=redis://:***@127.0.0.1:${port} (ECONNREFUSED): start Redis or fix REDIS_URL`,
+    ]);
     expect(output).not.toContain('hunter2');
   });
 
@@ -44,14 +50,26 @@ describe('start-up errors', () => {
     const port = await freePort();
     const { code, lines } = await failure('subscriber', { REDIS_URL: services.redis, MQTT_URL: `mqtt://127.0.0.1:${port}` });
     expect(code).toBe(1);
-    expect(lines).toEqual([expect.stringMatching(new RegExp(`^subscriber: cannot reach the MQTT broker at MQTT_URL=mqtt://127\\.0\\.0\\.1:${port} .*fix MQTT_URL$`))]);
+    expect(lines).toEqual([
+      expect.stringMatching(
+        new RegExp(`^subscriber: cannot reach the MQTT broker at MQTT_URL=mqtt://127\\.0\\.0\\.1:${port} .*fix MQTT_URL$`),
+      ),
+    ]);
   });
 
   it('names DATABASE_URL when PostgreSQL cannot be reached, and asks for migrations when tables are missing', async () => {
     const port = await freePort();
-    const unreachable = await failure('worker', { ...keen, REDIS_URL: services.redis, DATABASE_URL: `postgresql://lampi:pw@127.0.0.1:${port}/lampi` });
+    const unreachable = await failure('worker', {
+      ...keen,
+      REDIS_URL: services.redis,
+      DATABASE_URL: `postgresql://lampi:pw@127.0.0.1:${port}/lampi`,
+    });
     expect(unreachable.code).toBe(1);
-    expect(unreachable.lines).toEqual([expect.stringMatching(/^worker: cannot reach PostgreSQL at DATABASE_URL=postgresql:\/\/lampi:\*\*\*@127\.0\.0\.1:\d+\/lampi .*fix DATABASE_URL$/)]);
+    expect(unreachable.lines).toEqual([
+      expect.stringMatching(
+        /^worker: cannot reach PostgreSQL at DATABASE_URL=postgresql:\/\/lampi:\*\*\*@127\.0\.0\.1:\d+\/lampi .*fix DATABASE_URL$/,
+      ),
+    ]);
     // The admin database exists but has no registry tables.
     const unmigrated = await failure('worker', { ...keen, REDIS_URL: services.redis, DATABASE_URL: services.postgres });
     expect(unmigrated.code).toBe(1);
@@ -119,10 +137,13 @@ describe('start-up errors', () => {
 
 /** `npm run <script>` as an operator runs it; stdout and stderr together. */
 function npm(script: string, args: string[], env: Record<string, string>): Promise<{ code: number | null; output: string }> {
-  const child = spawn('npm', ['run', '--silent', script, '--', ...args], { cwd: ROOT, env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('npm', ['run', '--silent', script, '--', ...args], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let output = '';
   child.stdout.on('data', (c: Buffer) => (output += c.toString()));
   child.stderr.on('data', (c: Buffer) => (output += c.toString()));
   return new Promise((resolve) => child.once('exit', (code) => resolve({ code, output })));
 }
-

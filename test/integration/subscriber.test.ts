@@ -125,8 +125,24 @@ describe('subscriber', () => {
     expect(states.map(({ jobId: _, ...s }) => s)).toEqual(
       expect.arrayContaining([
         // The topic and payload exactly as sent travel with the parsed state (for a rejection record).
-        { kind: 'lamp-state', deviceId: a, state, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID), topic: `/devices/${a}/lamp/changed`, payload: JSON.stringify(state) },
-        { kind: 'lamp-state', deviceId: a, state: { ...state, on: false }, receivedAt: expect.any(String), messageId: expect.stringMatching(HEX_ID), topic: `devices/${a}/lamp/changed`, payload: sent },
+        {
+          kind: 'lamp-state',
+          deviceId: a,
+          state,
+          receivedAt: expect.any(String),
+          messageId: expect.stringMatching(HEX_ID),
+          topic: `/devices/${a}/lamp/changed`,
+          payload: JSON.stringify(state),
+        },
+        {
+          kind: 'lamp-state',
+          deviceId: a,
+          state: { ...state, on: false },
+          receivedAt: expect.any(String),
+          messageId: expect.stringMatching(HEX_ID),
+          topic: `devices/${a}/lamp/changed`,
+          payload: sent,
+        },
       ]),
     );
     // Both bridge states sit in their lamp's partition, in the order they were published.
@@ -277,14 +293,32 @@ describe('subscriber intake', () => {
   });
 
   it('writes one group per Redis round trip, split into jobs of at most maxStatesPerJob states', async () => {
-    const intake = new Intake({ queues, ledger: new RedeliveryLedger(redis, prefix), logger, metrics: createMetrics('t'), maxStatesPerJob: 2 });
+    const intake = new Intake({
+      queues,
+      ledger: new RedeliveryLedger(redis, prefix),
+      logger,
+      metrics: createMetrics('t'),
+      maxStatesPerJob: 2,
+    });
     const device = randomDeviceId();
     const bridged = randomDeviceId();
     // Accepted in one turn of the event loop: one group.
     await Promise.all([
       ...Array.from({ length: 5 }, (_, n) => intake.accept('s1', lamp(device, n, n + 1))),
-      intake.accept('s1', { topic: `$SYS/broker/connection/${bridged}_broker/state`, payload: Buffer.from('1'), retain: false, dup: false, messageId: 10 }),
-      intake.accept('s1', { topic: `/devices/${device}/lamp/changed`, payload: Buffer.from('nope'), retain: false, dup: false, messageId: 11 }),
+      intake.accept('s1', {
+        topic: `$SYS/broker/connection/${bridged}_broker/state`,
+        payload: Buffer.from('1'),
+        retain: false,
+        dup: false,
+        messageId: 10,
+      }),
+      intake.accept('s1', {
+        topic: `/devices/${device}/lamp/changed`,
+        payload: Buffer.from('nope'),
+        retain: false,
+        dup: false,
+        messageId: 11,
+      }),
     ]);
     const jobs = await lampStateJobs(services.redis, prefix);
     expect(jobs.map((job) => job.data.states.length).sort()).toEqual([1, 2, 2]);
@@ -309,7 +343,14 @@ describe('subscriber intake', () => {
     const rejected = await jobsIn<RejectedMessageJob>(services.redis, prefix, QUEUE_NAMES.rejected);
     expect(rejected.map((job) => job.data.reason)).toEqual(['invalid_json']);
     // The ledger: one hash for the session, a field per packet id of an accepted message.
-    expect(Object.keys(await redis.hgetall(`${prefix}:mqtt-inflight:s1`)).sort((x, y) => Number(x) - Number(y))).toEqual(['1', '2', '3', '4', '5', '10']);
+    expect(Object.keys(await redis.hgetall(`${prefix}:mqtt-inflight:s1`)).sort((x, y) => Number(x) - Number(y))).toEqual([
+      '1',
+      '2',
+      '3',
+      '4',
+      '5',
+      '10',
+    ]);
   });
 
   it('gives a DUP resend of a stored message the same message id, and anything else a new one', async () => {
@@ -367,7 +408,13 @@ async function startMqttProxy(brokerPort: number) {
     }
     const fromBroker = mqttPacket.parser({ protocolVersion: 4 });
     fromBroker.on('packet', (packet) => {
-      if (packet.cmd === 'publish') state.delivered.push({ packet: `${connection}:${packet.messageId}`, dup: packet.dup, topic: packet.topic, payload: packet.payload.toString() });
+      if (packet.cmd === 'publish')
+        state.delivered.push({
+          packet: `${connection}:${packet.messageId}`,
+          dup: packet.dup,
+          topic: packet.topic,
+          payload: packet.payload.toString(),
+        });
     });
     upstream.on('data', (chunk: Buffer) => {
       fromBroker.parse(chunk);
@@ -411,7 +458,10 @@ describe('subscriber durability', () => {
   });
 
   const lampMessages = (device: string, from: number, count: number) =>
-    Array.from({ length: count }, (_, i) => ({ topic: `/devices/${device}/lamp/changed`, payload: JSON.stringify({ on: true, seq: from + i }) }));
+    Array.from({ length: count }, (_, i) => ({
+      topic: `/devices/${device}/lamp/changed`,
+      payload: JSON.stringify({ on: true, seq: from + i }),
+    }));
 
   async function seqsIn(redisUrl: string, prefix: string): Promise<number[]> {
     return (await lampStatesIn(redisUrl, prefix)).map((s) => s.state.seq as number).sort((a, b) => a - b);
@@ -425,7 +475,11 @@ describe('subscriber durability', () => {
     const proxy = await startMqttProxy(broker.port);
     cleanups.push(() => proxy.close());
     const prefix = randomPrefix('ack');
-    const subscriber = await startSubscriber(configFor(prefix, { REDIS_URL: redis.url, MQTT_URL: proxy.url, SUBSCRIBER_CONNECTIONS: 2 }), logger, createMetrics('t'));
+    const subscriber = await startSubscriber(
+      configFor(prefix, { REDIS_URL: redis.url, MQTT_URL: proxy.url, SUBSCRIBER_CONNECTIONS: 2 }),
+      logger,
+      createMetrics('t'),
+    );
     cleanups.push(() => subscriber.close());
     const device = randomDeviceId();
 
@@ -447,7 +501,12 @@ describe('subscriber durability', () => {
     redis.child.kill('SIGCONT');
     await waitFor('31 more PUBACKs', () => proxy.pubacks.length === 32);
     // One PUBACK for each message delivered, on the connection it came on.
-    expect(proxy.pubacks.slice(1).sort()).toEqual(proxy.delivered.slice(delivered).map((p) => p.packet).sort());
+    expect(proxy.pubacks.slice(1).sort()).toEqual(
+      proxy.delivered
+        .slice(delivered)
+        .map((p) => p.packet)
+        .sort(),
+    );
     expect(await seqsIn(redis.url, prefix)).toEqual(Array.from({ length: 31 }, (_, i) => i));
     expect((await bridgeStatesIn(redis.url, prefix)).map((s) => s.deviceId)).toEqual([device]);
   });
@@ -518,7 +577,9 @@ describe('subscriber durability', () => {
     const resent = proxy.delivered.slice(deliveredBefore);
     expect(resent).toHaveLength(total);
     expect(resent.every((p) => p.dup)).toBe(true);
-    expect(resent.map((p) => JSON.parse(p.payload).seq as number).sort((x, y) => x - y)).toEqual(Array.from({ length: total }, (_, i) => i));
+    expect(resent.map((p) => JSON.parse(p.payload).seq as number).sort((x, y) => x - y)).toEqual(
+      Array.from({ length: total }, (_, i) => i),
+    );
 
     expect(states).toHaveLength(2 * total);
     const bySeq = new Map<number, typeof states>();

@@ -11,7 +11,11 @@ export interface DevicesRun {
 
 export function runDevices(args: string[], env: Record<string, string>): Promise<DevicesRun> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/devices/main.ts', ...args], { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/devices/main.ts', ...args], {
+      cwd: ROOT,
+      env: { PATH: process.env.PATH, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -24,7 +28,9 @@ export function runDevices(args: string[], env: Record<string, string>): Promise
 export async function retainedOn(brokerUrl: string, topic: string, waitMs = 1500): Promise<string | undefined> {
   const client = await mqtt.connectAsync(brokerUrl, { clean: true, reconnectPeriod: 0 });
   try {
-    const received = new Promise<string>((resolve) => client.on('message', (t, payload, packet) => t === topic && packet.retain && resolve(payload.toString())));
+    const received = new Promise<string>((resolve) =>
+      client.on('message', (t, payload, packet) => t === topic && packet.retain && resolve(payload.toString())),
+    );
     await client.subscribeAsync(topic, { qos: 1 });
     return await Promise.race([received, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), waitMs))]);
   } finally {

@@ -55,7 +55,14 @@ export async function startDjangoSite(adminUrl: string, mqttUrl: string, { migra
     db,
     manage,
     async python<T>(code: string) {
-      const prelude = ['import json', 'from django.contrib.auth.models import User', 'from lampi.models import Lampi', 'def emit(value):', '    print(json.dumps(value, default=str))', ''].join('\n');
+      const prelude = [
+        'import json',
+        'from django.contrib.auth.models import User',
+        'from lampi.models import Lampi',
+        'def emit(value):',
+        '    print(json.dumps(value, default=str))',
+        '',
+      ].join('\n');
       const { stdout } = await manage(['shell', '-c', prelude + code]);
       const last = stdout.trim().split('\n').at(-1) ?? '';
       return JSON.parse(last === '' ? 'null' : last) as T;

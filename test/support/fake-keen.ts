@@ -43,7 +43,8 @@ export function validateCollectionName(name: unknown): KeenEventError | undefine
   const invalid = (description: string) => ({ name: 'InvalidCollectionNameError', description });
   if (typeof name !== 'string' || name.length === 0) return invalid('An event collection name must be a non-empty string.');
   if (name.startsWith('$')) return invalid(`Event collection names cannot start with "$": ${JSON.stringify(name)}.`);
-  if (name.length > KEEN_LIMITS.maxCollectionName) return invalid(`Event collection names must be at most ${KEEN_LIMITS.maxCollectionName} characters.`);
+  if (name.length > KEEN_LIMITS.maxCollectionName)
+    return invalid(`Event collection names must be at most ${KEEN_LIMITS.maxCollectionName} characters.`);
   return undefined;
 }
 
@@ -65,7 +66,10 @@ export function validateEvent(event: unknown, serializedBytes?: number): KeenEve
   }
   const bytes = serializedBytes ?? Buffer.byteLength(JSON.stringify(event));
   if (bytes > KEEN_LIMITS.maxEventBytes) {
-    return { name: 'EventTooLargeError', description: `An event must be at most ${KEEN_LIMITS.maxEventBytes} bytes; this one is ${bytes}.` };
+    return {
+      name: 'EventTooLargeError',
+      description: `An event must be at most ${KEEN_LIMITS.maxEventBytes} bytes; this one is ${bytes}.`,
+    };
   }
   const stack: Array<{ value: unknown; path: string }> = [{ value: event, path: '' }];
   while (stack.length > 0) {
@@ -108,7 +112,9 @@ export interface FakeKeenOptions {
 }
 
 /** An event as stored: what was sent, with the `keen.id` and `keen.created_at` Keen adds. */
-export type StoredEvent = Record<string, unknown> & { keen: Record<string, unknown> & { id: string; created_at: string; timestamp: string } };
+export type StoredEvent = Record<string, unknown> & {
+  keen: Record<string, unknown> & { id: string; created_at: string; timestamp: string };
+};
 
 export type FaultKind = 'respond' | 'hang' | 'reset';
 
@@ -188,8 +194,7 @@ export interface FakeKeen {
 }
 
 type Fault =
-  | { kind: 'respond'; remaining: number; response: FaultResponse }
-  | { kind: 'hang' | 'reset'; remaining: number; afterStore: boolean };
+  { kind: 'respond'; remaining: number; response: FaultResponse } | { kind: 'hang' | 'reset'; remaining: number; afterStore: boolean };
 
 interface Outcome {
   status: number;
@@ -224,7 +229,12 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
     const createdAt = new Date().toISOString();
     const stored = {
       ...event,
-      keen: { ...keen, timestamp: typeof keen.timestamp === 'string' ? keen.timestamp : createdAt, created_at: createdAt, id: randomBytes(12).toString('hex') },
+      keen: {
+        ...keen,
+        timestamp: typeof keen.timestamp === 'string' ? keen.timestamp : createdAt,
+        created_at: createdAt,
+        id: randomBytes(12).toString('hex'),
+      },
     } as StoredEvent;
     let list = events.get(collection);
     if (!list) events.set(collection, (list = []));
@@ -250,7 +260,8 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
     if (decodeURIComponent(match[1]!) !== projectId) return apiError(404, 'ProjectNotFoundError', 'Project not found.');
     const key = req.headers.authorization ?? url.searchParams.get('api_key');
     if (key !== writeKey) return apiError(401, 'InvalidApiKeyError', 'The API key is invalid for this project.');
-    if (body.length > KEEN_LIMITS.maxRequestBytes) return apiError(413, 'RequestEntityTooLargeError', `Requests must be at most ${KEEN_LIMITS.maxRequestBytes} bytes.`);
+    if (body.length > KEEN_LIMITS.maxRequestBytes)
+      return apiError(413, 'RequestEntityTooLargeError', `Requests must be at most ${KEEN_LIMITS.maxRequestBytes} bytes.`);
 
     let parsed: unknown;
     try {
@@ -259,12 +270,14 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
       return apiError(400, 'InvalidJSONError', 'The request body is not valid JSON.');
     }
 
-    const poisoned = (collection: string, event: unknown) => poison !== undefined && typeof event === 'object' && event !== null && poison.matches(collection, event as Record<string, unknown>);
+    const poisoned = (collection: string, event: unknown) =>
+      poison !== undefined && typeof event === 'object' && event !== null && poison.matches(collection, event as Record<string, unknown>);
     if (record.kind === 'single') {
       const collection = decodeURIComponent(match[2]!);
       if (poisoned(collection, parsed)) return { status: poison!.status, body: poison!.body };
       record.eventCount = 1;
-      if (body.length > KEEN_LIMITS.maxEventBytes) return apiError(413, 'EventTooLargeError', `An event must be at most ${KEEN_LIMITS.maxEventBytes} bytes.`);
+      if (body.length > KEEN_LIMITS.maxEventBytes)
+        return apiError(413, 'EventTooLargeError', `An event must be at most ${KEEN_LIMITS.maxEventBytes} bytes.`);
       const error = checkEvent(collection, parsed);
       if (error) return apiError(400, error.name, error.description);
       store(collection, parsed as Record<string, unknown>);
@@ -276,9 +289,11 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
     }
     const entries = Object.entries(parsed);
     const notArray = entries.find(([, list]) => !Array.isArray(list));
-    if (notArray) return apiError(400, 'InvalidEventError', `The value of collection ${JSON.stringify(notArray[0])} must be an array of events.`);
+    if (notArray)
+      return apiError(400, 'InvalidEventError', `The value of collection ${JSON.stringify(notArray[0])} must be an array of events.`);
     record.eventCount = entries.reduce((n, [, list]) => n + (list as unknown[]).length, 0);
-    if (entries.some(([collection, list]) => (list as unknown[]).some((event) => poisoned(collection, event)))) return { status: poison!.status, body: poison!.body };
+    if (entries.some(([collection, list]) => (list as unknown[]).some((event) => poisoned(collection, event))))
+      return { status: poison!.status, body: poison!.body };
     const results: Record<string, unknown[]> = {};
     for (const [collection, list] of entries) {
       results[collection] = (list as unknown[]).map((event) => {
@@ -311,7 +326,14 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
     const path = (req.url ?? '').split('?')[0]!;
     const match = EVENTS_PATH.exec(path);
     const kind = !match ? 'other' : match[2] === undefined ? 'bulk' : 'single';
-    const record: RecordedRequest = { seq: requests.length + 1, method: req.method ?? '', path, kind, eventCount: 0, receivedAt: Date.now() };
+    const record: RecordedRequest = {
+      seq: requests.length + 1,
+      method: req.method ?? '',
+      path,
+      kind,
+      eventCount: 0,
+      receivedAt: Date.now(),
+    };
     requests.push(record);
     req.on('error', () => {});
     res.on('error', () => {});
@@ -340,7 +362,11 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
         record.eventCount = countEvents(record.kind, Buffer.concat(chunks));
         return;
       }
-      const outcome = handle(req, size > KEEN_LIMITS.maxRequestBytes ? Buffer.alloc(KEEN_LIMITS.maxRequestBytes + 1) : Buffer.concat(chunks), record);
+      const outcome = handle(
+        req,
+        size > KEEN_LIMITS.maxRequestBytes ? Buffer.alloc(KEEN_LIMITS.maxRequestBytes + 1) : Buffer.concat(chunks),
+        record,
+      );
       if (fault?.kind === 'hang') return;
       if (fault?.kind === 'reset') {
         req.socket.destroy();

@@ -21,7 +21,11 @@ export interface Reply {
 export interface TestSink {
   sink: KeenSink;
   database: TestDatabase;
-  http(method: string, path: string, options?: { body?: string | object; key?: string | null; query?: Record<string, string> }): Promise<Reply>;
+  http(
+    method: string,
+    path: string,
+    options?: { body?: string | object; key?: string | null; query?: Record<string, string> },
+  ): Promise<Reply>;
   record(collection: string, event: unknown): Promise<Reply>;
   recordMany(batch: unknown): Promise<Reply>;
   /** A GET query the way Keen's URLs carry it: structured parameters as JSON strings. */
@@ -29,7 +33,10 @@ export interface TestSink {
   close(): Promise<void>;
 }
 
-export async function startTestSink(adminUrl: string, options: Partial<Pick<KeenSinkOptions, 'maxResultBytes'>> & { logger?: Logger } = {}): Promise<TestSink> {
+export async function startTestSink(
+  adminUrl: string,
+  options: Partial<Pick<KeenSinkOptions, 'maxResultBytes'>> & { logger?: Logger } = {},
+): Promise<TestSink> {
   const database = await createTestDatabase(adminUrl, { migrate: false });
   const sink = await startKeenSink({
     databaseUrl: database.url,
@@ -46,7 +53,11 @@ export async function startTestSink(adminUrl: string, options: Partial<Pick<Keen
     for (const [name, value] of Object.entries(query ?? {})) url.searchParams.set(name, value);
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (key) headers.authorization = key;
-    const response = await fetch(url, { method, headers, body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body) });
+    const response = await fetch(url, {
+      method,
+      headers,
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
     const text = await response.text();
     let parsed: unknown = text;
     try {
@@ -61,10 +72,16 @@ export async function startTestSink(adminUrl: string, options: Partial<Pick<Keen
     database,
     http,
     record: (collection, event) =>
-      http('POST', `/3.0/projects/${PROJECT}/events/${encodeURIComponent(collection)}`, { body: typeof event === 'string' ? event : JSON.stringify(event), key: WRITE_KEY }),
-    recordMany: (batch) => http('POST', `/3.0/projects/${PROJECT}/events`, { body: typeof batch === 'string' ? batch : JSON.stringify(batch), key: WRITE_KEY }),
+      http('POST', `/3.0/projects/${PROJECT}/events/${encodeURIComponent(collection)}`, {
+        body: typeof event === 'string' ? event : JSON.stringify(event),
+        key: WRITE_KEY,
+      }),
+    recordMany: (batch) =>
+      http('POST', `/3.0/projects/${PROJECT}/events`, { body: typeof batch === 'string' ? batch : JSON.stringify(batch), key: WRITE_KEY }),
     query: (analysis, params) => {
-      const query = Object.fromEntries(Object.entries(params).map(([name, value]) => [name, typeof value === 'string' ? value : JSON.stringify(value)]));
+      const query = Object.fromEntries(
+        Object.entries(params).map(([name, value]) => [name, typeof value === 'string' ? value : JSON.stringify(value)]),
+      );
       return http('GET', `/3.0/projects/${PROJECT}/queries/${analysis}`, { query, key: READ_KEY });
     },
     async close() {

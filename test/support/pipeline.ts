@@ -31,7 +31,11 @@ export async function startPipeline(options: PipelineOptions): Promise<Pipeline>
     KEEN_TIMEOUT_MS: '2000',
     ...options.workerEnv,
   });
-  const subscriber = startService('subscriber', { ...common, MQTT_SHARE_GROUP: prefix, SUBSCRIBER_CONNECTIONS: String(options.subscriberConnections ?? 2) });
+  const subscriber = startService('subscriber', {
+    ...common,
+    MQTT_SHARE_GROUP: prefix,
+    SUBSCRIBER_CONNECTIONS: String(options.subscriberConnections ?? 2),
+  });
   const pipeline: Pipeline = {
     subscriber,
     worker,

@@ -40,7 +40,12 @@ export async function waitForPort(port: number, timeoutMs = 10_000): Promise<voi
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 30_000, everyMs = 100): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 30_000,
+  everyMs = 100,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -86,7 +91,22 @@ export async function startRedis(options: { port?: number; dir?: string; appendo
   const dir = options.dir ?? mkdtempSync(path.join(tmpdir(), 'lampi-redis-'));
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', options.appendonly === false ? 'no' : 'yes', '--appendfsync', 'always', '--dir', dir, '--maxmemory-policy', 'noeviction'],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      options.appendonly === false ? 'no' : 'yes',
+      '--appendfsync',
+      'always',
+      '--dir',
+      dir,
+      '--maxmemory-policy',
+      'noeviction',
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const proc = manage(child);
@@ -132,7 +152,10 @@ export async function startMosquitto(options: { port?: number; dir?: string; ext
 }
 
 /** Runs one of our entry points as its own process, as `npm run <name>` would. */
-export function startService(name: 'subscriber' | 'worker' | 'migrate' | 'keen-sink' | 'dashboard', env: Record<string, string>): ManagedProcess {
+export function startService(
+  name: 'subscriber' | 'worker' | 'migrate' | 'keen-sink' | 'dashboard',
+  env: Record<string, string>,
+): ManagedProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', `src/${name}/main.ts`], {
     cwd: ROOT,
     env: { PATH: process.env.PATH, LOG_LEVEL: 'info', ...env },
@@ -143,7 +166,14 @@ export function startService(name: 'subscriber' | 'worker' | 'migrate' | 'keen-s
 
 /** Waits until a service logs the given message (pino JSON `msg`). */
 export function waitForLog(proc: ManagedProcess, msg: string, timeoutMs = 20_000): Promise<void> {
-  return waitFor(`"${msg}" in the log`, () => proc.output().includes(`"msg":"${msg}"`) || (proc.child.exitCode !== null ? Promise.reject(new Error(`process exited:\n${proc.output()}`)) : false), timeoutMs, 50).then(() => {});
+  return waitFor(
+    `"${msg}" in the log`,
+    () =>
+      proc.output().includes(`"msg":"${msg}"`) ||
+      (proc.child.exitCode !== null ? Promise.reject(new Error(`process exited:\n${proc.output()}`)) : false),
+    timeoutMs,
+    50,
+  ).then(() => {});
 }
 
 /** What a process started with METRICS_PORT=0 serves on /metrics (the port is read from its log). */
@@ -158,7 +188,10 @@ export async function scrapeMetrics(proc: ManagedProcess): Promise<string> {
 export function mosquittoUser(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined;
   try {
-    return { uid: Number(execFileSync('id', ['-u', 'mosquitto']).toString().trim()), gid: Number(execFileSync('id', ['-g', 'mosquitto']).toString().trim()) };
+    return {
+      uid: Number(execFileSync('id', ['-u', 'mosquitto']).toString().trim()),
+      gid: Number(execFileSync('id', ['-g', 'mosquitto']).toString().trim()),
+    };
   } catch {
     return undefined; // no such user: Mosquitto stays root
   }

@@ -24,15 +24,21 @@ const IMAGES = { redis: 'redis:7.4-alpine', postgres: 'postgres:16-alpine', mosq
 async function useContainers(): Promise<{ use: boolean; why: string }> {
   const choice = process.env.TEST_USE_CONTAINERS;
   if (choice === 'false') return { use: false, why: 'TEST_USE_CONTAINERS=false' };
-  const docker = (args: string[]) => promisify(execFile)('docker', args, { timeout: 5000 }).then(() => true, () => false);
+  const docker = (args: string[]) =>
+    promisify(execFile)('docker', args, { timeout: 5000 }).then(
+      () => true,
+      () => false,
+    );
   if (choice === 'true') return { use: true, why: 'TEST_USE_CONTAINERS=true' };
   if (!(await docker(['info', '--format', '{{.ServerVersion}}']))) return { use: false, why: 'no Docker engine' };
   // testcontainers also starts its reaper (ryuk) unless told not to: that image must be there too.
-  const reaper = process.env.TESTCONTAINERS_RYUK_DISABLED === 'true' ? [] : [process.env.RYUK_CONTAINER_IMAGE ?? 'testcontainers/ryuk:0.14.0'];
+  const reaper =
+    process.env.TESTCONTAINERS_RYUK_DISABLED === 'true' ? [] : [process.env.RYUK_CONTAINER_IMAGE ?? 'testcontainers/ryuk:0.14.0'];
   const needed = [...Object.values(IMAGES), ...reaper];
   const present = await Promise.all(needed.map((image) => docker(['image', 'inspect', '--format', '{{.Id}}', image])));
   const missing = needed.filter((_, i) => !present[i]);
-  if (missing.length) return { use: false, why: `Docker engine found but not its images (${missing.join(', ')}; TEST_USE_CONTAINERS=true pulls them)` };
+  if (missing.length)
+    return { use: false, why: `Docker engine found but not its images (${missing.join(', ')}; TEST_USE_CONTAINERS=true pulls them)` };
   return { use: true, why: 'Docker engine with the images found' };
 }
 
@@ -47,10 +53,7 @@ export async function resolveServices(): Promise<{ urls: ServiceUrls; source: st
         .withExposedPorts(5432)
         .withWaitStrategy(Wait.forLogMessage(/ready to accept connections/, 2))
         .start(),
-      new GenericContainer(IMAGES.mosquitto)
-        .withCommand(['mosquitto', '-c', '/mosquitto-no-auth.conf'])
-        .withExposedPorts(1883)
-        .start(),
+      new GenericContainer(IMAGES.mosquitto).withCommand(['mosquitto', '-c', '/mosquitto-no-auth.conf']).withExposedPorts(1883).start(),
     ]);
     return {
       source: `testcontainers (${containers.why})`,
@@ -69,7 +72,9 @@ export async function resolveServices(): Promise<{ urls: ServiceUrls; source: st
     postgres: process.env.TEST_DATABASE_ADMIN_URL,
     mqtt: process.env.TEST_MQTT_URL ?? process.env.MQTT_URL,
   };
-  const used = Object.entries(fromEnv).filter(([, v]) => v).map(([k]) => k);
+  const used = Object.entries(fromEnv)
+    .filter(([, v]) => v)
+    .map(([k]) => k);
   return {
     source: `${containers.why}: ${used.length ? `environment for ${used.join(', ')}, ` : ''}local services for the rest`,
     urls: {

@@ -34,29 +34,37 @@ interface Service {
   pull_policy?: string;
   user?: string;
 }
-const compose = parse(read('docker-compose.yml'), { merge: true }) as { services: Record<string, Service>; volumes?: Record<string, unknown> };
+const compose = parse(read('docker-compose.yml'), { merge: true }) as {
+  services: Record<string, Service>;
+  volumes?: Record<string, unknown>;
+};
 const services = compose.services;
 const IMAGE = 'lampi-ingest:local';
 const ours = Object.entries(services).filter(([, s]) => s.image === IMAGE);
 
 /** Compose's interpolation: `$$`, `${X}`, `${X:-default}`, `${X-default}`, `${X:?message}`. */
 function interpolate(value: string, env: Record<string, string>): string {
-  return value.replace(/\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}/g, (whole, name: string | undefined, op: string | undefined, arg: string | undefined) => {
-    if (whole === '$$') return '$';
-    const set = env[name!];
-    if (op === ':-') return set ? set : arg!;
-    if (op === '-') return set ?? arg!;
-    if (op === ':?' || op === '?') {
-      if (!set) throw new Error(`required variable ${name}: ${arg}`);
-      return set;
-    }
-    return set ?? '';
-  });
+  return value.replace(
+    /\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}/g,
+    (whole, name: string | undefined, op: string | undefined, arg: string | undefined) => {
+      if (whole === '$$') return '$';
+      const set = env[name!];
+      if (op === ':-') return set ? set : arg!;
+      if (op === '-') return set ?? arg!;
+      if (op === ':?' || op === '?') {
+        if (!set) throw new Error(`required variable ${name}: ${arg}`);
+        return set;
+      }
+      return set ?? '';
+    },
+  );
 }
 
 function environmentOf(service: Service, env: Record<string, string>): Record<string, string> {
   const raw = service.environment ?? {};
-  const entries = Array.isArray(raw) ? raw.map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string]) : Object.entries(raw).map(([k, v]) => [k, v === null ? '' : String(v)] as [string, string]);
+  const entries = Array.isArray(raw)
+    ? raw.map((line) => line.split(/=(.*)/s).slice(0, 2) as [string, string])
+    : Object.entries(raw).map(([k, v]) => [k, v === null ? '' : String(v)] as [string, string]);
   return Object.fromEntries(entries.map(([k, v]) => [k, interpolate(v, env)]));
 }
 
@@ -78,7 +86,11 @@ function sharedSections(): Record<string, string[]> {
 const SECTIONS = sharedSections();
 
 /** The image's build (scripts/build.mjs) compiles exactly these entry points to dist/<name>/main.mjs. */
-const BUILT = [...read('scripts/build.mjs').match(/const ENTRIES = \[([^\]]*)\]/)![1]!.matchAll(/'([\w-]+)'/g)].map((m) => m[1]!);
+const BUILT = [
+  ...read('scripts/build.mjs')
+    .match(/const ENTRIES = \[([^\]]*)\]/)![1]!
+    .matchAll(/'([\w-]+)'/g),
+].map((m) => m[1]!);
 
 /** `node [V8 flags] dist/<name>/main.mjs` → the source it is built from, src/<name>/main.ts. */
 function entryFile(service: Service): string {
@@ -96,7 +108,10 @@ function entryFile(service: Service): string {
 /** What one process of ours reads: the shared sections its main (or its own config.ts) loads, plus its own config.ts's names. */
 function variablesReadBy(entry: string): { sections: SectionName[]; names: Set<string> } {
   const dir = path.dirname(entry);
-  const sources = ['main.ts', 'config.ts'].map((f) => path.join(dir, f)).filter((f) => existsSync(path.join(ROOT, f))).map(read);
+  const sources = ['main.ts', 'config.ts']
+    .map((f) => path.join(dir, f))
+    .filter((f) => existsSync(path.join(ROOT, f)))
+    .map(read);
   const sections = new Set<SectionName>();
   for (const source of sources) {
     for (const call of source.matchAll(/loadConfig\(\s*\[([^\]]*)\]/g)) {
@@ -132,8 +147,18 @@ function published(port: string | { published: number | string; target: number; 
 }
 
 describe('docker-compose.yml', () => {
-  it('has the pipeline\'s services, with the images the project is tested against', () => {
-    expect(Object.keys(services).sort()).toEqual(['dashboard', 'keen-sink', 'migrate', 'mosquitto', 'postgres', 'redis', 'secrets-init', 'subscriber', 'worker']);
+  it("has the pipeline's services, with the images the project is tested against", () => {
+    expect(Object.keys(services).sort()).toEqual([
+      'dashboard',
+      'keen-sink',
+      'migrate',
+      'mosquitto',
+      'postgres',
+      'redis',
+      'secrets-init',
+      'subscriber',
+      'worker',
+    ]);
     expect(services.mosquitto!.image).toBe('eclipse-mosquitto:2');
     expect(services.redis!.image).toBe('redis:7.4');
     expect(services.postgres!.image).toBe('postgres:16');
@@ -147,12 +172,16 @@ describe('docker-compose.yml', () => {
     expect(builders[0]![1].build).toBe('.');
     for (const [name, service] of ours) if (name !== 'secrets-init') expect(service.pull_policy, name).toBe('never');
     // Everything of ours starts after secrets-init has built the image and written the secrets.
-    const after = (name: string): string[] => Object.keys((services[name]!.depends_on ?? {}) as Record<string, unknown>).flatMap((dep) => [dep, ...after(dep)]);
-    for (const [name] of Object.entries(services)) if (!['secrets-init', 'redis'].includes(name)) expect(after(name), name).toContain('secrets-init');
+    const after = (name: string): string[] =>
+      Object.keys((services[name]!.depends_on ?? {}) as Record<string, unknown>).flatMap((dep) => [dep, ...after(dep)]);
+    for (const [name] of Object.entries(services))
+      if (!['secrets-init', 'redis'].includes(name)) expect(after(name), name).toContain('secrets-init');
   });
 
   it('every container has a memory limit; Redis has a maxmemory below its own', () => {
-    const bytes = (size: string) => Number(/^(\d+)([kmg])b?$/i.exec(size)![1]) * { k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[/([kmg])b?$/i.exec(size)![1]!.toLowerCase() as 'k']!;
+    const bytes = (size: string) =>
+      Number(/^(\d+)([kmg])b?$/i.exec(size)![1]) *
+      { k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[/([kmg])b?$/i.exec(size)![1]!.toLowerCase() as 'k']!;
     for (const [name, service] of Object.entries(services)) expect(service.mem_limit, `${name} has no mem_limit`).toMatch(/\S/);
     const command = (services.redis!.command as string[]).map((part) => interpolate(part, hostEnv));
     const maxmemory = command[command.indexOf('--maxmemory') + 1]!;
@@ -172,21 +201,24 @@ describe('docker-compose.yml', () => {
     expect(given.filter((key) => !names.has(key))).toEqual([]);
   });
 
-  it.each(ours)('%s: the values compose gives pass the process\'s own validation, reading the secrets secrets-init writes', async (name, service) => {
-    // secrets-init's own code writes the volume (a temporary folder standing in for it).
-    const { ensureSecrets } = await import('../../src/secrets-init/secrets.js');
-    const volume = mkdtempSync(path.join(tmpdir(), 'lampi-compose-secrets-'));
-    ensureSecrets(volume, {});
-    const env = Object.fromEntries(Object.entries(environmentOf(service, hostEnv)).map(([k, v]) => [k, v.replace(SECRETS_DIR, volume)]));
-    const { sections } = variablesReadBy(entryFile(service));
-    if (name === 'keen-sink') {
-      const { loadKeenSinkConfig } = await import('../../src/keen-sink/config.js');
-      expect(() => loadKeenSinkConfig(env)).not.toThrow();
-    } else {
-      expect(sections.length).toBeGreaterThan(0);
-      expect(() => loadConfig(sections, env)).not.toThrow();
-    }
-  });
+  it.each(ours)(
+    "%s: the values compose gives pass the process's own validation, reading the secrets secrets-init writes",
+    async (name, service) => {
+      // secrets-init's own code writes the volume (a temporary folder standing in for it).
+      const { ensureSecrets } = await import('../../src/secrets-init/secrets.js');
+      const volume = mkdtempSync(path.join(tmpdir(), 'lampi-compose-secrets-'));
+      ensureSecrets(volume, {});
+      const env = Object.fromEntries(Object.entries(environmentOf(service, hostEnv)).map(([k, v]) => [k, v.replace(SECRETS_DIR, volume)]));
+      const { sections } = variablesReadBy(entryFile(service));
+      if (name === 'keen-sink') {
+        const { loadKeenSinkConfig } = await import('../../src/keen-sink/config.js');
+        expect(() => loadKeenSinkConfig(env)).not.toThrow();
+      } else {
+        expect(sections.length).toBeGreaterThan(0);
+        expect(() => loadConfig(sections, env)).not.toThrow();
+      }
+    },
+  );
 
   it('no secret is written into the file: passwords and keys come from the secrets volume, or from .env through secrets-init', () => {
     const secretName = /PASSWORD|_KEY$|TOKEN/;
@@ -202,13 +234,16 @@ describe('docker-compose.yml', () => {
       }
     }
     // Only secrets-init sees the .env values; it hands them on as files.
-    const readers = Object.entries(services).filter(([, s]) => Object.keys(s.environment ?? {}).some((k) => secretName.test(k) && !k.endsWith('_FILE')));
+    const readers = Object.entries(services).filter(([, s]) =>
+      Object.keys(s.environment ?? {}).some((k) => secretName.test(k) && !k.endsWith('_FILE')),
+    );
     expect(readers.map(([name]) => name)).toEqual(['secrets-init']);
     const volume = (service: Service) => service.volumes?.find((v) => v.split(':')[1] === SECRETS_DIR);
     expect(volume(services['secrets-init']!)).toBe(`secrets:${SECRETS_DIR}`);
     for (const [name, service] of Object.entries(services)) {
       const files = Object.entries(service.environment ?? {}).filter(([k]) => k.endsWith('_FILE'));
-      if (files.length) expect(volume(service), `${name} reads ${files[0]![0]} but has no read-only secrets mount`).toBe(`secrets:${SECRETS_DIR}:ro`);
+      if (files.length)
+        expect(volume(service), `${name} reads ${files[0]![0]} but has no read-only secrets mount`).toBe(`secrets:${SECRETS_DIR}:ro`);
     }
   });
 
@@ -222,7 +257,7 @@ describe('docker-compose.yml', () => {
     }
   });
 
-  it('the broker and our services agree on the MQTT login, and the worker on keen-sink\'s keys and port', () => {
+  it("the broker and our services agree on the MQTT login, and the worker on keen-sink's keys and port", () => {
     const broker = environmentOf(services.mosquitto!, hostEnv);
     for (const name of ['subscriber', 'worker']) {
       const env = environmentOf(services[name]!, hostEnv);
@@ -241,8 +276,12 @@ describe('docker-compose.yml', () => {
     expect(new URL(worker.DATABASE_URL!).host).toBe('postgres:5432');
   });
 
-  it('only the broker\'s TLS port faces all interfaces; plain MQTT, the dashboard and keen-sink are on loopback unless a *_BIND says otherwise', () => {
-    const ports = Object.fromEntries(Object.entries(services).filter(([, s]) => s.ports?.length).map(([name, s]) => [name, s.ports!.map((p) => published(p))]));
+  it("only the broker's TLS port faces all interfaces; plain MQTT, the dashboard and keen-sink are on loopback unless a *_BIND says otherwise", () => {
+    const ports = Object.fromEntries(
+      Object.entries(services)
+        .filter(([, s]) => s.ports?.length)
+        .map(([name, s]) => [name, s.ports!.map((p) => published(p))]),
+    );
     expect(ports).toEqual({
       mosquitto: [
         { ip: undefined, host: '8883', target: '8883' },
@@ -276,7 +315,15 @@ describe('docker-compose.yml', () => {
 
   it('every compose-only variable (a port, a binding, a size; not a process setting) is documented in .env.example', () => {
     const settings = new Set(Object.values(SECTIONS).flat());
-    const used = new Set([...read('docker-compose.yml').replaceAll('$$', '').matchAll(/\$\{([A-Z][A-Z0-9_]*)/g)].map((m) => m[1]!).filter((name) => !settings.has(name)));
+    const used = new Set(
+      [
+        ...read('docker-compose.yml')
+          .replaceAll('$$', '')
+          .matchAll(/\$\{([A-Z][A-Z0-9_]*)/g),
+      ]
+        .map((m) => m[1]!)
+        .filter((name) => !settings.has(name)),
+    );
     expect(used.size).toBeGreaterThan(5);
     const example = read('.env.example');
     const missing = [...used].filter((name) => !new RegExp(`^# ${name}=`, 'm').test(example));
@@ -368,7 +415,11 @@ describe('docker-compose.yml', () => {
     expect(needs('postgres')).toEqual({ 'secrets-init': { condition: 'service_completed_successfully' } });
     expect(needs('mosquitto')).toEqual({ 'secrets-init': { condition: 'service_completed_successfully' } });
     expect(environmentOf(services.migrate!, hostEnv).MIGRATE_WAIT_SECONDS).toBe('60');
-    expect(needs('worker')).toMatchObject({ migrate: { condition: 'service_completed_successfully' }, redis: { condition: 'service_healthy' }, mosquitto: { condition: 'service_healthy' } });
+    expect(needs('worker')).toMatchObject({
+      migrate: { condition: 'service_completed_successfully' },
+      redis: { condition: 'service_healthy' },
+      mosquitto: { condition: 'service_healthy' },
+    });
     // Keen deliveries retry until keen-sink answers, and with keen.io it need not run at all.
     expect(needs('worker')).not.toHaveProperty('keen-sink');
     expect(needs('subscriber')).toMatchObject({ redis: { condition: 'service_healthy' }, mosquitto: { condition: 'service_healthy' } });
@@ -376,14 +427,19 @@ describe('docker-compose.yml', () => {
   });
 
   it('named volumes it mounts are declared', () => {
-    const named = Object.values(services).flatMap((s) => (s.volumes ?? []).map((v) => v.split(':')[0]!).filter((src) => !src.startsWith('.') && !src.startsWith('/')));
+    const named = Object.values(services).flatMap((s) =>
+      (s.volumes ?? []).map((v) => v.split(':')[0]!).filter((src) => !src.startsWith('.') && !src.startsWith('/')),
+    );
     for (const volume of named) expect(compose.volumes, `volume ${volume} is not declared`).toHaveProperty(volume);
   });
 });
 
 describe('Dockerfile and .dockerignore', () => {
   // Instructions only: the comments mention the same words.
-  const dockerfile = read('Dockerfile').split('\n').filter((line) => !line.trimStart().startsWith('#')).join('\n');
+  const dockerfile = read('Dockerfile')
+    .split('\n')
+    .filter((line) => !line.trimStart().startsWith('#'))
+    .join('\n');
   const stages = dockerfile.split(/^(?=FROM )/m).filter((stage) => stage.startsWith('FROM '));
   const runtime = stages.at(-1)!;
 
@@ -417,7 +473,14 @@ describe('Dockerfile and .dockerignore', () => {
     expect(runtime).not.toMatch(/^COPY (src|tsconfig\.json)\b/m);
     expect(runtime).not.toMatch(/npm (ci|install|run)/);
     const copies = [...runtime.matchAll(/^COPY (?:--from=([\w-]+) )?(\S+)/gm)].map((m) => `${m[1] ?? 'context'}:${m[2]}`);
-    expect(copies).toEqual(expect.arrayContaining(['build:/app/dist', 'production-dependencies:/app/node_modules', 'context:prisma/migrations', 'context:scripts/make-tls-certs.sh']));
+    expect(copies).toEqual(
+      expect.arrayContaining([
+        'build:/app/dist',
+        'production-dependencies:/app/node_modules',
+        'context:prisma/migrations',
+        'context:scripts/make-tls-certs.sh',
+      ]),
+    );
     const deps = stages.find((stage) => /^FROM \S+ AS production-dependencies$/m.test(stage))!;
     expect(deps).toMatch(/npm ci --omit=dev\b/);
     // --omit=dev keeps the lockfile's devOptional packages (the Prisma CLI, TypeScript: @prisma/client's
@@ -433,10 +496,14 @@ describe('Dockerfile and .dockerignore', () => {
   });
 
   it('the build context leaves out node_modules and the generated client (both are made in the image)', () => {
-    const ignored = read('.dockerignore').split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    const ignored = read('.dockerignore')
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l && !l.startsWith('#'));
     // .local: run-local.sh keeps the broker's TLS private keys there.
     expect(ignored).toEqual(expect.arrayContaining(['node_modules', 'src/generated', '.git', '.env', '.local']));
     // Everything the processes run must stay in the context.
-    for (const needed of ['src', 'prisma', 'scripts', 'package.json', 'package-lock.json', 'prisma.config.ts']) expect(ignored).not.toContain(needed);
+    for (const needed of ['src', 'prisma', 'scripts', 'package.json', 'package-lock.json', 'prisma.config.ts'])
+      expect(ignored).not.toContain(needed);
   });
 });

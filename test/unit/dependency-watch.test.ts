@@ -16,7 +16,8 @@ function memoryLogger() {
   return { logger, records: () => written.map((line) => JSON.parse(line) as Record<string, unknown>) };
 }
 
-const listen = (server: Server, port = 0) => new Promise<number>((resolve) => server.listen(port, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
+const listen = (server: Server, port = 0) =>
+  new Promise<number>((resolve) => server.listen(port, '127.0.0.1', () => resolve((server.address() as { port: number }).port)));
 const reachable = (port: number) =>
   new Promise<void>((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
@@ -44,7 +45,13 @@ describe('DependencyWatch.poll', () => {
     const watch = new DependencyWatch(logger, () => clock);
     const server = createServer((socket) => socket.destroy());
     const port = await listen(server);
-    watch.poll('postgres', `postgresql://lampi:secret@127.0.0.1:${port}/lampi`, 'ingest jobs are retried until it is back', () => reachable(port), 20);
+    watch.poll(
+      'postgres',
+      `postgresql://lampi:secret@127.0.0.1:${port}/lampi`,
+      'ingest jobs are retried until it is back',
+      () => reachable(port),
+      20,
+    );
     try {
       await sleep(100);
       expect(records()).toEqual([]);

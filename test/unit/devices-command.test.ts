@@ -7,9 +7,15 @@ describe('parseCommand', () => {
   it('reads each command, lower-casing device ids and codes', () => {
     expect(parseCommand(['list'])).toEqual({ ok: true, command: { name: 'list', json: false } });
     expect(parseCommand(['list', '--json'])).toEqual({ ok: true, command: { name: 'list', json: true } });
-    expect(parseCommand(['show', 'B827EB0A1B2C', '--json'])).toEqual({ ok: true, command: { name: 'show', deviceId: 'b827eb0a1b2c', json: true } });
+    expect(parseCommand(['show', 'B827EB0A1B2C', '--json'])).toEqual({
+      ok: true,
+      command: { name: 'show', deviceId: 'b827eb0a1b2c', json: true },
+    });
     expect(parseCommand(['delete', 'b827eb0a1b2c'])).toEqual({ ok: true, command: { name: 'delete', deviceId: 'b827eb0a1b2c' } });
-    expect(parseCommand(['claim', CODE.toUpperCase(), 'Alice'])).toEqual({ ok: true, command: { name: 'claim', code: CODE, username: 'Alice' } });
+    expect(parseCommand(['claim', CODE.toUpperCase(), 'Alice'])).toEqual({
+      ok: true,
+      command: { name: 'claim', code: CODE, username: 'Alice' },
+    });
     expect(parseCommand(['import', 'fleet.csv'])).toEqual({ ok: true, command: { name: 'import', file: 'fleet.csv' } });
     expect(parseCommand(['--help'])).toEqual({ ok: true, command: { name: 'help' } });
   });

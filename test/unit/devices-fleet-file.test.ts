@@ -10,7 +10,13 @@ const errorsOf = (parsed: FleetFileParse) => (parsed.ok ? [] : parsed.errors);
 
 describe('parseFleetFile: CSV', () => {
   it('reads rows by the header, in any column order, quoted fields included, with the line each starts on', () => {
-    const csv = ['owner,device_id,name,code', `alice,b827eb000001,Kitchen,${CODE_A}`, '', `parked_device_user,b827eb000002,"Hall, upstairs ""big""",${CODE_B.toUpperCase()}`, `bob,2,,${CODE_C}`].join('\r\n');
+    const csv = [
+      'owner,device_id,name,code',
+      `alice,b827eb000001,Kitchen,${CODE_A}`,
+      '',
+      `parked_device_user,b827eb000002,"Hall, upstairs ""big""",${CODE_B.toUpperCase()}`,
+      `bob,2,,${CODE_C}`,
+    ].join('\r\n');
     expect(parseFleetFile(csv)).toEqual({
       ok: true,
       rows: [
@@ -23,7 +29,10 @@ describe('parseFleetFile: CSV', () => {
   });
 
   it('takes a file without a name column, and counts lines inside a quoted field', () => {
-    expect(parseFleetFile(`device_id,owner,code\nb827eb000001,alice,${CODE_A}\n`)).toEqual({ ok: true, rows: [{ line: 2, deviceId: 'b827eb000001', owner: 'alice', code: CODE_A }] });
+    expect(parseFleetFile(`device_id,owner,code\nb827eb000001,alice,${CODE_A}\n`)).toEqual({
+      ok: true,
+      rows: [{ line: 2, deviceId: 'b827eb000001', owner: 'alice', code: CODE_A }],
+    });
     const csv = `device_id,owner,code\n"b827eb000001","al\nice",${CODE_A}\nzz,bob,${CODE_B}\n`;
     expect(errorsOf(parseFleetFile(csv))).toEqual([
       { line: 2, reason: 'owner must be 1-150 characters, none of them control characters' },
@@ -59,20 +68,26 @@ describe('parseFleetFile: CSV', () => {
   it('refuses a repeated device or code, naming the line it repeats', () => {
     const csv = ['device_id,owner,code', `a1,alice,${CODE_A}`, `a2,bob,${CODE_A}`, `a1,carol,${CODE_B}`].join('\n');
     expect(errorsOf(parseFleetFile(csv))).toEqual([
-      { line: 3, reason: 'its code is also on line 2 (every lamp\'s code is its own)' },
+      { line: 3, reason: "its code is also on line 2 (every lamp's code is its own)" },
       { line: 4, reason: 'device a1 is also on line 2' },
     ]);
   });
 
   it('refuses a header that does not name the columns, on line 1', () => {
     expect(errorsOf(parseFleetFile(`device_id,user,code\na1,alice,${CODE_A}`))).toEqual([
-      { line: 1, reason: 'the header row must name the columns device_id, owner, code, name (name is optional): unknown column "user"; missing column owner' },
+      {
+        line: 1,
+        reason:
+          'the header row must name the columns device_id, owner, code, name (name is optional): unknown column "user"; missing column owner',
+      },
     ]);
     expect(errorsOf(parseFleetFile(`a1,alice,${CODE_A}`))[0]).toMatchObject({ line: 1 });
   });
 
   it('refuses an unclosed quote and text after a closing quote', () => {
-    expect(errorsOf(parseFleetFile(`device_id,owner,code\na1,"alice,${CODE_A}\n`))).toEqual([{ line: 2, reason: 'a quoted field is never closed' }]);
+    expect(errorsOf(parseFleetFile(`device_id,owner,code\na1,"alice,${CODE_A}\n`))).toEqual([
+      { line: 2, reason: 'a quoted field is never closed' },
+    ]);
     expect(errorsOf(parseFleetFile(`device_id,owner,code\na1,"ali"ce,${CODE_A}\n`))[0]).toMatchObject({ line: 2 });
   });
 
@@ -118,21 +133,51 @@ describe('parseFleetFile: JSON', () => {
     // The broken lamp's object starts on line 2.
     expect(errorsOf(broken)[0]!.line).toBe(2);
     expect(errorsOf(broken)[0]!.reason).toMatch(/^not valid JSON \(in the lamp that starts on this line\): /);
-    expect(errorsOf(parseFleetFile(`{"device_id": "a1", "owner": "alice", "code": "${CODE_A}"}`))[0]!.reason).toMatch(/must be an array of lamps/);
+    expect(errorsOf(parseFleetFile(`{"device_id": "a1", "owner": "alice", "code": "${CODE_A}"}`))[0]!.reason).toMatch(
+      /must be an array of lamps/,
+    );
     expect(errorsOf(parseFleetFile('[]'))).toEqual([{ line: 0, reason: 'the file holds no lamps' }]);
   });
 });
 
 describe('parseFleetFile never throws', () => {
   it('answers rows or errors for any text, and every error names a line within the file', () => {
-    const fragments = fc.constantFrom('device_id,owner,code,name\n', '[', ']', '{', '}', '"', '""', ',', '\n', '\r\n', ':', 'a1', 'alice', CODE_A, '"device_id"', '"owner"', '"code"', '\\', '\uFEFF', 'null', '1e999');
+    const fragments = fc.constantFrom(
+      'device_id,owner,code,name\n',
+      '[',
+      ']',
+      '{',
+      '}',
+      '"',
+      '""',
+      ',',
+      '\n',
+      '\r\n',
+      ':',
+      'a1',
+      'alice',
+      CODE_A,
+      '"device_id"',
+      '"owner"',
+      '"code"',
+      '\\',
+      '\uFEFF',
+      'null',
+      '1e999',
+    );
     fc.assert(
-      fc.property(fc.oneof(fc.string({ maxLength: 200 }), fc.array(fragments, { maxLength: 40 }).map((parts) => parts.join(''))), (text) => {
-        const parsed = parseFleetFile(text);
-        const lines = text.split('\n').length;
-        if (parsed.ok) expect(parsed.rows.length).toBeGreaterThan(0);
-        else for (const error of parsed.errors) expect(error.line).toBeLessThanOrEqual(lines);
-      }),
+      fc.property(
+        fc.oneof(
+          fc.string({ maxLength: 200 }),
+          fc.array(fragments, { maxLength: 40 }).map((parts) => parts.join('')),
+        ),
+        (text) => {
+          const parsed = parseFleetFile(text);
+          const lines = text.split('\n').length;
+          if (parsed.ok) expect(parsed.rows.length).toBeGreaterThan(0);
+          else for (const error of parsed.errors) expect(error.line).toBeLessThanOrEqual(lines);
+        },
+      ),
       { numRuns: 2000 },
     );
   });

@@ -15,7 +15,11 @@ const post = (path: string, body: unknown, key: string | null = KEY) =>
     headers: { 'content-type': 'application/json', ...(key === null ? {} : { authorization: key }) },
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
-const ev = (token: string, extra: Record<string, unknown> = {}) => ({ device_id: 'abc', ...extra, keen: { timestamp: '2026-11-05T10:00:00.000Z', uniqueness_token: token } });
+const ev = (token: string, extra: Record<string, unknown> = {}) => ({
+  device_id: 'abc',
+  ...extra,
+  keen: { timestamp: '2026-11-05T10:00:00.000Z', uniqueness_token: token },
+});
 
 beforeAll(async () => {
   keen = await startFakeKeen({ projectId: PROJECT, writeKey: KEY });
@@ -29,7 +33,10 @@ describe('fake Keen wire format', () => {
     expect(res.status).toBe(201);
     expect(await res.json()).toEqual({ created: true });
     const stored = keen.eventsIn('devicestate').find((e) => e.keen.uniqueness_token === 's-1');
-    expect(stored).toMatchObject({ device_id: 'abc', keen: { timestamp: '2026-11-05T10:00:00.000Z', id: expect.any(String), created_at: expect.any(String) } });
+    expect(stored).toMatchObject({
+      device_id: 'abc',
+      keen: { timestamp: '2026-11-05T10:00:00.000Z', id: expect.any(String), created_at: expect.any(String) },
+    });
   });
 
   it('single event: invalid names are a 400 {message, error_code}', async () => {
@@ -42,10 +49,17 @@ describe('fake Keen wire format', () => {
   });
 
   it('bulk: 200 with per-event results in order', async () => {
-    const res = await post(`/3.0/projects/${PROJECT}/events`, { devicestate: [ev('b-1'), { ...ev('b-2'), keen: 5 }, ev('b-3')], activations: [ev('b-4')] });
+    const res = await post(`/3.0/projects/${PROJECT}/events`, {
+      devicestate: [ev('b-1'), { ...ev('b-2'), keen: 5 }, ev('b-3')],
+      activations: [ev('b-4')],
+    });
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({
-      devicestate: [{ success: true }, { success: false, error: { name: 'InvalidPropertyValueError', description: expect.any(String) } }, { success: true }],
+      devicestate: [
+        { success: true },
+        { success: false, error: { name: 'InvalidPropertyValueError', description: expect.any(String) } },
+        { success: true },
+      ],
       activations: [{ success: true }],
     });
   });
@@ -55,7 +69,12 @@ describe('fake Keen wire format', () => {
     await post(`/3.0/projects/${PROJECT}/events`, { devicestate: [ev('d-1', { n: 1 }), ev('d-1', { n: 2 })], activations: [ev('d-1')] });
     const res = await post(`/3.0/projects/${PROJECT}/events`, { devicestate: [ev('d-1', { n: 3 })] });
     expect(await res.json()).toEqual({ devicestate: [{ success: true }] });
-    expect(keen.eventsIn('devicestate').filter((e) => e.keen.uniqueness_token === 'd-1').map((e) => e.n)).toEqual([1]);
+    expect(
+      keen
+        .eventsIn('devicestate')
+        .filter((e) => e.keen.uniqueness_token === 'd-1')
+        .map((e) => e.n),
+    ).toEqual([1]);
     expect(keen.tokens('activations')).toContain('d-1');
     expect(keen.duplicatesDropped - dropped).toBe(2);
   });
@@ -100,7 +119,8 @@ describe('Keen validation rules', () => {
     expect(validateCollectionName(name)?.name).toBe(error);
   });
   it('accepts our collections', () => {
-    for (const name of ['activations', 'devicemonitoring', 'devicestate', 'x'.repeat(64)]) expect(validateCollectionName(name)).toBeUndefined();
+    for (const name of ['activations', 'devicemonitoring', 'devicestate', 'x'.repeat(64)])
+      expect(validateCollectionName(name)).toBeUndefined();
   });
   it.each([
     ['a dot in a name', { 'a.b': 1 }, 'InvalidPropertyNameError'],
@@ -115,6 +135,11 @@ describe('Keen validation rules', () => {
     expect(validateEvent(event)?.name).toBe(error);
   });
   it('accepts a property name of 256 characters and dots in values', () => {
-    expect(validateEvent({ ['p'.repeat(256)]: 'a.b', keen: { timestamp: '2026-11-05T10:00:00Z', addons: [{ input: { date_time: 'keen.timestamp' } }] } })).toBeUndefined();
+    expect(
+      validateEvent({
+        ['p'.repeat(256)]: 'a.b',
+        keen: { timestamp: '2026-11-05T10:00:00Z', addons: [{ input: { date_time: 'keen.timestamp' } }] },
+      }),
+    ).toBeUndefined();
   });
 });

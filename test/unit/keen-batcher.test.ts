@@ -58,7 +58,9 @@ describe('KeenBatcher', () => {
 
   it('sends a partial batch after lingerMs', async () => {
     const b = batcher({ maxEvents: 100, lingerMs: 30 });
-    const requests = await requestsDuring(() => Promise.all([b.submit('devicestate', event()), b.submit('devicestate', event()), b.submit('activations', event())]));
+    const requests = await requestsDuring(() =>
+      Promise.all([b.submit('devicestate', event()), b.submit('devicestate', event()), b.submit('activations', event())]),
+    );
     expect(requests.map((r) => r.eventCount)).toEqual([3]);
   });
 
@@ -142,7 +144,11 @@ describe('KeenBatcher', () => {
     const logger = createLogger('pause-test', 'info', sink);
     const pause = new KeenDeliveryPause({ probeIntervalMs: 30_000, logger, metrics, now: () => now });
     const b = batcher({ lingerMs: 0, pause });
-    expect(await gauge()).toEqual([['unauthorized', 0], ['account_blocked', 0], ['forbidden', 0]]);
+    expect(await gauge()).toEqual([
+      ['unauthorized', 0],
+      ['account_blocked', 0],
+      ['forbidden', 0],
+    ]);
     expect(pause.readiness()).toBe(true);
 
     keen.respondWith({ status: 401, body: { message: 'The API key is invalid for this project.', error_code: 'InvalidApiKeyError' } });
@@ -150,7 +156,11 @@ describe('KeenBatcher', () => {
     expect(first).toMatchObject({ status: 401, code: 'InvalidApiKeyError', deploymentFault: 'unauthorized', retryAfterMs: 30_000 });
     expect(pause.fault).toBe('unauthorized');
     expect(pause.readiness()).toEqual(expect.stringContaining('KEEN_WRITE_KEY'));
-    expect(await gauge()).toEqual([['unauthorized', 1], ['account_blocked', 0], ['forbidden', 0]]);
+    expect(await gauge()).toEqual([
+      ['unauthorized', 1],
+      ['account_blocked', 0],
+      ['forbidden', 0],
+    ]);
     expect(lines('Keen delivery is paused')).toHaveLength(1);
 
     // Before the probe: refused without a request, saying how long is left.
@@ -177,7 +187,11 @@ describe('KeenBatcher', () => {
     expect(keen.tokens('devicestate')).toContain(resumed.keen.uniqueness_token);
     expect(pause.fault).toBeUndefined();
     expect(pause.readiness()).toBe(true);
-    expect(await gauge()).toEqual([['unauthorized', 0], ['account_blocked', 0], ['forbidden', 0]]);
+    expect(await gauge()).toEqual([
+      ['unauthorized', 0],
+      ['account_blocked', 0],
+      ['forbidden', 0],
+    ]);
     expect(lines('Keen delivery resumed')).toHaveLength(1);
     expect(output).not.toContain(WRITE_KEY);
   });

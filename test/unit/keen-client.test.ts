@@ -45,7 +45,11 @@ describe('KeenClient.recordEvents', () => {
       activations: [event('c-4')],
     });
     expect(results).toEqual({
-      devicestate: [{ success: true }, { success: false, error: { name: 'InvalidPropertyNameError', description: expect.stringContaining('a.b') } }, { success: true }],
+      devicestate: [
+        { success: true },
+        { success: false, error: { name: 'InvalidPropertyNameError', description: expect.stringContaining('a.b') } },
+        { success: true },
+      ],
       activations: [{ success: true }],
     });
     expect(keen.requests.length - before).toBe(1);
@@ -103,7 +107,10 @@ describe('KeenClient.recordEvents', () => {
   });
 
   it('a 503 with an HTML body from a proxy is retryable and quotes the body', async () => {
-    keen.respondWith({ status: 503, body: '<html><body>upstream unavailable</body></html>', headers: { 'content-type': 'text/html' } }, { times: 1 });
+    keen.respondWith(
+      { status: 503, body: '<html><body>upstream unavailable</body></html>', headers: { 'content-type': 'text/html' } },
+      { times: 1 },
+    );
     const err = await failure(client.recordEvents({ devicestate: [event('html-1')] }));
     expect(err).toMatchObject({ status: 503, retryable: true });
     expect(err.code).toBeUndefined();
@@ -118,7 +125,10 @@ describe('KeenClient.recordEvents', () => {
 
   it('a 429 with an HTTP-date Retry-After', async () => {
     const at = new Date(Date.now() + 30_000);
-    keen.respondWith({ status: 429, body: { message: 'slow down', error_code: 'RateLimitedError' }, headers: { 'retry-after': at.toUTCString() } }, { times: 1 });
+    keen.respondWith(
+      { status: 429, body: { message: 'slow down', error_code: 'RateLimitedError' }, headers: { 'retry-after': at.toUTCString() } },
+      { times: 1 },
+    );
     const err = await failure(client.recordEvents({ devicestate: [event('rl-2')] }));
     expect(err).toMatchObject({ status: 429, code: 'RateLimitedError', retryable: true });
     // toUTCString drops milliseconds; the wait is whatever is left until that second.

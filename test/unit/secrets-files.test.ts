@@ -29,9 +29,13 @@ describe('X_FILE settings', () => {
   it('an unreadable file, or both X and X_FILE, is one line naming the variable', () => {
     const missing = path.join(dir(), 'nope');
     expect(() => loadConfig(['mqtt'], { MQTT_PASSWORD_FILE: missing })).toThrow(
-      new ConfigError(`invalid configuration: MQTT_PASSWORD_FILE=${missing} cannot be read (ENOENT): fix the path or the file's permissions`),
+      new ConfigError(
+        `invalid configuration: MQTT_PASSWORD_FILE=${missing} cannot be read (ENOENT): fix the path or the file's permissions`,
+      ),
     );
-    expect(() => loadConfig(['mqtt'], { MQTT_PASSWORD: 'a', MQTT_PASSWORD_FILE: file('b') })).toThrow(/MQTT_PASSWORD_FILE and MQTT_PASSWORD are both set: set only one/);
+    expect(() => loadConfig(['mqtt'], { MQTT_PASSWORD: 'a', MQTT_PASSWORD_FILE: file('b') })).toThrow(
+      /MQTT_PASSWORD_FILE and MQTT_PASSWORD are both set: set only one/,
+    );
     // A required setting whose file is missing is reported once, as the file.
     const message = (() => {
       try {
@@ -40,15 +44,22 @@ describe('X_FILE settings', () => {
         return (err as Error).message;
       }
     })();
-    expect(message).toBe(`invalid configuration: DATABASE_URL_FILE=${missing} cannot be read (ENOENT): fix the path or the file's permissions`);
+    expect(message).toBe(
+      `invalid configuration: DATABASE_URL_FILE=${missing} cannot be read (ENOENT): fix the path or the file's permissions`,
+    );
   });
 
-  it('POSTGRES_PASSWORD(_FILE) becomes DATABASE_URL\'s password, URL-encoded; a password in the URL wins', () => {
-    const config = loadConfig(['database'], { DATABASE_URL: 'postgresql://lampi@postgres:5432/lampi', POSTGRES_PASSWORD_FILE: file('a$b@c/d:e%f\n') });
+  it("POSTGRES_PASSWORD(_FILE) becomes DATABASE_URL's password, URL-encoded; a password in the URL wins", () => {
+    const config = loadConfig(['database'], {
+      DATABASE_URL: 'postgresql://lampi@postgres:5432/lampi',
+      POSTGRES_PASSWORD_FILE: file('a$b@c/d:e%f\n'),
+    });
     expect(new URL(config.DATABASE_URL).host).toBe('postgres:5432');
     expect(decodeURIComponent(new URL(config.DATABASE_URL).password)).toBe('a$b@c/d:e%f');
     expect(config).not.toHaveProperty('POSTGRES_PASSWORD');
-    expect(loadConfig(['database'], { DATABASE_URL: 'postgresql://u:own@h/db', POSTGRES_PASSWORD: 'other' }).DATABASE_URL).toBe('postgresql://u:own@h/db');
+    expect(loadConfig(['database'], { DATABASE_URL: 'postgresql://u:own@h/db', POSTGRES_PASSWORD: 'other' }).DATABASE_URL).toBe(
+      'postgresql://u:own@h/db',
+    );
   });
 
   it('keen-sink reads its keys and its database password from files too', () => {
@@ -59,10 +70,19 @@ describe('X_FILE settings', () => {
       DATABASE_URL: 'postgresql://lampi@postgres:5432/lampi',
       POSTGRES_PASSWORD_FILE: file('pg$pw'),
     });
-    expect(config).toMatchObject({ KEEN_WRITE_KEY: 'write', KEEN_READ_KEY: 'read', KEEN_SINK_DATABASE_URL: 'postgresql://lampi:pg%24pw@postgres:5432/lampi' });
-    expect(() => loadKeenSinkConfig({ KEEN_PROJECT_ID: 'p', KEEN_WRITE_KEY: 'w', KEEN_READ_KEY_FILE: '/nonexistent/key', DATABASE_URL: 'postgresql://h/db' })).toThrow(
-      /^invalid configuration: KEEN_READ_KEY_FILE=\/nonexistent\/key cannot be read \(ENOENT\)/,
-    );
+    expect(config).toMatchObject({
+      KEEN_WRITE_KEY: 'write',
+      KEEN_READ_KEY: 'read',
+      KEEN_SINK_DATABASE_URL: 'postgresql://lampi:pg%24pw@postgres:5432/lampi',
+    });
+    expect(() =>
+      loadKeenSinkConfig({
+        KEEN_PROJECT_ID: 'p',
+        KEEN_WRITE_KEY: 'w',
+        KEEN_READ_KEY_FILE: '/nonexistent/key',
+        DATABASE_URL: 'postgresql://h/db',
+      }),
+    ).toThrow(/^invalid configuration: KEEN_READ_KEY_FILE=\/nonexistent\/key cannot be read \(ENOENT\)/);
   });
 });
 
@@ -81,7 +101,12 @@ describe('secrets-init', () => {
     for (const s of SECRETS) expect(readFileSync(path.join(folder, s.file), 'utf8')).toBe(values[s.file]);
 
     const third = ensureSecrets(folder, { POSTGRES_PASSWORD: 'mine $x' });
-    expect(third.find((o) => o.variable === 'POSTGRES_PASSWORD')).toEqual({ file: 'postgres-password', variable: 'POSTGRES_PASSWORD', source: 'environment', changed: true });
+    expect(third.find((o) => o.variable === 'POSTGRES_PASSWORD')).toEqual({
+      file: 'postgres-password',
+      variable: 'POSTGRES_PASSWORD',
+      source: 'environment',
+      changed: true,
+    });
     expect(readFileSync(path.join(folder, 'postgres-password'), 'utf8')).toBe('mine $x');
     // What it returns never holds a secret.
     expect(JSON.stringify(third)).not.toContain('mine $x');

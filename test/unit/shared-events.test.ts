@@ -110,7 +110,7 @@ describe('device data cannot replace our properties', () => {
 
 describe('property names Keen refuses are rewritten', () => {
   it('replaces every . and a leading $ with _', () => {
-    expect(toKeenProperties({ 'a.b.c': 1, $set: 2, '$$x': 3, 'a$': 4, '.start': 5, 'end.': 6 })).toStrictEqual({
+    expect(toKeenProperties({ 'a.b.c': 1, $set: 2, $$x: 3, a$: 4, '.start': 5, 'end.': 6 })).toStrictEqual({
       a_b_c: 1,
       _set: 2,
       _$x: 3,
@@ -207,9 +207,7 @@ describe('uniquenessToken', () => {
   });
 
   it('differs between collections and between jobs', () => {
-    const tokens = new Set(
-      ['job-1', 'job-2'].flatMap((jobId) => KEEN_COLLECTIONS.map((collection) => uniquenessToken(jobId, collection))),
-    );
+    const tokens = new Set(['job-1', 'job-2'].flatMap((jobId) => KEEN_COLLECTIONS.map((collection) => uniquenessToken(jobId, collection))));
     expect(tokens.size).toBe(2 * KEEN_COLLECTIONS.length);
   });
 

@@ -4,10 +4,22 @@ import { parseBridgeStatesJob, parseKeenDeliveryJob, parseLampStatesJob } from '
 const receivedAt = '2026-12-03T12:00:00.000Z';
 const bridgeState = { kind: 'bridge-state', deviceId: 'b827eb000001', connected: true, retained: false, receivedAt, messageId: 'm1' };
 const lampState = { kind: 'lamp-state', deviceId: 'b827eb000001', state: { on: true }, receivedAt, messageId: 'm2' };
-const keenRecord = { collection: 'devicestate', event: { device_id: 'b827eb000001', keen: { timestamp: receivedAt, uniqueness_token: 'm2-devicestate' } } };
+const keenRecord = {
+  collection: 'devicestate',
+  event: { device_id: 'b827eb000001', keen: { timestamp: receivedAt, uniqueness_token: 'm2-devicestate' } },
+};
 
 /** Whatever comes in, the parsers answer; none of these may throw. */
-const hostile: unknown[] = [undefined, null, 0, 'bridge-states', [], [bridgeState], { kind: 'bridge-states', states: null }, Object.create(null)];
+const hostile: unknown[] = [
+  undefined,
+  null,
+  0,
+  'bridge-states',
+  [],
+  [bridgeState],
+  { kind: 'bridge-states', states: null },
+  Object.create(null),
+];
 
 describe('parseBridgeStatesJob', () => {
   it('takes a job as the subscriber writes it, and one a retry left with no states but its events', () => {
@@ -21,10 +33,21 @@ describe('parseBridgeStatesJob', () => {
     // A one-state job as queued before bridge states were grouped.
     expect(parseBridgeStatesJob({ ...bridgeState })).toEqual({ ok: false, reason: "kind: not 'bridge-states'" });
     expect(parseBridgeStatesJob({ kind: 'bridge-states' })).toEqual({ ok: false, reason: 'states: not an array' });
-    expect(parseBridgeStatesJob({ kind: 'bridge-states', states: [bridgeState, { ...bridgeState, connected: 1 }] })).toEqual({ ok: false, reason: 'states[1].connected: not a boolean' });
-    expect(parseBridgeStatesJob({ kind: 'bridge-states', states: [{ ...bridgeState, messageId: '' }] })).toEqual({ ok: false, reason: 'states[0].messageId: not a non-empty string' });
-    expect(parseBridgeStatesJob({ kind: 'bridge-states', states: [{ ...bridgeState, receivedAt: 'yesterday' }] })).toEqual({ ok: false, reason: 'states[0].receivedAt: not a date' });
-    expect(parseBridgeStatesJob({ kind: 'bridge-states', states: [bridgeState], events: [{ collection: 'devicestate', event: {} }] })).toEqual({
+    expect(parseBridgeStatesJob({ kind: 'bridge-states', states: [bridgeState, { ...bridgeState, connected: 1 }] })).toEqual({
+      ok: false,
+      reason: 'states[1].connected: not a boolean',
+    });
+    expect(parseBridgeStatesJob({ kind: 'bridge-states', states: [{ ...bridgeState, messageId: '' }] })).toEqual({
+      ok: false,
+      reason: 'states[0].messageId: not a non-empty string',
+    });
+    expect(parseBridgeStatesJob({ kind: 'bridge-states', states: [{ ...bridgeState, receivedAt: 'yesterday' }] })).toEqual({
+      ok: false,
+      reason: 'states[0].receivedAt: not a date',
+    });
+    expect(
+      parseBridgeStatesJob({ kind: 'bridge-states', states: [bridgeState], events: [{ collection: 'devicestate', event: {} }] }),
+    ).toEqual({
       ok: false,
       reason: 'events[0].event: keen: not an object',
     });
@@ -44,9 +67,18 @@ describe('parseLampStatesJob', () => {
 
   it('names the first thing wrong', () => {
     expect(parseLampStatesJob({ kind: 'lamp-states', states: [] })).toEqual({ ok: false, reason: 'states: not a non-empty array' });
-    expect(parseLampStatesJob({ kind: 'lamp-states', states: [{ ...lampState, state: 'on' }] })).toEqual({ ok: false, reason: 'states[0].state: not an object' });
-    expect(parseLampStatesJob({ kind: 'lamp-states', states: [lampState], waits: -1 })).toEqual({ ok: false, reason: 'waits: not a count' });
-    expect(parseLampStatesJob({ kind: 'lamp-states', states: [{ ...lampState, kind: 'bridge-state' }] })).toEqual({ ok: false, reason: "states[0].kind: not 'lamp-state'" });
+    expect(parseLampStatesJob({ kind: 'lamp-states', states: [{ ...lampState, state: 'on' }] })).toEqual({
+      ok: false,
+      reason: 'states[0].state: not an object',
+    });
+    expect(parseLampStatesJob({ kind: 'lamp-states', states: [lampState], waits: -1 })).toEqual({
+      ok: false,
+      reason: 'waits: not a count',
+    });
+    expect(parseLampStatesJob({ kind: 'lamp-states', states: [{ ...lampState, kind: 'bridge-state' }] })).toEqual({
+      ok: false,
+      reason: "states[0].kind: not 'lamp-state'",
+    });
   });
 
   it('never throws', () => {

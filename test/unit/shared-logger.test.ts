@@ -19,12 +19,16 @@ describe('redactUrl', () => {
   it('masks the password in credentials inside a URL and keeps the rest', () => {
     expect(redactUrl('redis://user:secret@host:6379/0')).toBe('redis://user:***@host:6379/0');
     expect(redactUrl('rediss://:secret@host')).toBe('rediss://:***@host');
-    expect(redactUrl('postgresql://lampi:p%40ss@db:5432/lampi?sslmode=require')).toBe('postgresql://lampi:***@db:5432/lampi?sslmode=require');
+    expect(redactUrl('postgresql://lampi:p%40ss@db:5432/lampi?sslmode=require')).toBe(
+      'postgresql://lampi:***@db:5432/lampi?sslmode=require',
+    );
     expect(redactUrl('MQTTS://Ingest:Secret@Broker')).toBe('MQTTS://Ingest:***@Broker');
   });
 
   it('masks every URL in a longer text', () => {
-    expect(redactUrl('tried redis://a:one@h1 then mqtt://b:two@h2, both failed')).toBe('tried redis://a:***@h1 then mqtt://b:***@h2, both failed');
+    expect(redactUrl('tried redis://a:one@h1 then mqtt://b:two@h2, both failed')).toBe(
+      'tried redis://a:***@h1 then mqtt://b:***@h2, both failed',
+    );
   });
 
   it('masks all of a password that holds an unencoded @ (URL parsers split at the last @)', () => {

@@ -1,12 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { deviceStateEvent } from '../../src/shared/events.js';
-import {
-  MAX_LAMP_STATE_BYTES,
-  MAX_LAMP_STATE_DEPTH,
-  REJECT_REASONS,
-  parseMessage,
-  type ParsedMessage,
-} from '../../src/shared/message.js';
+import { MAX_LAMP_STATE_BYTES, MAX_LAMP_STATE_DEPTH, REJECT_REASONS, parseMessage, type ParsedMessage } from '../../src/shared/message.js';
 
 const RECEIVED_AT = new Date('2025-03-04T05:06:07.089Z');
 const LAMP_TOPIC = '/devices/b827eb0a1b2c/lamp/changed';
@@ -52,7 +46,13 @@ describe('parseMessage: bridge state', () => {
     });
     expect(parse(BRIDGE_TOPIC, '0')).toEqual({
       ok: true,
-      message: { kind: 'bridge-state', deviceId: 'b827eb0a1b2c', connected: false, retained: false, receivedAt: '2025-03-04T05:06:07.089Z' },
+      message: {
+        kind: 'bridge-state',
+        deviceId: 'b827eb0a1b2c',
+        connected: false,
+        retained: false,
+        receivedAt: '2025-03-04T05:06:07.089Z',
+      },
     });
   });
 
@@ -62,11 +62,30 @@ describe('parseMessage: bridge state', () => {
   });
 
   it('takes the device id from an upper-case topic in lower case', () => {
-    expect(parse('$SYS/broker/connection/B827EB0A1B2C_broker/state', '1')).toMatchObject({ ok: true, message: { deviceId: 'b827eb0a1b2c' } });
+    expect(parse('$SYS/broker/connection/B827EB0A1B2C_broker/state', '1')).toMatchObject({
+      ok: true,
+      message: { deviceId: 'b827eb0a1b2c' },
+    });
   });
 
   it('refuses every other payload as invalid_bridge_state', () => {
-    const others: Array<string | number[]> = ['2', '10', '01', ' 1', '1 ', '1\n', '', 'true', 'connected', '١', [0x01], [0x00], [0x31, 0x00], [0xff], [0xc3, 0x28]];
+    const others: Array<string | number[]> = [
+      '2',
+      '10',
+      '01',
+      ' 1',
+      '1 ',
+      '1\n',
+      '',
+      'true',
+      'connected',
+      '١',
+      [0x01],
+      [0x00],
+      [0x31, 0x00],
+      [0xff],
+      [0xc3, 0x28],
+    ];
     for (const payload of others) {
       expectRejected(parse(BRIDGE_TOPIC, payload), 'invalid_bridge_state');
     }
@@ -89,7 +108,10 @@ describe('parseMessage: lamp state accepted', () => {
   });
 
   it('accepts both topic shapes', () => {
-    expect(parse('devices/b827eb0a1b2c/lamp/changed', '{"on":false}')).toMatchObject({ ok: true, message: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c' } });
+    expect(parse('devices/b827eb0a1b2c/lamp/changed', '{"on":false}')).toMatchObject({
+      ok: true,
+      message: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c' },
+    });
   });
 
   it('accepts partial states, boundary values and extra fields (kept, unvalidated)', () => {
@@ -169,7 +191,21 @@ describe('parseMessage: lamp state refused', () => {
   });
 
   it('refuses what is not JSON as invalid_json', () => {
-    for (const payload of ['', ' ', 'on', '{', '{"on":true', "{'on':true}", '{"on":true,}', '{on:true}', '{"on":true}{"on":false}', 'NaN', '{"a":NaN}', '{"a":Infinity}', '{"a":01}']) {
+    for (const payload of [
+      '',
+      ' ',
+      'on',
+      '{',
+      '{"on":true',
+      "{'on':true}",
+      '{"on":true,}',
+      '{on:true}',
+      '{"on":true}{"on":false}',
+      'NaN',
+      '{"a":NaN}',
+      '{"a":Infinity}',
+      '{"a":01}',
+    ]) {
       expect(lamp(payload), JSON.stringify(payload)).toMatchObject({ ok: false, reason: 'invalid_json', deviceId: 'b827eb0a1b2c' });
     }
   });
@@ -260,7 +296,15 @@ describe('parseMessage: lamp state refused', () => {
 
 describe('parseMessage: text no Keen can store', () => {
   it('refuses a NUL or a lone surrogate, in any key or value at any depth, as unstorable_text', () => {
-    const refused = ['{"s":"\\u0000"}', '{"s":"\\ud800"}', '{"s":"x\\udfff"}', '{"s":"\\udc00\\ud800"}', '{"a":{"b":[1,{"c":"\\ud83d"}]}}', '{"\\u0000":1}', '{"a":[{"k\\udbff":1}]}'];
+    const refused = [
+      '{"s":"\\u0000"}',
+      '{"s":"\\ud800"}',
+      '{"s":"x\\udfff"}',
+      '{"s":"\\udc00\\ud800"}',
+      '{"a":{"b":[1,{"c":"\\ud83d"}]}}',
+      '{"\\u0000":1}',
+      '{"a":[{"k\\udbff":1}]}',
+    ];
     for (const payload of refused) {
       const result = lamp(payload);
       expect(result, payload).toMatchObject({ ok: false, reason: 'unstorable_text', detail: expect.stringMatching(/NUL|surrogate/) });
@@ -295,7 +339,7 @@ describe('parseMessage: prototype pollution', () => {
     const state = acceptedState(lamp('{"constructor":{"prototype":{"polluted":1}},"prototype":{"polluted":1},"toString":"x"}'));
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(Object.prototype.toString).toBe(PROTOTYPE_TO_STRING);
-    expect(({}).constructor).toBe(Object);
+    expect({}.constructor).toBe(Object);
     deviceStateEvent('b827eb0a1b2c', state, RECEIVED_AT.toISOString(), 't');
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(Object.getOwnPropertyNames(Object.prototype)).not.toContain('polluted');

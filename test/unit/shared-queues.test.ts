@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { backoffBaseMs, JITTERED_BACKOFF, JOB_OPTIONS, jitteredBackoff, jitteredBackoffDelay, retryWindowMs } from '../../src/shared/queues.js';
+import {
+  backoffBaseMs,
+  JITTERED_BACKOFF,
+  JOB_OPTIONS,
+  jitteredBackoff,
+  jitteredBackoffDelay,
+  retryWindowMs,
+} from '../../src/shared/queues.js';
 
 const FIVE_MINUTES = 5 * 60_000;
 const fixed = (value: number) => () => value;

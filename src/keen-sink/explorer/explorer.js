@@ -9,7 +9,17 @@
 const KEY_STORAGE = 'keen-sink.read-key';
 const STREAM_EVENTS = 10;
 const STREAM_REFRESH_MS = 5000;
-const QUERY_FIELDS = ['analysis_type', 'event_collection', 'target_property', 'percentile', 'timeframe', 'interval', 'group_by', 'timezone', 'latest'];
+const QUERY_FIELDS = [
+  'analysis_type',
+  'event_collection',
+  'target_property',
+  'percentile',
+  'timeframe',
+  'interval',
+  'group_by',
+  'timezone',
+  'latest',
+];
 
 const $ = (id) => document.getElementById(id);
 const state = { projectId: '', collections: [], chart: null, streamTimer: null, lastBody: null, lastParams: null };
@@ -142,7 +152,9 @@ function startStreams() {
 async function refreshStreams() {
   try {
     await loadCollections();
-    const latest = await Promise.all(state.collections.map((c) => query('extraction', { event_collection: c.name, latest: STREAM_EVENTS })));
+    const latest = await Promise.all(
+      state.collections.map((c) => query('extraction', { event_collection: c.name, latest: STREAM_EVENTS })),
+    );
     const blocks = state.collections.map((collection, index) => {
       const block = el('div', undefined, 'stream');
       block.dataset.collection = collection.name;
@@ -169,7 +181,9 @@ async function refreshStreams() {
       }
       return block;
     });
-    $('streams-list').replaceChildren(...(blocks.length ? blocks : [el('p', 'No events yet: they appear here as soon as they are written.', 'muted')]));
+    $('streams-list').replaceChildren(
+      ...(blocks.length ? blocks : [el('p', 'No events yet: they appear here as soon as they are written.', 'muted')]),
+    );
     $('streams-updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
     $('streams-error').textContent = '';
   } catch (err) {
@@ -204,7 +218,11 @@ function readForm() {
     if (value !== '') params[name] = value;
   }
   const filters = [...document.querySelectorAll('#filters .filter')]
-    .map((row) => ({ property_name: row.querySelector('.filter-property').value.trim(), operator: row.querySelector('.filter-operator').value, property_value: filterValue(row.querySelector('.filter-value').value.trim()) }))
+    .map((row) => ({
+      property_name: row.querySelector('.filter-property').value.trim(),
+      operator: row.querySelector('.filter-operator').value,
+      property_value: filterValue(row.querySelector('.filter-value').value.trim()),
+    }))
     .filter((filter) => filter.property_name !== '');
   if (filters.length) params.filters = filters;
   return params;
@@ -235,7 +253,10 @@ function apiParams(form) {
   delete params.analysis_type;
   if (params.timeframe && params.timeframe.startsWith('{')) params.timeframe = filterValue(params.timeframe);
   if (params.group_by) {
-    const names = params.group_by.split(',').map((name) => name.trim()).filter(Boolean);
+    const names = params.group_by
+      .split(',')
+      .map((name) => name.trim())
+      .filter(Boolean);
     params.group_by = names.length === 1 ? names[0] : names;
   }
   if (params.percentile) params.percentile = Number(params.percentile);
@@ -276,7 +297,10 @@ function resultTable(params, result) {
   if (params.analysis === 'extraction') {
     const events = result.map((event) => new Map(flatten(event)));
     const columns = [...new Set(events.flatMap((event) => [...event.keys()]))].slice(0, 40);
-    return table(columns, events.map((event) => columns.map((column) => event.get(column))));
+    return table(
+      columns,
+      events.map((event) => columns.map((column) => event.get(column))),
+    );
   }
   const groupRows = (list, prefix) => list.map((entry) => [...prefix, ...groups.map((name) => entry[name]), entry.result]);
   if (params.interval) {
@@ -287,7 +311,11 @@ function resultTable(params, result) {
     return table(['start', 'end', ...groups, valueName], rows);
   }
   if (groups.length) return table([...groups, valueName], groupRows(result, []));
-  if (Array.isArray(result)) return table([params.target_property || 'value'], result.map((value) => [value]));
+  if (Array.isArray(result))
+    return table(
+      [params.target_property || 'value'],
+      result.map((value) => [value]),
+    );
   return el('p', display(result), 'big');
 }
 
@@ -300,10 +328,18 @@ function chartData(params, result) {
     const labels = result.map((interval) => interval.timeframe.start);
     if (!groups.length) return { type: 'line', labels, datasets: [{ label: params.analysis, data: result.map((i) => numeric(i.value)) }] };
     const names = [...new Set(result.flatMap((interval) => interval.value.map(label)))].slice(0, 20);
-    const datasets = names.map((name) => ({ label: name, data: result.map((interval) => numeric((interval.value.find((entry) => label(entry) === name) || {}).result)) }));
+    const datasets = names.map((name) => ({
+      label: name,
+      data: result.map((interval) => numeric((interval.value.find((entry) => label(entry) === name) || {}).result)),
+    }));
     return { type: 'line', labels, datasets };
   }
-  if (groups.length) return { type: 'bar', labels: result.map(label), datasets: [{ label: params.analysis, data: result.map((entry) => numeric(entry.result)) }] };
+  if (groups.length)
+    return {
+      type: 'bar',
+      labels: result.map(label),
+      datasets: [{ label: params.analysis, data: result.map((entry) => numeric(entry.result)) }],
+    };
   return null;
 }
 

@@ -74,7 +74,8 @@ export class KeenBatcher {
   #closed = false;
 
   constructor(options: KeenBatcherOptions) {
-    if (!(Number.isInteger(options.maxEvents) && options.maxEvents > 0)) throw new TypeError('KeenBatcher: maxEvents must be a positive integer');
+    if (!(Number.isInteger(options.maxEvents) && options.maxEvents > 0))
+      throw new TypeError('KeenBatcher: maxEvents must be a positive integer');
     if (!(options.lingerMs >= 0)) throw new TypeError('KeenBatcher: lingerMs must be 0 or more');
     this.#client = options.client;
     this.#maxEvents = options.maxEvents;
@@ -106,7 +107,9 @@ export class KeenBatcher {
     const bytes = Buffer.byteLength(serialized);
     if (bytes > this.#maxEventBytes) {
       this.#countEvents(collection, 'rejected');
-      return Promise.reject(new KeenEventRejected('EventTooLargeError', `event is ${bytes} bytes serialized; Keen accepts at most ${this.#maxEventBytes}`));
+      return Promise.reject(
+        new KeenEventRejected('EventTooLargeError', `event is ${bytes} bytes serialized; Keen accepts at most ${this.#maxEventBytes}`),
+      );
     }
     const held = this.#held();
     if (held) return Promise.reject(held);
@@ -218,7 +221,9 @@ export class KeenBatcher {
     } catch (err) {
       if (err instanceof KeenRequestError) {
         metrics?.keenRequestSeconds.observe({ outcome: requestOutcome(err) }, seconds());
-        metrics?.keenResponses.inc({ status: err.status !== undefined ? String(err.status) : err.code === 'ETIMEDOUT' ? 'timeout' : 'network' });
+        metrics?.keenResponses.inc({
+          status: err.status !== undefined ? String(err.status) : err.code === 'ETIMEDOUT' ? 'timeout' : 'network',
+        });
         if (err.status === 429) {
           const until = Date.now() + (err.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS);
           if (until > this.#rateLimitedUntil) {

@@ -88,7 +88,8 @@ export class KeenClient {
     } catch {
       throw new TypeError('KeenClient: apiUrl is not a URL');
     }
-    if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new TypeError('KeenClient: apiUrl must start with http:// or https://');
+    if (base.protocol !== 'http:' && base.protocol !== 'https:')
+      throw new TypeError('KeenClient: apiUrl must start with http:// or https://');
     if (!options.projectId) throw new TypeError('KeenClient: projectId is required');
     if (!options.writeKey) throw new TypeError('KeenClient: writeKey is required');
     if (!(options.timeoutMs > 0)) throw new TypeError('KeenClient: timeoutMs must be positive');
@@ -171,7 +172,11 @@ export class KeenClient {
 
   #parseResults(status: number, text: string, sent: Array<[string, string[]]>): KeenBulkResults {
     const malformed = (why: string) =>
-      new KeenRequestError(`Keen answered ${status} with ${why}; treating the request as failed`, { status, code: 'MalformedResponse', retryable: true });
+      new KeenRequestError(`Keen answered ${status} with ${why}; treating the request as failed`, {
+        status,
+        code: 'MalformedResponse',
+        retryable: true,
+      });
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
@@ -183,7 +188,8 @@ export class KeenClient {
     for (const [collection, events] of sent) {
       const list = Object.hasOwn(parsed, collection) ? parsed[collection] : undefined;
       if (!Array.isArray(list)) throw malformed(`no results for collection ${JSON.stringify(collection)}`);
-      if (list.length !== events.length) throw malformed(`${list.length} results for the ${events.length} events sent to ${JSON.stringify(collection)}`);
+      if (list.length !== events.length)
+        throw malformed(`${list.length} results for the ${events.length} events sent to ${JSON.stringify(collection)}`);
       const checked: KeenEventResult[] = [];
       for (const item of list) {
         const result = toEventResult(item);

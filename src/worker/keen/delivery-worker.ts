@@ -18,7 +18,14 @@
  * was lost is dropped by Keen when it is sent again.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { deviceIdOf, parseKeenDeliveryJob, type DeadLetterJob, type DeliveryError, type KeenDeliveryJob, type KeenEventRecord } from '../../shared/jobs.js';
+import {
+  deviceIdOf,
+  parseKeenDeliveryJob,
+  type DeadLetterJob,
+  type DeliveryError,
+  type KeenDeliveryJob,
+  type KeenEventRecord,
+} from '../../shared/jobs.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
@@ -83,7 +90,18 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
       if (permanent) {
         const lastError = toDeliveryError(err);
         await deadLetter(job, record, lastError);
-        logger.error({ job_id: job.id, queue: QUEUE_NAMES.keen, collection: record.collection, device_id: deviceIdOf(record), status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen refused the event; dead-lettered');
+        logger.error(
+          {
+            job_id: job.id,
+            queue: QUEUE_NAMES.keen,
+            collection: record.collection,
+            device_id: deviceIdOf(record),
+            status: lastError.status,
+            code: lastError.code,
+            err: lastError.message,
+          },
+          'Keen refused the event; dead-lettered',
+        );
         continue;
       }
       undelivered.push(record);
@@ -92,7 +110,12 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
     }
     if (undelivered.length === 0) return;
 
-    const log = logger.child({ job_id: job.id, queue: QUEUE_NAMES.keen, ...keenSubject({ events: undelivered }), events: undelivered.length });
+    const log = logger.child({
+      job_id: job.id,
+      queue: QUEUE_NAMES.keen,
+      ...keenSubject({ events: undelivered }),
+      events: undelivered.length,
+    });
     if (holdError) {
       const waitMs = holdError.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS;
       // A pause logs itself (pause.ts), once a minute at most.
@@ -108,7 +131,10 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
     const lastError = toDeliveryError(retryError);
     if (lastAttempt) {
       for (const record of undelivered) await deadLetter(job, record, lastError);
-      log.error({ attempts, status: lastError.status, code: lastError.code, err: lastError.message }, 'Keen delivery attempts exhausted; dead-lettered');
+      log.error(
+        { attempts, status: lastError.status, code: lastError.code, err: lastError.message },
+        'Keen delivery attempts exhausted; dead-lettered',
+      );
       throw new UnrecoverableError(lastError.message);
     }
     await keepOnly(job, undelivered);
@@ -154,7 +180,11 @@ async function keepOnly(job: Job<KeenDeliveryJob>, undelivered: KeenEventRecord[
 function toDeliveryError(err: unknown): DeliveryError {
   if (err instanceof KeenEventRejected) return { message: err.message, code: err.errorName };
   if (err instanceof KeenRequestError) {
-    return { message: err.message, ...(err.status !== undefined ? { status: err.status } : {}), ...(err.code !== undefined ? { code: err.code } : {}) };
+    return {
+      message: err.message,
+      ...(err.status !== undefined ? { status: err.status } : {}),
+      ...(err.code !== undefined ? { code: err.code } : {}),
+    };
   }
   return { message: err instanceof Error ? err.message : String(err) };
 }

@@ -86,7 +86,8 @@ export class DeviceRegistry {
   async activate(requests: ActivationRequest[]): Promise<Map<string, Activation>> {
     const userId = await this.ensureDefaultUser();
     const codes = new Map(requests.map((r) => [r.messageId, randomBytes(16).toString('hex')]));
-    const inserting = this.schema === 'django' ? this.insertSiteLamps(requests, codes, userId) : this.insertDevices(requests, codes, userId);
+    const inserting =
+      this.schema === 'django' ? this.insertSiteLamps(requests, codes, userId) : this.insertDevices(requests, codes, userId);
     const created = new Set(
       await inserting.catch((err: unknown) => {
         // The parked user may be gone (deleted on the site): the retry looks it up again.
@@ -109,7 +110,12 @@ export class DeviceRegistry {
     for (const r of requests) {
       const row = found.get(r.deviceId);
       if (created.has(r.deviceId)) answers.set(r.messageId, { created: true, insertedNow: true, associationCode: codes.get(r.messageId)! });
-      else if (row) answers.set(r.messageId, { created: row.created_by_job_id === r.messageId, insertedNow: false, associationCode: row.association_code });
+      else if (row)
+        answers.set(r.messageId, {
+          created: row.created_by_job_id === r.messageId,
+          insertedNow: false,
+          associationCode: row.association_code,
+        });
       // Nothing inserted and nothing there: the random code collided with another lamp's. Retry.
       else throw new Error(`device ${r.deviceId} was neither created nor found; retrying`);
       this.remember(r.deviceId);
@@ -218,7 +224,9 @@ export class DeviceRegistry {
     const unseen = new Set<string>();
     for (const id of deviceIds) (this.knownDevices.has(id) ? known : unseen).add(id);
     if (unseen.size === 0) return known;
-    const found = await this.prisma.$queryRaw<Array<{ device_id: string }>>`SELECT device_id FROM ${this.tables.lamps} WHERE device_id = ANY(${[...unseen]}::text[])`;
+    const found = await this.prisma.$queryRaw<
+      Array<{ device_id: string }>
+    >`SELECT device_id FROM ${this.tables.lamps} WHERE device_id = ANY(${[...unseen]}::text[])`;
     for (const { device_id: deviceId } of found) {
       this.remember(deviceId);
       known.add(deviceId);
@@ -240,7 +248,8 @@ export class DeviceRegistry {
           SELECT l.association_code, u.username FROM ${lamps} l JOIN ${users} u ON u.id = l.user_id WHERE l.device_id = ${deviceId} FOR SHARE OF l`;
         const row = rows[0];
         if (!row) return undefined;
-        const association: Association = row.username === this.options.defaultUser ? { associated: false, code: row.association_code } : { associated: true };
+        const association: Association =
+          row.username === this.options.defaultUser ? { associated: false, code: row.association_code } : { associated: true };
         await publish(association);
         return association;
       },

@@ -18,7 +18,7 @@
  * Each scenario gets its own Mosquitto (the compose settings that matter: max_queued_messages
  * 1000000, set_tcp_nodelay true), a queue prefix of its own on the local Redis (REDIS_URL, or
  * BENCH_REDIS_URL), a scratch database on the local PostgreSQL (BENCH_DATABASE_ADMIN_URL,
- * TEST_DATABASE_ADMIN_URL, or postgres@127.0.0.1), migrated with src/migrate/runner.ts, and the
+ * TEST_DATABASE_ADMIN_URL, or postgres@127.0.0.1), migrated with src/shared/migrations.ts, and the
  * Keen recorder (bench/keen-recorder.ts). Our subscriber and worker run as `npm run` runs them,
  * as their own processes. The fleet (bench/fleet.ts) is a process of its own.
  *

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Queue } from 'bullmq';
 import mqtt from 'mqtt';
 import pg from 'pg';
-import { applyMigrations } from '../src/migrate/runner.js';
+import { applyMigrations } from '../src/shared/migrations.js';
 import type { DeadLetterJob, RejectedMessageJob } from '../src/shared/jobs.js';
 import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../src/shared/queues.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../test/support/fake-keen.js';

@@ -11,7 +11,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { parse as parseYaml } from 'yaml';
-import { applyMigrations } from '../../src/migrate/runner.js';
+import { applyMigrations } from '../../src/shared/migrations.js';
 import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../../src/shared/queues.js';
 import { manage, ROOT, startMosquitto, waitFor, type ManagedProcess } from '../../test/support/processes.js';
 import type { FleetCommand, FleetReply, PublishReport } from '../fleet.js';

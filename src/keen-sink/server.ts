@@ -19,7 +19,7 @@ import pg from 'pg';
 import type { Logger } from '../shared/logger.js';
 import { ensureDatabase } from '../shared/postgres.js';
 import { describe, safeUrl, StartupError } from '../shared/queues.js';
-import { applyMigrations, MigrationError } from '../migrate/runner.js';
+import { applyMigrations, MigrationError } from '../shared/migrations.js';
 import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
 import { answerQuery, isQueryName, QUERY_NAMES } from './analyses.js';
 import { listCollections } from './collections.js';

@@ -20,7 +20,7 @@ import { ConfigError, loadConfig } from '../shared/config.js';
 import { checkDjangoTables, djangoTablesProblem } from '../shared/django-site.js';
 import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, shown, waitForDatabase } from '../shared/postgres.js';
 import { describe } from '../shared/queues.js';
-import { applyMigrations, MigrationError } from './runner.js';
+import { applyMigrations, MigrationError } from '../shared/migrations.js';
 
 const NAME = 'migrate';
 const MIGRATIONS = {

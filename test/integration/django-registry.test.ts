@@ -17,7 +17,7 @@ import type { BridgeStatesJob, KeenEventRecord, RejectedMessageJob } from '../..
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
-import { applyMigrations } from '../../src/migrate/runner.js';
+import { applyMigrations } from '../../src/shared/migrations.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
 import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import pg from 'pg';
-import { applyMigrations } from '../../src/migrate/runner.js';
+import { applyMigrations } from '../../src/shared/migrations.js';
 
 export const PRISMA_MIGRATIONS = path.resolve(import.meta.dirname, '../../prisma/migrations');
 

@@ -6,7 +6,7 @@
  * password when the URL has none.
  */
 import { z } from 'zod';
-import { ConfigError, loadConfig, readSettings, withPassword } from '../shared/config.js';
+import { commaList, ConfigError, loadConfig, readSettings, withPassword } from '../shared/config.js';
 import { DEFAULT_MAX_RESULT_BYTES } from './query.js';
 
 const postgresUrl = z.string().refine((value) => {
@@ -39,19 +39,10 @@ const schema = z.object({
    * Origins whose web pages may call keen-sink (CORS), comma-separated exact origins such as
    * "https://lamps.example.com", or "*" for any. Default: none.
    */
-  KEEN_SINK_CORS_ORIGINS: z
-    .string()
-    .default('')
-    .transform((value) =>
-      value
-        .split(',')
-        .map((origin) => origin.trim())
-        .filter(Boolean),
-    )
-    .refine(
-      (origins) => origins.every((origin) => origin === '*' || isOrigin(origin)),
-      'must be comma-separated origins such as https://lamps.example.com (scheme, host and port only), or *',
-    ),
+  KEEN_SINK_CORS_ORIGINS: commaList(
+    (origin) => origin === '*' || isOrigin(origin),
+    'must be comma-separated origins such as https://lamps.example.com (scheme, host and port only), or *',
+  ),
 });
 
 export type KeenSinkConfig = z.infer<typeof schema> & { LOG_LEVEL: string };

@@ -29,6 +29,19 @@ export const DEFAULT_KEEN_ATTEMPTS = 12;
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 const optionalSecret = z.string().min(1).optional();
 
+/** A comma-separated list (blanks dropped, empty by default) whose every item passes `valid`; otherwise `problem`. */
+export const commaList = (valid: (item: string) => boolean, problem: string, fallback = '') =>
+  z
+    .string()
+    .default(fallback)
+    .transform((value) =>
+      value
+        .split(',')
+        .map((item) => item.trim())
+        .filter(Boolean),
+    )
+    .refine((items) => items.every(valid), problem);
+
 const sections = {
   common: {
     REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
@@ -107,19 +120,11 @@ const sections = {
     /** The folder (a compose volume) it writes the secret files into. */
     SECRETS_DIR: z.string().min(1).default('/run/secrets/lampi'),
     /** Names and addresses lamps reach the broker by, comma-separated: the TLS certificate's subjectAltName. */
-    TLS_SERVER_NAMES: z
-      .string()
-      .default('localhost,127.0.0.1')
-      .transform((value) =>
-        value
-          .split(',')
-          .map((name) => name.trim())
-          .filter(Boolean),
-      )
-      .refine(
-        (names) => names.length > 0 && names.every((name) => /^[A-Za-z0-9.:*-]+$/.test(name)),
-        'must be comma-separated host names or IP addresses',
-      ),
+    TLS_SERVER_NAMES: commaList(
+      (name) => /^[A-Za-z0-9.:*-]+$/.test(name),
+      'must be comma-separated host names or IP addresses',
+      'localhost,127.0.0.1',
+    ).refine((names) => names.length > 0, 'must name at least one host name or IP address'),
     POSTGRES_PASSWORD: optionalSecret,
     KEEN_WRITE_KEY: optionalSecret,
     KEEN_READ_KEY: optionalSecret,

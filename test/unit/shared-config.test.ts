@@ -175,3 +175,17 @@ describe('loadConfig: invalid settings', () => {
     expect(message.split('; ')).toHaveLength(3);
   });
 });
+
+describe('comma-separated settings', () => {
+  it('split on commas, drop blanks, and name the setting when an item is not valid', () => {
+    expect(loadConfig(['secrets'], {}).TLS_SERVER_NAMES).toEqual(['localhost', '127.0.0.1']);
+    expect(loadConfig(['secrets'], { TLS_SERVER_NAMES: ' lamps.example.com, ,10.0.0.5 ' }).TLS_SERVER_NAMES).toEqual([
+      'lamps.example.com',
+      '10.0.0.5',
+    ]);
+    expect(configError(['secrets'], { TLS_SERVER_NAMES: 'ok.example.com,bad name' })).toMatch(
+      /TLS_SERVER_NAMES.*host names or IP addresses/,
+    );
+    expect(configError(['secrets'], { TLS_SERVER_NAMES: ' , ' })).toMatch(/TLS_SERVER_NAMES.*at least one/);
+  });
+});

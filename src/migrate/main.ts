@@ -18,8 +18,8 @@ import path from 'node:path';
 import pg from 'pg';
 import { ConfigError, loadConfig } from '../shared/config.js';
 import { checkDjangoTables, djangoTablesProblem } from '../shared/django-site.js';
-import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, shown, waitForDatabase } from '../shared/postgres.js';
-import { describe } from '../shared/queues.js';
+import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, waitForDatabase } from '../shared/postgres.js';
+import { describe, safeUrl } from '../shared/queues.js';
 import { applyMigrations, MigrationError } from '../shared/migrations.js';
 
 const NAME = 'migrate';
@@ -35,12 +35,12 @@ async function checkSiteDatabase(url: string): Promise<void> {
   try {
     await client.connect();
     const check = await checkDjangoTables(async (sql, values) => (await client.query(sql, values)).rows);
-    if (!check.ok) throw new DatabaseSetupError(djangoTablesProblem(check.missing, `DATABASE_URL=${shown(url)}`));
+    if (!check.ok) throw new DatabaseSetupError(djangoTablesProblem(check.missing, `DATABASE_URL=${safeUrl(url)}`));
   } catch (err) {
     if (err instanceof DatabaseSetupError) throw err;
     if (pgCode(err) === '3D000') {
       throw new DatabaseSetupError(
-        `REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${shown(url)}: point DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`,
+        `REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${safeUrl(url)}: point DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`,
       );
     }
     throw connectionProblem(err, url) ?? err;
@@ -54,7 +54,7 @@ async function migrate(): Promise<void> {
   const { DATABASE_URL: url, REGISTRY_SCHEMA: schema, MIGRATE_WAIT_SECONDS: wait } = config;
   const directory = MIGRATIONS[schema];
   await waitForDatabase(url, wait, (reason) => {
-    const line = `PostgreSQL at ${shown(url)} is not accepting connections yet (${oneLine(reason)}): waiting up to ${wait}s (MIGRATE_WAIT_SECONDS)`;
+    const line = `PostgreSQL at ${safeUrl(url)} is not accepting connections yet (${oneLine(reason)}): waiting up to ${wait}s (MIGRATE_WAIT_SECONDS)`;
     process.stdout.write(`${NAME}: ${line}\n`);
   });
   if (schema === 'django') {
@@ -84,7 +84,7 @@ async function migrate(): Promise<void> {
     throw (
       connectionProblem(err, url) ??
       new DatabaseSetupError(
-        `failed against DATABASE_URL=${shown(url)} (${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user may create tables in this database`,
+        `failed against DATABASE_URL=${safeUrl(url)} (${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user may create tables in this database`,
       )
     );
   }
@@ -92,8 +92,8 @@ async function migrate(): Promise<void> {
   const total = result.applied.length + result.alreadyApplied.length;
   process.stdout.write(
     result.applied.length === 0
-      ? `${NAME}: nothing to apply: all ${total} migrations were already applied to ${shown(url)}\n`
-      : `${NAME}: ${shown(url)} is up to date (${result.applied.length} applied now, ${result.alreadyApplied.length} already applied)\n`,
+      ? `${NAME}: nothing to apply: all ${total} migrations were already applied to ${safeUrl(url)}\n`
+      : `${NAME}: ${safeUrl(url)} is up to date (${result.applied.length} applied now, ${result.alreadyApplied.length} already applied)\n`,
   );
 }
 

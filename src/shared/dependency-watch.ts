@@ -19,8 +19,8 @@ export type Dependency = 'redis' | 'mqtt' | 'postgres';
 
 const NAMES: Record<Dependency, string> = { redis: 'Redis', mqtt: 'the MQTT broker', postgres: 'PostgreSQL' };
 
-/** Socket-level failures: the service is unreachable, and the watch has already said so. */
-const CONNECTION_CODES = new Set([
+/** Socket-level failures: the service is unreachable (for PostgreSQL's start-up lines too), and the watch has already said so. */
+export const CONNECTION_CODES: ReadonlySet<string> = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
   'ETIMEDOUT',

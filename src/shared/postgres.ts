@@ -7,6 +7,7 @@
  * does (migrate, keen-sink).
  */
 import pg from 'pg';
+import { CONNECTION_CODES } from './dependency-watch.js';
 import { describe, safeUrl, StartupError } from './queues.js';
 
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -16,36 +17,32 @@ export class DatabaseSetupError extends StartupError {
   override name = 'DatabaseSetupError';
 }
 
-/** Connection-level errors: the server is not there (or not answering) at all. */
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'EPIPE']);
-
 export function pgCode(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' ? code : undefined;
-}
-
-/** DATABASE_URL for printing: the password (in the authority or as `?password=`) masked. */
-export function shown(url: string): string {
-  const masked = safeUrl(url);
-  try {
-    const parsed = new URL(masked);
-    if (parsed.searchParams.has('password')) parsed.searchParams.set('password', '***');
-    return parsed.toString();
-  } catch {
-    return masked;
-  }
 }
 
 export function oneLine(text: string): string {
   return text.replace(/\s+/g, ' ').trim();
 }
 
-/** PostgreSQL is not there yet, or still starting: worth trying again shortly. */
-function isTransient(err: unknown): boolean {
+/** The server is not there (or not answering) at all. */
+function isUnreachable(err: unknown): boolean {
   const code = pgCode(err);
   const message = err instanceof Error ? err.message : String(err);
-  if (code !== undefined && (UNREACHABLE.has(code) || code === '57P03')) return true;
-  return /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError;
+  return (
+    (code !== undefined && CONNECTION_CODES.has(code)) || /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError
+  );
+}
+
+/** PostgreSQL is not there yet, or still starting: worth trying again shortly. */
+function isTransient(err: unknown): boolean {
+  return isUnreachable(err) || pgCode(err) === '57P03';
+}
+
+/** Connects to the database in `url` and hangs up: whether it accepts us, as its error. */
+async function connectOnce(url: string): Promise<void> {
+  await (await connect(url)).end().catch(() => {});
 }
 
 /**
@@ -59,7 +56,7 @@ export async function waitForDatabase(url: string, seconds: number, onWait: (rea
   let waiting = false;
   for (;;) {
     try {
-      await (await connect(url)).end().catch(() => {});
+      await connectOnce(url);
       return;
     } catch (err) {
       if (!isTransient(err) || Date.now() >= deadline) return;
@@ -98,11 +95,11 @@ export interface ProblemOptions {
 /** Turns an error from connecting with `url` into a line that says what to do, or undefined when it is no connection problem. */
 export function connectionProblem(err: unknown, url: string, options: ProblemOptions = {}): DatabaseSetupError | undefined {
   const setting = options.setting ?? 'DATABASE_URL';
-  const where = `${setting}=${shown(url)}`;
+  const where = `${setting}=${safeUrl(url)}`;
   const code = pgCode(err);
   const message = err instanceof Error ? err.message : String(err);
   const { user, database } = namesIn(url);
-  if ((code && UNREACHABLE.has(code)) || /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError) {
+  if (isUnreachable(err)) {
     return new DatabaseSetupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix ${setting}`);
   }
   if (code === '28P01') {
@@ -153,13 +150,12 @@ async function connect(url: string): Promise<pg.Client> {
  */
 export async function checkConnection(url: string, options: ProblemOptions = {}): Promise<void> {
   try {
-    const client = await connect(url);
-    await client.end().catch(() => {});
+    await connectOnce(url);
   } catch (err) {
     const setting = options.setting ?? 'DATABASE_URL';
     throw (
       connectionProblem(err, url, options) ??
-      new DatabaseSetupError(`cannot connect to PostgreSQL at ${setting}=${shown(url)} (${describe(err)}): fix ${setting}`)
+      new DatabaseSetupError(`cannot connect to PostgreSQL at ${setting}=${safeUrl(url)} (${describe(err)}): fix ${setting}`)
     );
   }
 }
@@ -167,15 +163,14 @@ export async function checkConnection(url: string, options: ProblemOptions = {})
 /** Makes sure the database named in `url` exists; returns its name if it had to be created. */
 export async function ensureDatabase(url: string, setting = 'DATABASE_URL'): Promise<string | undefined> {
   try {
-    const client = await connect(url);
-    await client.end().catch(() => {});
+    await connectOnce(url);
     return undefined;
   } catch (err) {
     if (pgCode(err) !== '3D000') throw connectionProblem(err, url, { setting }) ?? err;
   }
   const parsed = new URL(url);
   const database = decodeURIComponent(parsed.pathname.replace(/^\//, ''));
-  const where = `${setting}=${shown(url)}`;
+  const where = `${setting}=${safeUrl(url)}`;
   // Same server and credentials, PostgreSQL's maintenance database (template1 if there is none).
   let admin: pg.Client | undefined;
   let lastError: unknown;

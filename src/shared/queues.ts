@@ -202,10 +202,12 @@ export async function connectRedis(url: string, { connectTimeoutMs = 10_000, aut
   return redis;
 }
 
+/** `url` for logs and error lines: its password, in the authority or as `?password=` (libpq's form), masked. */
 export function safeUrl(url: string): string {
   try {
     const parsed = new URL(url);
     if (parsed.password) parsed.password = '***';
+    if (parsed.searchParams.has('password')) parsed.searchParams.set('password', '***');
     return parsed.toString();
   } catch {
     return '(unparseable URL)';

@@ -6,6 +6,7 @@ import {
   jitteredBackoff,
   jitteredBackoffDelay,
   retryWindowMs,
+  safeUrl,
 } from '../../src/shared/queues.js';
 
 const FIVE_MINUTES = 5 * 60_000;
@@ -98,5 +99,16 @@ describe('retryWindowMs', () => {
     expect(retryWindowMs({ attempts: 4, backoff: { type: 'x', delay: 1000 } })).toEqual({ minMs: 3500, maxMs: 7000 });
     // Keen's default: 1 + 2 + ... + 256 s, then twice the five-minute cap.
     expect(retryWindowMs(JOB_OPTIONS.keen(12))).toEqual({ minMs: 555_500, maxMs: 1_111_000 });
+  });
+});
+
+describe('safeUrl', () => {
+  it('masks the password in the authority and as ?password=, and keeps the rest', () => {
+    expect(safeUrl('postgresql://lampi:s3cret@db:5432/lampi')).toBe('postgresql://lampi:***@db:5432/lampi');
+    expect(safeUrl('postgresql://lampi@db:5432/lampi?password=s3cret&sslmode=require')).toBe(
+      'postgresql://lampi@db:5432/lampi?password=***&sslmode=require',
+    );
+    expect(safeUrl('redis://127.0.0.1:6379')).toBe('redis://127.0.0.1:6379');
+    expect(safeUrl('not a url s3cret')).toBe('(unparseable URL)');
   });
 });

@@ -6,7 +6,7 @@
  * password when the URL has none.
  */
 import { z } from 'zod';
-import { commaList, ConfigError, loadConfig, readSettings, withPassword } from '../shared/config.js';
+import { commaList, ConfigError, loadConfig, readSettings, settingProblems, withPassword } from '../shared/config.js';
 import { DEFAULT_MAX_RESULT_BYTES } from './query.js';
 
 const postgresUrl = z.string().refine((value) => {
@@ -53,12 +53,9 @@ export function loadKeenSinkConfig(env: NodeJS.ProcessEnv = process.env): KeenSi
   input.KEEN_SINK_DATABASE_URL ??= input.DATABASE_URL;
   const parsed = schema.safeParse(input);
   if (!parsed.success) {
-    for (const issue of parsed.error.issues) {
-      const key = String(issue.path[0]);
-      if (problems.some((p) => p.startsWith(`${key}_FILE`))) continue;
-      if (input[key] !== undefined) problems.push(`${key} ${issue.message}`);
-      else problems.push(key === 'KEEN_SINK_DATABASE_URL' ? 'KEEN_SINK_DATABASE_URL (or DATABASE_URL) is required' : `${key} is required`);
-    }
+    const missing = (key: string) =>
+      key === 'KEEN_SINK_DATABASE_URL' ? 'KEEN_SINK_DATABASE_URL (or DATABASE_URL) is required' : `${key} is required`;
+    problems.push(...settingProblems(parsed.error.issues, input, problems, missing));
   }
   if (problems.length > 0 || !parsed.success) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
   return { ...parsed.data, KEEN_SINK_DATABASE_URL: withPassword(parsed.data.KEEN_SINK_DATABASE_URL, input.POSTGRES_PASSWORD), LOG_LEVEL };

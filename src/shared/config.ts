@@ -25,6 +25,8 @@ const url = (protocols: string[]) =>
 
 /** KEEN_ATTEMPTS when it is not set (the dashboard, which does not read it, describes this one). */
 export const DEFAULT_KEEN_ATTEMPTS = 12;
+/** KEEN_PAUSE_PROBE_MS when it is not set. */
+export const DEFAULT_KEEN_PAUSE_PROBE_MS = 30_000;
 
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 const optionalSecret = z.string().min(1).optional();
@@ -113,7 +115,7 @@ const sections = {
     /** keen-delivery jobs at once; their events share bulk requests (KEEN_BATCH_SIZE each). */
     KEEN_CONCURRENCY: positiveInt(64),
     /** While Keen refuses the key or the account (401, 402, 403), how often delivery tries again. */
-    KEEN_PAUSE_PROBE_MS: positiveInt(30_000),
+    KEEN_PAUSE_PROBE_MS: positiveInt(DEFAULT_KEEN_PAUSE_PROBE_MS),
   },
   /** secrets-init (compose): the secrets it writes, each taken from here when set, else kept or generated. */
   secrets: {
@@ -158,14 +160,7 @@ export function loadConfig<S extends SectionName>(names: readonly S[], env: Node
   const shape = Object.assign({}, ...names.map((name) => sections[name]));
   const { input, problems } = readSettings(Object.keys(shape), env);
   const parsed = z.object(shape).safeParse(input);
-  if (!parsed.success) {
-    for (const issue of parsed.error.issues) {
-      const key = String(issue.path[0]);
-      // A file that could not be read was reported already, as the file.
-      if (problems.some((p) => p.startsWith(`${key}_FILE`))) continue;
-      problems.push(input[key] === undefined ? `${key} is required` : `${key} ${issue.message}`);
-    }
-  }
+  if (!parsed.success) problems.push(...settingProblems(parsed.error.issues, input, problems));
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
   const config = parsed.data as Record<string, unknown>;
   if (typeof config.DATABASE_URL === 'string') {
@@ -202,6 +197,26 @@ export function readSettings(
     }
   }
   return { input, problems };
+}
+
+/**
+ * One phrase per setting the schema refused: `X is required` (or `missing(X)`'s own wording)
+ * when it is unset, else `X <what is wrong>`. A setting whose X_FILE is among `reported` (it
+ * could not be read) was reported already, as the file.
+ */
+export function settingProblems(
+  issues: readonly z.core.$ZodIssue[],
+  input: Readonly<Record<string, string | undefined>>,
+  reported: readonly string[],
+  missing: (key: string) => string = (key) => `${key} is required`,
+): string[] {
+  const problems: string[] = [];
+  for (const issue of issues) {
+    const key = String(issue.path[0]);
+    if (reported.some((p) => p.startsWith(`${key}_FILE`))) continue;
+    problems.push(input[key] === undefined ? missing(key) : `${key} ${issue.message}`);
+  }
+  return problems;
 }
 
 /** `url` with `password` as its user's password, unless the URL carries one already (that one wins). */

@@ -14,11 +14,11 @@
  * without writing an event (its read endpoints take a read or master key), so the first
  * request is the check, and a wrong key pauses delivery then.
  */
+import { DEFAULT_KEEN_PAUSE_PROBE_MS } from '../../shared/config.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { DEPLOYMENT_FAULTS, KeenRequestError, type DeploymentFault } from './client.js';
 
-export const DEFAULT_PROBE_INTERVAL_MS = 30_000;
 const REPEAT_LOG_MS = 60_000;
 
 /** What the operator must do, per fault: named settings only, never their values. */
@@ -29,7 +29,7 @@ const REMEDY: Record<DeploymentFault, string> = {
 };
 
 export interface KeenPauseOptions {
-  /** While paused, how long to wait before trying Keen again. */
+  /** While paused, how long to wait before trying Keen again. Default: KEEN_PAUSE_PROBE_MS's. */
   probeIntervalMs?: number;
   logger?: Logger;
   metrics?: Metrics;
@@ -53,7 +53,7 @@ export class KeenDeliveryPause {
   #state: PausedState | undefined;
 
   constructor(options: KeenPauseOptions = {}) {
-    this.probeIntervalMs = options.probeIntervalMs ?? DEFAULT_PROBE_INTERVAL_MS;
+    this.probeIntervalMs = options.probeIntervalMs ?? DEFAULT_KEEN_PAUSE_PROBE_MS;
     if (!(this.probeIntervalMs > 0)) throw new TypeError('KeenDeliveryPause: probeIntervalMs must be positive');
     this.#logger = options.logger;
     this.#metrics = options.metrics;

@@ -408,11 +408,7 @@ function filterSql(sql: Statement, filter: Filter): string {
   const name = indexed(filter.path);
   const scalar = filter.value === null || typeof filter.value !== 'object';
   if (sql.fast && name && filter.operator === 'eq' && scalar) return indexedEqSql(sql, name, filter.value);
-  if (
-    filter.operator === 'eq' &&
-    (filter.value === null || typeof filter.value !== 'object') &&
-    !filter.path.some((key) => /^\d+$/.test(key))
-  ) {
+  if (filter.operator === 'eq' && scalar && !filter.path.some((key) => /^\d+$/.test(key))) {
     // Scalars use containment, which the GIN index serves: {"p": v}, or {"p": [v]} so that on an
     // array property eq matches any element, as Keen's eq does. Containment cannot step into
     // arrays by index, so paths with numeric segments use plain equality below.

@@ -14,8 +14,8 @@
  */
 import { Queue, Worker } from 'bullmq';
 import mqtt from 'mqtt';
-import { connectRedis } from '../src/shared/queues.js';
 import { SeqLog } from './keen-recorder.js';
+import { connectRedis } from '../src/shared/redis.js';
 
 const env = (name: string) => {
   const value = process.env[name];

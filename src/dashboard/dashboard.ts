@@ -22,12 +22,16 @@ import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { FastifyAdapter } from '@bull-board/fastify';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { ConfigError, DEFAULT_KEEN_ATTEMPTS, type Config } from '../shared/config.js';
+import { DEFAULT_KEEN_ATTEMPTS, type Config } from '../shared/config.js';
 import { DependencyWatch } from '../shared/dependency-watch.js';
 import type { RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
-import { allQueues, connectRedis, JOB_OPTIONS, openQueues, QUEUE_NAMES, retryWindowMs, withTimeout } from '../shared/queues.js';
+import { allQueues, JOB_OPTIONS, openQueues, QUEUE_NAMES } from '../shared/queues.js';
+import { retryWindowMs } from '../shared/backoff.js';
 import { createBasicAuthCheck, isLoopback, REALM } from './auth.js';
+import { ConfigError } from '../shared/errors.js';
+import { connectRedis } from '../shared/redis.js';
+import { withTimeout } from '../shared/timeout.js';
 
 export type DashboardConfig = Config<'common' | 'dashboard'>;
 

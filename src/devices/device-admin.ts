@@ -6,8 +6,9 @@
 import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaClient } from '../generated/prisma/client.js';
 import { checkConnection, MISSING_REGISTRY_DATABASE } from '../shared/postgres.js';
-import { safeUrl, StartupError } from '../shared/queues.js';
 import type { FleetRow, RowError } from './fleet-file.js';
+import { StartupError } from '../shared/errors.js';
+import { safeUrl } from '../shared/redact.js';
 
 /** `created_by_job_id` of an imported lamp: never a message id, so no connect counts as its creation. */
 export const IMPORTED_BY = 'import';

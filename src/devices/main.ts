@@ -22,15 +22,17 @@
  * MQTT_USERNAME, MQTT_PASSWORD, MQTT_CLIENT_ID (claim only reaches the broker).
  */
 import { readFile } from 'node:fs/promises';
-import { ConfigError, loadConfig, type Config } from '../shared/config.js';
+import { loadConfig, type Config } from '../shared/config.js';
 import { createLogger, redactUrl } from '../shared/logger.js';
 import { firstConnect, mqttSettings, openMqttClient } from '../shared/mqtt.js';
-import { describe, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
 import { associationTopic } from '../shared/topics.js';
 import { parseCommand, USAGE, type DevicesCommand } from './command.js';
 import { DeviceAdmin } from './device-admin.js';
 import { parseFleetFile } from './fleet-file.js';
 import { bridgeText, lampDetails, lampJson, lampTable } from './output.js';
+import { ConfigError, StartupError, describeError } from '../shared/errors.js';
+import { safeUrl } from '../shared/redact.js';
+import { withTimeout } from '../shared/timeout.js';
 
 type DevicesConfig = Config<'common' | 'database' | 'registry' | 'mqtt'>;
 
@@ -134,7 +136,7 @@ async function claim(config: DevicesConfig, admin: DeviceAdmin, code: string, us
       await withTimeout(client.publishAsync(topic, JSON.stringify({ associated: true }), { qos: 1, retain: true }), PUBLISH_TIMEOUT_MS);
     } catch (e) {
       throw new StartupError(
-        `lamp ${lamp.deviceId} ${whose} in the registry, but the broker at MQTT_URL=${safeUrl(config.MQTT_URL)} did not acknowledge its association message (${describe(e)}): run the same claim again to send it`,
+        `lamp ${lamp.deviceId} ${whose} in the registry, but the broker at MQTT_URL=${safeUrl(config.MQTT_URL)} did not acknowledge its association message (${describeError(e)}): run the same claim again to send it`,
       );
     }
     out(`claimed: lamp ${lamp.deviceId} ${whose}${claimed.userCreated ? `; user ${username} was created (active)` : ''}`);
@@ -152,7 +154,7 @@ async function importFile(config: DevicesConfig, file: string): Promise<number> 
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return notFound(`no file ${file}`);
-    err(`cannot read ${file} (${describe(e)})`);
+    err(`cannot read ${file} (${describeError(e)})`);
     return 1;
   }
   const parsed = parseFleetFile(text);

@@ -19,12 +19,14 @@
  * Settings: REDIS_URL and QUEUE_PREFIX.
  */
 import { pino } from 'pino';
-import { ConfigError, loadConfig } from '../shared/config.js';
+import { loadConfig } from '../shared/config.js';
 import { createLogger } from '../shared/logger.js';
-import { connectRedis, openQueues, QUEUE_NAMES, StartupError, type PipelineQueues } from '../shared/queues.js';
+import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 import { err, jobsIn, out, printTable, rowOf, shownState } from './listing.js';
 import { purge } from './purge.js';
 import { redrive } from './redrive.js';
+import { ConfigError, StartupError } from '../shared/errors.js';
+import { connectRedis } from '../shared/redis.js';
 
 const USAGE =
   'usage: npm run dlq -- list | redrive [--wait <duration>] (--all | <job id>...) | purge --older-than <duration, e.g. 7d, 12h, 30m> [--dry-run] [--yes]';

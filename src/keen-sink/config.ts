@@ -6,8 +6,9 @@
  * password when the URL has none.
  */
 import { z } from 'zod';
-import { commaList, ConfigError, loadConfig, readSettings, settingProblems, withPassword } from '../shared/config.js';
+import { commaList, loadConfig, readSettings, settingProblems, withPassword } from '../shared/config.js';
 import { DEFAULT_MAX_RESULT_BYTES } from './query.js';
+import { ConfigError } from '../shared/errors.js';
 
 const postgresUrl = z.string().refine((value) => {
   try {

@@ -5,9 +5,9 @@
  */
 import { createLogger } from '../shared/logger.js';
 import { runService } from '../shared/process.js';
-import { safeUrl } from '../shared/queues.js';
 import { loadKeenSinkConfig } from './config.js';
 import { startKeenSink } from './server.js';
+import { safeUrl } from '../shared/redact.js';
 
 await runService('keen-sink', async () => {
   const config = loadKeenSinkConfig();

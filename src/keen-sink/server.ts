@@ -18,8 +18,7 @@ import path from 'node:path';
 import pg from 'pg';
 import type { Logger } from '../shared/logger.js';
 import { ensureDatabase } from '../shared/postgres.js';
-import { describe, safeUrl, StartupError } from '../shared/queues.js';
-import { applyMigrations, MigrationError } from '../shared/migrations.js';
+import { applyMigrations } from '../shared/migrations.js';
 import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
 import { answerQuery, isQueryName, QUERY_NAMES } from './analyses.js';
 import { listCollections } from './collections.js';
@@ -27,6 +26,8 @@ import { Cors } from './cors.js';
 import { Explorer } from './explorer.js';
 import { JsonText, QueryError } from './query.js';
 import { expireUniquenessTokens, storeEvents, type StoreOutcome } from './store.js';
+import { MigrationError, StartupError, describeError } from '../shared/errors.js';
+import { safeUrl } from '../shared/redact.js';
 
 export const MIGRATIONS = path.resolve(import.meta.dirname, 'migrations');
 export const MIGRATIONS_TABLE = '_keen_sink_migrations';
@@ -119,11 +120,11 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     for (const name of result.applied) logger.info({ migration: name }, 'applied migration');
   } catch (err) {
     if (err instanceof MigrationError) throw new StartupError(`${err.message} (${where})`);
-    throw new StartupError(`cannot migrate ${where} (${describe(err)}): check that PostgreSQL is up and the user may create tables`);
+    throw new StartupError(`cannot migrate ${where} (${describeError(err)}): check that PostgreSQL is up and the user may create tables`);
   }
 
   const db = new pg.Pool({ connectionString: options.databaseUrl, max: 10, statement_timeout: options.statementTimeoutMs ?? 60_000 });
-  db.on('error', (err) => logger.warn({ err: describe(err) }, 'idle PostgreSQL connection failed'));
+  db.on('error', (err) => logger.warn({ err: describeError(err) }, 'idle PostgreSQL connection failed'));
   const reportedAddons = new Set<string>();
   const cors = new Cors({ origins: options.corsOrigins ?? [] });
   const explorer = new Explorer(options.projectId);
@@ -351,13 +352,15 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
       throw new StartupError(
         `port ${options.port} on ${options.host} is already in use (EADDRINUSE): stop what listens there or set KEEN_SINK_PORT`,
       );
-    throw new StartupError(`cannot listen on ${options.host}:${options.port} (${describe(err)}): fix KEEN_SINK_HOST or KEEN_SINK_PORT`);
+    throw new StartupError(
+      `cannot listen on ${options.host}:${options.port} (${describeError(err)}): fix KEEN_SINK_HOST or KEEN_SINK_PORT`,
+    );
   }
 
   const expiry = setInterval(() => {
     expireUniquenessTokens(db).then(
       (count) => count > 0 && logger.info({ count }, 'forgot expired uniqueness tokens'),
-      (err: unknown) => logger.warn({ err: describe(err) }, 'could not expire uniqueness tokens'),
+      (err: unknown) => logger.warn({ err: describeError(err) }, 'could not expire uniqueness tokens'),
     );
   }, 3_600_000);
   expiry.unref();

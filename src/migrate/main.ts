@@ -16,11 +16,12 @@
  */
 import path from 'node:path';
 import pg from 'pg';
-import { ConfigError, loadConfig } from '../shared/config.js';
+import { loadConfig } from '../shared/config.js';
 import { checkDjangoTables, djangoTablesProblem } from '../shared/django-site.js';
-import { connectionProblem, DatabaseSetupError, ensureDatabase, oneLine, pgCode, waitForDatabase } from '../shared/postgres.js';
-import { describe, safeUrl } from '../shared/queues.js';
-import { applyMigrations, MigrationError } from '../shared/migrations.js';
+import { connectionProblem, ensureDatabase, oneLine, pgCode, waitForDatabase } from '../shared/postgres.js';
+import { applyMigrations } from '../shared/migrations.js';
+import { ConfigError, DatabaseSetupError, MigrationError, describeError } from '../shared/errors.js';
+import { safeUrl } from '../shared/redact.js';
 
 const NAME = 'migrate';
 const MIGRATIONS = {
@@ -104,7 +105,7 @@ try {
   const line =
     err instanceof ConfigError || err instanceof DatabaseSetupError || err instanceof MigrationError
       ? err.message
-      : `failed: ${oneLine(describe(err))}: see the PostgreSQL log, then run migrate again`;
+      : `failed: ${oneLine(describeError(err))}: see the PostgreSQL log, then run migrate again`;
   process.stderr.write(`${NAME}: ${oneLine(line)}\n`);
   process.exit(1);
 }

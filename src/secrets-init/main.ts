@@ -8,8 +8,9 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, loadConfig } from '../shared/config.js';
+import { loadConfig } from '../shared/config.js';
 import { ensureSecrets } from './secrets.js';
+import { ConfigError } from '../shared/errors.js';
 
 const NAME = 'secrets-init';
 const MAKE_CERTS = path.resolve(import.meta.dirname, '../../scripts/make-tls-certs.sh');

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { ConfigError } from './errors.js';
 
 /**
  * Every setting is read from the environment here and nowhere else. Each process picks the
@@ -147,10 +148,6 @@ export type SectionName = keyof Sections;
 type SectionConfig = { [K in SectionName]: z.infer<z.ZodObject<Sections[K]>> };
 type UnionToIntersection<U> = (U extends unknown ? (x: U) => void : never) extends (x: infer I) => void ? I : never;
 export type Config<S extends SectionName> = UnionToIntersection<SectionConfig[S]>;
-
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
 
 /**
  * Reads the named sections from `env`. A missing or invalid setting throws a ConfigError whose

@@ -13,7 +13,8 @@
 import type { Redis } from 'ioredis';
 import type { MqttClient } from 'mqtt';
 import type { Logger } from './logger.js';
-import { describe, safeUrl } from './queues.js';
+import { describeError } from './errors.js';
+import { safeUrl } from './redact.js';
 
 export type Dependency = 'redis' | 'mqtt' | 'postgres';
 
@@ -150,12 +151,12 @@ export class DependencyWatch {
       this.#remember(dependency, err);
       return;
     }
-    this.#logger.error({ dependency, err: describe(err), ...fields }, message);
+    this.#logger.error({ dependency, err: describeError(err), ...fields }, message);
   }
 
   #remember(dependency: Dependency, err: unknown): void {
     const watched = this.#watched.get(dependency);
-    if (watched) watched.lastError = describe(err);
+    if (watched) watched.lastError = describeError(err);
   }
 
   #set(dependency: Dependency, connection: object, up: boolean): void {

@@ -8,6 +8,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import pg from 'pg';
+import { MigrationError } from './errors.js';
 
 export interface MigrationOptions {
   databaseUrl: string;
@@ -20,10 +21,6 @@ export interface MigrationOptions {
 export interface MigrationResult {
   applied: string[];
   alreadyApplied: string[];
-}
-
-export class MigrationError extends Error {
-  override name = 'MigrationError';
 }
 
 /** Same key for every runner of the same table, so two `migrate` processes never interleave. */

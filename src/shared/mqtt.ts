@@ -3,7 +3,8 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { Config } from './config.js';
 import { isConnectionError } from './dependency-watch.js';
 import type { Logger } from './logger.js';
-import { describe, safeUrl, StartupError } from './queues.js';
+import { StartupError, describeError } from './errors.js';
+import { safeUrl } from './redact.js';
 
 export interface MqttSettings {
   url: string;
@@ -48,8 +49,8 @@ export function openMqttClient(settings: MqttSettings, session: { clientId: stri
   client.on('offline', () => log.debug('MQTT connection lost; reconnecting'));
   client.on('error', (err) => {
     if (!connectedOnce) return;
-    if (isConnectionError(err)) log.debug({ err: describe(err) }, 'MQTT reconnect failed');
-    else log.error({ err: describe(err) }, 'MQTT error');
+    if (isConnectionError(err)) log.debug({ err: describeError(err) }, 'MQTT reconnect failed');
+    else log.error({ err: describeError(err) }, 'MQTT error');
   });
   return client;
 }
@@ -74,7 +75,7 @@ export function firstConnect(client: MqttClient, settings: MqttSettings): Promis
       if (code === 4 || code === 5 || code === 134 || code === 135) {
         reject(new StartupError(`the MQTT broker at ${where} refused our credentials: check MQTT_USERNAME and MQTT_PASSWORD`));
       } else {
-        reject(new StartupError(`cannot reach the MQTT broker at ${where} (${describe(err)}): start it or fix MQTT_URL`));
+        reject(new StartupError(`cannot reach the MQTT broker at ${where} (${describeError(err)}): start it or fix MQTT_URL`));
       }
     });
   });

@@ -11,7 +11,7 @@
 import { createServer, type Server } from 'node:http';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
-import { describe, StartupError } from './queues.js';
+import { StartupError, describeError } from './errors.js';
 
 /** Per check: true when ready, false when not, or a sentence saying why not. */
 export type ReadinessCheck = () => Promise<Record<string, boolean | string>>;
@@ -101,6 +101,6 @@ function listenProblem(err: NodeJS.ErrnoException, { service, port, host }: OpsS
     );
   }
   return new StartupError(
-    `cannot serve /metrics on ${host}:${port} (${describe(err)}): set METRICS_PORT to a free port (or 0) and METRICS_HOST to an address of this host`,
+    `cannot serve /metrics on ${host}:${port} (${describeError(err)}): set METRICS_PORT to a free port (or 0) and METRICS_HOST to an address of this host`,
   );
 }

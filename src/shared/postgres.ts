@@ -8,14 +8,10 @@
  */
 import pg from 'pg';
 import { CONNECTION_CODES } from './dependency-watch.js';
-import { describe, safeUrl, StartupError } from './queues.js';
+import { DatabaseSetupError, describeError } from './errors.js';
+import { safeUrl } from './redact.js';
 
 const CONNECT_TIMEOUT_MS = 10_000;
-
-/** A failure the user can act on; the message is the whole line. */
-export class DatabaseSetupError extends StartupError {
-  override name = 'DatabaseSetupError';
-}
 
 export function pgCode(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;
@@ -60,7 +56,7 @@ export async function waitForDatabase(url: string, seconds: number, onWait: (rea
       return;
     } catch (err) {
       if (!isTransient(err) || Date.now() >= deadline) return;
-      if (!waiting) onWait(describe(err));
+      if (!waiting) onWait(describeError(err));
       waiting = true;
     }
     await new Promise((resolve) => setTimeout(resolve, Math.min(1000, Math.max(0, deadline - Date.now()))));
@@ -100,7 +96,7 @@ export function connectionProblem(err: unknown, url: string, options: ProblemOpt
   const message = err instanceof Error ? err.message : String(err);
   const { user, database } = namesIn(url);
   if (isUnreachable(err)) {
-    return new DatabaseSetupError(`cannot reach PostgreSQL at ${where} (${describe(err)}): start PostgreSQL or fix ${setting}`);
+    return new DatabaseSetupError(`cannot reach PostgreSQL at ${where} (${describeError(err)}): start PostgreSQL or fix ${setting}`);
   }
   if (code === '28P01') {
     return new DatabaseSetupError(`PostgreSQL refused the password of user "${user}" at ${where} (28P01): fix the password in ${setting}`);
@@ -155,7 +151,7 @@ export async function checkConnection(url: string, options: ProblemOptions = {})
     const setting = options.setting ?? 'DATABASE_URL';
     throw (
       connectionProblem(err, url, options) ??
-      new DatabaseSetupError(`cannot connect to PostgreSQL at ${setting}=${safeUrl(url)} (${describe(err)}): fix ${setting}`)
+      new DatabaseSetupError(`cannot connect to PostgreSQL at ${setting}=${safeUrl(url)} (${describeError(err)}): fix ${setting}`)
     );
   }
 }
@@ -185,7 +181,7 @@ export async function ensureDatabase(url: string, setting = 'DATABASE_URL'): Pro
   }
   if (!admin) {
     throw new DatabaseSetupError(
-      `database "${database}" does not exist at ${where} and no maintenance database could be opened to create it (${describe(lastError)}): create it (createdb ${database}) or fix ${setting}`,
+      `database "${database}" does not exist at ${where} and no maintenance database could be opened to create it (${describeError(lastError)}): create it (createdb ${database}) or fix ${setting}`,
     );
   }
   try {

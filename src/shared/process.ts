@@ -2,9 +2,8 @@
  * The shell every entry point runs in: one clear line for a startup problem the user can fix,
  * and an orderly shutdown on SIGTERM/SIGINT.
  */
-import { ConfigError } from './config.js';
 import type { Logger } from './logger.js';
-import { StartupError } from './queues.js';
+import { ConfigError, StartupError } from './errors.js';
 
 export interface Service {
   close(): Promise<void>;

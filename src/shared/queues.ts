@@ -19,8 +19,8 @@
  * parallel. Lamp states need no order: their queue runs fully parallel.
  */
 import { Queue, type ConnectionOptions, type DefaultJobOptions } from 'bullmq';
-import { Redis } from 'ioredis';
 import type { BridgeStatesJob, DeadLetterJob, KeenDeliveryJob, LampStatesJob, RejectedMessageJob } from './jobs.js';
+import { JITTERED_BACKOFF } from './backoff.js';
 import { DEFAULT_KEEN_ATTEMPTS } from './config.js';
 
 export const QUEUE_NAMES = {
@@ -42,54 +42,6 @@ export function bridgePartition(deviceId: string): number {
   let hash = 0x811c9dc5;
   for (let i = 0; i < deviceId.length; i++) hash = Math.imul(hash ^ deviceId.charCodeAt(i), 0x01000193);
   return (hash >>> 0) % BRIDGE_PARTITIONS;
-}
-
-/** Registered with every Worker; jobs ask for it with `backoff: { type: JITTERED_BACKOFF }`. */
-export const JITTERED_BACKOFF = 'jittered-exponential';
-const MAX_BACKOFF_MS = 5 * 60_000;
-
-/**
- * The one backoff formula of the pipeline: exponential with "equal jitter" (half fixed, half
- * random), capped at five minutes. Whatever waits before trying again waits this long.
- */
-export function jitteredBackoffDelay(attemptsMade: number, baseMs: number, random = Math.random): number {
-  const ceiling = Math.min(MAX_BACKOFF_MS, baseMs * 2 ** Math.max(0, attemptsMade - 1));
-  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
-}
-
-/** The base of a job's backoff: its `backoff.delay`, or 1 s when it names none. */
-export function backoffBaseMs(opts: { backoff?: number | { delay?: number } }): number {
-  const { backoff } = opts;
-  return typeof backoff === 'object' ? (backoff.delay ?? 1000) : (backoff ?? 1000);
-}
-
-/**
- * The Worker `settings.backoffStrategy` for jobs with `backoff: { type: JITTERED_BACKOFF, delay }`;
- * `delay` is the base of the exponential.
- */
-export function jitteredBackoff(
-  attemptsMade: number,
-  type?: string,
-  _err?: Error,
-  job?: { opts: { backoff?: number | { delay?: number } } },
-): number {
-  if (type !== JITTERED_BACKOFF) return 0;
-  return jitteredBackoffDelay(attemptsMade, backoffBaseMs(job?.opts ?? {}));
-}
-
-/**
- * The shortest and longest time from a job's first attempt to its last, with its backoff at
- * the ends of its jitter: how long a dependency may be gone before the job fails for good.
- */
-export function retryWindowMs(options: Pick<DefaultJobOptions, 'attempts' | 'backoff'>): { minMs: number; maxMs: number } {
-  const base = backoffBaseMs(options);
-  let minMs = 0;
-  let maxMs = 0;
-  for (let attemptsMade = 1; attemptsMade < (options.attempts ?? 1); attemptsMade++) {
-    minMs += jitteredBackoffDelay(attemptsMade, base, () => 0);
-    maxMs += jitteredBackoffDelay(attemptsMade, base, () => 1);
-  }
-  return { minMs, maxMs };
 }
 
 const DAY_S = 24 * 3600;
@@ -165,71 +117,4 @@ export function openQueues(connection: ConnectionOptions, prefix: string, keenAt
 /** All queues of the pipeline, for whoever reports on them. */
 export function allQueues(queues: PipelineQueues): Queue[] {
   return [queues.ingest, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected];
-}
-
-export class StartupError extends Error {
-  override name = 'StartupError';
-}
-
-/**
- * A Redis connection for BullMQ. `maxRetriesPerRequest: null` makes commands wait through a
- * Redis outage instead of failing: a subscriber's `add` then simply does not return, so the
- * MQTT message is not acknowledged and stays with the broker until Redis is back.
- */
-export async function connectRedis(url: string, { connectTimeoutMs = 10_000, autoPipelining = false } = {}): Promise<Redis> {
-  const redis = new Redis(url, {
-    maxRetriesPerRequest: null,
-    enableReadyCheck: true,
-    lazyConnect: true,
-    enableAutoPipelining: autoPipelining,
-  });
-  let lastError: unknown;
-  redis.on('error', (err) => {
-    // Reconnection is automatic; callers watch 'ready'/'close' (health) rather than each error.
-    lastError = err;
-  });
-  const where = safeUrl(url);
-  try {
-    await withTimeout(redis.connect(), connectTimeoutMs);
-    const policy = await redis.config('GET', 'maxmemory-policy').catch(() => null);
-    if (Array.isArray(policy) && policy[1] && policy[1] !== 'noeviction') {
-      process.emitWarning(`Redis at REDIS_URL=${where} has maxmemory-policy ${policy[1]}: it may evict queued jobs; set noeviction`);
-    }
-  } catch (err) {
-    redis.disconnect();
-    throw new StartupError(`cannot reach Redis at REDIS_URL=${where} (${describe(lastError ?? err)}): start Redis or fix REDIS_URL`);
-  }
-  return redis;
-}
-
-/** `url` for logs and error lines: its password, in the authority or as `?password=` (libpq's form), masked. */
-export function safeUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    if (parsed.searchParams.has('password')) parsed.searchParams.set('password', '***');
-    return parsed.toString();
-  } catch {
-    return '(unparseable URL)';
-  }
-}
-
-export function describe(err: unknown): string {
-  if (err instanceof AggregateError && err.errors.length > 0) return describe(err.errors[0]);
-  if (err instanceof Error) return (err as NodeJS.ErrnoException).code ?? err.message;
-  return String(err);
-}
-
-export async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      promise,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

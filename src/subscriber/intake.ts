@@ -16,8 +16,8 @@ import { payloadRecord, type BridgeStatesJob, type LampStatesJob, type RejectedM
 import { parseMessage, type ParsedMessage } from '../shared/message.js';
 import type { Metrics } from '../shared/metrics.js';
 import type { PipelineQueues } from '../shared/queues.js';
-import { describe } from '../shared/queues.js';
 import { newMessageId, type RedeliveryLedger, type RememberedMessage } from './redeliveries.js';
+import { describeError } from '../shared/errors.js';
 
 export interface MqttMessage {
   topic: string;
@@ -222,7 +222,7 @@ export class Intake {
       } catch (err) {
         if (attempt === 1 || attempt % 30 === 0) {
           this.#options.logger.error(
-            { err: describe(err), attempt },
+            { err: describeError(err), attempt },
             `Redis refused the ${what}; holding the messages unacknowledged and retrying`,
           );
         }

@@ -5,10 +5,11 @@ import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { refreshQueueDepths } from '../shared/metrics.js';
 import { mqttSettings } from '../shared/mqtt.js';
-import { allQueues, connectRedis, openQueues } from '../shared/queues.js';
+import { allQueues, openQueues } from '../shared/queues.js';
 import { Intake } from './intake.js';
 import { openSubscriberConnections } from './connections.js';
 import { RedeliveryLedger } from './redeliveries.js';
+import { connectRedis } from '../shared/redis.js';
 
 export type SubscriberConfig = Config<'common' | 'mqtt' | 'subscriber'>;
 

@@ -19,7 +19,8 @@ import {
 } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { jitteredBackoffDelay, type PipelineQueues } from '../shared/queues.js';
+import { type PipelineQueues } from '../shared/queues.js';
+import { jitteredBackoffDelay } from '../shared/backoff.js';
 import type { AssociationPublisher } from './association-publisher.js';
 import type { KeenBatcher } from './keen/batcher.js';
 import type { Activation, BridgeStateOutcome, DeviceRegistry } from './registry/registry.js';

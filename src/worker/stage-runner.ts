@@ -23,7 +23,7 @@ import { isConnectionError } from '../shared/dependency-watch.js';
 import type { ParsedJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { backoffBaseMs, jitteredBackoff, jitteredBackoffDelay } from '../shared/queues.js';
+import { backoffBaseMs, jitteredBackoff, jitteredBackoffDelay } from '../shared/backoff.js';
 
 export interface StageOptions<T> {
   /** The stage's queue: the worker takes its name and prefix; an ordered stage rate-limits it. */

@@ -12,7 +12,7 @@ import { refreshQueueDepths, refreshRedisMemory, type Metrics } from '../shared/
 import { checkConnection, MISSING_REGISTRY_DATABASE, MISSING_SITE_DATABASE } from '../shared/postgres.js';
 import { mqttSettings } from '../shared/mqtt.js';
 import type { ReadinessCheck } from '../shared/ops-server.js';
-import { allQueues, connectRedis, openQueues, safeUrl, StartupError, withTimeout } from '../shared/queues.js';
+import { allQueues, openQueues } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
 import { createDeadLetterWorker } from './dead-letter-worker.js';
 import { createIngestWorkers } from './ingest-worker.js';
@@ -22,6 +22,10 @@ import { createKeenDeliveryWorker } from './keen/delivery-worker.js';
 import { KeenDeliveryPause } from './keen/pause.js';
 import { DeviceRegistry } from './registry/registry.js';
 import { createRejectedWorker } from './rejected-worker.js';
+import { StartupError } from '../shared/errors.js';
+import { safeUrl } from '../shared/redact.js';
+import { connectRedis } from '../shared/redis.js';
+import { withTimeout } from '../shared/timeout.js';
 
 export type WorkerConfig = Config<'common' | 'mqtt' | 'database' | 'registry' | 'worker' | 'keen'>;
 

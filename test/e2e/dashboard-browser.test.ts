@@ -20,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startDashboard, type Dashboard } from '../../src/dashboard/dashboard.js';
 import { deviceStateEvent } from '../../src/shared/events.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { connectRedis, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { createDeadLetterWorker } from '../../src/worker/dead-letter-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
@@ -28,6 +28,7 @@ import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { startRedis, waitFor } from '../support/processes.js';
+import { connectRedis } from '../../src/shared/redis.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = [

@@ -10,11 +10,12 @@ import { startDashboard, type Dashboard, type DashboardConfig } from '../../src/
 import { deviceStateEvent } from '../../src/shared/events.js';
 import type { DeadLetterJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { BRIDGE_PARTITIONS, connectRedis, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { createDeadLetterWorker } from '../../src/worker/dead-letter-worker.js';
 import { createRejectedWorker } from '../../src/worker/rejected-worker.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { freePort, startService, waitFor } from '../support/processes.js';
+import { connectRedis } from '../../src/shared/redis.js';
 
 const services = inject('services');
 const logger = createLogger('dashboard-test', 'silent');

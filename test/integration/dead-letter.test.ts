@@ -11,7 +11,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { deviceStateEvent, type KeenCollection } from '../../src/shared/events.js';
 import type { DeadLetterJob, KeenDeliveryJob, KeenEventRecord } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { connectRedis, JITTERED_BACKOFF, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
 import { createDeadLetterWorker, redriveDeadLetter } from '../../src/worker/dead-letter-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
@@ -19,6 +20,7 @@ import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.
 import { startFakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { ROOT, sleep, waitFor } from '../support/processes.js';
+import { connectRedis } from '../../src/shared/redis.js';
 
 const services = inject('services');
 const logger = createLogger('dead-letter-test', 'silent');

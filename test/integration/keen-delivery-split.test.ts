@@ -13,7 +13,8 @@ import { deviceStateEvent, uniquenessToken, type KeenEvent } from '../../src/sha
 import type { DeadLetterJob, KeenDeliveryJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { JITTERED_BACKOFF, openQueues, type PipelineQueues } from '../../src/shared/queues.js';
+import { openQueues, type PipelineQueues } from '../../src/shared/queues.js';
+import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
 import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.js';

@@ -15,10 +15,11 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Prisma, PrismaClient } from '../../src/generated/prisma/client.js';
 import { MIGRATIONS as KEEN_SINK_MIGRATIONS, MIGRATIONS_TABLE as KEEN_SINK_MIGRATIONS_TABLE } from '../../src/keen-sink/server.js';
 import { parseQuery, runQuery } from '../../src/keen-sink/query.js';
-import { applyMigrations, listMigrations, MigrationError } from '../../src/shared/migrations.js';
+import { applyMigrations, listMigrations } from '../../src/shared/migrations.js';
 import { createTestDatabase, PRISMA_MIGRATIONS, type TestDatabase } from '../support/database.js';
 import { DJANGO_MODE_MIGRATIONS, startDjangoSite, type DjangoSite } from '../support/django.js';
 import { ROOT } from '../support/processes.js';
+import { MigrationError } from '../../src/shared/errors.js';
 
 const services = inject('services');
 const SCHEMA = readFileSync(path.join(ROOT, 'prisma/schema.prisma'), 'utf8');

@@ -10,7 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import type { ParsedJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics, type Metrics } from '../../src/shared/metrics.js';
-import { JITTERED_BACKOFF } from '../../src/shared/queues.js';
+import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
 import { runStage, type StageOptions } from '../../src/worker/stage-runner.js';
 import { randomPrefix } from '../support/ids.js';
 import { waitFor } from '../support/processes.js';

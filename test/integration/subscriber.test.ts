@@ -11,12 +11,13 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import type { BridgeStatesJob, LampStatesJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { BRIDGE_PARTITIONS, bridgePartition, connectRedis, openQueues, QUEUE_NAMES } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES } from '../../src/shared/queues.js';
 import { Intake, type MqttMessage } from '../../src/subscriber/intake.js';
 import { RedeliveryLedger } from '../../src/subscriber/redeliveries.js';
 import { startSubscriber, type Subscriber, type SubscriberConfig } from '../../src/subscriber/subscriber.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { freePort, sleep, startMosquitto, startRedis, startService, waitFor, waitForLog } from '../support/processes.js';
+import { connectRedis } from '../../src/shared/redis.js';
 
 const services = inject('services');
 const logger = createLogger('subscriber-test', 'silent');

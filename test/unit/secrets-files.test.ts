@@ -9,7 +9,8 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadKeenSinkConfig } from '../../src/keen-sink/config.js';
 import { ensureSecrets, generateSecret, SECRETS } from '../../src/secrets-init/secrets.js';
-import { ConfigError, loadConfig } from '../../src/shared/config.js';
+import { loadConfig } from '../../src/shared/config.js';
+import { ConfigError } from '../../src/shared/errors.js';
 
 const dir = () => mkdtempSync(path.join(tmpdir(), 'lampi-secrets-test-'));
 function file(content: string): string {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../src/shared/config.js';
+import { loadConfig } from '../../src/shared/config.js';
+import { ConfigError } from '../../src/shared/errors.js';
 
 const WORKER = ['common', 'mqtt', 'database', 'registry', 'worker', 'keen'] as const;
 const SUBSCRIBER = ['common', 'mqtt', 'subscriber'] as const;

@@ -1,13 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import {
-  backoffBaseMs,
-  JITTERED_BACKOFF,
-  JOB_OPTIONS,
-  jitteredBackoff,
-  jitteredBackoffDelay,
-  retryWindowMs,
-  safeUrl,
-} from '../../src/shared/queues.js';
+import { JOB_OPTIONS } from '../../src/shared/queues.js';
+import { backoffBaseMs, JITTERED_BACKOFF, jitteredBackoff, jitteredBackoffDelay, retryWindowMs } from '../../src/shared/backoff.js';
+import { safeUrl } from '../../src/shared/redact.js';
 
 const FIVE_MINUTES = 5 * 60_000;
 const fixed = (value: number) => () => value;

@@ -76,7 +76,8 @@ function environment(w: (typeof workloads)[number]): Record<string, string> {
       expect(configMap.data, `${w.name} ${entry.name}: lampi-config has no key ${ref.key}`).toHaveProperty(ref.key);
       env[entry.name] = configMap.data[ref.key];
     } else if (entry.valueFrom?.fieldRef?.fieldPath === 'metadata.name') env[entry.name] = podName(w);
-    else throw new Error(`${w.name} ${entry.name}: only a value, a lampi-config key or the pod's name (no secretKeyRef: secrets are files)`);
+    else
+      throw new Error(`${w.name} ${entry.name}: only a value, a lampi-config key or the pod's name (no secretKeyRef: secrets are files)`);
   }
   return env;
 }
@@ -106,7 +107,8 @@ const kubectl = (() => {
     return false;
   }
 })();
-if (!kubectl) console.log('kubernetes-manifests: kubectl is not installed, so the kustomizations are not rendered (the files are checked one by one)');
+if (!kubectl)
+  console.log('kubernetes-manifests: kubectl is not installed, so the kustomizations are not rendered (the files are checked one by one)');
 const render = (dir: string) => parseManifests(execFileSync('kubectl', ['kustomize', path.join(ROOT, dir)], { encoding: 'utf8' }), dir);
 
 describe('deploy/kubernetes: every manifest is valid against the Kubernetes and KEDA API schemas', () => {
@@ -134,7 +136,7 @@ describe('deploy/kubernetes: every manifest is valid against the Kubernetes and 
   });
 
   describe('the check fails on a doctored copy', () => {
-    const copy = <T,>(doc: T): T => structuredClone(doc);
+    const copy = <T>(doc: T): T => structuredClone(doc);
     const worker = named('Deployment', 'lampi-worker');
 
     it('a misspelled field (imagePullPolcy)', () => {
@@ -309,8 +311,12 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
       subscriber: defaultPort('subscriber'),
       worker: defaultPort('worker'),
       dashboard: loadConfig(['dashboard'], {}).DASHBOARD_PORT,
-      'keen-sink': loadKeenSinkConfig({ KEEN_SINK_DATABASE_URL: 'postgresql://u@h/d', KEEN_PROJECT_ID: 'p', KEEN_WRITE_KEY: 'w', KEEN_READ_KEY: 'r' })
-        .KEEN_SINK_PORT,
+      'keen-sink': loadKeenSinkConfig({
+        KEEN_SINK_DATABASE_URL: 'postgresql://u@h/d',
+        KEEN_PROJECT_ID: 'p',
+        KEEN_WRITE_KEY: 'w',
+        KEEN_READ_KEY: 'r',
+      }).KEEN_SINK_PORT,
     };
     expect(expected).toEqual({ subscriber: 9101, worker: 9102, dashboard: 3000, 'keen-sink': 8080 });
     const setting = { subscriber: 'METRICS_PORT', worker: 'METRICS_PORT', dashboard: 'DASHBOARD_PORT', 'keen-sink': 'KEEN_SINK_PORT' };
@@ -342,7 +348,10 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
       expect(livenessProbe.httpGet.path, w.name).toBe('/healthz');
       expect(readinessProbe.httpGet.path, w.name).toBe('/readyz');
       for (const probe of [livenessProbe, readinessProbe, w.container.startupProbe].filter(Boolean))
-        expect(w.container.ports.map((p: Manifest) => p.name), w.name).toContain(probe.httpGet.port);
+        expect(
+          w.container.ports.map((p: Manifest) => p.name),
+          w.name,
+        ).toContain(probe.httpGet.port);
     }
     // The subscriber's and worker's ops server, started as they start it: /healthz answers at
     // once, /readyz is 503 until the process has its connections.
@@ -364,7 +373,7 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
     expect(read('src/keen-sink/server.ts')).toMatch(/pathname === '\/healthz'[\s\S]*pathname === '\/readyz'/);
   });
 
-  it("the subscriber: 2 replicas of a StatefulSet in one share group, a client id per pod the config accepts, and a PodDisruptionBudget", () => {
+  it('the subscriber: 2 replicas of a StatefulSet in one share group, a client id per pod the config accepts, and a PodDisruptionBudget', () => {
     const sts = named('StatefulSet', 'lampi-subscriber');
     expect(sts.spec.replicas).toBe(2);
     expect(named('Service', sts.spec.serviceName).spec.clusterIP).toBe('None');
@@ -372,7 +381,8 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
     expect((w.container.env as Manifest[]).find((e) => e.name === 'MQTT_CLIENT_ID')!.valueFrom.fieldRef.fieldPath).toBe('metadata.name');
     // Every ordinal up to 99 makes a client id MQTT_CLIENT_ID's own rule accepts.
     const env = { ...environment(w), MQTT_PASSWORD_FILE: '' };
-    for (const ordinal of [0, 1, 99]) expect(loadConfig(['mqtt'], { ...env, MQTT_CLIENT_ID: `${sts.metadata.name}-${ordinal}` }).MQTT_CLIENT_ID).toBeDefined();
+    for (const ordinal of [0, 1, 99])
+      expect(loadConfig(['mqtt'], { ...env, MQTT_CLIENT_ID: `${sts.metadata.name}-${ordinal}` }).MQTT_CLIENT_ID).toBeDefined();
     expect(environment(w).MQTT_SHARE_GROUP).toBe(configMap.data.MQTT_SHARE_GROUP);
     expect(read('src/subscriber/connections.ts')).toContain('`$share/${shareGroup}/${topic}`');
     const pdb = named('PodDisruptionBudget', 'lampi-subscriber');
@@ -391,14 +401,28 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
     expect(others).toEqual([]);
     expect(trigger.type).toBe('prometheus');
     // The Prometheus trigger's fields as KEDA documents them (keda.sh/docs/latest/scalers/prometheus).
-    const documented = ['serverAddress', 'query', 'threshold', 'activationThreshold', 'namespace', 'customHeaders', 'ignoreNullValues', 'queryParameters', 'unsafeSsl', 'timeout'];
+    const documented = [
+      'serverAddress',
+      'query',
+      'threshold',
+      'activationThreshold',
+      'namespace',
+      'customHeaders',
+      'ignoreNullValues',
+      'queryParameters',
+      'unsafeSsl',
+      'timeout',
+    ];
     expect(Object.keys(trigger.metadata).filter((key) => !documented.includes(key))).toEqual([]);
     expect(Object.keys(trigger.metadata)).toEqual(expect.arrayContaining(['serverAddress', 'query', 'threshold']));
     expect(Number(trigger.metadata.threshold)).toBeGreaterThan(0);
 
     const metrics = createMetrics('worker');
     const gauge = metrics.queueDepth as unknown as { name: string; labelNames: string[] };
-    const states = /const QUEUE_STATES = \[([^\]]*)\]/.exec(read('src/shared/metrics.ts'))![1]!.match(/'(\w+)'/g)!.map((s) => s.slice(1, -1));
+    const states = /const QUEUE_STATES = \[([^\]]*)\]/
+      .exec(read('src/shared/metrics.ts'))![1]!
+      .match(/'(\w+)'/g)!
+      .map((s) => s.slice(1, -1));
     const check = (query: string, extraLabels: string[]) => {
       const m = /^max\((\w+)\{([^}]*)\}\)$/.exec(query);
       expect(m, query).not.toBeNull();
@@ -407,7 +431,11 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
       expect(labels.queue).toBe(QUEUE_NAMES.ingest);
       expect(states).toContain(labels.state);
       expect(labels.state).toBe('waiting');
-      expect(Object.keys(labels).filter((l) => !gauge.labelNames.includes(l)).sort()).toEqual(extraLabels);
+      expect(
+        Object.keys(labels)
+          .filter((l) => !gauge.labelNames.includes(l))
+          .sort(),
+      ).toEqual(extraLabels);
     };
     check(trigger.metadata.query, []);
     // The overlay's query adds only the target label Prometheus gives every scraped pod.

@@ -122,160 +122,172 @@ describe('a fleet on two brokers', () => {
     await Promise.all([a?.kill(), b?.kill()]);
   });
 
-  it("tells each lamp its code on its own broker, never on the other, and every lamp's events reach Keen", async () => {
-    const fleetA = [randomDeviceId(), randomDeviceId()];
-    const fleetB = [randomDeviceId(), randomDeviceId()];
-    for (const device of fleetA) await connect(lampsA, device);
-    for (const device of fleetB) await connect(lampsB, device);
-    for (let seq = 0; seq < 5; seq++) {
-      for (const device of fleetA) await changed(lampsA, device, seq);
-      for (const device of fleetB) await changed(lampsB, device, seq);
-    }
-
-    for (const [own, other, fleet] of [
-      [onA, onB, fleetA],
-      [onB, onA, fleetB],
-    ] as const) {
-      for (const device of fleet) {
-        const code = await codeOf(device);
-        await waitFor(`${device}'s association message`, () => own.of(device).length > 0);
-        expect(own.of(device)).toEqual([{ associated: false, code }]);
-        expect(other.of(device)).toEqual([]);
+  it(
+    "tells each lamp its code on its own broker, never on the other, and every lamp's events reach Keen",
+    async () => {
+      const fleetA = [randomDeviceId(), randomDeviceId()];
+      const fleetB = [randomDeviceId(), randomDeviceId()];
+      for (const device of fleetA) await connect(lampsA, device);
+      for (const device of fleetB) await connect(lampsB, device);
+      for (let seq = 0; seq < 5; seq++) {
+        for (const device of fleetA) await changed(lampsA, device, seq);
+        for (const device of fleetB) await changed(lampsB, device, seq);
       }
-    }
-    const everyLamp = [...fleetA, ...fleetB];
-    await waitFor('every event at Keen', () =>
-      everyLamp.every(
-        (d) =>
-          ofDevice('activations', d).length === 1 &&
-          ofDevice('devicemonitoring', d).length === 1 &&
-          ofDevice('devicestate', d).length === 5,
-      ),
-    );
-    // Each broker's subscriber read its own lamps' messages only: 2 connects and 10 states each.
-    for (const proc of [pipeline.subscriber, subscriberB]) {
-      expect(await enqueuedByKind(proc)).toEqual({ 'bridge-state': 2, 'lamp-state': 10 });
-    }
-    // Exactly one stored event each (a request that timed out on a busy machine is sent again, and
-    // Keen keeps one copy by its uniqueness token: the count that matters is what Keen stored).
-    await sleep(1500);
-    for (const d of everyLamp) {
-      expect([ofDevice('activations', d), ofDevice('devicemonitoring', d), ofDevice('devicestate', d)].map((e) => e.length)).toEqual([
-        1, 1, 5,
-      ]);
-    }
-  });
 
-  it("carries on with broker a's lamps while broker b is down, and sends b's new lamp its code once b is back", async () => {
-    const queues = openQueues({ url: services.redis }, prefix);
-    try {
-      // A bridge connect broker b's subscriber queued just before b went down, while no worker ran.
-      await pipeline.worker.kill('SIGTERM');
-      const newOnB = randomDeviceId();
-      await connect(lampsB, newOnB);
-      await waitFor('its job queued', async () =>
-        (await queues.bridgeStateQueueFor(newOnB).getJobs(['waiting'])).some((job) => job.data.states.some((s) => s.deviceId === newOnB)),
+      for (const [own, other, fleet] of [
+        [onA, onB, fleetA],
+        [onB, onA, fleetB],
+      ] as const) {
+        for (const device of fleet) {
+          const code = await codeOf(device);
+          await waitFor(`${device}'s association message`, () => own.of(device).length > 0);
+          expect(own.of(device)).toEqual([{ associated: false, code }]);
+          expect(other.of(device)).toEqual([]);
+        }
+      }
+      const everyLamp = [...fleetA, ...fleetB];
+      await waitFor('every event at Keen', () =>
+        everyLamp.every(
+          (d) =>
+            ofDevice('activations', d).length === 1 &&
+            ofDevice('devicemonitoring', d).length === 1 &&
+            ofDevice('devicestate', d).length === 5,
+        ),
       );
-      const queued = (await queues.bridgeStateQueueFor(newOnB).getJobs(['waiting'])).find((job) =>
-        job.data.states.some((s) => s.deviceId === newOnB),
-      )!;
-      expect(queued.data.states.find((s) => s.deviceId === newOnB)?.broker).toBe('b');
-      await b.kill('SIGTERM');
+      // Each broker's subscriber read its own lamps' messages only: 2 connects and 10 states each.
+      for (const proc of [pipeline.subscriber, subscriberB]) {
+        expect(await enqueuedByKind(proc)).toEqual({ 'bridge-state': 2, 'lamp-state': 10 });
+      }
+      // Exactly one stored event each (a request that timed out on a busy machine is sent again, and
+      // Keen keeps one copy by its uniqueness token: the count that matters is what Keen stored).
+      await sleep(1500);
+      for (const d of everyLamp) {
+        expect([ofDevice('activations', d), ofDevice('devicemonitoring', d), ofDevice('devicestate', d)].map((e) => e.length)).toEqual([
+          1, 1, 5,
+        ]);
+      }
+    },
+    2 * READY_MS,
+  );
 
-      // A worker that starts while b is unreachable starts all the same.
-      worker = startService('worker', {
-        REDIS_URL: services.redis,
-        QUEUE_PREFIX: prefix,
-        MQTT_CLIENT_ID: prefix,
-        METRICS_PORT: '0',
-        DATABASE_URL: db.url,
-        KEEN_API_URL: keen.url,
-        KEEN_PROJECT_ID: PROJECT,
-        KEEN_WRITE_KEY: WRITE_KEY,
-        KEEN_TIMEOUT_MS: '2000',
-        ...workerEnv,
-      });
-      await waitForLog(worker, 'worker ready', READY_MS);
-      expect(worker.output()).toMatch(/"msg":"broker b=mqtt:\/\/127\.0\.0\.1:\d+\/? unreachable at start/);
-      const ready = await readiness(worker);
-      expect(ready.checks.mqtt).toBe(false);
-      expect(ready.reasons?.mqtt).toBe('not connected to broker b');
-
-      // The ordered partitions are shared by both brokers' lamps: a lamp in b's waiting partition
-      // waits with it (the stage runner's model, as in a registry outage). One in another goes on.
-      let newOnA = randomDeviceId();
-      while (queues.bridgeStateQueueFor(newOnA).name === queues.bridgeStateQueueFor(newOnB).name) newOnA = randomDeviceId();
-      await connect(lampsA, newOnA);
-      await changed(lampsA, newOnA, 0);
-      const codeA = await codeOf(newOnA);
-      await waitFor("a's new lamp's code, on a", () => onA.of(newOnA).length > 0);
-      expect(onA.of(newOnA)).toEqual([{ associated: false, code: codeA }]);
-      await waitFor(
-        "a's new lamp's events at Keen",
-        () => ofDevice('activations', newOnA).length === 1 && ofDevice('devicestate', newOnA).length === 1,
-      );
-
-      // b's lamp is registered, but its code cannot reach it yet: the attempt fails and is retried.
-      const codeB = await codeOf(newOnB);
-      await waitFor('a failed attempt', () => worker!.output().includes('not connected'));
-      expect(onA.of(newOnB)).toEqual([]);
-
-      b = await startMosquitto({ port: b.port, dir: b.dir });
-      await waitFor("b's new lamp's code, on b, once b is back", () => onB.of(newOnB).length > 0, 90_000);
-      expect(onB.of(newOnB)).toEqual([{ associated: false, code: codeB }]);
-      expect(onA.of(newOnB)).toEqual([]);
-      await waitFor("b's new lamp's events at Keen", () => ofDevice('activations', newOnB).length === 1, 30_000);
-      await waitFor('the worker ready again', async () => (await readiness(worker!)).status === 'ready');
-    } finally {
-      await queues.close();
-    }
-  });
-
-  it("logs in to each broker with its own login (a _FILE secret), and names that broker's settings when it is refused", async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'lampi-brokers-auth-'));
-    const passwd = path.join(dir, 'passwd');
-    const made = spawnSync('mosquitto_passwd', ['-b', '-c', passwd, 'ingest-c', 'right-password']);
-    if (made.status !== 0) throw new Error(`mosquitto_passwd failed: ${made.stderr}`);
-    chmodSync(passwd, 0o644);
-    const c = await startMosquitto({ dir, extraConfig: `allow_anonymous false\npassword_file ${passwd}` });
-    try {
-      writeFileSync(path.join(dir, 'right'), 'right-password\n');
-      writeFileSync(path.join(dir, 'wrong'), 'wrong-password\n');
-      const withC = `a=${a.url},c=${c.url}`;
-      const login = (file: string) => ({ MQTT_BROKER_C_USERNAME: 'ingest-c', MQTT_BROKER_C_PASSWORD_FILE: path.join(dir, file) });
-      const subscriber = startService('subscriber', {
-        REDIS_URL: services.redis,
-        QUEUE_PREFIX: `${prefix}-c`,
-        MQTT_BROKERS: withC,
-        BROKER_ID: 'c',
-        MQTT_CLIENT_ID: `${prefix}-c`,
-        METRICS_PORT: '0',
-        ...login('right'),
-      });
+  it(
+    "carries on with broker a's lamps while broker b is down, and sends b's new lamp its code once b is back",
+    async () => {
+      const queues = openQueues({ url: services.redis }, prefix);
       try {
-        await waitForLog(subscriber, 'subscriber ready', READY_MS);
+        // A bridge connect broker b's subscriber queued just before b went down, while no worker ran.
+        await pipeline.worker.kill('SIGTERM');
+        const newOnB = randomDeviceId();
+        await connect(lampsB, newOnB);
+        await waitFor('its job queued', async () =>
+          (await queues.bridgeStateQueueFor(newOnB).getJobs(['waiting'])).some((job) => job.data.states.some((s) => s.deviceId === newOnB)),
+        );
+        const queued = (await queues.bridgeStateQueueFor(newOnB).getJobs(['waiting'])).find((job) =>
+          job.data.states.some((s) => s.deviceId === newOnB),
+        )!;
+        expect(queued.data.states.find((s) => s.deviceId === newOnB)?.broker).toBe('b');
+        await b.kill('SIGTERM');
+
+        // A worker that starts while b is unreachable starts all the same.
+        worker = startService('worker', {
+          REDIS_URL: services.redis,
+          QUEUE_PREFIX: prefix,
+          MQTT_CLIENT_ID: prefix,
+          METRICS_PORT: '0',
+          DATABASE_URL: db.url,
+          KEEN_API_URL: keen.url,
+          KEEN_PROJECT_ID: PROJECT,
+          KEEN_WRITE_KEY: WRITE_KEY,
+          KEEN_TIMEOUT_MS: '2000',
+          ...workerEnv,
+        });
+        await waitForLog(worker, 'worker ready', READY_MS);
+        expect(worker.output()).toMatch(/"msg":"broker b=mqtt:\/\/127\.0\.0\.1:\d+\/? unreachable at start/);
+        const ready = await readiness(worker);
+        expect(ready.checks.mqtt).toBe(false);
+        expect(ready.reasons?.mqtt).toBe('not connected to broker b');
+
+        // The ordered partitions are shared by both brokers' lamps: a lamp in b's waiting partition
+        // waits with it (the stage runner's model, as in a registry outage). One in another goes on.
+        let newOnA = randomDeviceId();
+        while (queues.bridgeStateQueueFor(newOnA).name === queues.bridgeStateQueueFor(newOnB).name) newOnA = randomDeviceId();
+        await connect(lampsA, newOnA);
+        await changed(lampsA, newOnA, 0);
+        const codeA = await codeOf(newOnA);
+        await waitFor("a's new lamp's code, on a", () => onA.of(newOnA).length > 0);
+        expect(onA.of(newOnA)).toEqual([{ associated: false, code: codeA }]);
+        await waitFor(
+          "a's new lamp's events at Keen",
+          () => ofDevice('activations', newOnA).length === 1 && ofDevice('devicestate', newOnA).length === 1,
+        );
+
+        // b's lamp is registered, but its code cannot reach it yet: the attempt fails and is retried.
+        const codeB = await codeOf(newOnB);
+        await waitFor('a failed attempt', () => worker!.output().includes('not connected'));
+        expect(onA.of(newOnB)).toEqual([]);
+
+        b = await startMosquitto({ port: b.port, dir: b.dir });
+        await waitFor("b's new lamp's code, on b, once b is back", () => onB.of(newOnB).length > 0, 90_000);
+        expect(onB.of(newOnB)).toEqual([{ associated: false, code: codeB }]);
+        expect(onA.of(newOnB)).toEqual([]);
+        await waitFor("b's new lamp's events at Keen", () => ofDevice('activations', newOnB).length === 1, 30_000);
+        await waitFor('the worker ready again', async () => (await readiness(worker!)).status === 'ready');
       } finally {
-        await subscriber.kill();
+        await queues.close();
       }
-      const refused = startService('worker', {
-        REDIS_URL: services.redis,
-        QUEUE_PREFIX: `${prefix}-c`,
-        MQTT_CLIENT_ID: `${prefix}-c`,
-        METRICS_PORT: '0',
-        DATABASE_URL: db.url,
-        KEEN_PROJECT_ID: PROJECT,
-        KEEN_WRITE_KEY: WRITE_KEY,
-        MQTT_BROKERS: withC,
-        ...login('wrong'),
-      });
-      expect(await refused.exited).toBe(1);
-      const lines = refused.output().trim().split('\n');
-      expect(lines.at(-1)).toMatch(
-        /^worker: the MQTT broker at MQTT_BROKERS c=mqtt:\/\/127\.0\.0\.1:\d+\/? refused our credentials: check MQTT_BROKER_C_USERNAME and MQTT_BROKER_C_PASSWORD \(or MQTT_USERNAME and MQTT_PASSWORD\)$/,
-      );
-      expect(refused.output()).not.toContain('wrong-password');
-    } finally {
-      await c.kill();
-    }
-  });
+    },
+    4 * READY_MS,
+  );
+
+  it(
+    "logs in to each broker with its own login (a _FILE secret), and names that broker's settings when it is refused",
+    async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'lampi-brokers-auth-'));
+      const passwd = path.join(dir, 'passwd');
+      const made = spawnSync('mosquitto_passwd', ['-b', '-c', passwd, 'ingest-c', 'right-password']);
+      if (made.status !== 0) throw new Error(`mosquitto_passwd failed: ${made.stderr}`);
+      chmodSync(passwd, 0o644);
+      const c = await startMosquitto({ dir, extraConfig: `allow_anonymous false\npassword_file ${passwd}` });
+      try {
+        writeFileSync(path.join(dir, 'right'), 'right-password\n');
+        writeFileSync(path.join(dir, 'wrong'), 'wrong-password\n');
+        const withC = `a=${a.url},c=${c.url}`;
+        const login = (file: string) => ({ MQTT_BROKER_C_USERNAME: 'ingest-c', MQTT_BROKER_C_PASSWORD_FILE: path.join(dir, file) });
+        const subscriber = startService('subscriber', {
+          REDIS_URL: services.redis,
+          QUEUE_PREFIX: `${prefix}-c`,
+          MQTT_BROKERS: withC,
+          BROKER_ID: 'c',
+          MQTT_CLIENT_ID: `${prefix}-c`,
+          METRICS_PORT: '0',
+          ...login('right'),
+        });
+        try {
+          await waitForLog(subscriber, 'subscriber ready', READY_MS);
+        } finally {
+          await subscriber.kill();
+        }
+        const refused = startService('worker', {
+          REDIS_URL: services.redis,
+          QUEUE_PREFIX: `${prefix}-c`,
+          MQTT_CLIENT_ID: `${prefix}-c`,
+          METRICS_PORT: '0',
+          DATABASE_URL: db.url,
+          KEEN_PROJECT_ID: PROJECT,
+          KEEN_WRITE_KEY: WRITE_KEY,
+          MQTT_BROKERS: withC,
+          ...login('wrong'),
+        });
+        expect(await refused.exited).toBe(1);
+        const lines = refused.output().trim().split('\n');
+        expect(lines.at(-1)).toMatch(
+          /^worker: the MQTT broker at MQTT_BROKERS c=mqtt:\/\/127\.0\.0\.1:\d+\/? refused our credentials: check MQTT_BROKER_C_USERNAME and MQTT_BROKER_C_PASSWORD \(or MQTT_USERNAME and MQTT_PASSWORD\)$/,
+        );
+        expect(refused.output()).not.toContain('wrong-password');
+      } finally {
+        await c.kill();
+      }
+    },
+    2 * READY_MS,
+  );
 });

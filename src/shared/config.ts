@@ -29,6 +29,25 @@ export const DEFAULT_KEEN_ATTEMPTS = 12;
 /** KEEN_PAUSE_PROBE_MS when it is not set. */
 export const DEFAULT_KEEN_PAUSE_PROBE_MS = 30_000;
 
+/** A broker of MQTT_BROKERS: its id (what bridge-state jobs record), URL and, once loaded, its login. */
+export interface BrokerEntry {
+  id: string;
+  url: string;
+  username?: string;
+  password?: string;
+}
+
+const MQTT_URL_PROTOCOLS = ['mqtt:', 'mqtts:', 'tcp:', 'ssl:', 'ws:', 'wss:'];
+/** Lower-case letters, digits and `-`, so that its settings' names (MQTT_BROKER_<ID>_PASSWORD) are one-to-one with it. */
+const BROKER_ID = /^[a-z0-9][a-z0-9-]{0,31}$/;
+const isBrokerUrl = (value: string) => url(MQTT_URL_PROTOCOLS).safeParse(value).success;
+
+/** The settings that hold one broker's own login, e.g. MQTT_BROKER_EU_WEST_PASSWORD for `eu-west`. */
+export function brokerLoginSettings(id: string): { username: string; password: string } {
+  const name = `MQTT_BROKER_${id.toUpperCase().replaceAll('-', '_')}`;
+  return { username: `${name}_USERNAME`, password: `${name}_PASSWORD` };
+}
+
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 const optionalSecret = z.string().min(1).optional();
 
@@ -60,7 +79,23 @@ const sections = {
     METRICS_HOST: z.string().min(1).default('0.0.0.0'),
   },
   mqtt: {
-    MQTT_URL: url(['mqtt:', 'mqtts:', 'tcp:', 'ssl:', 'ws:', 'wss:']).default('mqtt://127.0.0.1:1883'),
+    MQTT_URL: url(MQTT_URL_PROTOCOLS).default('mqtt://127.0.0.1:1883'),
+    /**
+     * A fleet split over several brokers: `id=url,id=url`, the first being the default (jobs
+     * that name no broker). When it is set, MQTT_URL is not used.
+     */
+    MQTT_BROKERS: commaList((item) => {
+      const [id = '', ...rest] = item.split('=');
+      return BROKER_ID.test(id) && isBrokerUrl(rest.join('='));
+    }, 'must be id=url pairs, comma-separated (id: lower-case letters, digits and -, at most 32; url: mqtt:// or mqtts://...)')
+      // Unset (or empty) is undefined, not [], so the single-broker configuration reads as before.
+      .transform((items) =>
+        items.length === 0
+          ? undefined
+          : items.map((item): BrokerEntry => ({ id: item.slice(0, item.indexOf('=')), url: item.slice(item.indexOf('=') + 1) })),
+      )
+      .refine((brokers) => brokers === undefined || new Set(brokers.map((b) => b.id)).size === brokers.length, 'names a broker id twice')
+      .optional(),
     MQTT_USERNAME: optionalSecret,
     MQTT_PASSWORD: optionalSecret,
     /** Base of the fixed client ids that keep our persistent sessions across restarts. */
@@ -77,6 +112,8 @@ const sections = {
       .default('lampi-ingest'),
     /** Connections sharing the lamp-state topics; each may hold the broker's in-flight window unacknowledged. */
     SUBSCRIBER_CONNECTIONS: positiveInt(4),
+    /** With MQTT_BROKERS: the one broker this subscriber reads (one subscriber group per broker). */
+    BROKER_ID: z.string().regex(BROKER_ID, 'lower-case letters, digits and -, at most 32').optional(),
   },
   database: {
     DATABASE_URL: url(['postgres:', 'postgresql:']),
@@ -158,6 +195,7 @@ export function loadConfig<S extends SectionName>(names: readonly S[], env: Node
   const { input, problems } = readSettings(Object.keys(shape), env);
   const parsed = z.object(shape).safeParse(input);
   if (!parsed.success) problems.push(...settingProblems(parsed.error.issues, input, problems));
+  if (parsed.success && 'MQTT_BROKERS' in shape) problems.push(...loadBrokerLogins(parsed.data, env, 'BROKER_ID' in shape));
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
   const config = parsed.data as Record<string, unknown>;
   if (typeof config.DATABASE_URL === 'string') {
@@ -166,6 +204,36 @@ export function loadConfig<S extends SectionName>(names: readonly S[], env: Node
     delete config.POSTGRES_PASSWORD;
   }
   return config as Config<S>;
+}
+
+/**
+ * Gives each broker of MQTT_BROKERS its login: MQTT_BROKER_<ID>_USERNAME and _PASSWORD (or their
+ * _FILE), each falling back to MQTT_USERNAME and MQTT_PASSWORD. With the subscriber's section,
+ * checks that BROKER_ID names one of them. Returns the problems, one phrase each.
+ */
+function loadBrokerLogins(config: Record<string, unknown>, env: NodeJS.ProcessEnv, subscriber: boolean): string[] {
+  const brokers = (config.MQTT_BROKERS as BrokerEntry[] | undefined) ?? [];
+  const brokerId = config.BROKER_ID as string | undefined;
+  const problems: string[] = [];
+  if (subscriber && brokers.length > 0 && !brokers.some((b) => b.id === brokerId)) {
+    const ids = brokers.map((b) => b.id).join(', ');
+    problems.push(
+      brokerId === undefined
+        ? `BROKER_ID is required with MQTT_BROKERS: set it to the broker this subscriber reads (${ids})`
+        : `BROKER_ID=${brokerId} is not in MQTT_BROKERS (${ids})`,
+    );
+  }
+  if (subscriber && brokers.length === 0 && brokerId !== undefined)
+    problems.push('BROKER_ID names a broker of MQTT_BROKERS: set MQTT_BROKERS too, or unset BROKER_ID');
+  for (const broker of brokers) {
+    const names = brokerLoginSettings(broker.id);
+    const own = readSettings([names.username, names.password], env);
+    problems.push(...own.problems);
+    const username = own.input[names.username] ?? (config.MQTT_USERNAME as string | undefined);
+    const password = own.input[names.password] ?? (config.MQTT_PASSWORD as string | undefined);
+    Object.assign(broker, username === undefined ? {} : { username }, password === undefined ? {} : { password });
+  }
+  return problems;
 }
 
 /**

@@ -22,6 +22,12 @@ export class StartupError extends LampiError {
   readonly code: string = 'LAMPI_STARTUP_FAILED';
 }
 
+/** An MQTT broker refused our login at start-up: a fault of the settings, never waited out. */
+export class MqttLoginError extends StartupError {
+  override name = 'MqttLoginError';
+  override readonly code = 'LAMPI_MQTT_LOGIN_REFUSED';
+}
+
 /** PostgreSQL refused us at start-up (password, role, database, missing tables). */
 export class DatabaseSetupError extends StartupError {
   override name = 'DatabaseSetupError';

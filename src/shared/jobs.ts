@@ -37,12 +37,21 @@ export type IngestMessage = BridgeStateMessage | LampStateMessage;
  */
 export interface BridgeStatesJob {
   kind: 'bridge-states';
-  states: Array<BridgeStateMessage & { messageId: string } & Pick<AsSent, 'topic'>>;
+  states: Array<BridgeStateMessage & { messageId: string } & Pick<AsSent, 'topic'> & OnBroker>;
   /**
    * The Keen events of states an earlier attempt handled (and dropped from `states`): a failed
    * attempt keeps them, so its retry goes on where it stopped and sends them with its own.
    */
   events?: KeenEventRecord[];
+}
+
+/**
+ * Which broker of MQTT_BROKERS the lamp's bridge state came from: the broker its association
+ * message goes to. Absent with a single broker (MQTT_URL) and in jobs queued before it was
+ * kept: the default broker, the first of MQTT_BROKERS.
+ */
+export interface OnBroker {
+  broker?: string;
 }
 
 /**
@@ -202,6 +211,7 @@ const BRIDGE_STATE_FIELDS: Record<string, Field> = {
   retained: boolean,
   receivedAt: isoDate,
   messageId: nonEmptyString,
+  broker: (value) => (value === undefined ? undefined : nonEmptyString(value)),
 };
 
 /** A job left with no states (a retry after every state was handled) is valid: it only sends its events. */

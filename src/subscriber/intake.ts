@@ -32,6 +32,8 @@ export interface IntakeOptions {
   ledger: RedeliveryLedger;
   logger: Logger;
   metrics: Metrics;
+  /** The MQTT_BROKERS id of the broker the messages come from, recorded in each bridge state; none with MQTT_URL. */
+  broker?: string;
   /** States per job; a larger group becomes several jobs in the same write. */
   maxStatesPerJob?: number;
   /** Waits between attempts while Redis refuses writes (out of memory, read-only replica, ...). */
@@ -144,7 +146,8 @@ export class Intake {
 
   /** The Redis commands that store a group, ledger first (see RedeliveryLedger.rememberAll). */
   #plan(group: Arrival[], ids: string[]): () => Promise<unknown> {
-    const { queues, ledger, metrics } = this.#options;
+    const { queues, ledger, metrics, broker } = this.#options;
+    const onBroker = broker === undefined ? {} : { broker };
     const remember: RememberedMessage[] = [];
     const bridgeStates: BridgeStatesJob['states'] = [];
     const lampStates: LampStatesJob['states'] = [];
@@ -166,7 +169,7 @@ export class Intake {
       remember.push({ session, packet: message, messageId });
       // The topic and payload as sent travel too, for the record should the worker reject the state.
       const { topic } = message;
-      if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId, topic });
+      if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId, topic, ...onBroker });
       else
         lampStates.push({
           ...parsed.message,

@@ -4,7 +4,7 @@ import { DependencyWatch } from '../shared/dependency-watch.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
 import { refreshQueueDepths } from '../shared/metrics.js';
-import { mqttSettings } from '../shared/mqtt.js';
+import { brokerSettings, type MqttSettings } from '../shared/mqtt.js';
 import { allQueues, openQueues } from '../shared/queues.js';
 import { Intake } from './intake.js';
 import { openSubscriberConnections } from './connections.js';
@@ -21,6 +21,12 @@ export interface Subscriber {
   close(): Promise<void>;
 }
 
+/** The broker this subscriber reads: BROKER_ID's of MQTT_BROKERS (loadConfig checked it is there), or MQTT_URL's. */
+function brokerOf(config: SubscriberConfig): MqttSettings {
+  const brokers = brokerSettings(config);
+  return brokers.find((b) => b.broker === config.BROKER_ID) ?? brokers[0]!;
+}
+
 export async function startSubscriber(config: SubscriberConfig, logger: Logger, metrics: Metrics): Promise<Subscriber> {
   // Many connections each wait on Redis; pipelining their commands saves a write per command.
   const redis = await connectRedis(config.REDIS_URL, { autoPipelining: true });
@@ -28,14 +34,23 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
   const watch = new DependencyWatch(logger);
   watch.redis(redis, config.REDIS_URL, 'MQTT messages stay with the broker, unacknowledged, until it is back');
   watch.bullmq(allQueues(queues));
-  const intake = new Intake({ queues, ledger: new RedeliveryLedger(redis, config.QUEUE_PREFIX), logger, metrics });
+  const broker = brokerOf(config);
+  const intake = new Intake({
+    queues,
+    ledger: new RedeliveryLedger(redis, config.QUEUE_PREFIX),
+    logger,
+    metrics,
+    ...(broker.broker === undefined ? {} : { broker: broker.broker }),
+  });
+  // Subscribers of different brokers may share MQTT_CLIENT_ID; their packet ids must not meet in the ledger.
+  const sessionOf = (clientId: string) => (broker.broker === undefined ? clientId : `${broker.broker}/${clientId}`);
 
   const inFlight = new Set<Promise<void>>();
   let closing = false;
   const onMessage = (session: string, message: Parameters<Intake['accept']>[1]) => {
     // After close() starts, messages are left unacknowledged: the broker keeps them for our session.
     if (closing) return new Promise<void>(() => {});
-    const handling = intake.accept(session, message).finally(() => inFlight.delete(handling));
+    const handling = intake.accept(sessionOf(session), message).finally(() => inFlight.delete(handling));
     inFlight.add(handling);
     return handling;
   };
@@ -43,7 +58,7 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
   let clients;
   try {
     clients = await openSubscriberConnections({
-      mqtt: mqttSettings(config),
+      mqtt: broker,
       clientIdBase: config.MQTT_CLIENT_ID,
       shareGroup: config.MQTT_SHARE_GROUP,
       connections: config.SUBSCRIBER_CONNECTIONS,
@@ -56,8 +71,15 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
     redis.disconnect();
     throw err;
   }
-  for (const client of clients) watch.mqtt(client, config.MQTT_URL, 'the broker keeps lamp messages for our sessions until it is back');
-  logger.info({ connections: clients.length, share_group: config.MQTT_SHARE_GROUP }, 'subscriber ready');
+  for (const client of clients) watch.mqtt(client, broker.url, 'the broker keeps lamp messages for our sessions until it is back');
+  logger.info(
+    {
+      connections: clients.length,
+      share_group: config.MQTT_SHARE_GROUP,
+      ...(broker.broker === undefined ? {} : { broker: broker.broker }),
+    },
+    'subscriber ready',
+  );
 
   return {
     async readiness() {

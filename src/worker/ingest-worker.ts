@@ -161,9 +161,9 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
    * message say what the registry says now: a claim made on the site, a broker that lost its
    * retained messages.
    */
-  const refreshAssociation = async (deviceId: string, messageId: string, created: boolean) => {
+  const refreshAssociation = async ({ deviceId, messageId, broker }: BridgeState, created: boolean) => {
     try {
-      const association = await registry.publishAssociation(deviceId, (message) => publisher.publish(deviceId, message));
+      const association = await registry.publishAssociation(deviceId, (message) => publisher.publish(deviceId, message, broker));
       if (!association)
         logger.info({ message_id: messageId, device_id: deviceId }, 'lamp deleted while it connected; no association message sent');
     } catch (err) {
@@ -198,10 +198,10 @@ export async function createIngestWorkers(options: IngestWorkerOptions): Promise
       }
       if (activation.insertedNow) {
         // Nobody knows the code yet, so nobody has claimed the lamp: the code is what the registry says.
-        await publisher.publish(deviceId, { associated: false, code: activation.associationCode });
+        await publisher.publish(deviceId, { associated: false, code: activation.associationCode }, state.broker);
       } else if (activation.created || !state.retained) {
         // A lamp this message created, handled again, may never have got its code: refreshed too.
-        await refreshAssociation(deviceId, messageId, activation.created);
+        await refreshAssociation(state, activation.created);
       }
     }
     outcome ??= await registry.recordBridgeState(deviceId, connected, receivedAt, messageId);

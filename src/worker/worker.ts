@@ -10,7 +10,7 @@ import { DependencyWatch } from '../shared/dependency-watch.js';
 import { checkDjangoTables, DJANGO_MODE_OWN_TABLES, djangoTablesProblem } from '../shared/django-site.js';
 import { refreshQueueDepths, refreshRedisMemory, type Metrics } from '../shared/metrics.js';
 import { checkConnection, MISSING_REGISTRY_DATABASE, MISSING_SITE_DATABASE } from '../shared/postgres.js';
-import { mqttSettings } from '../shared/mqtt.js';
+import { brokerSettings } from '../shared/mqtt.js';
 import type { ReadinessCheck } from '../shared/ops-server.js';
 import { allQueues, openQueues } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
@@ -62,7 +62,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     cleanups.push(() => queues.close());
     watch.redis(redis, config.REDIS_URL, 'jobs wait until it is back');
     watch.bullmq(allQueues(queues));
-    const publisher = await AssociationPublisher.connect(mqttSettings(config), config.MQTT_CLIENT_ID, logger, config.ASSOCIATION_TOPIC);
+    const publisher = await AssociationPublisher.connect(brokerSettings(config), config.MQTT_CLIENT_ID, logger, config.ASSOCIATION_TOPIC);
     cleanups.push(() => publisher.close());
 
     // No key check here: Keen has none that writes no event (pause.ts); a wrong key pauses delivery at the first request.
@@ -102,7 +102,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
     // Workers close first: each finishes its active jobs (which may need the batcher, the
     // publisher and the database), then those close in turn.
     cleanups.push(() => Promise.all(workers.map((worker) => worker.close())));
-    publisher.reportTo(watch, config.MQTT_URL);
+    publisher.reportTo(watch, logger);
     watch.poll(
       'postgres',
       config.DATABASE_URL,

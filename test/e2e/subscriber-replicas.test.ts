@@ -8,7 +8,7 @@ import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { startPipeline, type Pipeline } from '../support/pipeline.js';
-import { scrapeMetrics, sleep, startService, waitFor, waitForLog, type ManagedProcess } from '../support/processes.js';
+import { enqueuedByKind, sleep, startService, waitFor, waitForLog, type ManagedProcess } from '../support/processes.js';
 
 const services = inject('services');
 
@@ -83,12 +83,3 @@ describe('two subscriber replicas', () => {
     await lamp.endAsync();
   });
 });
-
-/** The subscriber's own count of enqueued messages, from its /metrics. */
-async function enqueuedByKind(proc: ManagedProcess): Promise<Record<string, number>> {
-  const text = await scrapeMetrics(proc);
-  const counts: Record<string, number> = {};
-  for (const [, kind, value] of text.matchAll(/^lampi_messages_enqueued_total\{kind="([^"]+)"[^}]*\} (\d+)$/gm))
-    counts[kind!] = Number(value);
-  return counts;
-}

@@ -9,6 +9,9 @@ export interface PipelineOptions {
   keen: { url: string; projectId: string; writeKey: string };
   subscriberConnections?: number;
   workerEnv?: Record<string, string>;
+  subscriberEnv?: Record<string, string>;
+  /** How long each process may take to say it is ready (a loaded machine starts tsx slowly). */
+  readyTimeoutMs?: number;
 }
 
 export interface Pipeline {
@@ -35,6 +38,7 @@ export async function startPipeline(options: PipelineOptions): Promise<Pipeline>
     ...common,
     MQTT_SHARE_GROUP: prefix,
     SUBSCRIBER_CONNECTIONS: String(options.subscriberConnections ?? 2),
+    ...options.subscriberEnv,
   });
   const pipeline: Pipeline = {
     subscriber,
@@ -45,10 +49,14 @@ export async function startPipeline(options: PipelineOptions): Promise<Pipeline>
     },
   };
   try {
-    await Promise.all([waitForLog(worker, 'worker ready'), waitForLog(subscriber, 'subscriber ready')]);
+    await Promise.all([
+      waitForLog(worker, 'worker ready', options.readyTimeoutMs),
+      waitForLog(subscriber, 'subscriber ready', options.readyTimeoutMs),
+    ]);
   } catch (err) {
     await pipeline.kill();
-    throw err;
+    // What the processes said is the only clue to why one did not start.
+    throw new Error(`${err instanceof Error ? err.message : String(err)}\n${pipeline.logs(20)}`, { cause: err });
   }
   return pipeline;
 }

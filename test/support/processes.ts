@@ -184,6 +184,14 @@ export async function scrapeMetrics(proc: ManagedProcess): Promise<string> {
   return response.text();
 }
 
+/** The subscriber's own count of enqueued messages by kind, from its /metrics. */
+export async function enqueuedByKind(proc: ManagedProcess): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const [, kind, value] of (await scrapeMetrics(proc)).matchAll(/^lampi_messages_enqueued_total\{kind="([^"]+)"[^}]*\} (\d+)$/gm))
+    counts[kind!] = Number(value);
+  return counts;
+}
+
 /** The uid/gid Mosquitto switches to when started as root; undefined when it will not switch. */
 export function mosquittoUser(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined;

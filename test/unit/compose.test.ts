@@ -443,9 +443,14 @@ describe('Dockerfile and .dockerignore', () => {
   const stages = dockerfile.split(/^(?=FROM )/m).filter((stage) => stage.startsWith('FROM '));
   const runtime = stages.at(-1)!;
 
-  it('multi-stage on Node 22 LTS: every stage from node:22-bookworm-slim', () => {
+  it('multi-stage on Node 22 LTS: the build stages from node:22-bookworm-slim, the runtime Debian slim with its node binary', () => {
     expect(stages.length).toBeGreaterThanOrEqual(2);
-    for (const stage of stages) expect(stage).toMatch(/^FROM node:22-bookworm-slim( AS [\w-]+)?\n/);
+    for (const stage of stages.slice(0, -1)) expect(stage).toMatch(/^FROM node:22-bookworm-slim( AS [\w-]+)?\n/);
+    // The same Debian release as the node image, and only its binary (no npm, corepack or yarn).
+    expect(runtime).toMatch(/^FROM debian:bookworm-slim\n/);
+    expect(runtime).toMatch(/^COPY --from=build \/usr\/local\/bin\/node \/usr\/local\/bin\/node$/m);
+    // The user the secret files are given to (src/secrets-init/secrets.ts: uid 1000).
+    expect(runtime).toMatch(/useradd --uid 1000 --gid node\b/);
     // The code still runs where Node 20 is installed (the machines the tests run on).
     const pkg = JSON.parse(read('package.json')) as { engines: { node: string }; scripts: Record<string, string> };
     expect(pkg.engines.node).toMatch(/^>=20\./);

@@ -38,7 +38,9 @@ RUN npm run build
 # `npm run dlq`/`devices` in a checkout use it; the image runs dist/), and so do the query
 # compilers of databases other than PostgreSQL and the dependencies' source maps and TypeScript
 # files (sources and declarations: 29 MB of the layer), which Node never loads from node_modules
-# (no --enable-source-maps; Node runs no .ts there).
+# (no --enable-source-maps; Node runs no .ts there). Last, what packages publish beside their code
+# and never require: the test, docs, example and benchmark folders at a package's top (next to its
+# package.json) and Markdown files other than licences (9.9 MB of the layer when measured).
 FROM node:22-bookworm-slim AS production-dependencies
 WORKDIR /app
 COPY package.json package-lock.json ./
@@ -48,6 +50,10 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && rm -rf node_modules/tsx node_modules/esbuild node_modules/@esbuild node_modules/@types node_modules/.bin \
  && find node_modules/@prisma/client/runtime -name 'query_compiler_*' ! -name 'query_compiler_small_bg.postgresql.*' -delete \
  && find node_modules -type f \( -name '*.map' -o -name '*.ts' -o -name '*.mts' -o -name '*.cts' \) -delete \
+ && find node_modules -type d \( -name test -o -name tests -o -name __tests__ -o -name docs -o -name doc -o -name example \
+      -o -name examples -o -name benchmark -o -name benchmarks -o -name bench -o -name .github \) \
+      -execdir test -f package.json \; -prune -exec rm -rf {} + \
+ && find node_modules -type f \( -iname '*.md' -o -iname '*.markdown' \) ! -iname 'licen[cs]e*' ! -iname 'copying*' ! -iname 'notice*' -delete \
  && rm -rf /root/.npm
 
 # The runtime stage is Debian slim plus the node binary of the build stage's image, not that image

@@ -118,7 +118,7 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
       }),
     );
   const secretHashes = () =>
-    exec('dashboard', ['sh', '-c', 'cd /run/secrets/lampi && sha256sum ' + [...SECRET_FILES, 'tls/ca.crt'].join(' ')]);
+    exec('mosquitto', ['sh', '-c', 'cd /run/secrets/lampi && sha256sum ' + [...SECRET_FILES, 'tls/ca.crt'].join(' ')]);
 
   beforeAll(async () => {
     // The defaults, unless this host already uses them (here a local Mosquitto holds 1883): the
@@ -212,7 +212,14 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
       'mosquitto', '-c', '-b', '/lamps/lamps.passwd', device, lampPassword,
     ]); // prettier-ignore
     await compose(['restart', 'mosquitto']);
-    expect(await compose(['logs', '--no-color', '--no-log-prefix', '--since', '2m', 'mosquitto'])).toMatch(/and 1 lamp\(s\) in/);
+    await withLogs(
+      waitFor(
+        'the broker restarted with the lamp',
+        async () => /and 1 lamp\(s\) in/.test(await compose(['logs', '--no-color', 'mosquitto'])),
+        60_000,
+        1000,
+      ),
+    );
     await up();
 
     // The lamp: its own Mosquitto with the README's bridge settings, trusting the generated CA only.

@@ -147,7 +147,7 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
 
   afterAll(async () => {
     await lamp?.endAsync(true).catch(() => {});
-    await docker(['rm', '-f', lampContainer]).catch(() => {});
+    await docker(['rm', '-f', '-v', lampContainer]).catch(() => {});
     if (existsSync(path.join(clone, 'docker-compose.yml'))) await compose(['down', '-v', '--remove-orphans'], 300_000).catch(() => {});
     rmSync(clone, { recursive: true, force: true });
     rmSync(lampDir, { recursive: true, force: true });

@@ -26,14 +26,14 @@
 #   scripts/docker-standins.sh            # builds any stand-in that is missing
 #   STANDINS_REBUILD=1 scripts/docker-standins.sh
 # Settings: STANDINS_DIR (work folder, default /var/tmp/lampi-docker-standins: the debootstrap
-# tree and npm tarballs are kept there), DEBIAN_MIRROR (default http://deb.debian.org/debian),
+# tree and npm tarballs are kept there), DEBIAN_MIRROR (default: debootstrap's own),
 # NODE_VERSION (22.23.5), NPM_VERSION (10.9.9), STANDINS_CA_BUNDLE (default
 # /etc/ssl/certs/ca-certificates.crt: the node stand-in's npm trusts what this host trusts, so a
 # build stage's `npm ci` works behind a proxy whose CA the host has; the real image needs none).
 set -euo pipefail
 
 DIR=${STANDINS_DIR:-/var/tmp/lampi-docker-standins}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MIRROR=${DEBIAN_MIRROR:-}
 NODE_VERSION=${NODE_VERSION:-22.23.5}
 NPM_VERSION=${NPM_VERSION:-10.9.9}
 CA_BUNDLE=${STANDINS_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
@@ -57,7 +57,8 @@ if ! have debian:bookworm-slim; then
   root="$DIR/bookworm-rootfs"
   if [ ! -x "$root/bin/bash" ]; then
     rm -rf "$root"
-    debootstrap --variant=minbase bookworm "$root" "$MIRROR"
+    # shellcheck disable=SC2086 # no mirror argument: debootstrap's default, which it also writes to sources.list
+    debootstrap --variant=minbase bookworm "$root" $MIRROR
   fi
   # What the official slim image configures: docs, man pages and locales never installed, apt's
   # caches and lists never kept, no service started by a package's install script.
@@ -80,8 +81,6 @@ Acquire::Languages "none";
 EOF
   printf 'APT::Install-Recommends "false";\n' > "$root/etc/apt/apt.conf.d/docker-no-recommends"
   printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d" && chmod 0755 "$root/usr/sbin/policy-rc.d"
-  printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb http://deb.debian.org/debian-security bookworm-security main\n' \
-    "$MIRROR" "$MIRROR" > "$root/etc/apt/sources.list"
   find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2> /dev/null || true
   find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete 2> /dev/null || true
   rm -rf "$root"/usr/share/{man,info,lintian}/* "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin \

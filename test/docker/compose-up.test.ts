@@ -103,6 +103,8 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
       (r) => r.stdout + r.stderr,
       (err: unknown) => String(err),
     );
+  /** A query on the registry, with psql in the postgres container (PostgreSQL is not published). */
+  const registry = (sql: string) => exec('postgres', ['psql', '-U', 'lampi', '-d', 'lampi', '-Atc', sql]);
   const keenReadKey = () => exec('keen-sink', ['cat', '/run/secrets/lampi/keen-read-key']);
   const keenEvents = async (collection: string) => {
     const url = new URL(`http://127.0.0.1:8080/3.0/projects/lampi-local/queries/extraction`);
@@ -285,15 +287,7 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
     const state = { color: { h: 0.5, s: 1 }, brightness: 0.8, on: true, client: 'lamp_ui' };
     await lamp.publishAsync('lamp/changed', JSON.stringify(state), { qos: 1 });
 
-    const row = await exec('postgres', [
-      'psql',
-      '-U',
-      'lampi',
-      '-d',
-      'lampi',
-      '-Atc',
-      `SELECT association_code, bridge_connected FROM devices WHERE device_id = '${device}'`,
-    ]);
+    const row = await registry(`SELECT association_code, bridge_connected FROM devices WHERE device_id = '${device}'`);
     expect(row).toBe(`${association.code}|t`);
 
     const [activations, monitoring, states] = await withLogs(
@@ -353,15 +347,7 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
     expect(log).toContain('TLS certificates kept from an earlier start');
     // The registry survived (same row, same code), and the lamp's bridge logs in again by itself
     // (the broker's log is the new container's).
-    const code = await exec('postgres', [
-      'psql',
-      '-U',
-      'lampi',
-      '-d',
-      'lampi',
-      '-Atc',
-      `SELECT association_code FROM devices WHERE device_id = '${device}'`,
-    ]);
+    const code = await registry(`SELECT association_code FROM devices WHERE device_id = '${device}'`);
     expect(code).toBe(associationCode);
     await withLogs(
       waitFor(

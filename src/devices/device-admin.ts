@@ -7,7 +7,7 @@ import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaClient } from '../generated/prisma/client.js';
 import { checkConnection, MISSING_REGISTRY_DATABASE } from '../shared/postgres.js';
 import type { FleetRow, RowError } from './fleet-file.js';
-import { StartupError } from '../shared/errors.js';
+import { LampiError, StartupError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 
 /** `created_by_job_id` of an imported lamp: never a message id, so no connect counts as its creation. */
@@ -54,7 +54,11 @@ export interface KeptRow {
 
 export type ImportResult = { ok: true; added: FleetRow[]; kept: KeptRow[]; usersCreated: string[] } | { ok: false; errors: RowError[] };
 
-class ImportConflict extends Error {}
+/** Lamps of the file were registered by someone else while the import ran: the import rolls back and reports it as a row error. */
+export class ImportConflict extends LampiError {
+  override name = 'ImportConflict';
+  readonly code = 'LAMPI_IMPORT_CONFLICT';
+}
 
 const SELECT = {
   deviceId: true,

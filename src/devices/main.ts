@@ -30,13 +30,11 @@ import { parseCommand, USAGE, type DevicesCommand } from './command.js';
 import { DeviceAdmin } from './device-admin.js';
 import { parseFleetFile } from './fleet-file.js';
 import { bridgeText, lampDetails, lampJson, lampTable } from './output.js';
-import { ConfigError, StartupError, describeError } from '../shared/errors.js';
+import { ConfigError, StartupError, UsageError, describeError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 import { withTimeout } from '../shared/timeout.js';
 
 type DevicesConfig = Config<'common' | 'database' | 'registry' | 'mqtt'>;
-
-class UsageError extends Error {}
 
 const PUBLISH_TIMEOUT_MS = 10_000;
 /** Bad rows printed before the rest are only counted. */

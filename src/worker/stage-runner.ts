@@ -63,8 +63,10 @@ export interface StageOptions<T> {
 /** The default limiter never limits; with it, BullMQ checks the limiter key that `rateLimit` sets (across workers). */
 const NO_LIMIT = { max: 1_000_000_000, duration: 1000 };
 
-class MalformedJobError extends UnrecoverableError {
+/** Data that is not the stage's job type. A BullMQ UnrecoverableError (BullMQ fails it for good at once), so not a LampiError, but coded like one. */
+export class MalformedJobError extends UnrecoverableError {
   override name = 'MalformedJobError';
+  readonly code = 'LAMPI_MALFORMED_JOB';
 }
 
 const messageOf = (err: unknown) => (err instanceof Error ? err.message : String(err));

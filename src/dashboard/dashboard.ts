@@ -187,7 +187,7 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
       return html && payload.includes('</body>') ? payload.replace('</body>', `${OUTAGE_BANNER}</body>`) : payload;
     });
     app.addHook('onError', async (request, _reply, error) => {
-      logger.error({ method: request.method, path: request.url.split('?')[0], err: error.message }, 'dashboard request failed');
+      logger.error({ method: request.method, path: request.url.split('?')[0], err: error }, 'dashboard request failed');
     });
 
     // Alive while Redis is gone (a restart would not bring it back), and saying so.

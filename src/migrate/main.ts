@@ -20,7 +20,7 @@ import { loadConfig } from '../shared/config.js';
 import { checkDjangoTables, djangoTablesProblem } from '../shared/django-site.js';
 import { connectionProblem, ensureDatabase, oneLine, pgCode, waitForDatabase } from '../shared/postgres.js';
 import { applyMigrations } from '../shared/migrations.js';
-import { ConfigError, DatabaseSetupError, MigrationError, describeError } from '../shared/errors.js';
+import { ConfigError, DatabaseSetupError, MigrationError, MigrationRolledBackError, describeError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 
 const NAME = 'migrate';
@@ -68,15 +68,11 @@ async function migrate(): Promise<void> {
   try {
     result = await applyMigrations({ databaseUrl: url, directory });
   } catch (err) {
-    if (err instanceof MigrationError) {
-      // The runner applies each migration in a transaction: a failed one left nothing behind.
-      if (/^migration \S+ failed: /.test(err.message)) {
-        throw new DatabaseSetupError(
-          `${err.message}; nothing of it was applied: fix the database or the migration, then run migrate again`,
-        );
-      }
-      throw err;
+    // The runner applies each migration in a transaction: a failed one left nothing behind.
+    if (err instanceof MigrationRolledBackError) {
+      throw new DatabaseSetupError(`${err.message}; nothing of it was applied: fix the database or the migration, then run migrate again`);
     }
+    if (err instanceof MigrationError) throw err;
     const code = pgCode(err);
     if (code === 'ENOENT')
       throw new DatabaseSetupError(

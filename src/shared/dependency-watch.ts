@@ -13,7 +13,6 @@
 import type { Redis } from 'ioredis';
 import type { MqttClient } from 'mqtt';
 import type { Logger } from './logger.js';
-import { describeError } from './errors.js';
 import { safeUrl } from './redact.js';
 
 export type Dependency = 'redis' | 'mqtt' | 'postgres';
@@ -52,7 +51,7 @@ interface Watched {
   /** Each connection to it, and whether it is up. */
   connections: Map<object, boolean>;
   downSince?: number;
-  lastError?: string;
+  lastError?: unknown;
 }
 
 /** A BullMQ Queue. */
@@ -151,12 +150,12 @@ export class DependencyWatch {
       this.#remember(dependency, err);
       return;
     }
-    this.#logger.error({ dependency, err: describeError(err), ...fields }, message);
+    this.#logger.error({ dependency, err, ...fields }, message);
   }
 
   #remember(dependency: Dependency, err: unknown): void {
     const watched = this.#watched.get(dependency);
-    if (watched) watched.lastError = describeError(err);
+    if (watched) watched.lastError = err;
   }
 
   #set(dependency: Dependency, connection: object, up: boolean): void {
@@ -166,7 +165,7 @@ export class DependencyWatch {
     const allUp = [...watched.connections.values()].every(Boolean);
     if (!up && watched.downSince === undefined) {
       watched.downSince = this.#now();
-      this.#logger.warn({ dependency, ...(watched.lastError ? { err: watched.lastError } : {}) }, this.describeDown(dependency));
+      this.#logger.warn({ dependency, ...(watched.lastError !== undefined ? { err: watched.lastError } : {}) }, this.describeDown(dependency));
     } else if (allUp && watched.downSince !== undefined) {
       const downForMs = this.#now() - watched.downSince;
       watched.downSince = undefined;

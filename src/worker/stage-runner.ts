@@ -18,7 +18,7 @@
  * (lampi_jobs_failed_total); every log line about a job names its id, queue, and the lamp and
  * collection it is about when it has them.
  */
-import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
+import { RateLimitError, UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
 import { isConnectionError } from '../shared/dependency-watch.js';
 import type { ParsedJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
@@ -71,7 +71,7 @@ export class MalformedJobError extends UnrecoverableError {
 
 const messageOf = (err: unknown) => (err instanceof Error ? err.message : String(err));
 const isUnrecoverable = (err: unknown) => err instanceof UnrecoverableError || (err instanceof Error && err.name === 'UnrecoverableError');
-const isRateLimit = (err: unknown) => err instanceof Error && err.message === Worker.RateLimitError().message;
+const isRateLimit = (err: unknown) => err instanceof RateLimitError;
 
 export function runStage<T>(options: StageOptions<T>): Worker<T> {
   const { queue, logger, metrics, parse, subject, ordered = false } = options;
@@ -99,7 +99,7 @@ export function runStage<T>(options: StageOptions<T>): Worker<T> {
       const waitMs = jitteredBackoffDelay(job.attemptsStarted, backoffBaseMs(job.opts));
       metrics?.jobAttemptsFailed.inc({ queue: name });
       if (failureLog === 'runner') {
-        const fields = { ...fieldsOf(job), attempt: job.attemptsStarted, attempts, wait_ms: waitMs, err: messageOf(err) };
+        const fields = { ...fieldsOf(job), attempt: job.attemptsStarted, attempts, wait_ms: waitMs, err };
         logger.warn(fields, `${name} job failed; it keeps its place and its queue waits`);
       }
       // Back to the head of the queue, which no worker of any process takes from until then.
@@ -139,13 +139,13 @@ export function runStage<T>(options: StageOptions<T>): Worker<T> {
     const malformed = err instanceof MalformedJobError;
     if (!malformed && failureLog !== 'runner') return;
     const attempts = job && (ordered ? job.attemptsStarted : job.attemptsMade);
-    const fields = { ...(job ? fieldsOf(job) : { queue: name }), attempts, err: err.message };
+    const fields = { ...(job ? fieldsOf(job) : { queue: name }), attempts, err };
     if (malformed) logger.error(fields, `${name} job failed for good: its data is not a ${name} job`);
     else if (final) logger.error(fields, `${name} job failed for good`);
     else logger.warn(fields, `${name} job failed; will retry`);
   });
   // Without a listener, BullMQ's 'error' ends the process. A connection error is the outage the
   // process's DependencyWatch reports, once.
-  worker.on('error', (err) => isConnectionError(err) || logger.error({ queue: name, err: err.message }, `${name} worker error`));
+  worker.on('error', (err) => isConnectionError(err) || logger.error({ queue: name, err }, `${name} worker error`));
   return worker;
 }

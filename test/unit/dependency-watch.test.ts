@@ -74,7 +74,7 @@ describe('DependencyWatch.poll', () => {
         msg: `PostgreSQL is unreachable (postgresql://lampi:***@127.0.0.1:${port}/lampi): ingest jobs are retried until it is back`,
         downForMs: undefined,
         // Refused once the port is closed; reset when a check was connecting as it closed.
-        err: expect.stringMatching(/^ECONN(REFUSED|RESET)$/),
+        err: expect.objectContaining({ type: 'Error', code: expect.stringMatching(/^ECONN(REFUSED|RESET)$/) }),
       },
       { level: 'info', dependency: 'postgres', msg: 'PostgreSQL is reachable again', downForMs: 4_000, err: undefined },
     ]);

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { ConfigError, UsageError } from '../../src/shared/errors.js';
 import { createLogger, redactUrl } from '../../src/shared/logger.js';
 
 const SECRET = 'hunter2-S3CRET';
@@ -149,6 +150,48 @@ describe('createLogger', () => {
       ['nothing', null],
       ['number', 42],
     ]);
+  });
+
+  it('logs { err } in one shape: type, message, stack and the error\'s own fields such as code, beside the message', () => {
+    const log = memoryLogger();
+    const system = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:6379'), { code: 'ECONNREFUSED', port: 6379 });
+    log.logger.error({ err: system, queue: 'ingest' }, 'Redis refused the job');
+    log.logger.error({ err: new ConfigError('REDIS_URL is required') }, 'invalid configuration');
+    const [first, second] = log.records();
+    expect(Object.keys(first!.err as object).sort()).toEqual(['code', 'message', 'port', 'stack', 'type']);
+    expect(first).toMatchObject({
+      msg: 'Redis refused the job',
+      queue: 'ingest',
+      err: { type: 'Error', message: 'connect ECONNREFUSED 127.0.0.1:6379', code: 'ECONNREFUSED', port: 6379 },
+    });
+    expect((first!.err as { stack: string }).stack).toMatch(/^Error: connect ECONNREFUSED 127\.0\.0\.1:6379\n\s+at /);
+    expect(second).toMatchObject({
+      msg: 'invalid configuration',
+      err: { type: 'ConfigError', message: 'REDIS_URL is required', code: 'LAMPI_CONFIG_INVALID', name: 'ConfigError' },
+    });
+  });
+
+  it('masks URL passwords anywhere in a logged error: its cause, an AggregateError\'s errors, its own fields', () => {
+    const log = memoryLogger();
+    const cause = new Error(`cannot reach redis://default:${SECRET}@redis:6379`);
+    log.logger.error({ err: new UsageError('queue unreachable', { cause }) }, 'with a cause');
+    const aggregate = new AggregateError([new Error(`refused by postgresql://lampi:${SECRET}@db/lampi`), new Error('second')], 'all failed');
+    log.logger.error({ err: aggregate }, 'aggregate');
+    const withField = Object.assign(new Error('connect failed'), { url: `mqtt://ingest:${SECRET}@broker:1883`, tried: [`redis://u:${SECRET}@h`] });
+    log.logger.error({ err: withField }, 'own fields');
+    const nested = Object.assign(new Error('outer'), { inner: new Error(`inner redis://u:${SECRET}@h`) });
+    log.logger.error({ err: nested }, 'nested');
+    expect(log.written).toHaveLength(4);
+    for (const line of log.written) expect(line).not.toContain(SECRET);
+    const [withCause, aggregated, fields, inner] = log.records().map((record) => record.err as Record<string, unknown>);
+    expect(withCause!.message).toBe('queue unreachable: cannot reach redis://default:***@redis:6379');
+    expect(withCause!.stack).toContain('caused by: Error: cannot reach redis://default:***@redis:6379');
+    expect((aggregated!.aggregateErrors as Array<{ message: string }>).map((e) => e.message)).toEqual([
+      'refused by postgresql://lampi:***@db/lampi',
+      'second',
+    ]);
+    expect(fields).toMatchObject({ url: 'mqtt://ingest:***@broker:1883', tried: ['redis://u:***@h'] });
+    expect(inner!.inner).toMatchObject({ type: 'Error', message: 'inner redis://u:***@h' });
   });
 
   it('keeps a message given alongside an error', () => {

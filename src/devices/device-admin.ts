@@ -215,7 +215,10 @@ export class DeviceAdmin {
               const got = new Set(inserted.map((d) => d.deviceId));
               const raced = batch.filter((r) => !got.has(r.deviceId)).map((r) => r.deviceId);
               throw new ImportConflict(
-                `${raced.length} lamp${raced.length === 1 ? '' : 's'} (${raced.slice(0, 5).join(', ')}${raced.length > 5 ? ', …' : ''}) were registered by someone else while the import ran (is a worker running?): nothing was imported; run the import again, and those lamps will be kept as registered`,
+                `${raced.length} lamp${raced.length === 1 ? '' : 's'} ` +
+                  `(${raced.slice(0, 5).join(', ')}${raced.length > 5 ? ', …' : ''}) were registered by someone else ` +
+                  `while the import ran (is a worker running?): nothing was imported; run the import again, and those ` +
+                  `lamps will be kept as registered`,
               );
             }
           }

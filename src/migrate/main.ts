@@ -41,7 +41,8 @@ async function checkSiteDatabase(url: string): Promise<void> {
     if (err instanceof DatabaseSetupError) throw err;
     if (pgCode(err) === '3D000') {
       throw new DatabaseSetupError(
-        `REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${safeUrl(url)}: point DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`,
+        `REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${safeUrl(url)}: point DATABASE_URL ` +
+          `at the LAMPI site's database, where its \`manage.py migrate\` ran`,
       );
     }
     throw connectionProblem(err, url) ?? err;
@@ -81,7 +82,9 @@ async function migrate(): Promise<void> {
     throw (
       connectionProblem(err, url) ??
       new DatabaseSetupError(
-        `failed against DATABASE_URL=${safeUrl(url)} (${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user may create tables in this database`,
+        `failed against DATABASE_URL=${safeUrl(url)} ` +
+          `(${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user ` +
+          `may create tables in this database`,
       )
     );
   }

@@ -201,7 +201,8 @@ export async function ensureDatabase(url: string, setting = 'DATABASE_URL'): Pro
   }
   if (!admin) {
     throw new DatabaseSetupError(
-      `database "${database}" does not exist at ${where} and no maintenance database could be opened to create it (${describeError(lastError)}): create it (createdb ${database}) or fix ${setting}`,
+      `database "${database}" does not exist at ${where} and no maintenance database could be opened to ` +
+        `create it (${describeError(lastError)}): create it (createdb ${database}) or fix ${setting}`,
     );
   }
   try {
@@ -211,7 +212,8 @@ export async function ensureDatabase(url: string, setting = 'DATABASE_URL'): Pro
     // 42P04 (or 23505 when both CREATE at the same instant): a concurrent migrate created it meanwhile.
     if (pgCode(err) === '42P04' || pgCode(err) === '23505') return undefined;
     throw new DatabaseSetupError(
-      `database "${database}" does not exist at ${where} and could not be created (${pgCode(err) ?? ''} ${oneLine((err as Error).message)}): create it (createdb ${database}) or fix ${setting}`,
+      `database "${database}" does not exist at ${where} and could not be created (${pgCode(err) ?? ''} ` +
+        `${oneLine((err as Error).message)}): create it (createdb ${database}) or fix ${setting}`,
     );
   } finally {
     await admin.end().catch(() => {});

@@ -3,14 +3,12 @@
  * tests recognise an error by its class or code, never by its text (src/shared/errors.ts). The
  * classes are found by reading the source, so a new error class without a code fails here.
  */
-import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { UnrecoverableError } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { LampiError } from '../../src/shared/errors.js';
-
-const SRC = path.resolve(import.meta.dirname, '../../src');
+import { SRC, sourceFiles } from '../support/source.js';
 
 /**
  * The Keen protocol's errors, which are being moved into one Keen module (with their codes) in
@@ -26,24 +24,14 @@ interface Found {
   abstract: boolean;
 }
 
-async function sourceFiles(dir: string): Promise<string[]> {
-  const files: string[] = [];
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory() && entry.name !== 'generated') files.push(...(await sourceFiles(full)));
-    else if (entry.isFile() && entry.name.endsWith('.ts')) files.push(full);
-  }
-  return files;
-}
-
 /** `class X extends <something>Error`, whatever else the line says. */
 const ERROR_CLASS = /^(export\s+)?(abstract\s+)?class\s+(\w+)\s+extends\s+(\w*Error)\b/gm;
 
 async function errorClasses(): Promise<Found[]> {
   const found: Found[] = [];
-  for (const file of await sourceFiles(SRC)) {
-    for (const match of (await readFile(file, 'utf8')).matchAll(ERROR_CLASS)) {
-      found.push({ file: path.relative(SRC, file), name: match[3]!, exported: match[1] !== undefined, abstract: match[2] !== undefined });
+  for (const { relative, text } of await sourceFiles()) {
+    for (const match of text.matchAll(ERROR_CLASS)) {
+      found.push({ file: relative, name: match[3]!, exported: match[1] !== undefined, abstract: match[2] !== undefined });
     }
   }
   return found;

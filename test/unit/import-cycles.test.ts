@@ -4,11 +4,9 @@
  * The graph is read from the source with a regular expression over `import`/`export ... from`
  * and `import('...')` of relative paths; src/generated (Prisma's client) is a leaf.
  */
-import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-
-const SRC = path.resolve(import.meta.dirname, '../../src');
+import { SRC, sourceFiles } from '../support/source.js';
 
 /** Block comments and line comments out, so an example in a comment is no import. */
 function withoutComments(source: string): string {
@@ -60,16 +58,6 @@ function cyclesIn(graph: Map<string, string[]>): string[][] {
   return [...cycles.values()];
 }
 
-async function sourceFiles(dir: string): Promise<string[]> {
-  const files: string[] = [];
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory() && entry.name !== 'generated') files.push(...(await sourceFiles(full)));
-    else if (entry.isFile() && entry.name.endsWith('.ts')) files.push(full);
-  }
-  return files;
-}
-
 describe('imports in src', () => {
   it('read every kind of relative import, type-only ones included, and nothing in comments or packages', () => {
     const file = path.join(SRC, 'shared', 'a.ts');
@@ -117,7 +105,7 @@ describe('imports in src', () => {
 
   it('have no circle', async () => {
     const graph = new Map<string, string[]>();
-    for (const file of await sourceFiles(SRC)) graph.set(file, importsOf(file, await readFile(file, 'utf8')));
+    for (const { file, text } of await sourceFiles()) graph.set(file, importsOf(file, text));
     expect(graph.size).toBeGreaterThan(50);
     expect(graph.get(path.join(SRC, 'shared', 'message.ts'))).toContain(path.join(SRC, 'shared', 'lamp.ts'));
     const cycles = cyclesIn(graph).map((cycle) => cycle.map((file) => path.relative(SRC, file)).join(' -> '));

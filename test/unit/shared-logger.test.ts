@@ -1,8 +1,7 @@
-import { readdir, readFile } from 'node:fs/promises';
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, UsageError } from '../../src/shared/errors.js';
 import { createLogger, redactUrl } from '../../src/shared/logger.js';
+import { sourceFiles } from '../support/source.js';
 
 const SECRET = 'hunter2-S3CRET';
 
@@ -227,13 +226,11 @@ const DESCRIBED_ERROR = /\berr: (describeError\(|String\(|messageOf\(|\w+\.messa
 
 describe('logging an error', () => {
   it('is done one way across src: the error itself as `err`', async () => {
-    const src = path.resolve(import.meta.dirname, '../../src');
     const offending: string[] = [];
-    for (const entry of await readdir(src, { recursive: true, withFileTypes: true })) {
-      const file = path.relative(src, path.join(entry.parentPath, entry.name));
-      if (!entry.isFile() || !file.endsWith('.ts') || file.startsWith('generated') || OTHER_SHAPES_FOR_NOW.has(file)) continue;
-      (await readFile(path.join(src, file), 'utf8')).split('\n').forEach((line, i) => {
-        if (DESCRIBED_ERROR.test(line)) offending.push(`src/${file}:${i + 1}: ${line.trim()}`);
+    for (const { relative, text } of await sourceFiles()) {
+      if (OTHER_SHAPES_FOR_NOW.has(relative)) continue;
+      text.split('\n').forEach((line, i) => {
+        if (DESCRIBED_ERROR.test(line)) offending.push(`src/${relative}:${i + 1}: ${line.trim()}`);
       });
     }
     expect(offending).toEqual([]);

@@ -63,7 +63,10 @@ export interface StageOptions<T> {
 /** The default limiter never limits; with it, BullMQ checks the limiter key that `rateLimit` sets (across workers). */
 const NO_LIMIT = { max: 1_000_000_000, duration: 1000 };
 
-/** Data that is not the stage's job type. A BullMQ UnrecoverableError (BullMQ fails it for good at once), so not a LampiError, but coded like one. */
+/**
+ * Data that is not the stage's job type. A BullMQ UnrecoverableError, which BullMQ fails for good
+ * at once, so it cannot be a LampiError; it has a code like one.
+ */
 export class MalformedJobError extends UnrecoverableError {
   override name = 'MalformedJobError';
   readonly code = 'LAMPI_MALFORMED_JOB';

@@ -220,10 +220,7 @@ export class Intake {
         return result;
       } catch (err) {
         if (attempt === 1 || attempt % 30 === 0) {
-          this.#options.logger.error(
-            { err, attempt },
-            `Redis refused the ${what}; holding the messages unacknowledged and retrying`,
-          );
+          this.#options.logger.error({ err, attempt }, `Redis refused the ${what}; holding the messages unacknowledged and retrying`);
         }
         await new Promise((resolve) => setTimeout(resolve, this.#retryDelayMs));
       }

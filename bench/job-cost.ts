@@ -75,12 +75,12 @@ async function measure(label: string, perJob: number, opts: JobsOptions, workerA
   const cpu = (await redisCpu()) - cpu0;
   const own = process.cpuUsage(own0);
   const ownUs = (own.user + own.system) / EVENTS;
+  const rate = Math.round(EVENTS / seconds)
+    .toLocaleString('en-US')
+    .padStart(8);
   process.stdout.write(
-    `${label.padEnd(56)} Redis ${((cpu / EVENTS) * 1e6).toFixed(1).padStart(6)} µs + Node (producer and worker) ${ownUs.toFixed(1).padStart(6)} µs CPU per event; ${Math.round(
-      EVENTS / seconds,
-    )
-      .toLocaleString('en-US')
-      .padStart(8)} events/s\n`,
+    `${label.padEnd(56)} Redis ${((cpu / EVENTS) * 1e6).toFixed(1).padStart(6)} µs + Node (producer and worker) ` +
+      `${ownUs.toFixed(1).padStart(6)} µs CPU per event; ${rate} events/s\n`,
   );
   await queue.obliterate({ force: true });
   await queue.close();

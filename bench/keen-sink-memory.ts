@@ -145,11 +145,15 @@ try {
   const capped = await measure(DEFAULT_MAX_RESULT_BYTES);
   const uncapped = await measure(2 ** 31);
   const line = (label: string, f: Figures) =>
-    `${label}: RSS ${f.startMb.toFixed(0)} MB at start, ${f.firstMb.toFixed(0)} MB after the first extraction, ${f.afterMb.toFixed(0)} MB after all ${QUERIES + 2} queries, peak ${f.peakMb.toFixed(0)} MB; slowest /healthz ${f.slowestHealthMs.toFixed(0)} ms (${f.statuses})\n`;
+    `${label}: RSS ${f.startMb.toFixed(0)} MB at start, ${f.firstMb.toFixed(0)} MB after the first ` +
+    `extraction, ${f.afterMb.toFixed(0)} MB after all ${QUERIES + 2} queries, peak ` +
+    `${f.peakMb.toFixed(0)} MB; slowest /healthz ${f.slowestHealthMs.toFixed(0)} ms (${f.statuses})\n`;
   process.stdout.write(line(`limit ${DEFAULT_MAX_RESULT_BYTES} bytes (default)`, capped));
   process.stdout.write(line('limit 2 GiB (no effective limit)', uncapped));
   process.stdout.write(
-    `ratio without / with the limit: peak RSS above start ${((uncapped.peakMb - uncapped.startMb) / (capped.peakMb - capped.startMb)).toFixed(1)}×, slowest /healthz ${(uncapped.slowestHealthMs / Math.max(1, capped.slowestHealthMs)).toFixed(1)}×\n`,
+    `ratio without / with the limit: peak RSS above start ` +
+      `${((uncapped.peakMb - uncapped.startMb) / (capped.peakMb - capped.startMb)).toFixed(1)}×, slowest ` +
+      `/healthz ${(uncapped.slowestHealthMs / Math.max(1, capped.slowestHealthMs)).toFixed(1)}×\n`,
   );
 } finally {
   const cleanup = new pg.Client({ connectionString: adminUrl });

@@ -100,7 +100,8 @@ export function formatSummary(summary: ProfileSummary, top = 15): string {
   const busy = summary.totalMs - summary.idleMs;
   const pct = (ms: number) => `${((ms / busy) * 100).toFixed(1).padStart(5)}%`;
   const lines = [
-    `${path.basename(summary.file)}: ${(summary.totalMs / 1000).toFixed(1)} s profiled, ${(busy / 1000).toFixed(1)} s busy (${((busy / summary.totalMs) * 100).toFixed(0)}%)`,
+    `${path.basename(summary.file)}: ${(summary.totalMs / 1000).toFixed(1)} s profiled, ` +
+      `${(busy / 1000).toFixed(1)} s busy (${((busy / summary.totalMs) * 100).toFixed(0)}%)`,
     '  self time by package / file (share of busy time):',
     ...summary.byPlace.slice(0, top).map(([place, ms]) => `    ${pct(ms)}  ${place}`),
     '  self time by function:',

@@ -58,7 +58,8 @@ const scriptsUs = [...byCommand].filter(([k]) => k.startsWith('EVALSHA')).reduce
 process.stdout.write(`slow log: ${entries.length} entries; scripts ${(scriptsUs / 1e6).toFixed(2)} s\n`);
 for (const [key, entry] of [...byCommand].sort((a, b) => b[1].us - a[1].us).slice(0, Number(values.top))) {
   process.stdout.write(
-    `${(entry.us / 1e3).toFixed(0).padStart(8)} ms ${String(entry.calls).padStart(8)} calls ${(entry.us / entry.calls).toFixed(1).padStart(7)} µs/call  ${key}\n`,
+    `${(entry.us / 1e3).toFixed(0).padStart(8)} ms ${String(entry.calls).padStart(8)} calls ` +
+      `${(entry.us / entry.calls).toFixed(1).padStart(7)} µs/call  ${key}\n`,
   );
 }
 const stats = (await redis.info('commandstats')).split('\n').filter((line) => line.startsWith('cmdstat_'));

@@ -229,7 +229,10 @@ function checkSeqs(recorder: KeenRecorder, from: number, to: number): SeqCheck {
 }
 
 function describeLoss(what: string, published: number, accepted: number, check: SeqCheck, extra = ''): string {
-  return `${what}: ${fmt(published)} published, ${fmt(accepted)} accepted by Keen; ${fmt(check.missing)} missing, ${fmt(check.duplicated)} duplicated${check.examples.length ? ` (seq ${check.examples.join(', ')})` : ''}${extra}`;
+  return (
+    `${what}: ${fmt(published)} published, ${fmt(accepted)} accepted by Keen; ${fmt(check.missing)} ` +
+    `missing, ${fmt(check.duplicated)} duplicated${check.examples.length ? ` (seq ${check.examples.join(', ')})` : ''}${extra}`
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +307,10 @@ function cpuDetails(cpu: Record<string, number>, events: number, wallS: number):
   const parts = ours
     .filter(([, s]) => s > 0.005)
     .map(([name, s]) => `${name} ${fmt((s / events) * 1e6, 0)} µs/event (${fmt((s / wallS) * 100, 0)}% of a core)`);
-  return `CPU: ${parts.join(', ')}; whole machine ${fmt((sys / wallS) * 100, 0)}% of ${cpus().length} cores, of which outside these processes (other users, PostgreSQL) ${fmt(((sys - accounted) / wallS) * 100, 0)}%`;
+  return (
+    `CPU: ${parts.join(', ')}; whole machine ${fmt((sys / wallS) * 100, 0)}% of ${cpus().length} cores, ` +
+    `of which outside these processes (other users, PostgreSQL) ${fmt(((sys - accounted) / wallS) * 100, 0)}%`
+  );
 }
 
 function measureCpu(stack: Stack): () => Record<string, number> {
@@ -398,8 +404,12 @@ async function throughput(workers: number): Promise<void> {
         requestsPerEvent: phase.requests / phase.accepted,
       });
       outcome.details.push(
-        `${fmt(phase.report.published)} lamp states from ${fmt(P.lamps)} lamps in ${fmt(wallS, 1)} s: ${fmt(phase.throughput)} events/s; all accepted once; Keen requests ${fmt(phase.requests)} (1 per ${fmt(phase.accepted / phase.requests, 0)} events)`,
-        `latency at saturation (window ${fmt(P.window)}): p50 ${fmt(latency.p50)} ms, p99 ${fmt(latency.p99)} ms; publish→subscriber p50 ${fmt(latency.toSubscriber[0])} ms, subscriber→Keen p50 ${fmt(latency.toKeen[0])} ms`,
+        `${fmt(phase.report.published)} lamp states from ${fmt(P.lamps)} lamps in ${fmt(wallS, 1)} s: ` +
+          `${fmt(phase.throughput)} events/s; all accepted once; Keen requests ${fmt(phase.requests)} (1 per ` +
+          `${fmt(phase.accepted / phase.requests, 0)} events)`,
+        `latency at saturation (window ${fmt(P.window)}): p50 ${fmt(latency.p50)} ms, p99 ` +
+          `${fmt(latency.p99)} ms; publish→subscriber p50 ${fmt(latency.toSubscriber[0])} ms, subscriber→Keen ` +
+          `p50 ${fmt(latency.toKeen[0])} ms`,
         cpuDetails(used, phase.report.published, wallS),
       );
     } finally {
@@ -436,7 +446,12 @@ async function latency(): Promise<void> {
         outcome.data[`p99@${rate}`] = l.p99;
         outcome.data[`requestsPerEvent@${rate}`] = phase.requests / phase.accepted;
         outcome.details.push(
-          `${rate}/s: ${fmt(phase.report.published)} events (publisher lag max ${fmt(phase.report.maxLagMs)} ms), latency over ${fmt(l.n)} after ${P.warmupS} s warm-up: p50 ${fmt(l.p50)} / p95 ${fmt(l.p95)} / p99 ${fmt(l.p99)} / max ${fmt(l.max)} ms; publish→subscriber p50/p99 ${fmt(l.toSubscriber[0])}/${fmt(l.toSubscriber[1])} ms, subscriber→Keen p50/p99 ${fmt(l.toKeen[0])}/${fmt(l.toKeen[1])} ms; Keen requests ${fmt(phase.requests)} (1 per ${fmt(phase.accepted / phase.requests, 1)} events)`,
+          `${rate}/s: ${fmt(phase.report.published)} events (publisher lag max ${fmt(phase.report.maxLagMs)} ` +
+            `ms), latency over ${fmt(l.n)} after ${P.warmupS} s warm-up: p50 ${fmt(l.p50)} / p95 ${fmt(l.p95)} / ` +
+            `p99 ${fmt(l.p99)} / max ${fmt(l.max)} ms; publish→subscriber p50/p99 ` +
+            `${fmt(l.toSubscriber[0])}/${fmt(l.toSubscriber[1])} ms, subscriber→Keen p50/p99 ` +
+            `${fmt(l.toKeen[0])}/${fmt(l.toKeen[1])} ms; Keen requests ${fmt(phase.requests)} (1 per ` +
+            `${fmt(phase.accepted / phase.requests, 1)} events)`,
         );
         const stages = await stack.stageBreakdown();
         if (stages)
@@ -506,7 +521,9 @@ async function activations(): Promise<void> {
       if (problems.length) throw new BenchFailure(`activations of ${fmt(n)} new lamps: ${problems.join('; ')}\n${stack.logs()}`);
       outcome.data.devicesPerSecond = n / seconds;
       outcome.details.push(
-        `${fmt(n)} new lamps connecting at once: ${fmt(n / seconds)} devices/s (first bridge connect published → last activations event accepted, ${fmt(seconds, 1)} s); exactly one device row, association message, activations and devicemonitoring event each`,
+        `${fmt(n)} new lamps connecting at once: ${fmt(n / seconds)} devices/s (first bridge connect ` +
+          `published → last activations event accepted, ${fmt(seconds, 1)} s); exactly one device row, ` +
+          `association message, activations and devicemonitoring event each`,
         cpuDetails(used, n, seconds),
       );
     } finally {
@@ -592,8 +609,10 @@ async function backlog(): Promise<void> {
       outcome.data.redisBytesPerEvent = perEvent;
       outcome.data.redisBytesPerEventKeys = estimate;
       outcome.details.push(
-        `${fmt(n)} lamp states queued with the workers stopped in ${fmt(intakeSeconds, 1)} s (${fmt(n / intakeSeconds)} events/s into Redis): used_memory +${mb(memoryAfter - memoryBefore)} = ${fmt(perEvent)} bytes/event`,
-        `from the keys: ${fmt(jobs)} jobs (${fmt(n / jobs, 1)} states each) × ${fmt(jobBytes)} B + wait list ${fmt(listBytes)} B + redelivery ledger ${fmt(ledgerKeys)} keys × ${fmt(ledgerBytes)} B = ${fmt(estimate)} bytes/event`,
+        `${fmt(n)} lamp states queued with the workers stopped in ${fmt(intakeSeconds, 1)} s ` +
+          `(${fmt(n / intakeSeconds)} events/s into Redis): used_memory +${mb(memoryAfter - memoryBefore)} = ${fmt(perEvent)} bytes/event`,
+        `from the keys: ${fmt(jobs)} jobs (${fmt(n / jobs, 1)} states each) × ${fmt(jobBytes)} B + wait list ` +
+          `${fmt(listBytes)} B + redelivery ledger ${fmt(ledgerKeys)} keys × ${fmt(ledgerBytes)} B = ${fmt(estimate)} bytes/event`,
       );
 
       // Drain.
@@ -631,7 +650,9 @@ async function backlog(): Promise<void> {
       const drainSeconds = (lastAcceptedAt - readyAt) / 1000;
       outcome.data.drainRate = n / drainSeconds;
       outcome.details.push(
-        `drain with ${P.workers[0]} worker(s): ${fmt(n / drainSeconds)} events/s (worker ready → last event accepted, ${fmt(drainSeconds, 1)} s; worker start-up took ${fmt((readyAt - spawnedAt) / 1000, 1)} s more); no failed job, no dead letter, no error logged`,
+        `drain with ${P.workers[0]} worker(s): ${fmt(n / drainSeconds)} events/s (worker ready → last event ` +
+          `accepted, ${fmt(drainSeconds, 1)} s; worker start-up took ${fmt((readyAt - spawnedAt) / 1000, 1)} s ` +
+          `more); no failed job, no dead letter, no error logged`,
         cpuDetails(used, n, (lastAcceptedAt - spawnedAt) / 1000),
       );
     } finally {
@@ -672,7 +693,9 @@ async function yardstickDirect(): Promise<void> {
       outcome.data.throughput = phase.throughput;
       const wallS = (phase.lastAcceptedAt - phase.report.firstAt) / 1000;
       outcome.details.push(
-        `seed design (MQTT callback → one keen-tracking request per event, no queue): ${fmt(phase.throughput)} events/s over ${fmt(wallS, 1)} s, ${fmt(phase.report.published)} events, all accepted once; Keen requests ${fmt(phase.requests)}`,
+        `seed design (MQTT callback → one keen-tracking request per event, no queue): ` +
+          `${fmt(phase.throughput)} events/s over ${fmt(wallS, 1)} s, ${fmt(phase.report.published)} events, ` +
+          `all accepted once; Keen requests ${fmt(phase.requests)}`,
         cpuDetails(used, phase.report.published, wallS),
         rssDetails(stack),
       );
@@ -728,7 +751,8 @@ async function yardstickQueue(): Promise<void> {
       const wallS = (progress.lastAt - report.firstAt) / 1000;
       outcome.data.throughput = report.published / wallS;
       outcome.details.push(
-        `raw ceiling (MQTT callback → queue.add → no-op worker, acknowledged before Redis confirms): ${fmt(outcome.data.throughput)} events/s over ${fmt(wallS, 1)} s, ${fmt(report.published)} events, each completed once`,
+        `raw ceiling (MQTT callback → queue.add → no-op worker, acknowledged before Redis confirms): ` +
+          `${fmt(outcome.data.throughput)} events/s over ${fmt(wallS, 1)} s, ${fmt(report.published)} events, each completed once`,
         cpuDetails(used, report.published, wallS),
         rssDetails(stack),
       );
@@ -749,7 +773,8 @@ const machineBefore = systemCpu();
 const command = `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
 log(`lampi-ingest bench${quick ? ' (--quick: correctness only, figures are not measurements)' : ''}: ${scenarios.join(', ')}`);
 log(
-  `load average ${loadBefore.join(' ')} on ${cpus().length} cores; Redis ${services.redisUrl}; PostgreSQL ${services.databaseAdminUrl.replace(/:[^:@/]*@/, ':***@')}`,
+  `load average ${loadBefore.join(' ')} on ${cpus().length} cores; Redis ${services.redisUrl}; ` +
+    `PostgreSQL ${services.databaseAdminUrl.replace(/:[^:@/]*@/, ':***@')}`,
 );
 
 let interrupted = false;
@@ -945,9 +970,12 @@ rows.push([
 const header = ['Measure', 'Result', 'Target', ''];
 const table = [header, ['---', '---', '---', '---'], ...rows].map((row) => `| ${row.join(' | ')} |`).join('\n');
 const busyShare = ((machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total)) * 100;
+const loadedBefore =
+  busyShare > 0 && loadBefore[0]! > cpus().length ? ' (it was already loaded by other work when the run started: figures are low)' : '';
 const context = [
-  `\`${command}\` at ${startedAt.toISOString()}, ${fmt((Date.now() - startedAt.getTime()) / 1000)} s; commit ${commit}; Node ${process.version}, ${cpus().length} cores.`,
-  `Load average ${loadBefore.join(' ')} before, ${loadAfter.join(' ')} after; the machine was ${fmt(busyShare)}% busy over the run${busyShare > 0 && loadBefore[0]! > cpus().length ? ' (it was already loaded by other work when the run started: figures are low)' : ''}.`,
+  `\`${command}\` at ${startedAt.toISOString()}, ${fmt((Date.now() - startedAt.getTime()) / 1000)} s; ` +
+    `commit ${commit}; Node ${process.version}, ${cpus().length} cores.`,
+  `Load average ${loadBefore.join(' ')} before, ${loadAfter.join(' ')} after; the machine was ${fmt(busyShare)}% busy over the run${loadedBefore}.`,
   quick
     ? 'QUICK RUN: small counts; only correctness is asserted, the figures are not measurements.'
     : `Max load = ${fmt(P.window)} events in flight (closed loop), ${fmt(P.lamps)} lamps; latency after ${P.warmupS} s warm-up of ${P.latencyS} s per rate.`,

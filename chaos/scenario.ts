@@ -419,7 +419,8 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
           lastProgress = Date.now();
           void scrapeCounter(ports.subscriber, 'lampi_messages_enqueued_total').then((enqueued) =>
             log(
-              `[chaos ${stamp()}] published ${n}, acked by broker ${fleet.acked}, enqueued by this subscriber ${enqueued ?? '-'}, at Keen ${fakeKeen.eventsIn('devicestate').length}`,
+              `[chaos ${stamp()}] published ${n}, acked by broker ${fleet.acked}, enqueued by this subscriber ` +
+                `${enqueued ?? '-'}, at Keen ${fakeKeen.eventsIn('devicestate').length}`,
             ),
           );
         }
@@ -465,7 +466,8 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       if (Date.now() - lastReport >= 10_000) {
         lastReport = Date.now();
         log(
-          `[chaos ${stamp()}] draining: ${missing} lamp states not yet at Keen, ${activations}/${lampIds.length} activations, ${dlq} dead letters, ${busy} jobs queued/active/delayed`,
+          `[chaos ${stamp()}] draining: ${missing} lamp states not yet at Keen, ` +
+            `${activations}/${lampIds.length} activations, ${dlq} dead letters, ${busy} jobs queued/active/delayed`,
         );
       }
       if (Date.now() > deadline) {
@@ -502,7 +504,9 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       });
       writeFileSync(path.join(dir, 'missing.txt'), missing.map((key) => `${key} ${JSON.stringify(fleet.publishedAt.get(key))}`).join('\n'));
       problems.push(
-        `${missing.length} published lamp states never reached Keen (lost), e.g. ${missing.slice(0, 10).join(', ')}; published at ${[...bySecond].map(([k, n]) => `${k}: ${n}`).join(', ')} (all in ${path.join(dir, 'missing.txt')})`,
+        `${missing.length} published lamp states never reached Keen (lost), e.g. ` +
+          `${missing.slice(0, 10).join(', ')}; published at ` +
+          `${[...bySecond].map(([k, n]) => `${k}: ${n}`).join(', ')} (all in ${path.join(dir, 'missing.txt')})`,
       );
     }
     if (dupsInPipeline.length)
@@ -573,7 +577,8 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
           .map((event) => `${String(event.state)} at ${String(event.keen.timestamp)} (${String(event.keen.uniqueness_token)})`)
           .join(', ');
         problems.push(
-          `lamp ${lamp.id}: devicemonitoring ${JSON.stringify(got)} at Keen, expected ${JSON.stringify(expected)} (bridge states published: ${lamp.bridgeStates.map(Number).join('')}); at Keen: ${seen}`,
+          `lamp ${lamp.id}: devicemonitoring ${JSON.stringify(got)} at Keen, expected ` +
+            `${JSON.stringify(expected)} (bridge states published: ${lamp.bridgeStates.map(Number).join('')}); at Keen: ${seen}`,
         );
       }
     }

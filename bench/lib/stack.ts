@@ -365,7 +365,8 @@ export class Stack {
     );
     if (!done) {
       throw new BenchFailure(
-        `lamp connects stalled: ${this.recorder.accepted('activations') - activations} activations and ${this.recorder.accepted('devicemonitoring') - monitoring} devicemonitoring events of ${count} reached Keen\n${this.logs()}`,
+        `lamp connects stalled: ${this.recorder.accepted('activations') - activations} activations and ` +
+          `${this.recorder.accepted('devicemonitoring') - monitoring} devicemonitoring events of ${count} reached Keen\n${this.logs()}`,
       );
     }
     await new Promise((resolve) => setTimeout(resolve, 200));

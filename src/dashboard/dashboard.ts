@@ -63,13 +63,19 @@ const keenRetries =
 
 const DESCRIPTIONS: Record<string, string> = {
   [QUEUE_NAMES.ingest]: `Lamp states, in groups, on their way past the device registry to Keen. ${ingestRetries}`,
-  [QUEUE_NAMES.keen]: `Keen events in groups (one job per ingest job; a redriven dead letter alone, under its keen.uniqueness_token). ${keenRetries} Failed jobs here are a trail: their events are in keen-dead-letter.`,
+  [QUEUE_NAMES.keen]:
+    `Keen events in groups (one job per ingest job; a redriven dead letter alone, under its ` +
+    `keen.uniqueness_token). ${keenRetries} Failed jobs here are a trail: their events are in keen-dead-letter.`,
   [QUEUE_NAMES.deadLetter]:
-    'Keen events that failed for good, parked in Failed with the last Keen error. Retry (or Retry all) puts an event back into keen-delivery with the same uniqueness token, so Keen never counts it twice.',
+    'Keen events that failed for good, parked in Failed with the last Keen error. Retry (or Retry all) ' +
+    'puts an event back into keen-delivery with the same uniqueness token, so Keen never counts it twice.',
   [QUEUE_NAMES.rejected]:
-    'Messages the pipeline refused, in Failed: the failure reason says why, the data shows the message (payload: its first 512 bytes). Retrying cannot help, so there is no Retry.',
+    'Messages the pipeline refused, in Failed: the failure reason says why, the data shows the message ' +
+    '(payload: its first 512 bytes). Retrying cannot help, so there is no Retry.',
 };
-const BRIDGE_DESCRIPTION = `Lamp bridge connects and disconnects (activation, monitoring) of one partition of the lamps, many per job, handled one job at a time; each lamp in arrival order. ${ingestRetries}`;
+const BRIDGE_DESCRIPTION =
+  `Lamp bridge connects and disconnects (activation, monitoring) of one partition of the lamps, many ` +
+  `per job, handled one job at a time; each lamp in arrival order. ${ingestRetries}`;
 
 /** A rejection's data as the operator reads it: the payload as text when it is UTF-8 (base64 otherwise). */
 export function showRejection(data: unknown): unknown {
@@ -187,7 +193,7 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
       return html && payload.includes('</body>') ? payload.replace('</body>', `${OUTAGE_BANNER}</body>`) : payload;
     });
     app.addHook('onError', async (request, _reply, error) => {
-      logger.error({ method: request.method, path: request.url.split('?')[0], err: error.message }, 'dashboard request failed');
+      logger.error({ method: request.method, path: request.url.split('?')[0], err: error }, 'dashboard request failed');
     });
 
     // Alive while Redis is gone (a restart would not bring it back), and saying so.

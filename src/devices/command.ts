@@ -6,7 +6,8 @@ import { isDeviceId } from '../shared/topics.js';
 import { isAssociationCode, isOwnerName } from './fleet-file.js';
 
 export const USAGE =
-  'usage: npm run devices -- list [--json] | show <device id> [--json] | claim <association code> <username> | delete <device id> | import <file.csv or file.json>';
+  'usage: npm run devices -- list [--json] | show <device id> [--json] | claim <association code> ' +
+  '<username> | delete <device id> | import <file.csv or file.json>';
 
 export type DevicesCommand =
   | { name: 'help' }

@@ -7,7 +7,7 @@ import { PrismaPg } from '@prisma/adapter-pg';
 import { PrismaClient } from '../generated/prisma/client.js';
 import { checkConnection, MISSING_REGISTRY_DATABASE } from '../shared/postgres.js';
 import type { FleetRow, RowError } from './fleet-file.js';
-import { StartupError } from '../shared/errors.js';
+import { LampiError, StartupError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 
 /** `created_by_job_id` of an imported lamp: never a message id, so no connect counts as its creation. */
@@ -54,7 +54,11 @@ export interface KeptRow {
 
 export type ImportResult = { ok: true; added: FleetRow[]; kept: KeptRow[]; usersCreated: string[] } | { ok: false; errors: RowError[] };
 
-class ImportConflict extends Error {}
+/** Lamps of the file were registered by someone else while the import ran: the import rolls back and reports it as a row error. */
+export class ImportConflict extends LampiError {
+  override name = 'ImportConflict';
+  readonly code = 'LAMPI_IMPORT_CONFLICT';
+}
 
 const SELECT = {
   deviceId: true,
@@ -211,7 +215,10 @@ export class DeviceAdmin {
               const got = new Set(inserted.map((d) => d.deviceId));
               const raced = batch.filter((r) => !got.has(r.deviceId)).map((r) => r.deviceId);
               throw new ImportConflict(
-                `${raced.length} lamp${raced.length === 1 ? '' : 's'} (${raced.slice(0, 5).join(', ')}${raced.length > 5 ? ', …' : ''}) were registered by someone else while the import ran (is a worker running?): nothing was imported; run the import again, and those lamps will be kept as registered`,
+                `${raced.length} lamp${raced.length === 1 ? '' : 's'} ` +
+                  `(${raced.slice(0, 5).join(', ')}${raced.length > 5 ? ', …' : ''}) were registered by someone else ` +
+                  `while the import ran (is a worker running?): nothing was imported; run the import again, and those ` +
+                  `lamps will be kept as registered`,
               );
             }
           }

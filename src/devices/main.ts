@@ -30,13 +30,11 @@ import { parseCommand, USAGE, type DevicesCommand } from './command.js';
 import { DeviceAdmin } from './device-admin.js';
 import { parseFleetFile } from './fleet-file.js';
 import { bridgeText, lampDetails, lampJson, lampTable } from './output.js';
-import { ConfigError, StartupError, describeError } from '../shared/errors.js';
+import { ConfigError, StartupError, UsageError, describeError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 import { withTimeout } from '../shared/timeout.js';
 
 type DevicesConfig = Config<'common' | 'database' | 'registry' | 'mqtt'>;
-
-class UsageError extends Error {}
 
 const PUBLISH_TIMEOUT_MS = 10_000;
 /** Bad rows printed before the rest are only counted. */
@@ -108,7 +106,8 @@ async function run(
     if (!lamp) return notFound(`no lamp ${command.deviceId} in the registry`);
     out(`deleted lamp ${lamp.deviceId} (owner ${lamp.owner}, bridge ${bridgeText(lamp)})`);
     out(
-      `its retained association message stays on ${topicOf(lamp.deviceId)} until its bridge next connects: the lamp is then registered again, parked, with a new code, which replaces that message, and an activations event`,
+      `its retained association message stays on ${topicOf(lamp.deviceId)} until its bridge next connects: ` +
+        `the lamp is then registered again, parked, with a new code, which replaces that message, and an activations event`,
     );
     if (lamp.bridgeConnected) out("its bridge is connected now: restart the lamp's broker (or its bridge) to register it again now");
     return 0;
@@ -136,7 +135,9 @@ async function claim(config: DevicesConfig, admin: DeviceAdmin, code: string, us
       await withTimeout(client.publishAsync(topic, JSON.stringify({ associated: true }), { qos: 1, retain: true }), PUBLISH_TIMEOUT_MS);
     } catch (e) {
       throw new StartupError(
-        `lamp ${lamp.deviceId} ${whose} in the registry, but the broker at MQTT_URL=${safeUrl(config.MQTT_URL)} did not acknowledge its association message (${describeError(e)}): run the same claim again to send it`,
+        `lamp ${lamp.deviceId} ${whose} in the registry, but the broker at ` +
+          `MQTT_URL=${safeUrl(config.MQTT_URL)} did not acknowledge its association message ` +
+          `(${describeError(e)}): run the same claim again to send it`,
       );
     }
     out(`claimed: lamp ${lamp.deviceId} ${whose}${claimed.userCreated ? `; user ${username} was created (active)` : ''}`);
@@ -165,14 +166,17 @@ async function importFile(config: DevicesConfig, file: string): Promise<number> 
     for (const { row, differences } of result.kept) {
       if (differences.length > 0)
         out(
-          `${file} line ${row.line}: lamp ${row.deviceId} is already registered, kept as registered (${differences.join('; ')}); delete it and import again to take the file's`,
+          `${file} line ${row.line}: lamp ${row.deviceId} is already registered, kept as registered ` +
+            `(${differences.join('; ')}); delete it and import again to take the file's`,
         );
     }
     const parked = result.added.filter((row) => row.owner === config.DEFAULT_USER).length;
     const differing = result.kept.filter((kept) => kept.differences.length > 0).length;
     out(
-      `imported ${file}: ${parsed.rows.length} lamp${parsed.rows.length === 1 ? '' : 's'}: ${result.added.length} added (${result.added.length - parked} claimed, ${parked} parked), ` +
-        `${result.usersCreated.length} user${result.usersCreated.length === 1 ? '' : 's'} created; ${result.kept.length} already registered, kept as registered` +
+      `imported ${file}: ${parsed.rows.length} lamp${parsed.rows.length === 1 ? '' : 's'}: ` +
+        `${result.added.length} added (${result.added.length - parked} claimed, ${parked} parked), ` +
+        `${result.usersCreated.length} user${result.usersCreated.length === 1 ? '' : 's'} created; ` +
+        `${result.kept.length} already registered, kept as registered` +
         (differing > 0 ? ` (${differing} of them differ from the file, above)` : ''),
     );
     return 0;

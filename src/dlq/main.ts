@@ -20,18 +20,16 @@
  */
 import { pino } from 'pino';
 import { loadConfig } from '../shared/config.js';
-import { createLogger } from '../shared/logger.js';
+import { createLogger, redactUrl } from '../shared/logger.js';
 import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 import { err, jobsIn, out, printTable, rowOf, shownState } from './listing.js';
 import { purge } from './purge.js';
 import { redrive } from './redrive.js';
-import { ConfigError, StartupError } from '../shared/errors.js';
+import { ConfigError, StartupError, UsageError } from '../shared/errors.js';
 import { connectRedis } from '../shared/redis.js';
 
 const USAGE =
   'usage: npm run dlq -- list | redrive [--wait <duration>] (--all | <job id>...) | purge --older-than <duration, e.g. 7d, 12h, 30m> [--dry-run] [--yes]';
-
-class UsageError extends Error {}
 
 const UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
 
@@ -149,7 +147,7 @@ main(process.argv.slice(2)).then(
     } else if (e instanceof ConfigError || e instanceof StartupError) {
       err(`dlq: ${e.message}`);
     } else {
-      err(`dlq: ${(e as Error).stack ?? String(e)}`);
+      err(`dlq: ${redactUrl((e as Error).stack ?? String(e))}`);
     }
     process.exit(1);
   },

@@ -105,8 +105,7 @@ export async function purge(queues: PipelineQueues, options: PurgeOptions, audit
     },
     'dead letters purged',
   );
-  out(
-    `purged ${deleted.length} ${deleted.length === 1 ? 'dead letter' : 'dead letters'} older than ${options.olderThan}${skipped.length > 0 ? `; ${skipped.length} left alone (redriven or changed since listed: ${skipped.join(', ')})` : ''}`,
-  );
+  const left = skipped.length > 0 ? `; ${skipped.length} left alone (redriven or changed since listed: ${skipped.join(', ')})` : '';
+  out(`purged ${deleted.length} ${deleted.length === 1 ? 'dead letter' : 'dead letters'} older than ${options.olderThan}${left}`);
   return 0;
 }

@@ -153,11 +153,13 @@ export async function redrive(queues: PipelineQueues, { all, ids, waitMs }: Redr
     out(
       workers === 0
         ? `no worker is consuming ${QUEUE_NAMES.deadLetter} now: the redrive happens when one runs (npm run worker)`
-        : `still queued: no outcome within ${waitMs} ms (--wait). Nothing is lost: each such event either reaches Keen or comes back to ${QUEUE_NAMES.deadLetter} (see npm run dlq -- list)`,
+        : `still queued: no outcome within ${waitMs} ms (--wait). Nothing is lost: each such event either ` +
+            `reaches Keen or comes back to ${QUEUE_NAMES.deadLetter} (see npm run dlq -- list)`,
     );
   }
   out(
-    `redrive: ${counts.delivered} delivered, ${counts['refused-again']} refused again, ${counts['redrive-failed']} redrive failed, ${counts['still-queued']} still queued, ${missing} not found`,
+    `redrive: ${counts.delivered} delivered, ${counts['refused-again']} refused again, ` +
+      `${counts['redrive-failed']} redrive failed, ${counts['still-queued']} still queued, ${missing} not found`,
   );
   if (counts['refused-again'] + counts['redrive-failed'] > 0) return 1;
   if (missing > 0) return 2;

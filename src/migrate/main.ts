@@ -20,7 +20,7 @@ import { loadConfig } from '../shared/config.js';
 import { checkDjangoTables, djangoTablesProblem } from '../shared/django-site.js';
 import { connectionProblem, ensureDatabase, oneLine, pgCode, waitForDatabase } from '../shared/postgres.js';
 import { applyMigrations } from '../shared/migrations.js';
-import { ConfigError, DatabaseSetupError, MigrationError, describeError } from '../shared/errors.js';
+import { ConfigError, DatabaseSetupError, MigrationError, MigrationRolledBackError, describeError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 
 const NAME = 'migrate';
@@ -41,7 +41,8 @@ async function checkSiteDatabase(url: string): Promise<void> {
     if (err instanceof DatabaseSetupError) throw err;
     if (pgCode(err) === '3D000') {
       throw new DatabaseSetupError(
-        `REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${safeUrl(url)}: point DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`,
+        `REGISTRY_SCHEMA=django but there is no database at DATABASE_URL=${safeUrl(url)}: point DATABASE_URL ` +
+          `at the LAMPI site's database, where its \`manage.py migrate\` ran`,
       );
     }
     throw connectionProblem(err, url) ?? err;
@@ -68,15 +69,11 @@ async function migrate(): Promise<void> {
   try {
     result = await applyMigrations({ databaseUrl: url, directory });
   } catch (err) {
-    if (err instanceof MigrationError) {
-      // The runner applies each migration in a transaction: a failed one left nothing behind.
-      if (/^migration \S+ failed: /.test(err.message)) {
-        throw new DatabaseSetupError(
-          `${err.message}; nothing of it was applied: fix the database or the migration, then run migrate again`,
-        );
-      }
-      throw err;
+    // The runner applies each migration in a transaction: a failed one left nothing behind.
+    if (err instanceof MigrationRolledBackError) {
+      throw new DatabaseSetupError(`${err.message}; nothing of it was applied: fix the database or the migration, then run migrate again`);
     }
+    if (err instanceof MigrationError) throw err;
     const code = pgCode(err);
     if (code === 'ENOENT')
       throw new DatabaseSetupError(
@@ -85,7 +82,9 @@ async function migrate(): Promise<void> {
     throw (
       connectionProblem(err, url) ??
       new DatabaseSetupError(
-        `failed against DATABASE_URL=${safeUrl(url)} (${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user may create tables in this database`,
+        `failed against DATABASE_URL=${safeUrl(url)} ` +
+          `(${code ? `${code} ` : ''}${oneLine((err as Error).message ?? String(err))}): check that the user ` +
+          `may create tables in this database`,
       )
     );
   }

@@ -13,7 +13,6 @@
 import type { Redis } from 'ioredis';
 import type { MqttClient } from 'mqtt';
 import type { Logger } from './logger.js';
-import { describeError } from './errors.js';
 import { safeUrl } from './redact.js';
 
 export type Dependency = 'redis' | 'mqtt' | 'postgres';
@@ -31,19 +30,24 @@ export const CONNECTION_CODES: ReadonlySet<string> = new Set([
   'EAI_AGAIN',
   'EPIPE',
 ]);
-const CONNECTION_MESSAGES = [
-  /connection is closed/i,
-  /ECONNREFUSED|ECONNRESET|ETIMEDOUT/,
-  /stream isn't writeable/i,
-  /max retries per request/i,
-];
+/**
+ * Connection failures that only an error's text tells, the one place here that reads it:
+ * ioredis rejects commands on a lost connection with plain Errors that have no code ('Connection
+ * is closed.', "Stream isn't writeable and enableOfflineQueue options is false"), and an error
+ * that wraps a socket failure may carry its code in its text only.
+ */
+function isConnectionErrorText(err: unknown): boolean {
+  const message = err instanceof Error ? err.message : String(err);
+  return /connection is closed|stream isn't writeable|\b(ECONNREFUSED|ECONNRESET|ETIMEDOUT)\b/i.test(message);
+}
 
 export function isConnectionError(err: unknown): boolean {
   if (err instanceof AggregateError) return err.errors.some(isConnectionError);
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true;
-  const message = err instanceof Error ? err.message : String(err);
-  return CONNECTION_MESSAGES.some((pattern) => pattern.test(message));
+  // ioredis gave up on a command while Redis was gone (its class is not exported; its name is the class's).
+  if (err instanceof Error && err.name === 'MaxRetriesPerRequestError') return true;
+  return isConnectionErrorText(err);
 }
 
 interface Watched {
@@ -52,7 +56,7 @@ interface Watched {
   /** Each connection to it, and whether it is up. */
   connections: Map<object, boolean>;
   downSince?: number;
-  lastError?: string;
+  lastError?: unknown;
 }
 
 /** A BullMQ Queue. */
@@ -151,12 +155,12 @@ export class DependencyWatch {
       this.#remember(dependency, err);
       return;
     }
-    this.#logger.error({ dependency, err: describeError(err), ...fields }, message);
+    this.#logger.error({ dependency, err, ...fields }, message);
   }
 
   #remember(dependency: Dependency, err: unknown): void {
     const watched = this.#watched.get(dependency);
-    if (watched) watched.lastError = describeError(err);
+    if (watched) watched.lastError = err;
   }
 
   #set(dependency: Dependency, connection: object, up: boolean): void {
@@ -166,7 +170,10 @@ export class DependencyWatch {
     const allUp = [...watched.connections.values()].every(Boolean);
     if (!up && watched.downSince === undefined) {
       watched.downSince = this.#now();
-      this.#logger.warn({ dependency, ...(watched.lastError ? { err: watched.lastError } : {}) }, this.describeDown(dependency));
+      this.#logger.warn(
+        { dependency, ...(watched.lastError !== undefined ? { err: watched.lastError } : {}) },
+        this.describeDown(dependency),
+      );
     } else if (allUp && watched.downSince !== undefined) {
       const downForMs = this.#now() - watched.downSince;
       watched.downSince = undefined;

@@ -37,7 +37,19 @@ export class DatabaseSetupError extends StartupError {
 /** A migration could not be applied, or the applied ones do not match the files. */
 export class MigrationError extends LampiError {
   override name = 'MigrationError';
-  readonly code = 'LAMPI_MIGRATION_FAILED';
+  readonly code: string = 'LAMPI_MIGRATION_FAILED';
+}
+
+/** A migration's SQL failed: its transaction rolled back, so nothing of it was applied. */
+export class MigrationRolledBackError extends MigrationError {
+  override name = 'MigrationRolledBackError';
+  override readonly code = 'LAMPI_MIGRATION_ROLLED_BACK';
+}
+
+/** A command-line tool (dlq, devices) was called wrongly; the tool prints its usage line after the message. */
+export class UsageError extends LampiError {
+  override name = 'UsageError';
+  readonly code = 'LAMPI_USAGE';
 }
 
 /** A wait that ran out. */

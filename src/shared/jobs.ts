@@ -4,8 +4,7 @@
  * be added by anyone with Redis, the dashboard included). The parsers never throw.
  */
 import { KEEN_COLLECTIONS, type KeenCollection, type KeenEvent } from './events.js';
-import type { LampState } from './message.js';
-import type { RejectReason } from './message.js';
+import type { LampState, RejectReason } from './lamp.js';
 
 /** A lamp's bridge connected (`1`) or disconnected (`0`), as parsed. */
 export interface BridgeStateMessage {

@@ -52,16 +52,27 @@ export function createLogger(name: string, level = 'info', destination?: pino.De
   );
 }
 
-/** Callers log `{ err }` with whatever was thrown, or a description of it: never throw, always redact. */
+/**
+ * The one way to log an error: `logger.error({ err }, 'what failed')`, with whatever was thrown.
+ * pino's serializer gives `err` its type, message and stack (a cause's and an AggregateError's
+ * errors included) and the error's own fields (`code`: ours, Node's, PostgreSQL's); every string
+ * in it is redacted, so a URL with a password in any of them is masked. Never throws.
+ */
 function serializeError(err: unknown): unknown {
   if (typeof err === 'string') return redactUrl(err);
   if (typeof err !== 'object' || err === null || typeof (err as Error).message !== 'string') return err;
-  const error = err as Error;
-  return {
-    ...pino.stdSerializers.err(error),
-    message: redactUrl(error.message),
-    stack: typeof error.stack === 'string' ? redactUrl(error.stack) : error.stack,
-  };
+  return redactStrings(pino.stdSerializers.err(err as Error), new WeakSet());
+}
+
+/** Strings in plain objects and arrays (what the serializer makes) redacted; other objects (a Date, a Buffer) kept as they are. */
+function redactStrings(value: unknown, seen: WeakSet<object>): unknown {
+  if (typeof value === 'string') return redactUrl(value);
+  if (typeof value !== 'object' || value === null || seen.has(value)) return value;
+  seen.add(value);
+  if (Array.isArray(value)) return value.map((item) => redactStrings(item, seen));
+  const constructor = (value as { constructor?: unknown }).constructor;
+  if (constructor !== Object && constructor !== undefined) return value;
+  return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, redactStrings(item, seen)]));
 }
 
 /** The message pino would take from `log.error(err)` or `log.error({ err })` when none is given. */

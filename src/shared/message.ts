@@ -3,6 +3,7 @@
  * never throws, whatever the bytes.
  */
 import type { IngestMessage } from './jobs.js';
+import type { LampState, RejectReason } from './lamp.js';
 import { unstorableText } from './text.js';
 import { parseTopic } from './topics.js';
 
@@ -10,31 +11,7 @@ export const MAX_LAMP_STATE_BYTES = 64 * 1024;
 /** Deeper than any lamp needs, shallow enough that nothing downstream recurses dangerously. */
 export const MAX_LAMP_STATE_DEPTH = 16;
 
-export const REJECT_REASONS = [
-  'unrecognized_topic',
-  'invalid_device_id',
-  'invalid_bridge_state',
-  'payload_too_large',
-  'invalid_utf8',
-  'invalid_json',
-  'not_an_object',
-  'too_deeply_nested',
-  'unstorable_text',
-  'invalid_lamp_state',
-  'unknown_device',
-] as const;
-export type RejectReason = (typeof REJECT_REASONS)[number];
-
 const MAX_CLIENT_CHARS = 256;
-
-/** The fields LAMPI firmware sends must have their types; anything extra is kept as sent. */
-export interface LampState {
-  color?: { h: number; s: number; [key: string]: unknown };
-  brightness?: number;
-  on?: boolean;
-  client?: string;
-  [key: string]: unknown;
-}
 
 export interface IncomingMessage {
   topic: string;

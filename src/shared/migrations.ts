@@ -8,7 +8,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import pg from 'pg';
-import { MigrationError } from './errors.js';
+import { MigrationError, MigrationRolledBackError } from './errors.js';
 
 export interface MigrationOptions {
   databaseUrl: string;
@@ -94,7 +94,7 @@ export async function applyMigrations({
         await client.query('COMMIT');
       } catch (err) {
         await client.query('ROLLBACK');
-        throw new MigrationError(`migration ${migration.name} failed: ${(err as Error).message}`);
+        throw new MigrationRolledBackError(`migration ${migration.name} failed: ${(err as Error).message}`);
       }
       result.applied.push(migration.name);
     }

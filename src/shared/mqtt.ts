@@ -80,8 +80,8 @@ export function openMqttClient(settings: MqttSettings, session: { clientId: stri
   client.on('offline', () => log.debug('MQTT connection lost; reconnecting'));
   client.on('error', (err) => {
     if (!connectedOnce) return;
-    if (isConnectionError(err)) log.debug({ err: describeError(err) }, 'MQTT reconnect failed');
-    else log.error({ err: describeError(err) }, 'MQTT error');
+    if (isConnectionError(err)) log.debug({ err }, 'MQTT reconnect failed');
+    else log.error({ err }, 'MQTT error');
   });
   return client;
 }

@@ -69,7 +69,7 @@ export async function startOpsServer(options: OpsServerOptions): Promise<OpsServ
     }
     if (path === '/metrics') {
       (checks.beforeScrape?.() ?? Promise.resolve())
-        .catch((err: unknown) => options.logger.warn({ err: String(err) }, 'could not refresh queue gauges'))
+        .catch((err: unknown) => options.logger.warn({ err }, 'could not refresh queue gauges'))
         .then(() => options.metrics.registry.metrics())
         .then(
           (text) => respond(200, options.metrics.registry.contentType, text),

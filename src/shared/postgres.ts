@@ -22,13 +22,33 @@ export function oneLine(text: string): string {
   return text.replace(/\s+/g, ' ').trim();
 }
 
+/**
+ * What only an error's text tells, the one place here that reads it: node-postgres raises its
+ * connect timeout ('timeout expired', 'Connection terminated due to connection timeout'), a
+ * connection dropped during start-up ('Connection terminated unexpectedly') and a server without
+ * TLS ('The server does not support SSL connections', 'There was an error establishing an SSL
+ * connection') as plain Errors with no code, and PostgreSQL gives a missing role the same code
+ * and routine (28000, InitializeSessionUserId) as a role that may not log in.
+ */
+function textOnlyProblem(err: unknown): 'unreachable' | 'no-such-role' | 'tls' | undefined {
+  const message = err instanceof Error ? err.message : String(err);
+  if (pgCode(err) === undefined && /timeout|terminated unexpectedly/i.test(message)) return 'unreachable';
+  if (pgCode(err) === '28000' && /role .* does not exist/i.test(message)) return 'no-such-role';
+  if (/does not support SSL|error establishing an SSL connection/i.test(message)) return 'tls';
+  return undefined;
+}
+
+/** Node's codes for a TLS handshake or certificate that failed (OpenSSL's ERR_SSL_*, Node's ERR_TLS_*, X.509 verification). */
+function isTlsError(err: unknown): boolean {
+  const code = pgCode(err);
+  if (code === undefined) return textOnlyProblem(err) === 'tls';
+  return /^ERR_(SSL|TLS)_/.test(code) || /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY|DECRYPT)/.test(code);
+}
+
 /** The server is not there (or not answering) at all. */
 function isUnreachable(err: unknown): boolean {
   const code = pgCode(err);
-  const message = err instanceof Error ? err.message : String(err);
-  return (
-    (code !== undefined && CONNECTION_CODES.has(code)) || /timeout|terminated unexpectedly/i.test(message) || err instanceof AggregateError
-  );
+  return (code !== undefined && CONNECTION_CODES.has(code)) || textOnlyProblem(err) === 'unreachable' || err instanceof AggregateError;
 }
 
 /** PostgreSQL is not there yet, or still starting: worth trying again shortly. */
@@ -101,7 +121,7 @@ export function connectionProblem(err: unknown, url: string, options: ProblemOpt
   if (code === '28P01') {
     return new DatabaseSetupError(`PostgreSQL refused the password of user "${user}" at ${where} (28P01): fix the password in ${setting}`);
   }
-  if (code === '28000' && /role .* does not exist/i.test(message)) {
+  if (textOnlyProblem(err) === 'no-such-role') {
     return new DatabaseSetupError(
       `PostgreSQL has no role "${user}" at ${where} (28000): fix the user in ${setting}, or create the role (createuser ${user})`,
     );
@@ -120,7 +140,7 @@ export function connectionProblem(err: unknown, url: string, options: ProblemOpt
       `PostgreSQL at ${where} is still starting up (57P03): wait for it to accept connections, then start again`,
     );
   }
-  if (/SSL|certificate/i.test(message)) {
+  if (isTlsError(err)) {
     return new DatabaseSetupError(`TLS problem connecting to ${where} (${oneLine(message)}): fix sslmode in ${setting}`);
   }
   return undefined;
@@ -181,7 +201,8 @@ export async function ensureDatabase(url: string, setting = 'DATABASE_URL'): Pro
   }
   if (!admin) {
     throw new DatabaseSetupError(
-      `database "${database}" does not exist at ${where} and no maintenance database could be opened to create it (${describeError(lastError)}): create it (createdb ${database}) or fix ${setting}`,
+      `database "${database}" does not exist at ${where} and no maintenance database could be opened to ` +
+        `create it (${describeError(lastError)}): create it (createdb ${database}) or fix ${setting}`,
     );
   }
   try {
@@ -191,7 +212,8 @@ export async function ensureDatabase(url: string, setting = 'DATABASE_URL'): Pro
     // 42P04 (or 23505 when both CREATE at the same instant): a concurrent migrate created it meanwhile.
     if (pgCode(err) === '42P04' || pgCode(err) === '23505') return undefined;
     throw new DatabaseSetupError(
-      `database "${database}" does not exist at ${where} and could not be created (${pgCode(err) ?? ''} ${oneLine((err as Error).message)}): create it (createdb ${database}) or fix ${setting}`,
+      `database "${database}" does not exist at ${where} and could not be created (${pgCode(err) ?? ''} ` +
+        `${oneLine((err as Error).message)}): create it (createdb ${database}) or fix ${setting}`,
     );
   } finally {
     await admin.end().catch(() => {});

@@ -2,7 +2,7 @@
  * The shell every entry point runs in: one clear line for a startup problem the user can fix,
  * and an orderly shutdown on SIGTERM/SIGINT.
  */
-import type { Logger } from './logger.js';
+import { redactUrl, type Logger } from './logger.js';
 import { ConfigError, StartupError } from './errors.js';
 
 export interface Service {
@@ -17,7 +17,7 @@ export async function runService(name: string, start: () => Promise<{ service: S
     if (err instanceof ConfigError || err instanceof StartupError) {
       process.stderr.write(`${name}: ${err.message}\n`);
     } else {
-      process.stderr.write(`${name}: failed to start: ${(err as Error).stack ?? String(err)}\n`);
+      process.stderr.write(`${name}: failed to start: ${redactUrl((err as Error).stack ?? String(err))}\n`);
     }
     process.exit(1);
   }

@@ -20,7 +20,6 @@ import type { Logger } from '../shared/logger.js';
 import { firstConnect, openMqttClient, type MqttSettings } from '../shared/mqtt.js';
 import { BRIDGE_STATE_TOPIC, LAMP_CHANGED_TOPICS } from '../shared/topics.js';
 import type { MqttMessage } from './intake.js';
-import { describeError } from '../shared/errors.js';
 
 export interface SubscriberConnectionOptions {
   mqtt: MqttSettings;
@@ -104,7 +103,7 @@ function openConnection(options: SubscriberConnectionOptions, index: number): Mq
     reconnect = true;
     // Re-subscribing is harmless with a present session and required without one.
     client.subscribe(topics, { qos: 1 }, (err, granted) => {
-      if (err) return log.error({ err: describeError(err) }, 'subscribe failed');
+      if (err) return log.error({ err }, 'subscribe failed');
       const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic) ?? [];
       if (refused.length > 0) log.error({ topics: refused }, 'broker refused subscriptions: check the ACL for MQTT_USERNAME');
       else log.debug({ topics }, 'subscribed');

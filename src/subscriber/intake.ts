@@ -17,7 +17,6 @@ import { parseMessage, type ParsedMessage } from '../shared/message.js';
 import type { Metrics } from '../shared/metrics.js';
 import type { PipelineQueues } from '../shared/queues.js';
 import { newMessageId, type RedeliveryLedger, type RememberedMessage } from './redeliveries.js';
-import { describeError } from '../shared/errors.js';
 
 export interface MqttMessage {
   topic: string;
@@ -224,10 +223,7 @@ export class Intake {
         return result;
       } catch (err) {
         if (attempt === 1 || attempt % 30 === 0) {
-          this.#options.logger.error(
-            { err: describeError(err), attempt },
-            `Redis refused the ${what}; holding the messages unacknowledged and retrying`,
-          );
+          this.#options.logger.error({ err, attempt }, `Redis refused the ${what}; holding the messages unacknowledged and retrying`);
         }
         await new Promise((resolve) => setTimeout(resolve, this.#retryDelayMs));
       }

@@ -18,7 +18,7 @@
  * (lampi_jobs_failed_total); every log line about a job names its id, queue, and the lamp and
  * collection it is about when it has them.
  */
-import { UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
+import { RateLimitError, UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
 import { isConnectionError } from '../shared/dependency-watch.js';
 import type { ParsedJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
@@ -63,13 +63,18 @@ export interface StageOptions<T> {
 /** The default limiter never limits; with it, BullMQ checks the limiter key that `rateLimit` sets (across workers). */
 const NO_LIMIT = { max: 1_000_000_000, duration: 1000 };
 
-class MalformedJobError extends UnrecoverableError {
+/**
+ * Data that is not the stage's job type. A BullMQ UnrecoverableError, which BullMQ fails for good
+ * at once, so it cannot be a LampiError; it has a code like one.
+ */
+export class MalformedJobError extends UnrecoverableError {
   override name = 'MalformedJobError';
+  readonly code = 'LAMPI_MALFORMED_JOB';
 }
 
 const messageOf = (err: unknown) => (err instanceof Error ? err.message : String(err));
 const isUnrecoverable = (err: unknown) => err instanceof UnrecoverableError || (err instanceof Error && err.name === 'UnrecoverableError');
-const isRateLimit = (err: unknown) => err instanceof Error && err.message === Worker.RateLimitError().message;
+const isRateLimit = (err: unknown) => err instanceof RateLimitError;
 
 export function runStage<T>(options: StageOptions<T>): Worker<T> {
   const { queue, logger, metrics, parse, subject, ordered = false } = options;
@@ -97,7 +102,7 @@ export function runStage<T>(options: StageOptions<T>): Worker<T> {
       const waitMs = jitteredBackoffDelay(job.attemptsStarted, backoffBaseMs(job.opts));
       metrics?.jobAttemptsFailed.inc({ queue: name });
       if (failureLog === 'runner') {
-        const fields = { ...fieldsOf(job), attempt: job.attemptsStarted, attempts, wait_ms: waitMs, err: messageOf(err) };
+        const fields = { ...fieldsOf(job), attempt: job.attemptsStarted, attempts, wait_ms: waitMs, err };
         logger.warn(fields, `${name} job failed; it keeps its place and its queue waits`);
       }
       // Back to the head of the queue, which no worker of any process takes from until then.
@@ -137,13 +142,13 @@ export function runStage<T>(options: StageOptions<T>): Worker<T> {
     const malformed = err instanceof MalformedJobError;
     if (!malformed && failureLog !== 'runner') return;
     const attempts = job && (ordered ? job.attemptsStarted : job.attemptsMade);
-    const fields = { ...(job ? fieldsOf(job) : { queue: name }), attempts, err: err.message };
+    const fields = { ...(job ? fieldsOf(job) : { queue: name }), attempts, err };
     if (malformed) logger.error(fields, `${name} job failed for good: its data is not a ${name} job`);
     else if (final) logger.error(fields, `${name} job failed for good`);
     else logger.warn(fields, `${name} job failed; will retry`);
   });
   // Without a listener, BullMQ's 'error' ends the process. A connection error is the outage the
   // process's DependencyWatch reports, once.
-  worker.on('error', (err) => isConnectionError(err) || logger.error({ queue: name, err: err.message }, `${name} worker error`));
+  worker.on('error', (err) => isConnectionError(err) || logger.error({ queue: name, err }, `${name} worker error`));
   return worker;
 }

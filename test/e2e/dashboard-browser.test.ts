@@ -64,7 +64,8 @@ describe('dashboard in a browser', () => {
   beforeAll(async () => {
     if (!existsSync(CHROMIUM)) {
       throw new Error(
-        `headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH; this test never downloads a browser`,
+        `headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) ` +
+          `or set CHROMIUM_PATH; this test never downloads a browser`,
       );
     }
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });

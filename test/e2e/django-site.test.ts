@@ -39,7 +39,9 @@ describe('a LAMPI site as the registry (REGISTRY_SCHEMA=django)', () => {
 
   const lampsOnSite = (ids: string[]) =>
     site.python<SiteLamp[]>(
-      `emit([{'device_id': l.device_id, 'name': l.name, 'association_code': l.association_code, 'owner': l.user.username, 'created_at': l.created_at.isoformat()} for l in Lampi.objects.filter(device_id__in=${JSON.stringify(ids)}).order_by('device_id')])`,
+      `emit([{'device_id': l.device_id, 'name': l.name, 'association_code': l.association_code, 'owner': ` +
+        `l.user.username, 'created_at': l.created_at.isoformat()} for l in ` +
+        `Lampi.objects.filter(device_id__in=${JSON.stringify(ids)}).order_by('device_id')])`,
     );
   const connect = (device: string, state: '1' | '0') =>
     lamp.publishAsync(`$SYS/broker/connection/${device}_broker/state`, state, { qos: 1 });

@@ -20,7 +20,8 @@ import mqtt from 'mqtt';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { RejectedMessageJob } from '../../src/shared/jobs.js';
-import { MAX_LAMP_STATE_BYTES, REJECT_REASONS, parseMessage, type RejectReason } from '../../src/shared/message.js';
+import { REJECT_REASONS, type RejectReason } from '../../src/shared/lamp.js';
+import { MAX_LAMP_STATE_BYTES, parseMessage } from '../../src/shared/message.js';
 import { QUEUE_NAMES } from '../../src/shared/queues.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../support/fake-keen.js';
@@ -394,7 +395,9 @@ describe('hostile input through the real subscriber and worker', () => {
 
   beforeAll(async () => {
     process.stdout.write(
-      `[hostile] seed ${SEED}: ${all.length} messages, ${invalid.length + all.filter((m) => m.expect === 'not-delivered').length} hostile (${invalid.length} to be rejected), ${valid.length} valid\n`,
+      `[hostile] seed ${SEED}: ${all.length} messages, ` +
+        `${invalid.length + all.filter((m) => m.expect === 'not-delivered').length} hostile ` +
+        `(${invalid.length} to be rejected), ${valid.length} valid\n`,
     );
     // A broker of our own: the flood must not meet a shared broker's default queue limit (1000).
     broker = await startMosquitto();
@@ -506,8 +509,10 @@ describe('hostile input through the real subscriber and worker', () => {
       500,
     ).catch(async (err: unknown) => {
       const byKind = await scrape(ports.subscriber, 'lampi_messages_received_total', 'kind');
+      const byReason = await scrape(ports.subscriber, 'lampi_messages_rejected_total', 'reason');
       throw new Error(
-        `${String(err)}: received ${receivedSoFar} of ${delivered.length + ALL_LAMPS.length} (${JSON.stringify(Object.fromEntries(byKind))}); rejected ${JSON.stringify(Object.fromEntries(await scrape(ports.subscriber, 'lampi_messages_rejected_total', 'reason')))}; subscriber log tail:\n${subscriber.output().slice(-3000)}`,
+        `${String(err)}: received ${receivedSoFar} of ${delivered.length + ALL_LAMPS.length} (${JSON.stringify(Object.fromEntries(byKind))}); ` +
+          `rejected ${JSON.stringify(Object.fromEntries(byReason))}; subscriber log tail:\n${subscriber.output().slice(-3000)}`,
       );
     });
     const expectedKeys = new Set(valid.map((m) => m.key!));
@@ -537,7 +542,9 @@ describe('hostile input through the real subscriber and worker', () => {
     const received = await scrape(ports.subscriber, 'lampi_messages_received_total', 'kind');
     const workerRejected = await scrape(ports.worker, 'lampi_messages_rejected_total', 'reason');
     process.stdout.write(
-      `[hostile] subscriber rejected by reason: ${JSON.stringify(Object.fromEntries(rejected))}\n[hostile] received by kind: ${JSON.stringify(Object.fromEntries(received))}\n[hostile] worker rejected: ${JSON.stringify(Object.fromEntries(workerRejected))}\n`,
+      `[hostile] subscriber rejected by reason: ${JSON.stringify(Object.fromEntries(rejected))}\n[hostile] ` +
+        `received by kind: ${JSON.stringify(Object.fromEntries(received))}\n[hostile] worker rejected: ` +
+        `${JSON.stringify(Object.fromEntries(workerRejected))}\n`,
     );
     expect(Object.fromEntries([...rejected].filter(([, n]) => n > 0))).toEqual(Object.fromEntries(wanted));
     expect(received.get('invalid')).toBe(sum(wanted));
@@ -598,7 +605,8 @@ describe('hostile input through the real subscriber and worker', () => {
       const peak = Math.max(...samples);
       const end = samples.slice(-4).reduce((a, b) => a + b, 0) / Math.min(4, samples.length);
       process.stdout.write(
-        `[hostile] ${name} RSS: ${(baseline[name] / MB).toFixed(0)} MB before, peak ${(peak / MB).toFixed(0)} MB, ${(end / MB).toFixed(0)} MB at the end (${samples.length} samples)\n`,
+        `[hostile] ${name} RSS: ${(baseline[name] / MB).toFixed(0)} MB before, peak ` +
+          `${(peak / MB).toFixed(0)} MB, ${(end / MB).toFixed(0)} MB at the end (${samples.length} samples)\n`,
       );
       return { peak, end };
     };

@@ -74,7 +74,8 @@ const stateTimes: Date[] = [];
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) {
     throw new Error(
-      `headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH; this test never downloads a browser`,
+      `headless Chromium not found at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) ` +
+        `or set CHROMIUM_PATH; this test never downloads a browser`,
     );
   }
   mkdirSync(SCREENSHOTS, { recursive: true });

@@ -274,7 +274,8 @@ describe('dashboard startup', () => {
     });
     expect(await proc.exited).toBe(1);
     expect(proc.output()).toBe(
-      'dashboard: refusing to serve the dashboard on DASHBOARD_HOST=0.0.0.0 without credentials: set DASHBOARD_USERNAME and DASHBOARD_PASSWORD, or bind it to 127.0.0.1\n',
+      'dashboard: refusing to serve the dashboard on DASHBOARD_HOST=0.0.0.0 without credentials: set ' +
+        'DASHBOARD_USERNAME and DASHBOARD_PASSWORD, or bind it to 127.0.0.1\n',
     );
   });
 

@@ -41,7 +41,8 @@ describe('npm run devices', () => {
         created_by_job_id: string;
         created_at: Date;
       }>(
-        'SELECT d.device_id, d.name, d.association_code, u.username, u.is_active, d.created_by_job_id, d.created_at FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.device_id',
+        'SELECT d.device_id, d.name, d.association_code, u.username, u.is_active, d.created_by_job_id, ' +
+          'd.created_at FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.device_id',
       )
     ).rows;
 

@@ -102,7 +102,8 @@ describe('start-up checks with REGISTRY_SCHEMA=django', () => {
       const { code, lines } = await failure(name, { DATABASE_URL: empty.db.url });
       expect(code).toBe(1);
       expect(lines).toEqual([
-        `${name}: REGISTRY_SCHEMA=django but the database at DATABASE_URL=${empty.db.url} lacks table auth_user, table lampi_lampi: run the LAMPI site's \`manage.py migrate\` against it first`,
+        `${name}: REGISTRY_SCHEMA=django but the database at DATABASE_URL=${empty.db.url} lacks table ` +
+          `auth_user, table lampi_lampi: run the LAMPI site's \`manage.py migrate\` against it first`,
       ]);
     }
     // migrate created nothing there.

@@ -138,7 +138,8 @@ describe('fast paths answer what the plain SQL answers', () => {
       filters: [{ property_name: 'device_id', operator: 'eq', property_value: 'lamp-1' }],
     });
     const stringsAndArrays = await sink.db.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM keen_events WHERE collection = 'devicestate' AND (event->'device_id' = '"lamp-1"' OR event->'device_id' = '["lamp-1", "lamp-9"]')`,
+      `SELECT count(*)::int AS n FROM keen_events WHERE collection = 'devicestate' AND (event->'device_id' ` +
+        `= '"lamp-1"' OR event->'device_id' = '["lamp-1", "lamp-9"]')`,
     );
     expect(lamp1.fast).toBe(stringsAndArrays.rows[0]!.n);
     expect(lamp1.fast).toBeGreaterThan(0);

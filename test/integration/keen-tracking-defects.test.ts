@@ -5,7 +5,7 @@
  * retryable error on the very same response.
  *
  * Should a future keen-tracking release fix this, the first test fails: then revisit the
- * decision in /work/shared/NOTES.md.
+ * decision to send through our own KeenClient rather than keen-tracking.
  */
 import { createRequire } from 'node:module';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

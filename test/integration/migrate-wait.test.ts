@@ -35,7 +35,11 @@ describe('migrate waits for PostgreSQL (MIGRATE_WAIT_SECONDS)', () => {
     // Started only after migrate has found it missing and said it waits.
     for (let i = 0; i < 300 && !proc.output().includes('not accepting connections yet'); i++) await sleep(100);
     expect(proc.output()).toMatch(
-      /^migrate: PostgreSQL at postgresql:\/\/postgres@127\.0\.0\.1:\d+\/lampi is not accepting connections yet \(.*\): waiting up to 120s \(MIGRATE_WAIT_SECONDS\)$/m,
+      new RegExp(
+        /^migrate: PostgreSQL at postgresql:\/\/postgres@127\.0\.0\.1:\d+\/lampi is not accepting connections yet /.source +
+          /\(.*\): waiting up to 120s \(MIGRATE_WAIT_SECONDS\)$/.source,
+        'm',
+      ),
     );
     await sleep(3000);
     expect(proc.child.exitCode, 'migrate still waiting').toBeNull();

@@ -355,7 +355,8 @@ describe('migrations create what schema.prisma describes', () => {
     const user = await prisma.user.findUniqueOrThrow({ where: { username: 'raw-user' } });
     expect(user.isActive).toBe(false);
     expect(user.createdAt).toBeInstanceOf(Date);
-    await prisma.$executeRaw`INSERT INTO devices (device_id, association_code, user_id, created_by_job_id) VALUES ('b827eb0000ff', ${'r'.repeat(32)}, ${user.id}, 'job-raw')`;
+    await prisma.$executeRaw`INSERT INTO devices (device_id, association_code, user_id, created_by_job_id)
+      VALUES ('b827eb0000ff', ${'r'.repeat(32)}, ${user.id}, 'job-raw')`;
     const device = await prisma.device.findUniqueOrThrow({ where: { deviceId: 'b827eb0000ff' } });
     expect(device).toMatchObject({ name: 'My LAMPI', bridgeConnected: null, bridgeStateAt: null, bridgeStateJobId: null });
     expect(device.createdAt).toBeInstanceOf(Date);
@@ -560,7 +561,8 @@ describe("keen-sink's migrations upgrade a store in place", () => {
     );
     // 200 events 21 minutes apart, from 00:21 on, touch 71 hours; a row per lamp and hour it was seen.
     const { rows: seen } = await pool.query<{ n: number }>(
-      `SELECT count(DISTINCT (event -> 'device_id', date_trunc('hour', keen_timestamp AT TIME ZONE 'UTC')))::int AS n FROM keen_events WHERE event ? 'device_id'`,
+      `SELECT count(DISTINCT (event -> 'device_id', date_trunc('hour', keen_timestamp AT TIME ZONE ` +
+        `'UTC')))::int AS n FROM keen_events WHERE event ? 'device_id'`,
     );
     expect(rollup[0]!.values).toEqual(['lamp-0', 'lamp-1', 'lamp-2']);
     expect(rollup[0]!.hours).toBe(71);
@@ -666,7 +668,8 @@ describe('npm run migrate', () => {
     expect(result.code).toBe(1);
     expect(result.stdout).toBe('');
     expect(result.stderr).toBe(
-      `migrate: migration ${first!.name} failed: relation "users" already exists; nothing of it was applied: fix the database or the migration, then run migrate again\n`,
+      `migrate: migration ${first!.name} failed: relation "users" already exists; nothing of it was ` +
+        `applied: fix the database or the migration, then run migrate again\n`,
     );
   });
 });

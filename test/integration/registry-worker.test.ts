@@ -406,7 +406,7 @@ describe('registry worker', () => {
     ]);
   });
 
-  it('with UNKNOWN_DEVICE_STATES=reject, turns the lamp states of known lamps into one keen-delivery job while unknown lamps wait apart, then are rejected', async () => {
+  it("with UNKNOWN_DEVICE_STATES=reject, turns known lamps' states into one keen-delivery job; unknown lamps wait apart, then are rejected", async () => {
     const known = randomDeviceId();
     const alsoKnown = randomDeviceId();
     const unknown = randomDeviceId();

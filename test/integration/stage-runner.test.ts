@@ -83,6 +83,9 @@ function stageUnderTest(label: string) {
 const count = async (metric: Metrics['jobAttemptsFailed'], queue: string) =>
   (await metric.get()).values.find((v) => v.labels.queue === queue)?.value ?? 0;
 
+/** The message of the error a log line carries as `err` (logged as `{ err }`, so serialized by pino). */
+const errorMessage = (line: Record<string, unknown>) => (line.err as { message?: unknown } | undefined)?.message;
+
 describe('stage runner, ordered stage', () => {
   let stage: ReturnType<typeof stageUnderTest>;
   afterEach(async () => {
@@ -105,7 +108,7 @@ describe('stage runner, ordered stage', () => {
     expect(a.attemptsStarted).toBe(3);
 
     const retries = stage.lines.filter((line) => line.msg === `${stage.queue.name} job failed; it keeps its place and its queue waits`);
-    expect(retries.map((line) => [line.job_id, line.queue, line.device_id, line.attempt, line.attempts, line.err])).toEqual([
+    expect(retries.map((line) => [line.job_id, line.queue, line.device_id, line.attempt, line.attempts, errorMessage(line)])).toEqual([
       ['a', stage.queue.name, 'lamp-a', 1, 5, 'lamp lamp-a is away'],
       ['a', stage.queue.name, 'lamp-a', 2, 5, 'lamp lamp-a is away'],
     ]);
@@ -177,8 +180,8 @@ describe('stage runner, ordered stage', () => {
     expect(await stage.stateOf('next')).toBe('completed');
     expect(stage.started).toEqual(['next']);
     const about = stage.lines.filter((line) => line.job_id === 'bad');
-    expect(about.map((line) => [line.level, line.queue, line.err])).toEqual([
-      ['error', stage.queue.name, 'malformed job data: deviceId: missing'],
+    expect(about.map((line) => [line.level, line.queue, errorMessage(line), (line.err as { code?: string }).code])).toEqual([
+      ['error', stage.queue.name, 'malformed job data: deviceId: missing', 'LAMPI_MALFORMED_JOB'],
     ]);
     expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(1);
     expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(1);

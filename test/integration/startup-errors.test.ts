@@ -90,7 +90,9 @@ describe('start-up errors', () => {
       u.password = 'hunter2';
     });
     const shownUrl = url.replace(':hunter2@', ':***@');
-    const expected = `PostgreSQL has no role "no_such_lampi_role" at DATABASE_URL=${shownUrl} (28000): fix the user in DATABASE_URL, or create the role (createuser no_such_lampi_role)`;
+    const expected =
+      `PostgreSQL has no role "no_such_lampi_role" at DATABASE_URL=${shownUrl} (28000): fix the user in ` +
+      `DATABASE_URL, or create the role (createuser no_such_lampi_role)`;
     const worker = await failure('worker', { ...keen, REDIS_URL: services.redis, DATABASE_URL: url });
     expect(worker.code).toBe(1);
     expect(worker.lines).toEqual([`worker: ${expected}`]);
@@ -106,11 +108,13 @@ describe('start-up errors', () => {
     const worker = await failure('worker', { ...keen, REDIS_URL: services.redis, DATABASE_URL: url });
     expect(worker.code).toBe(1);
     expect(worker.lines).toEqual([
-      `worker: database "no_such_lampi_db" does not exist at DATABASE_URL=${url} (3D000): run \`npm run migrate\` first (it creates the database), or fix the database name in DATABASE_URL`,
+      `worker: database "no_such_lampi_db" does not exist at DATABASE_URL=${url} (3D000): run \`npm run ` +
+        `migrate\` first (it creates the database), or fix the database name in DATABASE_URL`,
     ]);
     const django = await failure('worker', { ...keen, REDIS_URL: services.redis, DATABASE_URL: url, REGISTRY_SCHEMA: 'django' });
     expect(django.lines).toEqual([
-      `worker: database "no_such_lampi_db" does not exist at DATABASE_URL=${url} (3D000): point DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`,
+      `worker: database "no_such_lampi_db" does not exist at DATABASE_URL=${url} (3D000): point ` +
+        `DATABASE_URL at the LAMPI site's database, where its \`manage.py migrate\` ran`,
     ]);
   });
 

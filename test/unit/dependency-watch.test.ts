@@ -5,6 +5,7 @@
  * test/integration/outages.test.ts.
  */
 import { connect, createServer, type Server } from 'node:net';
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { DependencyWatch, isConnectionError } from '../../src/shared/dependency-watch.js';
 import { createLogger } from '../../src/shared/logger.js';
@@ -35,6 +36,26 @@ describe('isConnectionError', () => {
     expect(isConnectionError(new Error('ERR unknown command'))).toBe(false);
     expect(isConnectionError(new Error('OOM command not allowed when used memory > maxmemory'))).toBe(false);
     expect(isConnectionError('not even an error')).toBe(false);
+  });
+
+  it("knows ioredis giving up on a command while Redis is gone, by the error's class", async () => {
+    const server = createServer();
+    const port = await listen(server);
+    server.close();
+    const redis = new Redis({ host: '127.0.0.1', port, maxRetriesPerRequest: 0, retryStrategy: () => 20 });
+    redis.on('error', () => {});
+    try {
+      const err = await redis.get('anything').then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect((err as Error).name).toBe('MaxRetriesPerRequestError');
+      expect(isConnectionError(err)).toBe(true);
+      // Its class, not its text: the same words in another error are not a connection failure.
+      expect(isConnectionError(new Error((err as Error).message))).toBe(false);
+    } finally {
+      redis.disconnect();
+    }
   });
 });
 
@@ -74,7 +95,7 @@ describe('DependencyWatch.poll', () => {
         msg: `PostgreSQL is unreachable (postgresql://lampi:***@127.0.0.1:${port}/lampi): ingest jobs are retried until it is back`,
         downForMs: undefined,
         // Refused once the port is closed; reset when a check was connecting as it closed.
-        err: expect.stringMatching(/^ECONN(REFUSED|RESET)$/),
+        err: expect.objectContaining({ type: 'Error', code: expect.stringMatching(/^ECONN(REFUSED|RESET)$/) }),
       },
       { level: 'info', dependency: 'postgres', msg: 'PostgreSQL is reachable again', downForMs: 4_000, err: undefined },
     ]);

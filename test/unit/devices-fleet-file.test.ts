@@ -100,7 +100,9 @@ describe('parseFleetFile: CSV', () => {
 
 describe('parseFleetFile: JSON', () => {
   it('reads an array of lamps, each with the line its object starts on', () => {
-    const json = `[\n  {"device_id": "b827eb000001", "owner": "alice", "code": "${CODE_A}", "name": "Desk"},\n\n  {\n    "device_id": "b827eb000002",\n    "owner": "parked_device_user",\n    "code": "${CODE_B}"\n  }\n]\n`;
+    const json =
+      `[\n  {"device_id": "b827eb000001", "owner": "alice", "code": "${CODE_A}", "name": "Desk"},\n\n  {\n ` +
+      `   "device_id": "b827eb000002",\n    "owner": "parked_device_user",\n    "code": "${CODE_B}"\n  }\n]\n`;
     expect(parseFleetFile(json)).toEqual({
       ok: true,
       rows: [

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { deviceStateEvent } from '../../src/shared/events.js';
-import { MAX_LAMP_STATE_BYTES, MAX_LAMP_STATE_DEPTH, REJECT_REASONS, parseMessage, type ParsedMessage } from '../../src/shared/message.js';
+import { REJECT_REASONS } from '../../src/shared/lamp.js';
+import { MAX_LAMP_STATE_BYTES, MAX_LAMP_STATE_DEPTH, parseMessage, type ParsedMessage } from '../../src/shared/message.js';
 
 const RECEIVED_AT = new Date('2025-03-04T05:06:07.089Z');
 const LAMP_TOPIC = '/devices/b827eb0a1b2c/lamp/changed';

@@ -6,7 +6,8 @@
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DATE_TIME_PARSER, deviceStateEvent } from '../../src/shared/events.js';
-import { MAX_LAMP_STATE_BYTES, REJECT_REASONS, parseMessage } from '../../src/shared/message.js';
+import { REJECT_REASONS } from '../../src/shared/lamp.js';
+import { MAX_LAMP_STATE_BYTES, parseMessage } from '../../src/shared/message.js';
 import { parseTopic } from '../../src/shared/topics.js';
 
 const PROTOTYPE_KEYS = Object.getOwnPropertyNames(Object.prototype).sort();

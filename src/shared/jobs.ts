@@ -3,7 +3,7 @@
  * code that handles it, and the parsers that check a job's data before it is handled (a job can
  * be added by anyone with Redis, the dashboard included). The parsers never throw.
  */
-import { KEEN_COLLECTIONS, type KeenCollection, type KeenEvent } from './events.js';
+import { KEEN_COLLECTIONS, MAX_UNIQUENESS_TOKEN, type KeenCollection, type KeenEvent } from './events.js';
 import type { LampState } from './message.js';
 import type { RejectReason } from './message.js';
 
@@ -159,6 +159,11 @@ type Field = (value: unknown) => string | undefined;
 
 const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 const nonEmptyString: Field = (value) => (typeof value === 'string' && value !== '' ? undefined : 'not a non-empty string');
+/** A message id names its Keen events' uniqueness tokens (`<id>-<collection>`), which Keen caps. */
+const MAX_MESSAGE_ID = MAX_UNIQUENESS_TOKEN - 1 - Math.max(...KEEN_COLLECTIONS.map((collection) => collection.length));
+const messageId: Field = (value) =>
+  nonEmptyString(value) ?? ((value as string).length > MAX_MESSAGE_ID ? `longer than ${MAX_MESSAGE_ID} characters` : undefined);
+const optionalString: Field = (value) => (value === undefined || typeof value === 'string' ? undefined : 'not a string');
 const boolean: Field = (value) => (typeof value === 'boolean' ? undefined : 'not a boolean');
 const isoDate: Field = (value) => (typeof value === 'string' && !Number.isNaN(Date.parse(value)) ? undefined : 'not a date');
 const literal =
@@ -201,7 +206,8 @@ const BRIDGE_STATE_FIELDS: Record<string, Field> = {
   connected: boolean,
   retained: boolean,
   receivedAt: isoDate,
-  messageId: nonEmptyString,
+  messageId,
+  topic: optionalString,
 };
 
 /** A job left with no states (a retry after every state was handled) is valid: it only sends its events. */
@@ -220,7 +226,9 @@ const LAMP_STATE_FIELDS: Record<string, Field> = {
   deviceId: nonEmptyString,
   state: (value) => (isRecord(value) ? undefined : 'not an object'),
   receivedAt: isoDate,
-  messageId: nonEmptyString,
+  messageId,
+  topic: optionalString,
+  payload: optionalString,
 };
 
 const optionalCount: Field = (value) =>

@@ -93,12 +93,13 @@ export function planDelivery(input: DeliveryInput): DeliveryPlan {
     if (err instanceof KeenRequestError && (err.deploymentFault || err.status === 429) && !holdError?.deploymentFault) holdError = err;
   }
   const keep = undelivered.length > 0 && undelivered.length < input.events.length ? { events: undelivered } : undefined;
-  const plan = (next: DeliveryNext, kept = keep): DeliveryPlan => ({ deadLetters, undelivered, keep: kept, next });
+  // A job that gives up fails for good: its data is not cut.
+  const plan = (next: DeliveryNext): DeliveryPlan => ({ deadLetters, undelivered, keep: next.kind === 'give-up' ? undefined : keep, next });
   if (undelivered.length === 0) return plan({ kind: 'done' });
   if (holdError) return plan({ kind: 'hold', waitMs: holdError.retryAfterMs ?? DEFAULT_RATE_LIMIT_MS, error: holdError });
   const lastError = toDeliveryError(retryError);
   if (input.attempt >= input.attempts) {
-    return plan({ kind: 'give-up', lastError, deadLetters: undelivered.map((record) => deadLetter(record, lastError)) }, undefined);
+    return plan({ kind: 'give-up', lastError, deadLetters: undelivered.map((record) => deadLetter(record, lastError)) });
   }
   return plan({ kind: 'retry', error: retryError, lastError });
 }

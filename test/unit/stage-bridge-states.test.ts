@@ -80,6 +80,7 @@ describe('bridge-states stage: a connect, given the activation', () => {
     const state = bridge(A, true, 'm1', { receivedAt: at(7) });
     expect(planConnect(state, NEW_LAMP, USER)).toEqual<ConnectPlan>({
       created: true,
+      outcome: 'recorded',
       events: [
         {
           collection: 'activations',
@@ -95,6 +96,7 @@ describe('bridge-states stage: a connect, given the activation', () => {
     for (const retained of [false, true]) {
       const plan = planConnect(bridge(A, true, 'm1', { retained }), again, USER);
       expect(plan.created).toBe(true);
+      expect(plan.outcome).toBe('recorded');
       expect(plan.events.map((record) => record.event.keen.uniqueness_token)).toEqual(['m1-activations']);
       expect(plan.association).toEqual({ kind: 'refresh', target: { deviceId: A }, required: true });
     }
@@ -104,6 +106,7 @@ describe('bridge-states stage: a connect, given the activation', () => {
     const known: Activation = { created: false, insertedNow: false, associationCode: 'c0de' };
     expect(planConnect(bridge(A, true, 'm2'), known, USER)).toEqual<ConnectPlan>({
       created: false,
+      outcome: undefined,
       events: [],
       association: { kind: 'refresh', target: { deviceId: A }, required: false },
     });
@@ -113,6 +116,7 @@ describe('bridge-states stage: a connect, given the activation', () => {
     const known: Activation = { created: false, insertedNow: false, associationCode: 'c0de' };
     expect(planConnect(bridge(A, true, 'm3', { retained: true }), known, USER)).toEqual<ConnectPlan>({
       created: false,
+      outcome: undefined,
       events: [],
       association: undefined,
     });

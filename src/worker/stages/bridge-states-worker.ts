@@ -8,7 +8,7 @@
  */
 import type { Job, Worker } from 'bullmq';
 import { parseBridgeStatesJob, type BridgeStatesJob, type KeenEventRecord } from '../../shared/jobs.js';
-import type { Activation } from '../registry/registry.js';
+import type { Activation, BridgeStateOutcome } from '../registry/registry.js';
 import { runStage } from '../stage-runner.js';
 import {
   activationRequest,
@@ -52,20 +52,19 @@ export function createBridgeStatesWorkers(options: IngestWorkerOptions): Worker<
   const handleState = async (state: BridgeState, activation: Activation | undefined): Promise<KeenEventRecord[]> => {
     const { deviceId, messageId, connected } = state;
     const events: KeenEventRecord[] = [];
-    let created = false;
+    let decided: BridgeStateOutcome | undefined;
     if (connected) {
       activation ??= (await registry.activate([activationRequest(state)])).get(messageId)!;
       const connect = planConnect(state, activation, options.defaultUser);
-      created = connect.created;
-      if (created) {
+      if (connect.created) {
         metrics.devicesCreated.inc();
         logger.info({ message_id: messageId, device_id: deviceId }, 'new device activated');
       }
       events.push(...connect.events);
       if (connect.association) await sendAssociation(connect.association, messageId);
+      decided = connect.outcome;
     }
-    // Created connected, by this message: its state was recorded with it.
-    const outcome = created ? 'recorded' : await registry.recordBridgeState(deviceId, connected, new Date(state.receivedAt), messageId);
+    const outcome = decided ?? (await registry.recordBridgeState(deviceId, connected, new Date(state.receivedAt), messageId));
     const result = planOutcome(state, outcome);
     if (result.rejection) await effects.reject(result.rejection);
     if (result.replay) {

@@ -50,8 +50,10 @@ export interface BridgeStatesPlan {
 }
 
 export interface ConnectPlan {
-  /** This message created the lamp (its state is then recorded with it). */
+  /** This message created the lamp. */
   created: boolean;
+  /** The state's outcome when the activation decides it (a lamp created connected by this message); otherwise the registry records it. */
+  outcome: 'recorded' | undefined;
   /** The `activations` event of a lamp this message created. */
   events: KeenEventRecord[];
   association: AssociationEffect | undefined;
@@ -108,6 +110,7 @@ export function planConnect(state: BridgeState, activation: Activation, defaultU
   }
   return {
     created: activation.created,
+    outcome: activation.created ? 'recorded' : undefined,
     events: activation.created
       ? [
           {

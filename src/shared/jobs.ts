@@ -3,7 +3,7 @@
  * code that handles it, and the parsers that check a job's data before it is handled (a job can
  * be added by anyone with Redis, the dashboard included). The parsers never throw.
  */
-import { KEEN_COLLECTIONS, type KeenCollection, type KeenEvent } from './events.js';
+import { KEEN_COLLECTIONS, MAX_UNIQUENESS_TOKEN, type KeenCollection, type KeenEvent } from './events.js';
 import type { LampState, RejectReason } from './lamp.js';
 
 /** A lamp's bridge connected (`1`) or disconnected (`0`), as parsed. */
@@ -167,6 +167,11 @@ type Field = (value: unknown) => string | undefined;
 
 const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 const nonEmptyString: Field = (value) => (typeof value === 'string' && value !== '' ? undefined : 'not a non-empty string');
+/** A message id names its Keen events' uniqueness tokens (`<id>-<collection>`), which Keen caps. */
+const MAX_MESSAGE_ID = MAX_UNIQUENESS_TOKEN - 1 - Math.max(...KEEN_COLLECTIONS.map((collection) => collection.length));
+const messageId: Field = (value) =>
+  nonEmptyString(value) ?? ((value as string).length > MAX_MESSAGE_ID ? `longer than ${MAX_MESSAGE_ID} characters` : undefined);
+const optionalString: Field = (value) => (value === undefined || typeof value === 'string' ? undefined : 'not a string');
 const boolean: Field = (value) => (typeof value === 'boolean' ? undefined : 'not a boolean');
 const isoDate: Field = (value) => (typeof value === 'string' && !Number.isNaN(Date.parse(value)) ? undefined : 'not a date');
 const literal =
@@ -209,7 +214,8 @@ const BRIDGE_STATE_FIELDS: Record<string, Field> = {
   connected: boolean,
   retained: boolean,
   receivedAt: isoDate,
-  messageId: nonEmptyString,
+  messageId,
+  topic: optionalString,
   broker: (value) => (value === undefined ? undefined : nonEmptyString(value)),
 };
 
@@ -229,7 +235,9 @@ const LAMP_STATE_FIELDS: Record<string, Field> = {
   deviceId: nonEmptyString,
   state: (value) => (isRecord(value) ? undefined : 'not an object'),
   receivedAt: isoDate,
-  messageId: nonEmptyString,
+  messageId,
+  topic: optionalString,
+  payload: optionalString,
 };
 
 const optionalCount: Field = (value) =>

@@ -14,14 +14,14 @@ import { brokerSettings } from '../shared/mqtt.js';
 import type { ReadinessCheck } from '../shared/ops-server.js';
 import { allQueues, openQueues } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
-import { createDeadLetterWorker } from './dead-letter-worker.js';
-import { createIngestWorkers } from './ingest-worker.js';
+import { createDeadLetterWorker } from './stages/dead-letter-worker.js';
+import { createIngestWorkers } from './stages/ingest-worker.js';
 import { KeenBatcher } from './keen/batcher.js';
 import { KeenClient } from './keen/client.js';
-import { createKeenDeliveryWorker } from './keen/delivery-worker.js';
+import { createKeenDeliveryWorker } from './stages/keen-delivery-worker.js';
 import { KeenDeliveryPause } from './keen/pause.js';
 import { DeviceRegistry } from './registry/registry.js';
-import { createRejectedWorker } from './rejected-worker.js';
+import { createRejectedWorker } from './stages/rejected-worker.js';
 import { StartupError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 import { connectRedis } from '../shared/redis.js';
@@ -83,7 +83,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
 
     const prefix = config.QUEUE_PREFIX;
     const workers: Worker[] = [
-      ...(await createIngestWorkers({
+      ...createIngestWorkers({
         connection: redis,
         queues,
         registry,
@@ -94,7 +94,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
         logger,
         metrics,
         keen: batcher,
-      })),
+      }),
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: config.KEEN_CONCURRENCY, logger, metrics }),
       createDeadLetterWorker({ connection: redis, queues, logger }),
       createRejectedWorker(redis, queues.rejected, logger),

@@ -21,10 +21,10 @@ import { startDashboard, type Dashboard } from '../../src/dashboard/dashboard.js
 import { deviceStateEvent } from '../../src/shared/events.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
-import { createDeadLetterWorker } from '../../src/worker/dead-letter-worker.js';
+import { createDeadLetterWorker } from '../../src/worker/stages/dead-letter-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
-import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.js';
+import { createKeenDeliveryWorker } from '../../src/worker/stages/keen-delivery-worker.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { startRedis, waitFor } from '../support/processes.js';

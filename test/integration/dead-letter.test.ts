@@ -13,10 +13,10 @@ import type { DeadLetterJob, KeenDeliveryJob, KeenEventRecord } from '../../src/
 import { createLogger } from '../../src/shared/logger.js';
 import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
-import { createDeadLetterWorker, redriveDeadLetter } from '../../src/worker/dead-letter-worker.js';
+import { createDeadLetterWorker, redriveDeadLetter } from '../../src/worker/stages/dead-letter-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
-import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.js';
+import { createKeenDeliveryWorker } from '../../src/worker/stages/keen-delivery-worker.js';
 import { startFakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { ROOT, sleep, waitFor } from '../support/processes.js';

@@ -19,7 +19,7 @@ import { createMetrics } from '../../src/shared/metrics.js';
 import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { applyMigrations } from '../../src/shared/migrations.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
-import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
+import { createIngestWorkers } from '../../src/worker/stages/ingest-worker.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';
 import { DJANGO_MODE_MIGRATIONS, startDjangoSite, type DjangoSite } from '../support/django.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';

@@ -17,7 +17,7 @@ import { openQueues, type PipelineQueues } from '../../src/shared/queues.js';
 import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
-import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.js';
+import { createKeenDeliveryWorker } from '../../src/worker/stages/keen-delivery-worker.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { waitFor } from '../support/processes.js';

@@ -18,7 +18,7 @@ import { openQueues, type PipelineQueues } from '../../src/shared/queues.js';
 import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
-import { createKeenDeliveryWorker } from '../../src/worker/keen/delivery-worker.js';
+import { createKeenDeliveryWorker } from '../../src/worker/stages/keen-delivery-worker.js';
 import { KeenDeliveryPause } from '../../src/worker/keen/pause.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';

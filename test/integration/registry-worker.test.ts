@@ -23,7 +23,7 @@ import { createLogger, type Logger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
-import { createIngestWorkers } from '../../src/worker/ingest-worker.js';
+import { createIngestWorkers } from '../../src/worker/stages/ingest-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
 import { DeviceRegistry } from '../../src/worker/registry/registry.js';

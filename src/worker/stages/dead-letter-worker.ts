@@ -1,19 +1,15 @@
 /**
- * The dead-letter queue (keen-dead-letter) holds Keen events that failed for good. This worker
- * gives each dead letter two lives:
- *
- *   1. A new dead letter is *parked*: marked `parked: true` and failed with the Keen error as
- *      its failure reason, so it waits in the queue's Failed list, where Bull Board shows why
- *      it failed, its attempts and the original event.
- *   2. A parked dead letter that runs again was retried by an operator (Bull Board's Retry or
- *      Retry all, or `npm run dlq -- redrive`): it is *redriven* into keen-delivery under its
- *      original id, the event's `keen.uniqueness_token`, so Keen drops it if it already took it.
+ * The keen-dead-letter stage's worker: the I/O around dead-letters.ts. It parks a new dead
+ * letter (marked, then failed with Keen's error, for an operator) and redrives a parked one
+ * that an operator retried into keen-delivery under its uniqueness token. Also how the Keen
+ * delivery stage adds a dead letter.
  */
 import { UnrecoverableError, type ConnectionOptions, type Job, type Queue, type Worker } from 'bullmq';
-import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
-import type { Logger } from '../shared/logger.js';
-import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
-import { runStage } from './stage-runner.js';
+import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../../shared/jobs.js';
+import type { Logger } from '../../shared/logger.js';
+import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
+import { runStage } from '../stage-runner.js';
+import { planDeadLetter, planRedrive, redriveJobId, NO_REDRIVE_ID } from './dead-letters.js';
 
 export interface DeadLetterWorkerOptions {
   connection: ConnectionOptions;
@@ -29,43 +25,21 @@ export type RedriveOutcome =
   /** keen-delivery already has the event waiting or delayed: nothing was added. */
   | { jobId: string; outcome: 'already-queued'; state: string };
 
-/** The failure a parked dead letter shows (Bull Board prints its stack): Keen's error and what to do. */
-function parkingError(data: DeadLetterJob): UnrecoverableError {
-  const reason = deadLetterReason(data);
-  const error = new UnrecoverableError(reason);
-  const answer = [data.lastError?.status && `HTTP ${data.lastError.status}`, data.lastError?.code].filter(Boolean).join(', ');
-  error.stack = `${reason}\n    dead-lettered after ${data.attemptsMade} attempt${data.attemptsMade === 1 ? '' : 's'}${answer ? ` (${answer})` : ''} at ${data.failedAt}\n    Retry puts the event back into ${QUEUE_NAMES.keen} under its uniqueness token`;
-  return error;
-}
-
 /**
  * Puts a dead letter's event back into keen-delivery, alone in a job whose id is its uniqueness
- * token. An earlier redrive of the same event may have left a job under that id, and BullMQ
- * ignores an add whose id exists, so a failed (or completed) old copy is removed first. A copy that is still waiting or delayed is left alone; an active one makes the redrive
- * fail (try again later). Safe to repeat: the id, and so Keen's deduplication, never changes.
+ * token (planRedrive says how, given what keen-delivery holds under that id). Safe to repeat:
+ * the id, and so Keen's deduplication, never changes.
  */
 export async function redriveDeadLetter(keen: Queue<KeenDeliveryJob>, data: DeadLetterJob): Promise<RedriveOutcome> {
-  const jobId = data.event?.keen?.uniqueness_token;
-  if (typeof jobId !== 'string' || jobId === '') {
-    throw new Error('dead letter has no event.keen.uniqueness_token: cannot redrive it without changing its identity');
-  }
-  let replaced = false;
+  const jobId = redriveJobId(data);
+  if (jobId === undefined) throw new Error(NO_REDRIVE_ID);
   const old = await keen.getJob(jobId);
-  if (old) {
-    const state = await old.getState();
-    // An active copy may still fail and dead-letter itself, which BullMQ would ignore while
-    // this dead letter exists: leave the dead letter parked and let the operator retry later.
-    if (state === 'active')
-      throw new Error(`${QUEUE_NAMES.keen} job ${jobId} is being delivered right now; retry the dead letter once it has finished`);
-    if (state !== 'failed' && state !== 'completed' && state !== 'unknown') return { jobId, outcome: 'already-queued', state };
-    if (state !== 'unknown') {
-      await old.remove();
-      replaced = true;
-    }
-  }
-  const redrives = { count: (data.redrives?.count ?? 0) + 1, lastAt: new Date().toISOString() };
-  await keen.add(data.collection, { events: [{ collection: data.collection, event: data.event, redrives }] }, { jobId });
-  return { jobId, outcome: 'redriven', replaced };
+  const plan = planRedrive(data, old ? await old.getState() : undefined, new Date());
+  if (plan.kind === 'refuse') throw new Error(plan.message);
+  if (plan.kind === 'already-queued') return { jobId, outcome: 'already-queued', state: plan.state };
+  if (plan.replace) await old!.remove();
+  await keen.add(plan.name, plan.data, { jobId });
+  return { jobId, outcome: 'redriven', replaced: plan.replace };
 }
 
 const OLD_DEAD_LETTER_WAIT_MS = 10_000;
@@ -97,11 +71,9 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
   const process = async (job: Job<DeadLetterJob>) => {
     const data = job.data;
     const log = logger.child({ job_id: job.id, device_id: deviceIdOf(data), collection: data.collection });
-    // A retried job has failed once (attemptsMade > 0; BullMQ's retry keeps the count). One
-    // marked parked by a worker that died before failing it has not, and is parked again
-    // rather than redriven without an operator.
-    if (!data.parked || job.attemptsMade === 0) {
-      if (!data.parked) await job.updateData({ ...data, parked: true });
+    const plan = planDeadLetter(data, job.attemptsMade);
+    if (plan.kind === 'park') {
+      if (plan.markParked) await job.updateData({ ...data, parked: true });
       log.warn(
         {
           attempts: data.attemptsMade,
@@ -112,7 +84,10 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
         },
         'keen event dead-lettered: parked for an operator',
       );
-      throw parkingError(data);
+      const error = new UnrecoverableError(plan.reason);
+      // Bull Board prints the stack: Keen's error and what to do.
+      error.stack = plan.stack;
+      throw error;
     }
     const result = await redriveDeadLetter(queues.keen, data);
     log.info(

@@ -39,6 +39,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import mqtt from 'mqtt';
 import { ROOT, scrapeMetrics, sleep } from '../test/support/processes.js';
+import { QUEUE_NAMES, queueLabel } from '../src/shared/queues.js';
 import { lampId, type PublishReport } from './fleet.js';
 import { cpuBetween, loadAverage, systemCpu } from './lib/procs.js';
 import {
@@ -536,7 +537,7 @@ async function backlog(): Promise<void> {
       for (const worker of stack.workers) await stop(worker);
       stack.workers.length = 0;
       await sleep(1000);
-      const waitKey = `${stack.prefix}:ingest:wait`;
+      const waitKey = `${stack.prefix}:${QUEUE_NAMES.ingest}:wait`;
       const usedMemory = async () => Number(/used_memory:(\d+)/.exec(await stack.redis.info('memory'))?.[1]);
       const memoryBefore = await usedMemory();
       // Lamp states travel many to a job: what is queued is what the subscriber says Redis took.
@@ -574,7 +575,7 @@ async function backlog(): Promise<void> {
       const memoryUsage = async (key: string) => Number((await stack.redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')) ?? 0);
       const sampleIds = await stack.redis.lrange(waitKey, 0, 199);
       const jobBytes =
-        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:ingest:${id}`)))).reduce((a, b) => a + b, 0) /
+        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:${QUEUE_NAMES.ingest}:${id}`)))).reduce((a, b) => a + b, 0) /
         Math.max(1, sampleIds.length);
       const listBytes = await memoryUsage(waitKey);
       let ledgerKeys = 0;
@@ -612,7 +613,9 @@ async function backlog(): Promise<void> {
         if (stack.recorder.seqs.count[seq]! > 0) lastAcceptedAt = Math.max(lastAcceptedAt, stack.recorder.seqs.acceptedAt[seq]!);
       const counts = Object.fromEntries(
         await Promise.all(
-          ['ingest', 'keen-delivery', 'keen-dead-letter', 'rejected-messages'].map(async (q) => [q, await stack.jobCounts(q)] as const),
+          [QUEUE_NAMES.ingest, QUEUE_NAMES.keen, QUEUE_NAMES.deadLetter, QUEUE_NAMES.rejected].map(
+            async (q) => [queueLabel(q), await stack.jobCounts(q)] as const,
+          ),
         ),
       );
       const errorLines = stack.workers.reduce((sum, w) => sum + (w.output().match(/"level":(50|60)/g)?.length ?? 0), 0);

@@ -12,7 +12,7 @@
 import { UnrecoverableError, type ConnectionOptions, type Job, type Queue, type Worker } from 'bullmq';
 import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
-import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
+import { QUEUE_NAMES, queueLabel, type PipelineQueues } from '../shared/queues.js';
 import { runStage } from './stage-runner.js';
 
 export interface DeadLetterWorkerOptions {
@@ -34,7 +34,7 @@ function parkingError(data: DeadLetterJob): UnrecoverableError {
   const reason = deadLetterReason(data);
   const error = new UnrecoverableError(reason);
   const answer = [data.lastError?.status && `HTTP ${data.lastError.status}`, data.lastError?.code].filter(Boolean).join(', ');
-  error.stack = `${reason}\n    dead-lettered after ${data.attemptsMade} attempt${data.attemptsMade === 1 ? '' : 's'}${answer ? ` (${answer})` : ''} at ${data.failedAt}\n    Retry puts the event back into ${QUEUE_NAMES.keen} under its uniqueness token`;
+  error.stack = `${reason}\n    dead-lettered after ${data.attemptsMade} attempt${data.attemptsMade === 1 ? '' : 's'}${answer ? ` (${answer})` : ''} at ${data.failedAt}\n    Retry puts the event back into ${queueLabel(QUEUE_NAMES.keen)} under its uniqueness token`;
   return error;
 }
 
@@ -56,7 +56,7 @@ export async function redriveDeadLetter(keen: Queue<KeenDeliveryJob>, data: Dead
     // An active copy may still fail and dead-letter itself, which BullMQ would ignore while
     // this dead letter exists: leave the dead letter parked and let the operator retry later.
     if (state === 'active')
-      throw new Error(`${QUEUE_NAMES.keen} job ${jobId} is being delivered right now; retry the dead letter once it has finished`);
+      throw new Error(`${queueLabel(QUEUE_NAMES.keen)} job ${jobId} is being delivered right now; retry the dead letter once it has finished`);
     if (state !== 'failed' && state !== 'completed' && state !== 'unknown') return { jobId, outcome: 'already-queued', state };
     if (state !== 'unknown') {
       await old.remove();
@@ -117,7 +117,7 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     const result = await redriveDeadLetter(queues.keen, data);
     log.info(
       { outcome: result.outcome, replaced: result.outcome === 'redriven' ? result.replaced : undefined },
-      `dead letter redriven to ${QUEUE_NAMES.keen}`,
+      `dead letter redriven to ${queueLabel(QUEUE_NAMES.keen)}`,
     );
     return result;
   };
@@ -135,7 +135,7 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     // Parking is the normal path and logged above; anything else is a redrive that failed.
     if (err instanceof UnrecoverableError || !job) return;
     logger.error(
-      { job_id: job.id, queue: QUEUE_NAMES.deadLetter, device_id: deviceIdOf(job.data), collection: job.data.collection, err: err.message },
+      { job_id: job.id, queue: queueLabel(QUEUE_NAMES.deadLetter), device_id: deviceIdOf(job.data), collection: job.data.collection, err: err.message },
       'dead letter redrive failed; it stays in the Failed list, retry it again',
     );
   });

@@ -9,6 +9,8 @@ export interface PipelineOptions {
   keen: { url: string; projectId: string; writeKey: string };
   subscriberConnections?: number;
   workerEnv?: Record<string, string>;
+  /** Where both processes find Redis instead of services.redis, e.g. `{ REDIS_CLUSTER_NODES }`. */
+  redisEnv?: Record<string, string>;
 }
 
 export interface Pipeline {
@@ -21,7 +23,7 @@ export interface Pipeline {
 
 export async function startPipeline(options: PipelineOptions): Promise<Pipeline> {
   const { services, prefix } = options;
-  const common = { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, MQTT_URL: services.mqtt, MQTT_CLIENT_ID: prefix, METRICS_PORT: '0' };
+  const common = { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, MQTT_URL: services.mqtt, MQTT_CLIENT_ID: prefix, METRICS_PORT: '0', ...options.redisEnv };
   const worker = startService('worker', {
     ...common,
     DATABASE_URL: options.databaseUrl,

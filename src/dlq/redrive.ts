@@ -62,7 +62,10 @@ export async function outcomeOf(queues: PipelineQueues, before: Job<DeadLetterJo
   if (state === 'completed') return (await refusedAgain()) ?? { outcome: 'delivered' };
   if (state === 'failed')
     return (
-      (await refusedAgain()) ?? { outcome: 'still-queued', where: `${queueLabel(QUEUE_NAMES.keen)} job ${token} failed; its dead letter is on its way` }
+      (await refusedAgain()) ?? {
+        outcome: 'still-queued',
+        where: `${queueLabel(QUEUE_NAMES.keen)} job ${token} failed; its dead letter is on its way`,
+      }
     );
   const lastError = delivery.failedReason ? `, last error: ${oneLine(delivery.failedReason, 120)}` : '';
   return {

@@ -56,7 +56,9 @@ export async function redriveDeadLetter(keen: Queue<KeenDeliveryJob>, data: Dead
     // An active copy may still fail and dead-letter itself, which BullMQ would ignore while
     // this dead letter exists: leave the dead letter parked and let the operator retry later.
     if (state === 'active')
-      throw new Error(`${queueLabel(QUEUE_NAMES.keen)} job ${jobId} is being delivered right now; retry the dead letter once it has finished`);
+      throw new Error(
+        `${queueLabel(QUEUE_NAMES.keen)} job ${jobId} is being delivered right now; retry the dead letter once it has finished`,
+      );
     if (state !== 'failed' && state !== 'completed' && state !== 'unknown') return { jobId, outcome: 'already-queued', state };
     if (state !== 'unknown') {
       await old.remove();
@@ -135,7 +137,13 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     // Parking is the normal path and logged above; anything else is a redrive that failed.
     if (err instanceof UnrecoverableError || !job) return;
     logger.error(
-      { job_id: job.id, queue: queueLabel(QUEUE_NAMES.deadLetter), device_id: deviceIdOf(job.data), collection: job.data.collection, err: err.message },
+      {
+        job_id: job.id,
+        queue: queueLabel(QUEUE_NAMES.deadLetter),
+        device_id: deviceIdOf(job.data),
+        collection: job.data.collection,
+        err: err.message,
+      },
       'dead letter redrive failed; it stays in the Failed list, retry it again',
     );
   });

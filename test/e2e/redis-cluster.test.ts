@@ -81,7 +81,9 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
     await publisher.publishAsync(lampTopic(device), JSON.stringify({ on: true, brightness: 0.5 }), { qos: 1 });
     await publisher.publishAsync(lampTopic(device), '{"on": tru', { qos: 1 });
 
-    const row = await waitFor('the device row', () => prisma.device.findUnique({ where: { deviceId: device } }).then((d) => d ?? undefined));
+    const row = await waitFor('the device row', () =>
+      prisma.device.findUnique({ where: { deviceId: device } }).then((d) => d ?? undefined),
+    );
     expect(row.associationCode).toMatch(/^[0-9a-f]{32}$/);
     const lamp = await mqtt.connectAsync(services.mqtt, { clientId: `${prefix}-lamp-late` });
     const association = await new Promise<string>((resolve) => {

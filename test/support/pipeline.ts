@@ -23,7 +23,14 @@ export interface Pipeline {
 
 export async function startPipeline(options: PipelineOptions): Promise<Pipeline> {
   const { services, prefix } = options;
-  const common = { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, MQTT_URL: services.mqtt, MQTT_CLIENT_ID: prefix, METRICS_PORT: '0', ...options.redisEnv };
+  const common = {
+    REDIS_URL: services.redis,
+    QUEUE_PREFIX: prefix,
+    MQTT_URL: services.mqtt,
+    MQTT_CLIENT_ID: prefix,
+    METRICS_PORT: '0',
+    ...options.redisEnv,
+  };
   const worker = startService('worker', {
     ...common,
     DATABASE_URL: options.databaseUrl,

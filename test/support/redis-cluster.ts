@@ -47,7 +47,9 @@ export function clusterUnsupported(): string | undefined {
 }
 
 /** Ports given: the node ports (their bus ports are free ones); otherwise six free ports. */
-export async function startRedisCluster(options: { ports?: number[]; nodeTimeoutMs?: number; appendonly?: boolean } = {}): Promise<RedisCluster> {
+export async function startRedisCluster(
+  options: { ports?: number[]; nodeTimeoutMs?: number; appendonly?: boolean } = {},
+): Promise<RedisCluster> {
   const ports = options.ports ?? (await Promise.all(Array.from({ length: 6 }, () => freePort())));
   if (ports.length !== 6) throw new TypeError('a cluster of 3 primaries and 3 replicas needs 6 ports');
   const dir = mkdtempSync(path.join(tmpdir(), 'lampi-redis-cluster-'));

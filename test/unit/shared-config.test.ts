@@ -200,8 +200,6 @@ describe('comma-separated settings', () => {
       'redis-1:7000',
       '10.0.0.7:7001',
     ]);
-    expect(configError(['common'], { REDIS_CLUSTER_NODES: 'redis-1:7000,redis://redis-2:7001' })).toMatch(
-      /REDIS_CLUSTER_NODES.*host:port/,
-    );
+    expect(configError(['common'], { REDIS_CLUSTER_NODES: 'redis-1:7000,redis://redis-2:7001' })).toMatch(/REDIS_CLUSTER_NODES.*host:port/);
   });
 });

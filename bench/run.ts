@@ -384,6 +384,7 @@ async function throughput(workers: number, on: 'redis' | 'cluster' = 'redis'): P
   const name = `throughput-${workers}w${on === 'cluster' ? '-cluster' : ''}`;
   await scenario(name, async (outcome) => {
     const cluster = on === 'cluster' ? await startRedisCluster({ ports: clusterPorts }) : undefined;
+    const primaries = (await cluster?.primaries()) ?? [];
     const stack = await Stack.start({
       name,
       services: cluster
@@ -392,7 +393,10 @@ async function throughput(workers: number, on: 'redis' | 'cluster' = 'redis'): P
             redisCluster: {
               seeds: cluster.seeds,
               pids: Object.fromEntries(
-                cluster.nodes.map((node, i) => [`redis ${i < 3 ? 'primary' : 'replica'} ${node.port}`, node.proc.child.pid!]),
+                cluster.nodes.map((node) => [
+                  `redis ${primaries.includes(node.port) ? 'primary' : 'replica'} ${node.port}`,
+                  node.proc.child.pid!,
+                ]),
               ),
             },
           }

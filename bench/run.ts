@@ -405,6 +405,9 @@ async function throughput(workers: number, on: 'redis' | 'cluster' = 'redis'): P
       env: extraEnv,
       validateEvery: P.validateEvery,
       nodeOptions: profileEnv(name),
+    }).catch(async (err: unknown) => {
+      await cluster?.stop();
+      throw err;
     });
     try {
       await stack.connectLamps(0, P.lamps, P.stallMs);

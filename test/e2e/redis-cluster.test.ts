@@ -4,7 +4,6 @@
  * worker as real processes with REDIS_CLUSTER_NODES, the dashboard and `npm run dlq` against
  * it, the queues spread over the primaries, and a primary killed while lamps publish.
  */
-import { spawn } from 'node:child_process';
 import { PrismaPg } from '@prisma/adapter-pg';
 import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
@@ -17,7 +16,8 @@ import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { startPipeline, type Pipeline } from '../support/pipeline.js';
-import { ROOT, sleep, waitFor } from '../support/processes.js';
+import { sleep, waitFor } from '../support/processes.js';
+import { runTool } from '../support/devices.js';
 import { clusterUnsupported, startRedisCluster, waitForClusterOk, type RedisCluster } from '../support/redis-cluster.js';
 
 const services = inject('services');
@@ -43,9 +43,11 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
   ];
 
   beforeAll(async () => {
-    cluster = await startRedisCluster();
-    db = await createTestDatabase(services.postgres);
-    keen = await startFakeKeen({ projectId: PROJECT, writeKey: WRITE_KEY });
+    [cluster, db, keen] = await Promise.all([
+      startRedisCluster(),
+      createTestDatabase(services.postgres),
+      startFakeKeen({ projectId: PROJECT, writeKey: WRITE_KEY }),
+    ]);
     pipeline = await startPipeline({
       services,
       prefix,
@@ -163,17 +165,10 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
     } finally {
       await dashboard?.close();
     }
-    const dlq = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'src/dlq/main.ts', 'list'], {
-        cwd: ROOT,
-        env: { PATH: process.env.PATH, REDIS_CLUSTER_NODES: cluster.seeds, REDIS_URL: 'redis://127.0.0.1:1', QUEUE_PREFIX: prefix },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on('close', (code) => resolve({ code, stdout, stderr }));
+    const dlq = await runTool('dlq', ['list'], {
+      REDIS_CLUSTER_NODES: cluster.seeds,
+      REDIS_URL: 'redis://127.0.0.1:1',
+      QUEUE_PREFIX: prefix,
     });
     expect(dlq.stderr).toBe('');
     expect(dlq.code).toBe(0);

@@ -4,13 +4,13 @@
  * `redis-cli --cluster create`. Ready once every node says `cluster_state:ok` and every replica's
  * link to its primary is up; stop() kills every node and removes the folder.
  */
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import { freePort, manage, waitFor, waitForPort, type ManagedProcess } from './processes.js';
+import { freePort, startRedis, waitFor, type ManagedProcess } from './processes.js';
 
 const run = promisify(execFile);
 
@@ -60,37 +60,19 @@ export async function startRedisCluster(
   };
   try {
     for (const port of ports) {
-      const busPort = await freePort();
-      const child = spawn(
-        'redis-server',
-        [
-          '--port',
-          String(port),
-          '--bind',
-          '127.0.0.1',
-          '--cluster-enabled',
-          'yes',
-          '--cluster-port',
-          String(busPort),
-          '--cluster-config-file',
-          `nodes-${port}.conf`,
-          // A failed primary is noticed, and its replica elected, within a few seconds.
-          '--cluster-node-timeout',
-          String(options.nodeTimeoutMs ?? 1000),
-          '--dir',
-          dir,
-          '--save',
-          '',
-          '--appendonly',
-          options.appendonly ? 'yes' : 'no',
-          '--maxmemory-policy',
-          'noeviction',
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      );
-      nodes.push({ port, proc: manage(child) });
+      const args = [
+        '--cluster-enabled',
+        'yes',
+        '--cluster-port',
+        String(await freePort()),
+        '--cluster-config-file',
+        `nodes-${port}.conf`,
+        // A failed primary is noticed, and its replica elected, within a few seconds.
+        '--cluster-node-timeout',
+        String(options.nodeTimeoutMs ?? 1000),
+      ];
+      nodes.push({ port, proc: await startRedis({ port, dir, appendonly: options.appendonly ?? false, args }) });
     }
-    await Promise.all(ports.map((port) => waitForPort(port)));
     await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes']);
     await waitFor(
       'cluster_state:ok on every node, every replica in sync',

@@ -81,8 +81,6 @@ const sections = {
       .default('lampi-ingest'),
     /** Connections sharing the lamp-state topics; each may hold the broker's in-flight window unacknowledged. */
     SUBSCRIBER_CONNECTIONS: positiveInt(4),
-    /** Replicas that must have a group's jobs (Redis WAIT) before its PUBACKs go out; 0 does not wait. */
-    REDIS_WAIT_REPLICAS: z.coerce.number().int().min(0).default(0),
   },
   database: {
     DATABASE_URL: url(['postgres:', 'postgresql:']),

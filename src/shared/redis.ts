@@ -96,22 +96,6 @@ export async function connectRedis(
   return redis;
 }
 
-/**
- * Resolves once `replicas` replicas of every primary have every write sent so far on our
- * connections to it (Redis WAIT, which counts one connection's writes: a cluster client has one
- * connection per primary, so it is sent on each). Rejects, naming REDIS_WAIT_REPLICAS, when fewer
- * answered within `timeoutMs`; the caller then keeps its messages unacknowledged and tries again.
- */
-export async function waitForReplicas(redis: RedisClient, replicas: number, timeoutMs = 1000): Promise<void> {
-  const acked = await Promise.all(primaries(redis).map(async (node) => Number(await node.call('WAIT', replicas, timeoutMs))));
-  const short = acked.filter((n) => n < replicas).length;
-  if (short > 0) {
-    throw new Error(
-      `${short} Redis primar${short === 1 ? 'y has' : 'ies have'} fewer than REDIS_WAIT_REPLICAS=${replicas} replicas in sync (${Math.min(...acked)} acknowledged within ${timeoutMs} ms)`,
-    );
-  }
-}
-
 /** The Redis servers that hold the data: the primaries of a cluster, or the one Redis. */
 export function primaries(redis: RedisClient): Redis[] {
   return redis instanceof Cluster ? redis.nodes('master') : [redis];

@@ -36,11 +36,6 @@ export interface IntakeOptions {
   maxStatesPerJob?: number;
   /** Waits between attempts while Redis refuses writes (out of memory, read-only replica, ...). */
   retryDelayMs?: number;
-  /**
-   * Called after each write and before its messages are acknowledged: REDIS_WAIT_REPLICAS'
-   * WAIT, so that a failover cannot lose a job whose message the broker has already forgotten.
-   */
-  replicated?: () => Promise<void>;
   now?: () => Date;
 }
 
@@ -204,8 +199,6 @@ export class Intake {
         ...lampJobs.map(({ job, id }) => queues.ingest.add(job.kind, job, { jobId: id })),
         ...rejections.map(({ record, id }) => queues.rejected.add(record.reason, record, { jobId: id })),
       ]);
-      // A retry after a short WAIT adds the same jobs again: BullMQ keeps one per job id.
-      await this.#options.replicated?.();
       if (bridgeStates.length > 0) metrics.messagesEnqueued.inc({ kind: 'bridge-state' }, bridgeStates.length);
       if (lampStates.length > 0) metrics.messagesEnqueued.inc({ kind: 'lamp-state' }, lampStates.length);
     };

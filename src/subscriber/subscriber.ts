@@ -9,7 +9,7 @@ import { allQueues, openQueues } from '../shared/queues.js';
 import { Intake } from './intake.js';
 import { openSubscriberConnections } from './connections.js';
 import { RedeliveryLedger } from './redeliveries.js';
-import { connectRedis, redisWhere, waitForReplicas } from '../shared/redis.js';
+import { connectRedis, redisWhere } from '../shared/redis.js';
 
 export type SubscriberConfig = Config<'common' | 'mqtt' | 'subscriber'>;
 
@@ -28,14 +28,7 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
   const watch = new DependencyWatch(logger);
   watch.redis(redis, redisWhere(config), 'MQTT messages stay with the broker, unacknowledged, until it is back');
   watch.bullmq(allQueues(queues));
-  const replicas = config.REDIS_WAIT_REPLICAS;
-  const intake = new Intake({
-    queues,
-    ledger: new RedeliveryLedger(redis, config.QUEUE_PREFIX),
-    logger,
-    metrics,
-    ...(replicas > 0 ? { replicated: () => waitForReplicas(redis, replicas) } : {}),
-  });
+  const intake = new Intake({ queues, ledger: new RedeliveryLedger(redis, config.QUEUE_PREFIX), logger, metrics });
 
   const inFlight = new Set<Promise<void>>();
   let closing = false;

@@ -35,7 +35,6 @@ function configFor(prefix: string, overrides: Partial<SubscriberConfig> = {}): S
     MQTT_CLIENT_ID: prefix,
     MQTT_SHARE_GROUP: prefix,
     SUBSCRIBER_CONNECTIONS: 3,
-    REDIS_WAIT_REPLICAS: 0,
     ...overrides,
   };
 }
@@ -512,47 +511,6 @@ describe('subscriber durability', () => {
     );
     expect(await seqsIn(redis.url, prefix)).toEqual(Array.from({ length: 31 }, (_, i) => i));
     expect((await bridgeStatesIn(redis.url, prefix)).map((s) => s.deviceId)).toEqual([device]);
-  });
-
-  it('with REDIS_WAIT_REPLICAS, acknowledges no message before a replica holds its job', async () => {
-    const primary = await startRedis({ appendonly: false });
-    cleanups.push(() => primary.kill('SIGKILL'));
-    const replica = await startRedis({ appendonly: false, args: ['--replicaof', '127.0.0.1', String(primary.port)] });
-    cleanups.push(async () => {
-      replica.child.kill('SIGCONT');
-      await replica.kill('SIGKILL');
-    });
-    const broker = await startMosquitto();
-    cleanups.push(() => broker.kill());
-    const probe = await connectRedis(replica.url);
-    cleanups.push(async () => probe.disconnect());
-    await waitFor('the replica in sync', async () => (await probe.info('replication')).includes('master_link_status:up'));
-    const prefix = randomPrefix('wait');
-    const config = configFor(prefix, { REDIS_URL: primary.url, MQTT_URL: broker.url, SUBSCRIBER_CONNECTIONS: 1, REDIS_WAIT_REPLICAS: 1 });
-    const subscriber = await startSubscriber(config, logger, createMetrics('t'));
-    cleanups.push(() => subscriber.close());
-    const device = randomDeviceId();
-    const lamp = await mqtt.connectAsync(broker.url, { clientId: `${prefix}-lamp` });
-    cleanups.push(() => lamp.endAsync(true));
-
-    // With the replica in sync, a message is acknowledged as usual.
-    await lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ on: true, seq: 0 }), { qos: 1 });
-
-    // With the replica stopped, the primary takes the job but the PUBACK waits.
-    replica.child.kill('SIGSTOP');
-    let acked = false;
-    const publishing = lamp.publishAsync(`/devices/${device}/lamp/changed`, JSON.stringify({ on: true, seq: 1 }), { qos: 1 }).then(() => {
-      acked = true;
-    });
-    await waitFor('the job on the primary', async () => (await seqsIn(primary.url, prefix)).includes(1));
-    await sleep(2500);
-    expect(acked).toBe(false);
-
-    replica.child.kill('SIGCONT');
-    await publishing;
-    expect(acked).toBe(true);
-    // The retried write added the same job again: still one state per message.
-    expect(await seqsIn(primary.url, prefix)).toEqual([0, 1]);
   });
 
   it('holds messages while Redis is down and enqueues every one, once, when it is back', async () => {

@@ -6,7 +6,10 @@
  *   npm run bench -- --scenario latency    one scenario (repeat, or comma-separate, for several)
  *   npm run bench -- --scenario throughput --workers 1 --duration 30 --profile
  *
- * Scenarios: yardstick-direct, yardstick-queue, throughput, latency, activations, backlog.
+ * Scenarios: yardstick-direct, yardstick-queue, throughput, throughput-cluster, latency, activations,
+ * backlog. throughput-cluster is throughput with 2 workers on a local Redis Cluster of 3 primaries
+ * and 3 replicas that it starts (test/support/redis-cluster.ts; BENCH_CLUSTER_PORTS=p1,…,p6 picks
+ * the ports); run it with `--scenario throughput,throughput-cluster --workers 2` to compare.
  * Options: --duration <s> (throughput and yardsticks, default 60), --workers <list> (default
  * 1,2,4), --lamps <n>, --window <n> (events in flight at max load), --backlog <n>,
  * --activations <n>, --rates <list>, --latency-duration <s>, --profile (CPU profiles of our
@@ -39,6 +42,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import mqtt from 'mqtt';
 import { ROOT, scrapeMetrics, sleep } from '../test/support/processes.js';
+import { startRedisCluster } from '../test/support/redis-cluster.js';
+import { QUEUE_NAMES, queueLabel } from '../src/shared/queues.js';
 import { lampId, type PublishReport } from './fleet.js';
 import { cpuBetween, loadAverage, systemCpu } from './lib/procs.js';
 import {
@@ -62,7 +67,9 @@ import type { DrainReply } from './yardstick-queue.js';
 // Options
 // ---------------------------------------------------------------------------------------------
 
-const SCENARIOS = ['yardstick-direct', 'yardstick-queue', 'throughput', 'latency', 'activations', 'backlog'] as const;
+const SCENARIOS = ['yardstick-direct', 'yardstick-queue', 'throughput', 'throughput-cluster', 'latency', 'activations', 'backlog'] as const;
+/** Workers of the throughput-cluster scenario (issue 13: the cluster with 2 workers, next to single Redis). */
+const CLUSTER_WORKERS = 2;
 type ScenarioName = (typeof SCENARIOS)[number];
 
 const { values: args } = parseArgs({
@@ -123,6 +130,7 @@ for (const name of chosen) {
   }
 }
 const scenarios = chosen.length > 0 ? SCENARIOS.filter((s) => chosen.includes(s)) : [...SCENARIOS];
+const clusterPorts = process.env.BENCH_CLUSTER_PORTS?.split(',').map(Number);
 const extraEnv = Object.fromEntries((args.env ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
 
 const services: BenchServices = {
@@ -378,16 +386,34 @@ async function scenario(name: string, run: (outcome: Outcome) => Promise<void>):
   outcomes.push(outcome);
 }
 
-async function throughput(workers: number): Promise<void> {
-  const name = `throughput-${workers}w`;
+async function throughput(workers: number, on: 'redis' | 'cluster' = 'redis'): Promise<void> {
+  const name = `throughput-${workers}w${on === 'cluster' ? '-cluster' : ''}`;
   await scenario(name, async (outcome) => {
+    const cluster = on === 'cluster' ? await startRedisCluster({ ports: clusterPorts }) : undefined;
+    const primaries = (await cluster?.primaries()) ?? [];
     const stack = await Stack.start({
       name,
-      services,
+      services: cluster
+        ? {
+            ...services,
+            redisCluster: {
+              seeds: cluster.seeds,
+              pids: Object.fromEntries(
+                cluster.nodes.map((node) => [
+                  `redis ${primaries.includes(node.port) ? 'primary' : 'replica'} ${node.port}`,
+                  node.proc.child.pid!,
+                ]),
+              ),
+            },
+          }
+        : services,
       workers,
       env: extraEnv,
       validateEvery: P.validateEvery,
       nodeOptions: profileEnv(name),
+    }).catch(async (err: unknown) => {
+      await cluster?.stop();
+      throw err;
     });
     try {
       await stack.connectLamps(0, P.lamps, P.stallMs);
@@ -414,6 +440,7 @@ async function throughput(workers: number): Promise<void> {
       );
     } finally {
       await stack.close();
+      await cluster?.stop();
       recordPeaks(stack, outcome.data);
       outcome.details.push(rssDetails(stack));
     }
@@ -553,7 +580,7 @@ async function backlog(): Promise<void> {
       for (const worker of stack.workers) await stop(worker);
       stack.workers.length = 0;
       await sleep(1000);
-      const waitKey = `${stack.prefix}:ingest:wait`;
+      const waitKey = `${stack.prefix}:${QUEUE_NAMES.ingest}:wait`;
       const usedMemory = async () => Number(/used_memory:(\d+)/.exec(await stack.redis.info('memory'))?.[1]);
       const memoryBefore = await usedMemory();
       // Lamp states travel many to a job: what is queued is what the subscriber says Redis took.
@@ -591,7 +618,7 @@ async function backlog(): Promise<void> {
       const memoryUsage = async (key: string) => Number((await stack.redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')) ?? 0);
       const sampleIds = await stack.redis.lrange(waitKey, 0, 199);
       const jobBytes =
-        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:ingest:${id}`)))).reduce((a, b) => a + b, 0) /
+        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:${QUEUE_NAMES.ingest}:${id}`)))).reduce((a, b) => a + b, 0) /
         Math.max(1, sampleIds.length);
       const listBytes = await memoryUsage(waitKey);
       let ledgerKeys = 0;
@@ -631,7 +658,9 @@ async function backlog(): Promise<void> {
         if (stack.recorder.seqs.count[seq]! > 0) lastAcceptedAt = Math.max(lastAcceptedAt, stack.recorder.seqs.acceptedAt[seq]!);
       const counts = Object.fromEntries(
         await Promise.all(
-          ['ingest', 'keen-delivery', 'keen-dead-letter', 'rejected-messages'].map(async (q) => [q, await stack.jobCounts(q)] as const),
+          [QUEUE_NAMES.ingest, QUEUE_NAMES.keen, QUEUE_NAMES.deadLetter, QUEUE_NAMES.rejected].map(
+            async (q) => [queueLabel(q), await stack.jobCounts(q)] as const,
+          ),
         ),
       );
       const errorLines = stack.workers.reduce((sum, w) => sum + (w.output().match(/"level":(50|60)/g)?.length ?? 0), 0);
@@ -794,6 +823,7 @@ for (; round <= P.repeat; round++) {
     if (name === 'yardstick-direct') await yardstickDirect();
     if (name === 'yardstick-queue') await yardstickQueue();
     if (name === 'throughput') for (const w of P.workers) await throughput(w);
+    if (name === 'throughput-cluster') await throughput(CLUSTER_WORKERS, 'cluster');
     if (name === 'latency') await latency();
     if (name === 'activations') await activations();
     // Memory per queued event does not vary between runs; a million events take minutes.
@@ -848,6 +878,17 @@ for (const w of P.workers) {
     failed(o) ?? figure(o, 'throughput'),
     isOne ? '≥ 8,000' : '',
     o.ok ? (isOne ? verdict(o.data.throughput! >= 8000) : '') : 'FAILURE',
+  ]);
+}
+const onCluster = byName(`throughput-${CLUSTER_WORKERS}w-cluster`);
+if (onCluster) {
+  const single = byName(`throughput-${CLUSTER_WORKERS}w`);
+  rows.push([
+    `Throughput on a Redis Cluster (3 primaries, 3 replicas), 1 subscriber + ${CLUSTER_WORKERS} workers (events/s)`,
+    (failed(onCluster) ?? figure(onCluster, 'throughput')) +
+      (onCluster.ok && single?.ok ? ` (${fmt((onCluster.data.throughput! / single.data.throughput!) * 100)}% of single Redis)` : ''),
+    '',
+    onCluster.ok ? '' : 'FAILURE',
   ]);
 }
 if (ya)

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Queue } from 'bullmq';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import pg from 'pg';
 import { parse as parseYaml } from 'yaml';
 import { applyMigrations } from '../../src/shared/migrations.js';
@@ -21,6 +21,8 @@ import { pidsMatching, ProcWatch } from './procs.js';
 export interface BenchServices {
   redisUrl: string;
   databaseAdminUrl: string;
+  /** Seed nodes of a Redis Cluster (REDIS_CLUSTER_NODES): when set, the stack runs on it instead of redisUrl. */
+  redisCluster?: { seeds: string; pids: Record<string, number> };
 }
 
 export const KEEN_PROJECT = 'bench_project';
@@ -228,7 +230,7 @@ export interface StackOptions {
 export class Stack {
   readonly prefix: string;
   readonly watch = new ProcWatch();
-  readonly redis: Redis;
+  readonly redis: Redis | Cluster;
   broker!: Awaited<ReturnType<typeof startMosquitto>>;
   recorder!: KeenRecorder;
   databaseUrl!: string;
@@ -243,7 +245,13 @@ export class Stack {
   constructor(options: StackOptions) {
     this.#options = options;
     this.prefix = `bench-${options.name}-${randomBytes(3).toString('hex')}`.slice(0, 40);
-    this.redis = new Redis(options.services.redisUrl, { maxRetriesPerRequest: 3, lazyConnect: true });
+    const cluster = options.services.redisCluster;
+    this.redis = cluster
+      ? new Cluster(
+          cluster.seeds.split(',').map((node) => ({ host: node.split(':')[0]!, port: Number(node.split(':')[1]) })),
+          { lazyConnect: true, redisOptions: { maxRetriesPerRequest: 3 } },
+        )
+      : new Redis(options.services.redisUrl, { maxRetriesPerRequest: 3, lazyConnect: true });
   }
 
   static async start(options: StackOptions): Promise<Stack> {
@@ -279,8 +287,12 @@ export class Stack {
     this.recorder = await startRecorder({ projectId: KEEN_PROJECT, writeKey: KEEN_WRITE_KEY, validateEvery: options.validateEvery });
     this.#teardown.push(() => this.recorder.close());
     this.watch.watch('bench (recorder)', process.pid);
-    const redisPid = Number(/process_id:(\d+)/.exec(await this.redis.info('server'))?.[1]);
-    if (redisPid && pidsMatching('redis-server').includes(redisPid)) this.watch.watch('redis', redisPid);
+    if (options.services.redisCluster) {
+      for (const [name, pid] of Object.entries(options.services.redisCluster.pids)) this.watch.watch(name, pid);
+    } else {
+      const redisPid = Number(/process_id:(\d+)/.exec(await this.redis.info('server'))?.[1]);
+      if (redisPid && pidsMatching('redis-server').includes(redisPid)) this.watch.watch('redis', redisPid);
+    }
 
     const starting: Array<Promise<void>> = [];
     if (options.subscriber !== false) {
@@ -299,6 +311,7 @@ export class Stack {
   #env(extra: Record<string, string> = {}): Record<string, string> {
     return {
       REDIS_URL: this.#options.services.redisUrl,
+      ...(this.#options.services.redisCluster ? { REDIS_CLUSTER_NODES: this.#options.services.redisCluster.seeds } : {}),
       QUEUE_PREFIX: this.prefix,
       MQTT_URL: this.broker.url,
       MQTT_CLIENT_ID: this.prefix,
@@ -481,12 +494,17 @@ export class Stack {
       await queue.obliterate({ force: true }).catch(() => {});
       await queue.close();
     }
-    let cursor = '0';
-    do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}:*`, 'COUNT', 5000);
-      cursor = next;
-      if (keys.length > 0) await this.redis.unlink(...keys);
-    } while (cursor !== '0');
+    // A cluster's keys are on its primaries, each scanned on its own; UNLINK one key at a time
+    // there, as keys of different slots cannot share a command.
+    for (const node of this.redis instanceof Cluster ? this.redis.nodes('master') : [this.redis]) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', `${this.prefix}:*`, 'COUNT', 5000);
+        cursor = next;
+        if (keys.length > 0)
+          await (this.redis instanceof Cluster ? Promise.all(keys.map((key) => node.unlink(key))) : node.unlink(...keys));
+      } while (cursor !== '0');
+    }
   }
 
   async close(): Promise<void> {

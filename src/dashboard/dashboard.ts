@@ -26,11 +26,11 @@ import { DEFAULT_KEEN_ATTEMPTS, type Config } from '../shared/config.js';
 import { DependencyWatch } from '../shared/dependency-watch.js';
 import type { RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
-import { allQueues, JOB_OPTIONS, openQueues, QUEUE_NAMES } from '../shared/queues.js';
+import { allQueues, JOB_OPTIONS, openQueues, QUEUE_NAMES, queueLabel } from '../shared/queues.js';
 import { retryWindowMs } from '../shared/backoff.js';
 import { createBasicAuthCheck, isLoopback, REALM } from './auth.js';
 import { ConfigError } from '../shared/errors.js';
-import { connectRedis } from '../shared/redis.js';
+import { connectRedis, redisWhere } from '../shared/redis.js';
 import { withTimeout } from '../shared/timeout.js';
 
 export type DashboardConfig = Config<'common' | 'dashboard'>;
@@ -108,10 +108,10 @@ export function checkDashboardConfig(config: DashboardConfig): void {
 
 export async function startDashboard(config: DashboardConfig, logger: Logger): Promise<Dashboard> {
   checkDashboardConfig(config);
-  const redis = await connectRedis(config.REDIS_URL);
+  const redis = await connectRedis(config);
   const queues = openQueues(redis, config.QUEUE_PREFIX);
   const watch = new DependencyWatch(logger);
-  watch.redis(redis, config.REDIS_URL, 'the dashboard answers 503 until it is back');
+  watch.redis(redis, redisWhere(config), 'the dashboard answers 503 until it is back');
   watch.bullmq(allQueues(queues));
   let app: FastifyInstance | undefined;
   try {
@@ -123,6 +123,8 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
         const rejected = queue.name === QUEUE_NAMES.rejected;
         const adapter = new BullMQAdapter(queue, {
           readOnlyMode,
+          // The queue's name without the hash tag that places it on a Redis Cluster.
+          displayName: queueLabel(queue.name),
           ...(rejected ? { allowRetries: false } : {}),
           description: `${DESCRIPTIONS[queue.name] ?? BRIDGE_DESCRIPTION} Redis prefix: ${config.QUEUE_PREFIX}.`,
         });

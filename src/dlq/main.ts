@@ -16,7 +16,7 @@
  * purge refused; 2 some named ids are not parked dead letters; 3 some redrives had no outcome
  * within --wait.
  *
- * Settings: REDIS_URL and QUEUE_PREFIX.
+ * Settings: REDIS_URL (or REDIS_CLUSTER_NODES and REDIS_PASSWORD) and QUEUE_PREFIX.
  */
 import { pino } from 'pino';
 import { loadConfig } from '../shared/config.js';
@@ -125,7 +125,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const config = loadConfig(['common']);
-  const redis = await connectRedis(config.REDIS_URL, { connectTimeoutMs: 5000 });
+  const redis = await connectRedis(config, { connectTimeoutMs: 5000 });
   const queues = openQueues(redis, config.QUEUE_PREFIX);
   try {
     if (command.name === 'list') return await list(queues);

@@ -67,6 +67,10 @@ export const commaList = (valid: (item: string) => boolean, problem: string, fal
 const sections = {
   common: {
     REDIS_URL: url(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+    /** Seed nodes of a Redis Cluster, `host:port,host:port,…`; when set, REDIS_URL is not used. */
+    REDIS_CLUSTER_NODES: commaList((node) => /^[A-Za-z0-9.-]+:\d{1,5}$/.test(node), 'must be comma-separated host:port pairs'),
+    /** The password of the cluster's nodes, or of REDIS_URL when the URL has none (usually REDIS_PASSWORD_FILE). */
+    REDIS_PASSWORD: optionalSecret,
     QUEUE_PREFIX: z
       .string()
       .regex(/^[A-Za-z0-9_-]+$/, 'letters, digits, _ and - only')

@@ -10,7 +10,7 @@
  * BullMQ: the bare error), which is not JSON. Errors that are not about the connection are
  * logged, one line each.
  */
-import type { Redis } from 'ioredis';
+import type { RedisClient } from './redis.js';
 import type { MqttClient } from 'mqtt';
 import type { Logger } from './logger.js';
 import { safeUrl } from './redact.js';
@@ -89,9 +89,12 @@ export class DependencyWatch {
     return `${capitalize(NAMES[dependency])} is unreachable (${watched?.where ?? '?'}): ${consequence}`;
   }
 
-  /** Follows an ioredis client we own: 'close' and 'end' are losing Redis, 'ready' is having it back. */
-  redis(client: Redis, url: string, consequence: string): void {
-    const watched = this.#register('redis', url, consequence);
+  /**
+   * Follows an ioredis client we own (a single Redis or a Cluster): 'close' and 'end' are losing
+   * Redis, 'ready' is having it back. `where` is already masked (redisWhere).
+   */
+  redis(client: RedisClient, where: string, consequence: string): void {
+    const watched = this.#register('redis', where, consequence, where);
     watched.connections.set(client, client.status === 'ready');
     client.on('ready', () => this.#set('redis', client, true));
     client.on('close', () => this.#set('redis', client, false));
@@ -143,9 +146,9 @@ export class DependencyWatch {
     for (const timer of this.#timers) clearInterval(timer);
   }
 
-  #register(dependency: Dependency, url: string, consequence: string): Watched {
+  #register(dependency: Dependency, url: string, consequence: string, where = safeUrl(url)): Watched {
     let watched = this.#watched.get(dependency);
-    if (!watched) this.#watched.set(dependency, (watched = { where: safeUrl(url), consequence, connections: new Map() }));
+    if (!watched) this.#watched.set(dependency, (watched = { where, consequence, connections: new Map() }));
     return watched;
   }
 

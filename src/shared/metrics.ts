@@ -3,7 +3,8 @@
  * touch the metrics of their own stage; the rest stay at zero and are cheap.
  */
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import { queueLabel } from './queues.js';
+import { primaries, type RedisClient } from './redis.js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export function createMetrics(processName: string) {
@@ -106,7 +107,7 @@ export async function refreshQueueDepths(metrics: Metrics, queues: Queue[]): Pro
   await Promise.all(
     queues.map(async (queue) => {
       const counts = await queue.getJobCounts(...QUEUE_STATES);
-      for (const state of QUEUE_STATES) metrics.queueDepth.set({ queue: queue.name, state }, counts[state] ?? 0);
+      for (const state of QUEUE_STATES) metrics.queueDepth.set({ queue: queueLabel(queue.name), state }, counts[state] ?? 0);
     }),
   );
 }
@@ -122,9 +123,17 @@ export function parseRedisMemory(info: string): RedisMemory {
   return { ok: true, used: Number(used), max: Number(max) };
 }
 
-/** Sets lampi_redis_memory_used_ratio from Redis; called when metrics are scraped, like refreshQueueDepths. */
-export async function refreshRedisMemory(metrics: Metrics, redis: Pick<Redis, 'info'>): Promise<void> {
-  const memory = parseRedisMemory(await redis.info('memory'));
-  // Without maxmemory there is no limit to be near (and noeviction never applies).
-  metrics.redisMemoryUsedRatio.set(memory.ok && memory.max > 0 ? memory.used / memory.max : 0);
+/**
+ * Sets lampi_redis_memory_used_ratio from Redis; called when metrics are scraped, like
+ * refreshQueueDepths. On a cluster, the fullest primary's: it refuses writes first.
+ */
+export async function refreshRedisMemory(metrics: Metrics, redis: RedisClient): Promise<void> {
+  const ratios = await Promise.all(
+    primaries(redis).map(async (node) => {
+      const memory = parseRedisMemory(await node.info('memory'));
+      // Without maxmemory there is no limit to be near (and noeviction never applies).
+      return memory.ok && memory.max > 0 ? memory.used / memory.max : 0;
+    }),
+  );
+  metrics.redisMemoryUsedRatio.set(Math.max(0, ...ratios));
 }

@@ -23,13 +23,26 @@ import type { BridgeStatesJob, DeadLetterJob, KeenDeliveryJob, LampStatesJob, Re
 import { JITTERED_BACKOFF } from './backoff.js';
 import { DEFAULT_KEEN_ATTEMPTS } from './config.js';
 
+/**
+ * Each name is a Redis Cluster hash tag (`{…}`), BullMQ's documented way onto a cluster: every
+ * key of a queue (`<prefix>:{ingest}:wait`, `…:{ingest}:<job id>`) hashes to the same slot, as
+ * BullMQ's scripts, which touch several of them at once, require, and each queue has a tag of
+ * its own, so the queues spread over the cluster's primaries instead of all sitting on one. The
+ * tag is in the name rather than the prefix for that reason (one tagged prefix would put every
+ * queue in one slot). A single Redis ignores the braces: one naming for both.
+ */
 export const QUEUE_NAMES = {
-  ingest: 'ingest',
-  bridgeState: (partition: number) => `bridge-state-${partition}`,
-  keen: 'keen-delivery',
-  deadLetter: 'keen-dead-letter',
-  rejected: 'rejected-messages',
+  ingest: '{ingest}',
+  bridgeState: (partition: number) => `{bridge-state-${partition}}`,
+  keen: '{keen-delivery}',
+  deadLetter: '{keen-dead-letter}',
+  rejected: '{rejected-messages}',
 } as const;
+
+/** A queue's name without its hash tag's braces: the `queue` label of metrics and log lines. */
+export function queueLabel(name: string): string {
+  return name.replace(/^\{(.*)\}$/, '$1');
+}
 
 /**
  * A constant, not a setting: producers and consumers must agree on it, or a partition would

@@ -193,8 +193,10 @@ export class Intake {
 
     return async () => {
       // Sent together without waiting for one another; Redis runs them in this order.
+      const remembered = ledger.rememberAll(remember);
+      if (ledger.storeFirst) await Promise.all(remembered);
       await Promise.all([
-        ...ledger.rememberAll(remember),
+        ...remembered,
         ...bridgeJobs.map(({ queue, job, id }) => queue.add(job.kind, job, { jobId: id })),
         ...lampJobs.map(({ job, id }) => queues.ingest.add(job.kind, job, { jobId: id })),
         ...rejections.map(({ record, id }) => queues.rejected.add(record.reason, record, { jobId: id })),

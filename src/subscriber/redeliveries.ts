@@ -9,7 +9,8 @@
  * for an old one, and a message without the DUP flag always gets a new id.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import { Cluster } from 'ioredis';
+import type { RedisClient } from '../shared/redis.js';
 
 /** Long enough to outlive any realistic outage of the subscriber; short enough to stay small. */
 const REMEMBER_S = 24 * 3600;
@@ -29,9 +30,20 @@ export interface RememberedMessage {
 
 export class RedeliveryLedger {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly keyPrefix: string,
   ) {}
+
+  /**
+   * Whether the jobs must wait until rememberAll is confirmed. One Redis runs one connection's
+   * commands in the order sent, so there the ledger and the jobs go out together. A cluster keeps
+   * the ledger and each queue on whichever primaries own their slots, with no order between
+   * them: a crash between the two could leave a job queued with no ledger entry, and its resend
+   * would get a new message id (a second event at Keen). There the ledger is stored first.
+   */
+  get storeFirst(): boolean {
+    return this.redis instanceof Cluster;
+  }
 
   /** The message id we gave this DUP resend the first time, if we saw it. Costs a round trip. */
   async remembered(session: string, packet: MqttPacketIdentity): Promise<string | undefined> {
@@ -44,7 +56,8 @@ export class RedeliveryLedger {
   /**
    * Records the ids of messages that may be resent: one HSET per session. Send it before the
    * jobs that carry them, on the same Redis connection: Redis then runs them in that order, so
-   * no queued message exists that a resend could not find.
+   * no queued message exists that a resend could not find (on a cluster, see storeFirst). Each
+   * session's hash is one key, so HSET and EXPIRE land on one slot of a cluster.
    */
   rememberAll(messages: RememberedMessage[]): Array<Promise<unknown>> {
     const bySession = new Map<string, string[]>();

@@ -9,7 +9,7 @@ import { allQueues, openQueues } from '../shared/queues.js';
 import { Intake } from './intake.js';
 import { openSubscriberConnections } from './connections.js';
 import { RedeliveryLedger } from './redeliveries.js';
-import { connectRedis } from '../shared/redis.js';
+import { connectRedis, redisWhere } from '../shared/redis.js';
 
 export type SubscriberConfig = Config<'common' | 'mqtt' | 'subscriber'>;
 
@@ -29,10 +29,10 @@ function brokerOf(config: SubscriberConfig): MqttSettings {
 
 export async function startSubscriber(config: SubscriberConfig, logger: Logger, metrics: Metrics): Promise<Subscriber> {
   // Many connections each wait on Redis; pipelining their commands saves a write per command.
-  const redis = await connectRedis(config.REDIS_URL, { autoPipelining: true });
+  const redis = await connectRedis(config, { autoPipelining: true });
   const queues = openQueues(redis, config.QUEUE_PREFIX);
   const watch = new DependencyWatch(logger);
-  watch.redis(redis, config.REDIS_URL, 'MQTT messages stay with the broker, unacknowledged, until it is back');
+  watch.redis(redis, redisWhere(config), 'MQTT messages stay with the broker, unacknowledged, until it is back');
   watch.bullmq(allQueues(queues));
   const broker = brokerOf(config);
   const intake = new Intake({

@@ -23,6 +23,7 @@ import { isConnectionError } from '../shared/dependency-watch.js';
 import type { ParsedJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
+import { queueLabel } from '../shared/queues.js';
 import { backoffBaseMs, jitteredBackoff, jitteredBackoffDelay } from '../shared/backoff.js';
 
 export interface StageOptions<T> {
@@ -78,7 +79,8 @@ const isRateLimit = (err: unknown) => err instanceof RateLimitError;
 
 export function runStage<T>(options: StageOptions<T>): Worker<T> {
   const { queue, logger, metrics, parse, subject, ordered = false } = options;
-  const name = queue.name;
+  // Metrics and logs name the queue without its hash tag (src/shared/queues.ts).
+  const name = queueLabel(queue.name);
   const concurrency = options.concurrency ?? 1;
   if (ordered && concurrency !== 1) throw new TypeError(`runStage: the ordered stage ${name} runs one job at a time (concurrency 1)`);
   const failureLog = options.failureLog ?? 'runner';
@@ -111,7 +113,7 @@ export function runStage<T>(options: StageOptions<T>): Worker<T> {
     }
   };
 
-  const worker = new Worker<T>(name, processor, {
+  const worker = new Worker<T>(queue.name, processor, {
     connection: options.connection,
     prefix: queue.opts.prefix ?? 'bull',
     concurrency,

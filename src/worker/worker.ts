@@ -24,7 +24,7 @@ import { DeviceRegistry } from './registry/registry.js';
 import { createRejectedWorker } from './stages/rejected-worker.js';
 import { StartupError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
-import { connectRedis } from '../shared/redis.js';
+import { connectRedis, redisWhere } from '../shared/redis.js';
 import { withTimeout } from '../shared/timeout.js';
 
 export type WorkerConfig = Config<'common' | 'mqtt' | 'database' | 'registry' | 'worker' | 'keen'>;
@@ -56,11 +56,11 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
   };
   try {
     await checkDatabase(registry, config.DATABASE_URL);
-    const redis = await connectRedis(config.REDIS_URL);
+    const redis = await connectRedis(config);
     cleanups.push(() => redis.quit());
     const queues = openQueues(redis, config.QUEUE_PREFIX, config.KEEN_ATTEMPTS);
     cleanups.push(() => queues.close());
-    watch.redis(redis, config.REDIS_URL, 'jobs wait until it is back');
+    watch.redis(redis, redisWhere(config), 'jobs wait until it is back');
     watch.bullmq(allQueues(queues));
     const publisher = await AssociationPublisher.connect(brokerSettings(config), config.MQTT_CLIENT_ID, logger, config.ASSOCIATION_TOPIC);
     cleanups.push(() => publisher.close());

@@ -84,6 +84,7 @@ describe('dashboard in a browser', () => {
     dashboard = await startDashboard(
       {
         REDIS_URL: services.redis,
+        REDIS_CLUSTER_NODES: [],
         QUEUE_PREFIX: prefix,
         LOG_LEVEL: 'silent',
         DASHBOARD_PORT: 0,
@@ -226,6 +227,7 @@ describe('dashboard in a browser while Redis is down', () => {
     dashboard = await startDashboard(
       {
         REDIS_URL: redis.url,
+        REDIS_CLUSTER_NODES: [],
         QUEUE_PREFIX: randomPrefix('browser-outage'),
         LOG_LEVEL: 'silent',
         DASHBOARD_PORT: 0,

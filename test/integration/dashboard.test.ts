@@ -28,6 +28,7 @@ const GOOD = { authorization: basic(USER, PASSWORD) };
 function configFor(prefix: string, overrides: Partial<DashboardConfig> = {}): DashboardConfig {
   return {
     REDIS_URL: services.redis,
+    REDIS_CLUSTER_NODES: [],
     QUEUE_PREFIX: prefix,
     LOG_LEVEL: 'silent',
     DASHBOARD_PORT: 0,

@@ -28,6 +28,7 @@ type StoredLampState = LampStatesJob['states'][number];
 function configFor(prefix: string, overrides: Partial<SubscriberConfig> = {}): SubscriberConfig {
   return {
     REDIS_URL: services.redis,
+    REDIS_CLUSTER_NODES: [],
     QUEUE_PREFIX: prefix,
     LOG_LEVEL: 'silent',
     MQTT_URL: services.mqtt,

@@ -10,8 +10,13 @@ export interface DevicesRun {
 }
 
 export function runDevices(args: string[], env: Record<string, string>): Promise<DevicesRun> {
+  return runTool('devices', args, env);
+}
+
+/** One of the operator's commands (`npm run devices` or `npm run dlq`) as its own process. */
+export function runTool(tool: 'devices' | 'dlq', args: string[], env: Record<string, string>): Promise<DevicesRun> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/devices/main.ts', ...args], {
+    const child = spawn(process.execPath, ['--import', 'tsx', `src/${tool}/main.ts`, ...args], {
       cwd: ROOT,
       env: { PATH: process.env.PATH, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

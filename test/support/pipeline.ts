@@ -12,6 +12,8 @@ export interface PipelineOptions {
   subscriberEnv?: Record<string, string>;
   /** How long each process may take to say it is ready (a loaded machine starts tsx slowly). */
   readyTimeoutMs?: number;
+  /** Where both processes find Redis instead of services.redis, e.g. `{ REDIS_CLUSTER_NODES }`. */
+  redisEnv?: Record<string, string>;
 }
 
 export interface Pipeline {
@@ -24,7 +26,14 @@ export interface Pipeline {
 
 export async function startPipeline(options: PipelineOptions): Promise<Pipeline> {
   const { services, prefix } = options;
-  const common = { REDIS_URL: services.redis, QUEUE_PREFIX: prefix, MQTT_URL: services.mqtt, MQTT_CLIENT_ID: prefix, METRICS_PORT: '0' };
+  const common = {
+    REDIS_URL: services.redis,
+    QUEUE_PREFIX: prefix,
+    MQTT_URL: services.mqtt,
+    MQTT_CLIENT_ID: prefix,
+    METRICS_PORT: '0',
+    ...options.redisEnv,
+  };
   const worker = startService('worker', {
     ...common,
     DATABASE_URL: options.databaseUrl,

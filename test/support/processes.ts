@@ -86,7 +86,7 @@ export function manage(child: ChildProcess): ManagedProcess {
 }
 
 /** A Redis of the test's own. With `appendonly`, a restart on the same dir keeps its data. */
-export async function startRedis(options: { port?: number; dir?: string; appendonly?: boolean } = {}) {
+export async function startRedis(options: { port?: number; dir?: string; appendonly?: boolean; args?: string[] } = {}) {
   const port = options.port ?? (await freePort());
   const dir = options.dir ?? mkdtempSync(path.join(tmpdir(), 'lampi-redis-'));
   const child = spawn(
@@ -106,6 +106,7 @@ export async function startRedis(options: { port?: number; dir?: string; appendo
       dir,
       '--maxmemory-policy',
       'noeviction',
+      ...(options.args ?? []),
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
@@ -165,7 +166,7 @@ export function startService(
 }
 
 /** Waits until a service logs the given message (pino JSON `msg`). */
-export function waitForLog(proc: ManagedProcess, msg: string, timeoutMs = 20_000): Promise<void> {
+export function waitForLog(proc: ManagedProcess, msg: string, timeoutMs = 60_000): Promise<void> {
   return waitFor(
     `"${msg}" in the log`,
     () =>

@@ -28,6 +28,8 @@ describe('loadConfig: defaults', () => {
   it('gives the worker every default when only its required settings are set', () => {
     expect(loadConfig(WORKER, WORKER_ENV)).toEqual({
       REDIS_URL: 'redis://127.0.0.1:6379',
+      REDIS_CLUSTER_NODES: [],
+      REDIS_PASSWORD: undefined,
       QUEUE_PREFIX: 'lampi',
       LOG_LEVEL: 'info',
       MQTT_URL: 'mqtt://127.0.0.1:1883',
@@ -61,7 +63,13 @@ describe('loadConfig: defaults', () => {
 
   it('reads only the variables of the sections asked for', () => {
     const config = loadConfig(['common'], { HOME: '/root', KEEN_WRITE_KEY: 'x', QUEUE_PREFIX: 'p' });
-    expect(config).toEqual({ REDIS_URL: 'redis://127.0.0.1:6379', QUEUE_PREFIX: 'p', LOG_LEVEL: 'info' });
+    expect(config).toEqual({
+      REDIS_URL: 'redis://127.0.0.1:6379',
+      REDIS_CLUSTER_NODES: [],
+      REDIS_PASSWORD: undefined,
+      QUEUE_PREFIX: 'p',
+      LOG_LEVEL: 'info',
+    });
   });
 
   it('uses what is set, turning numbers into numbers', () => {
@@ -188,5 +196,10 @@ describe('comma-separated settings', () => {
       /TLS_SERVER_NAMES.*host names or IP addresses/,
     );
     expect(configError(['secrets'], { TLS_SERVER_NAMES: ' , ' })).toMatch(/TLS_SERVER_NAMES.*at least one/);
+    expect(loadConfig(['common'], { REDIS_CLUSTER_NODES: 'redis-1:7000, 10.0.0.7:7001' }).REDIS_CLUSTER_NODES).toEqual([
+      'redis-1:7000',
+      '10.0.0.7:7001',
+    ]);
+    expect(configError(['common'], { REDIS_CLUSTER_NODES: 'redis-1:7000,redis://redis-2:7001' })).toMatch(/REDIS_CLUSTER_NODES.*host:port/);
   });
 });

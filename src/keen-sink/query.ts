@@ -9,7 +9,8 @@
  */
 import type pg from 'pg';
 import { unstorableText } from '../shared/text.js';
-import { EARLIEST, LATEST, LIMITS, own, parseDateTime } from './events.js';
+import { EARLIEST, LATEST, parseDateTime } from '../shared/keen/protocol.js';
+import { MAX_DEPTH, own } from './events.js';
 import { fixedOffset, fromWallClock, parseTimeZone, toWallClock, type TimeZone } from './timezone.js';
 
 export const ANALYSES = [
@@ -110,8 +111,8 @@ export function propertyPath(name: unknown, what: string): string[] {
   const path = name.split('.');
   if (path.some((key) => key.length === 0))
     throw new QueryError('InvalidParameterError', `${what} "${name.slice(0, 80)}" has an empty segment.`);
-  if (path.length > LIMITS.depth)
-    throw new QueryError('InvalidParameterError', `${what} has ${path.length} segments; events nest at most ${LIMITS.depth} levels deep.`);
+  if (path.length > MAX_DEPTH)
+    throw new QueryError('InvalidParameterError', `${what} has ${path.length} segments; events nest at most ${MAX_DEPTH} levels deep.`);
   return path;
 }
 
@@ -120,7 +121,7 @@ function valueProblem(root: unknown): string | undefined {
   const stack: Array<[unknown, number]> = [[root, 0]];
   while (stack.length > 0) {
     const [value, depth] = stack.pop()!;
-    if (depth > LIMITS.depth) return `nests deeper than ${LIMITS.depth} levels`;
+    if (depth > MAX_DEPTH) return `nests deeper than ${MAX_DEPTH} levels`;
     if (typeof value === 'string') {
       const text = unstorableText(value);
       if (text) return `contains ${text}`;

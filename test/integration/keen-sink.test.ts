@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createLogger } from '../../src/shared/logger.js';
-import { dateTimeInfo } from '../../src/keen-sink/events.js';
+import { dateTimeInfo } from '../../src/shared/keen/envelope.js';
 import { buildSql, parseQuery, parseTimeframe } from '../../src/keen-sink/query.js';
 import { MIGRATIONS_TABLE, startKeenSink, type KeenSink } from '../../src/keen-sink/server.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';

@@ -6,7 +6,8 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { buildKeenEvent, type KeenEvent } from '../../src/shared/events.js';
-import { KeenClient, KeenRequestError, parseRetryAfter } from '../../src/worker/keen/client.js';
+import { KeenRequestError, parseRetryAfter } from '../../src/shared/keen/errors.js';
+import { KeenClient } from '../../src/worker/keen/client.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { freePort } from '../support/processes.js';
 

@@ -31,8 +31,8 @@ import type { Metrics } from '../../shared/metrics.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
 import { addDeadLetter } from '../dead-letter-worker.js';
 import { runStage } from '../stage-runner.js';
-import { KeenEventRejected } from './batcher.js';
-import { DEFAULT_RATE_LIMIT_MS, KeenRequestError } from './client.js';
+import { KeenEventRejected, KeenRequestError } from '../../shared/keen/errors.js';
+import { DEFAULT_RATE_LIMIT_MS } from './client.js';
 
 export interface KeenDeliveryWorkerOptions {
   connection: ConnectionOptions;

@@ -134,8 +134,13 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   const authorize = (req: IncomingMessage, url: URL, key: string) => {
     const given = req.headers.authorization ?? url.searchParams.get('api_key') ?? undefined;
     if (given === undefined || given === '')
-      throw new HttpError(401, KEEN_REQUEST_ERRORS.apiKey, "An API key is required: send it in the 'Authorization' header or as ?api_key=.");
-    if (!keyMatches(given, key)) throw new HttpError(401, KEEN_REQUEST_ERRORS.apiKey, 'The API key is not valid for this project and operation.');
+      throw new HttpError(
+        401,
+        KEEN_REQUEST_ERRORS.apiKey,
+        "An API key is required: send it in the 'Authorization' header or as ?api_key=.",
+      );
+    if (!keyMatches(given, key))
+      throw new HttpError(401, KEEN_REQUEST_ERRORS.apiKey, 'The API key is not valid for this project and operation.');
   };
 
   const reportAddons = (events: PreparedEvent[]) => {

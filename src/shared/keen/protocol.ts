@@ -91,7 +91,9 @@ export function checkCollectionName(name: unknown, rules: StoreRules = {}): Chec
   if (typeof name !== 'string') return invalid('Collection names must be strings.');
   if (name.length === 0) return invalid('Collection names must not be empty.');
   if (name.length > KEEN_LIMITS.collectionName)
-    return invalid(`Collection names must be at most ${KEEN_LIMITS.collectionName} characters: "${name.slice(0, 80)}..." has ${name.length}.`);
+    return invalid(
+      `Collection names must be at most ${KEEN_LIMITS.collectionName} characters: "${name.slice(0, 80)}..." has ${name.length}.`,
+    );
   if (name.startsWith('$')) return invalid(`Collection names must not start with "$": "${name}".`);
   const problem = rules.name?.(name);
   if (problem) return invalid(`Collection names ${problem}.`);

@@ -277,17 +277,17 @@ describe('the envelope and the date-time parser add-on', () => {
   });
 
   it("outputs Keen's fields, in UTC", () => {
-    expect(dateTimeInfo(new Date('2024-12-29T21:59:58.123Z'))).toEqual({
-      millisecond: 123,
-      second: 58,
-      minute: 59,
-      hour: 21,
-      day_of_week: 7,
-      day_of_week_string: 'Sunday',
-      day_of_month: 29,
-      week: 52,
-      month: 12,
-      year: 2024,
+    expect(dateTimeInfo(new Date('2026-03-18T15:42:10.007Z'))).toEqual({
+      millisecond: 7,
+      second: 10,
+      minute: 42,
+      hour: 15,
+      day_of_week: 3,
+      day_of_week_string: 'Wednesday',
+      day_of_month: 18,
+      week: 12,
+      month: 3,
+      year: 2026,
       timezone_offset: 0,
     });
   });

@@ -1,7 +1,7 @@
 /**
- * A Keen-compatible write endpoint for the bench: the same wire format as Keen (and as
- * test/support/fake-keen.ts), built to keep up with the pipeline at full speed and to record,
- * per event, when it was accepted.
+ * A Keen-compatible write endpoint for the bench: the same wire format and rules as Keen (both
+ * from src/shared/keen/, as test/support/fake-keen.ts's), built to keep up with the pipeline at
+ * full speed and to record, per event, when it was accepted.
  *
  * - `POST /3.0/projects/{id}/events` (bulk, `{collection: [events]}`) answers 200 with one
  *   `{success: true}` (or `{success: false, error}`) per event, in order;
@@ -15,12 +15,13 @@
  * under a distinct token (a second one is a duplicate event, which Keen would not drop), the
  * publish time, the subscriber's receipt time (`keen.timestamp`) and the acceptance time.
  *
- * Events are validated (test/support/fake-keen.ts's rules) one in `validateEvery`: every one in
+ * Events are validated (Keen's rules, src/shared/keen/protocol.ts) one in `validateEvery`: every one in
  * --quick runs, a sample at full speed, where validating all would take CPU from the pipeline.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { validateCollectionName, validateEvent, type KeenEventError } from '../test/support/fake-keen.js';
+import { KEEN_EVENT_ERRORS, KEEN_REQUEST_ERRORS, keenErrorBody, type KeenEventError } from '../src/shared/keen/errors.js';
+import { checkBulkBody, checkCollectionName, checkEvent, matchEventsPath } from '../src/shared/keen/protocol.js';
 
 export interface RecorderOptions {
   projectId: string;
@@ -94,7 +95,6 @@ export interface KeenRecorder {
   close(): Promise<void>;
 }
 
-const EVENTS_PATH = /^\/3\.0\/projects\/([^/]+)\/events(?:\/([^/?]+))?\/?(?:\?.*)?$/;
 const SUCCESS = '{"success":true}';
 
 export async function startRecorder(options: RecorderOptions): Promise<KeenRecorder> {
@@ -116,13 +116,14 @@ export async function startRecorder(options: RecorderOptions): Promise<KeenRecor
   const store = (collection: string, event: unknown, now: number): KeenEventError | undefined => {
     counters.eventsReceived += 1;
     if (validated++ % validateEvery === 0) {
-      const problem = validateCollectionName(collection) ?? validateEvent(event);
-      if (problem) {
-        if (invalid.length < 100) invalid.push(problem);
-        return problem;
+      const name = checkCollectionName(collection);
+      const checked = name.ok ? checkEvent(event) : name;
+      if (!checked.ok) {
+        if (invalid.length < 100) invalid.push(checked.error);
+        return checked.error;
       }
     } else if (typeof event !== 'object' || event === null || Array.isArray(event)) {
-      const problem = { name: 'InvalidEventError', description: 'An event must be a JSON object.' };
+      const problem = { name: KEEN_EVENT_ERRORS.event, description: 'An event must be a JSON object.' };
       if (invalid.length < 100) invalid.push(problem);
       return problem;
     }
@@ -173,36 +174,34 @@ export async function startRecorder(options: RecorderOptions): Promise<KeenRecor
     res.end(body);
   };
   const apiError = (res: ServerResponse, status: number, code: string, message: string) =>
-    reply(res, status, JSON.stringify({ message, error_code: code }));
+    reply(res, status, JSON.stringify(keenErrorBody(code, message)));
 
   const handle = (req: IncomingMessage, res: ServerResponse, body: Buffer) => {
     counters.requests += 1;
-    const match = EVENTS_PATH.exec(req.url ?? '');
-    if (!match) return apiError(res, 404, 'ResourceNotFoundError', 'No such resource.');
-    if (req.method !== 'POST') return apiError(res, 405, 'MethodNotAllowedError', 'POST only.');
-    if (decodeURIComponent(match[1]!) !== projectId) return apiError(res, 404, 'ProjectNotFoundError', 'Project not found.');
-    if (req.headers.authorization !== writeKey) return apiError(res, 401, 'InvalidApiKeyError', 'The API key is invalid for this project.');
+    const match = matchEventsPath((req.url ?? '').split('?')[0]!);
+    if (!match.ok) return apiError(res, 404, KEEN_REQUEST_ERRORS.notFound, 'No such resource.');
+    if (req.method !== 'POST') return apiError(res, 405, KEEN_REQUEST_ERRORS.method, 'POST only.');
+    if (match.projectId !== projectId) return apiError(res, 404, KEEN_REQUEST_ERRORS.project, 'Project not found.');
+    if (req.headers.authorization !== writeKey)
+      return apiError(res, 401, KEEN_REQUEST_ERRORS.apiKey, 'The API key is invalid for this project.');
     let parsed: unknown;
     try {
       parsed = JSON.parse(body.toString('utf8'));
     } catch {
-      return apiError(res, 400, 'InvalidJSONError', 'The request body is not valid JSON.');
+      return apiError(res, 400, KEEN_REQUEST_ERRORS.json, 'The request body is not valid JSON.');
     }
     const now = Date.now();
-    if (match[2] !== undefined) {
+    if (match.collection !== undefined) {
       counters.singleRequests += 1;
-      const problem = store(decodeURIComponent(match[2]), parsed, now);
+      const problem = store(match.collection, parsed, now);
       if (problem) return apiError(res, 400, problem.name, problem.description);
       return reply(res, 201, '{"created":true}');
     }
     counters.bulkRequests += 1;
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-      return apiError(res, 400, 'InvalidEventError', 'A bulk request must be an object of collections to arrays of events.');
-    }
+    const bulk = checkBulkBody(parsed);
+    if (!bulk.ok) return apiError(res, 400, bulk.error.name, bulk.error.description);
     const parts: string[] = [];
-    for (const [collection, list] of Object.entries(parsed)) {
-      if (!Array.isArray(list))
-        return apiError(res, 400, 'InvalidEventError', `The value of ${JSON.stringify(collection)} must be an array.`);
+    for (const [collection, list] of bulk.value) {
       const results: string[] = [];
       for (const event of list) {
         const problem = store(collection, event, now);

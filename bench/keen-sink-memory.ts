@@ -19,7 +19,7 @@ import { createServer } from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { DEFAULT_MAX_RESULT_BYTES } from '../src/keen-sink/query.js';
+import { DEFAULT_KEEN_SINK_MAX_RESULT_BYTES } from '../src/shared/config.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -131,7 +131,7 @@ try {
   await admin.end();
   const db = new pg.Pool({ connectionString: url.toString(), max: 1 });
   // The sink's own migrations create the table: start it once, then fill.
-  await measure(DEFAULT_MAX_RESULT_BYTES).catch(() => undefined);
+  await measure(DEFAULT_KEEN_SINK_MAX_RESULT_BYTES).catch(() => undefined);
   await db.query(
     `INSERT INTO keen_events (id, project_id, collection, keen_timestamp, keen_created_at, event)
      SELECT lpad(to_hex(g), 24, '0'), $1, 'devicestate', now() - g * interval '1 second', now(),
@@ -142,13 +142,13 @@ try {
   const { rows } = await db.query(`SELECT pg_size_pretty(sum(octet_length(event::text))) AS size FROM keen_events`);
   await db.end();
   process.stdout.write(`${EVENTS.toLocaleString('en')} events of about ${PAD} bytes: ${rows[0].size} of JSON\n`);
-  const capped = await measure(DEFAULT_MAX_RESULT_BYTES);
+  const capped = await measure(DEFAULT_KEEN_SINK_MAX_RESULT_BYTES);
   const uncapped = await measure(2 ** 31);
   const line = (label: string, f: Figures) =>
     `${label}: RSS ${f.startMb.toFixed(0)} MB at start, ${f.firstMb.toFixed(0)} MB after the first ` +
     `extraction, ${f.afterMb.toFixed(0)} MB after all ${QUERIES + 2} queries, peak ` +
     `${f.peakMb.toFixed(0)} MB; slowest /healthz ${f.slowestHealthMs.toFixed(0)} ms (${f.statuses})\n`;
-  process.stdout.write(line(`limit ${DEFAULT_MAX_RESULT_BYTES} bytes (default)`, capped));
+  process.stdout.write(line(`limit ${DEFAULT_KEEN_SINK_MAX_RESULT_BYTES} bytes (default)`, capped));
   process.stdout.write(line('limit 2 GiB (no effective limit)', uncapped));
   process.stdout.write(
     `ratio without / with the limit: peak RSS above start ` +

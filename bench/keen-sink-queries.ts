@@ -33,6 +33,7 @@ import pg from 'pg';
 import { createLogger } from '../src/shared/logger.js';
 import { parseQuery, parseTimeframe, runQuery, type Analysis } from '../src/keen-sink/query.js';
 import { startKeenSink } from '../src/keen-sink/server.js';
+import { eventsPath } from '../src/shared/keen/protocol.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -218,7 +219,7 @@ async function queries(): Promise<boolean> {
 
 async function bulkWrites(): Promise<number> {
   const requests = Math.ceil(WRITES / BATCH);
-  const target = new URL(`/3.0/projects/${PROJECT}/events`, sink.url);
+  const target = new URL(eventsPath(PROJECT), sink.url);
   const bodies = Array.from({ length: requests }, (_, r) =>
     JSON.stringify({
       devicestate: Array.from({ length: Math.min(BATCH, WRITES - r * BATCH) }, (_, i) => ({

@@ -11,7 +11,7 @@
  */
 import { createRequire } from 'node:module';
 import mqtt from 'mqtt';
-import { DATE_TIME_PARSER } from '../src/shared/events.js';
+import { DATE_TIME_PARSER } from '../src/shared/keen/envelope.js';
 
 interface KeenTrackingClient {
   recordEvent(collection: string, event: object): Promise<unknown>;

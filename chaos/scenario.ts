@@ -13,6 +13,7 @@ import mqtt from 'mqtt';
 import pg from 'pg';
 import { applyMigrations } from '../src/shared/migrations.js';
 import type { DeadLetterJob, RejectedMessageJob } from '../src/shared/jobs.js';
+import { KEEN_EVENT_ERRORS } from '../src/shared/keen/errors.js';
 import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../src/shared/queues.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../test/support/fake-keen.js';
 import { freePort, sleep, ROOT } from '../test/support/processes.js';
@@ -176,7 +177,7 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
     const keenFault = (apply?: (k: FakeKeen) => void) => {
       fakeKeen.clearFaults();
       fakeKeen.rejectEvents((_collection, event) =>
-        isPoison(event) ? { name: 'InvalidPropertyValueError', description: 'poison: refused for good by the chaos run' } : undefined,
+        isPoison(event) ? { name: KEEN_EVENT_ERRORS.propertyValue, description: 'poison: refused for good by the chaos run' } : undefined,
       );
       apply?.(fakeKeen);
     };
@@ -529,7 +530,7 @@ export async function runChaos(options: RunOptions): Promise<RunResult> {
       deadKeys.set(key, job.data);
       if (!fleet.poisoned.has(key))
         problems.push(`dead letter ${key} (${job.data.collection}) is not a poison event: ${job.data.lastError?.message}`);
-      else if (!job.data.lastError?.message || job.data.lastError.code !== 'InvalidPropertyValueError')
+      else if (!job.data.lastError?.message || job.data.lastError.code !== KEEN_EVENT_ERRORS.propertyValue)
         problems.push(`dead letter ${key} lacks Keen's error: ${JSON.stringify(job.data.lastError)}`);
     }
     for (const key of fleet.poisoned) if (!deadKeys.has(key)) problems.push(`poison event ${key} is not in the dead-letter queue`);

@@ -5,6 +5,7 @@
  * so the answer costs the number of collections, not of events. Only reads.
  */
 import type pg from 'pg';
+import { eventsPath } from '../shared/keen/protocol.js';
 
 /** A project with more collections than this is answered with the first ones by name. */
 export const MAX_COLLECTIONS = 1000;
@@ -58,6 +59,6 @@ export async function listCollections(db: pg.Pool, projectId: string): Promise<C
   return rows.map((row) => ({
     name: row.name,
     properties: describeProperties(row.latest),
-    url: `/3.0/projects/${projectId}/events/${encodeURIComponent(row.name)}`,
+    url: eventsPath(projectId, row.name),
   }));
 }

@@ -8,8 +8,8 @@
  * Answer: {result: [counts], steps: [steps with defaults filled], actors?: [list or null]}.
  */
 import type pg from 'pg';
+import { DEFAULT_KEEN_SINK_MAX_RESULT_BYTES } from '../shared/config.js';
 import {
-  DEFAULT_MAX_RESULT_BYTES,
   isObject,
   parseQuery,
   propertyPath,
@@ -85,7 +85,7 @@ export function parseFunnel(params: Record<string, unknown>, now = new Date()): 
 export function buildFunnelSql(
   projectId: string,
   steps: FunnelStep[],
-  maxActorBytes = DEFAULT_MAX_RESULT_BYTES,
+  maxActorBytes = DEFAULT_KEEN_SINK_MAX_RESULT_BYTES,
 ): { text: string; values: unknown[] } {
   const sql = new Statement();
   const ctes: string[] = [];
@@ -122,7 +122,7 @@ export async function runFunnel(
   steps: FunnelStep[],
   options: RunOptions = {},
 ): Promise<Record<string, unknown>> {
-  const maxBytes = options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES;
+  const maxBytes = options.maxResultBytes ?? DEFAULT_KEEN_SINK_MAX_RESULT_BYTES;
   // The limit is shared by every list of actors asked for.
   const lists = steps.filter((step) => step.withActors).length;
   const { text, values } = buildFunnelSql(projectId, steps, Math.floor(maxBytes / Math.max(1, lists)));

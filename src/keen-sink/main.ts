@@ -1,16 +1,16 @@
 /**
- * `npm run keen-sink`: a Keen-compatible analytics store over PostgreSQL (see docs/keen-sink.md).
+ * `npm run keen-sink`: a Keen-compatible analytics store over PostgreSQL (see README.md here).
  * Applies its own migrations (src/keen-sink/migrations, bookkeeping in _keen_sink_migrations)
  * on start. A startup problem is one line on stderr and exit 1.
  */
+import { loadConfig } from '../shared/config.js';
 import { createLogger } from '../shared/logger.js';
 import { runService } from '../shared/process.js';
-import { loadKeenSinkConfig } from './config.js';
 import { startKeenSink } from './server.js';
 import { safeUrl } from '../shared/redact.js';
 
 await runService('keen-sink', async () => {
-  const config = loadKeenSinkConfig();
+  const config = loadConfig(['common', 'keenSink']);
   const logger = createLogger('keen-sink', config.LOG_LEVEL);
   const sink = await startKeenSink({
     databaseUrl: config.KEEN_SINK_DATABASE_URL,

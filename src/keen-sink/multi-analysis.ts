@@ -9,8 +9,8 @@
  * Labels are the caller's strings, so they only ever become own properties of fresh objects.
  */
 import type pg from 'pg';
+import { DEFAULT_KEEN_SINK_MAX_RESULT_BYTES } from '../shared/config.js';
 import {
-  DEFAULT_MAX_RESULT_BYTES,
   isAnalysis,
   isObject,
   parseQuery,
@@ -109,7 +109,7 @@ export async function runMultiAnalysis(
   options: RunOptions = {},
 ): Promise<unknown> {
   // The answer holds every label's result: they share the limit.
-  const maxResultBytes = Math.floor((options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES) / parsed.queries.length);
+  const maxResultBytes = Math.floor((options.maxResultBytes ?? DEFAULT_KEEN_SINK_MAX_RESULT_BYTES) / parsed.queries.length);
   const results = await Promise.all(parsed.queries.map((query) => runQuery(db, projectId, query, { ...options, maxResultBytes })));
   return merge(parsed.labels, parsed.queries[0]!, results);
 }

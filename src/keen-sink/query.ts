@@ -9,7 +9,9 @@
  */
 import type pg from 'pg';
 import { unstorableText } from '../shared/text.js';
-import { EARLIEST, LATEST, LIMITS, own, parseDateTime } from './events.js';
+import { DEFAULT_KEEN_SINK_MAX_RESULT_BYTES } from '../shared/config.js';
+import { EARLIEST, LATEST, parseDateTime } from '../shared/keen/protocol.js';
+import { MAX_DEPTH, own } from './events.js';
 import { fixedOffset, fromWallClock, parseTimeZone, toWallClock, type TimeZone } from './timezone.js';
 
 export const ANALYSES = [
@@ -55,8 +57,6 @@ export const MAX_EXTRACTION = 100_000;
 /** Filters per query, and names per extraction's property_names: far above any real query, low enough to bound the work. */
 export const MAX_FILTERS = 100;
 export const MAX_PROPERTY_NAMES = 100;
-/** Default of KEEN_SINK_MAX_RESULT_BYTES: the most one answer may hold, as JSON. */
-export const DEFAULT_MAX_RESULT_BYTES = 32 * 1024 * 1024;
 
 const OPERATORS = ['eq', 'ne', 'lt', 'lte', 'gt', 'gte', 'exists', 'in', 'contains'] as const;
 type Operator = (typeof OPERATORS)[number];
@@ -110,8 +110,8 @@ export function propertyPath(name: unknown, what: string): string[] {
   const path = name.split('.');
   if (path.some((key) => key.length === 0))
     throw new QueryError('InvalidParameterError', `${what} "${name.slice(0, 80)}" has an empty segment.`);
-  if (path.length > LIMITS.depth)
-    throw new QueryError('InvalidParameterError', `${what} has ${path.length} segments; events nest at most ${LIMITS.depth} levels deep.`);
+  if (path.length > MAX_DEPTH)
+    throw new QueryError('InvalidParameterError', `${what} has ${path.length} segments; events nest at most ${MAX_DEPTH} levels deep.`);
   return path;
 }
 
@@ -120,7 +120,7 @@ function valueProblem(root: unknown): string | undefined {
   const stack: Array<[unknown, number]> = [[root, 0]];
   while (stack.length > 0) {
     const [value, depth] = stack.pop()!;
-    if (depth > LIMITS.depth) return `nests deeper than ${LIMITS.depth} levels`;
+    if (depth > MAX_DEPTH) return `nests deeper than ${MAX_DEPTH} levels`;
     if (typeof value === 'string') {
       const text = unstorableText(value);
       if (text) return `contains ${text}`;
@@ -696,7 +696,7 @@ export function shapeResult(query: ParsedQuery, rawRows: Row[]): unknown {
 // ---- reading ----------------------------------------------------------------------------
 
 export interface RunOptions {
-  /** The most one answer may hold, as JSON bytes; larger answers are refused with advice on paging. Default DEFAULT_MAX_RESULT_BYTES. */
+  /** The most one answer may hold, as JSON bytes; larger answers are refused with advice on paging. Default KEEN_SINK_MAX_RESULT_BYTES's. */
   maxResultBytes?: number;
   /** Answer with the plain SQL only, never a fast path: for tests and the bench, which compare the two. */
   plain?: boolean;
@@ -755,7 +755,7 @@ async function readRows(
 const rowBytes = (row: Row) => Object.values(row).reduce((sum, text) => sum + (text === null ? 4 : Buffer.byteLength(text)), 0);
 
 export async function runQuery(db: pg.Pool, projectId: string, query: ParsedQuery, options: RunOptions = {}): Promise<unknown> {
-  const maxBytes = options.maxResultBytes ?? DEFAULT_MAX_RESULT_BYTES;
+  const maxBytes = options.maxResultBytes ?? DEFAULT_KEEN_SINK_MAX_RESULT_BYTES;
   const built = options.plain ? buildSql(projectId, query) : planSql(projectId, query);
   if (query.analysis === 'extraction') {
     const events: string[] = [];

@@ -19,7 +19,9 @@ import pg from 'pg';
 import type { Logger } from '../shared/logger.js';
 import { ensureDatabase } from '../shared/postgres.js';
 import { applyMigrations } from '../shared/migrations.js';
-import { collectionNameProblem, LIMITS, prepareEvent, type EventError, type PreparedEvent } from './events.js';
+import { KEEN_EVENT_ERRORS, KEEN_REQUEST_ERRORS, keenErrorBody } from '../shared/keen/errors.js';
+import { checkBulkBody, KEEN_LIMITS, TOO_LARGE, UNIQUENESS_WINDOW_DAYS, type KeenRefusal } from '../shared/keen/protocol.js';
+import { collectionNameProblem, prepareEvent, type PreparedEvent } from './events.js';
 import { answerQuery, isQueryName, QUERY_NAMES } from './analyses.js';
 import { listCollections } from './collections.js';
 import { Cors } from './cors.js';
@@ -100,7 +102,7 @@ function parseJson(body: Buffer): unknown {
   try {
     return JSON.parse(body.toString('utf8'));
   } catch {
-    throw new HttpError(400, 'InvalidJsonError', 'The request body is not valid JSON.');
+    throw new HttpError(400, KEEN_REQUEST_ERRORS.json, 'The request body is not valid JSON.');
   }
 }
 
@@ -132,8 +134,13 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   const authorize = (req: IncomingMessage, url: URL, key: string) => {
     const given = req.headers.authorization ?? url.searchParams.get('api_key') ?? undefined;
     if (given === undefined || given === '')
-      throw new HttpError(401, 'InvalidApiKeyError', "An API key is required: send it in the 'Authorization' header or as ?api_key=.");
-    if (!keyMatches(given, key)) throw new HttpError(401, 'InvalidApiKeyError', 'The API key is not valid for this project and operation.');
+      throw new HttpError(
+        401,
+        KEEN_REQUEST_ERRORS.apiKey,
+        "An API key is required: send it in the 'Authorization' header or as ?api_key=.",
+      );
+    if (!keyMatches(given, key))
+      throw new HttpError(401, KEEN_REQUEST_ERRORS.apiKey, 'The API key is not valid for this project and operation.');
   };
 
   const reportAddons = (events: PreparedEvent[]) => {
@@ -163,15 +170,15 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     try {
       collection = decodeURIComponent(collectionSegment);
     } catch {
-      throw new HttpError(400, 'InvalidCollectionNameError', 'The collection name in the URL is not valid percent-encoding.');
+      throw new HttpError(400, KEEN_EVENT_ERRORS.collectionName, 'The collection name in the URL is not valid percent-encoding.');
     }
-    const { body, tooLarge } = await readBody(req, LIMITS.eventBytes);
-    if (tooLarge) throw new HttpError(413, 'EventTooLargeError', `An event may be at most ${LIMITS.eventBytes} bytes.`);
-    const prepared = prepareEvent(collection, parseJson(body), new Date());
+    const { body, tooLarge } = await readBody(req, KEEN_LIMITS.eventBytes);
+    if (tooLarge) throw new HttpError(413, KEEN_EVENT_ERRORS.tooLarge, TOO_LARGE.event);
+    const prepared = prepareEvent(collection, parseJson(body), new Date(), body.length);
     if (!prepared.ok) throw new HttpError(400, prepared.error.name, prepared.error.description);
     const [outcome] = await storeEvents(db, options.projectId, [prepared.value]);
     reportRefusal(prepared.value, outcome);
-    if (outcome?.status === 'refused') throw new HttpError(400, 'InvalidPropertyValueError', outcome.problem);
+    if (outcome?.status === 'refused') throw new HttpError(400, KEEN_EVENT_ERRORS.propertyValue, outcome.problem);
     reportAddons([prepared.value]);
     if (outcome?.status === 'duplicate') {
       send(res, 200, { created: false, duplicate: true, message: duplicateMessage });
@@ -181,36 +188,21 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   }
 
   async function writeMany(req: IncomingMessage, res: ServerResponse) {
-    const { body, tooLarge } = await readBody(req, LIMITS.bulkBytes);
-    if (tooLarge) throw new HttpError(413, 'RequestTooLargeError', `A bulk request may be at most ${LIMITS.bulkBytes} bytes.`);
-    const batch = parseJson(body);
-    if (typeof batch !== 'object' || batch === null || Array.isArray(batch)) {
-      throw new HttpError(400, 'InvalidEventError', 'A bulk request body must be an object of {collection: [events]}.');
-    }
+    const { body, tooLarge } = await readBody(req, KEEN_LIMITS.bulkBytes);
+    if (tooLarge) throw new HttpError(413, KEEN_REQUEST_ERRORS.tooLarge, TOO_LARGE.bulk);
+    const batch = checkBulkBody(parseJson(body));
+    if (!batch.ok) throw new HttpError(400, batch.error.name, batch.error.description);
     const now = new Date();
-    type Slot = { error: EventError } | { event: PreparedEvent };
+    type Slot = { error: KeenRefusal } | { event: PreparedEvent };
     const slots: Array<[string, Slot[]]> = [];
-    for (const [collection, events] of Object.entries(batch)) {
-      if (!Array.isArray(events))
-        throw new HttpError(400, 'InvalidEventError', `The value for collection "${collection.slice(0, 80)}" must be an array of events.`);
+    for (const [collection, events] of batch.value) {
       const problem = collectionNameProblem(collection);
-      const results = events.map((event, index): Slot => {
-        if (problem) return { error: { name: 'InvalidCollectionNameError', description: problem } };
-        // Validated first: its nesting is then bounded, so measuring it cannot overflow the stack.
+      // Alone, an oversized event is a 413; in a batch it fails alone (prepareEvent measures it),
+      // so a sender's batch of good events is not refused (and dead-lettered) whole because of one.
+      const results = events.map((event): Slot => {
+        if (problem) return { error: problem };
         const prepared = prepareEvent(collection, event, now);
-        if (!prepared.ok) return { error: prepared.error };
-        // Alone, an oversized event is a 413; in a batch it fails alone, so a sender's batch of
-        // good events is not refused (and dead-lettered) whole because of one.
-        const bytes = Buffer.byteLength(JSON.stringify(event));
-        if (bytes > LIMITS.eventBytes) {
-          return {
-            error: {
-              name: 'EventTooLargeError',
-              description: `Event ${index} of "${collection.slice(0, 80)}" has ${bytes} bytes; an event may be at most ${LIMITS.eventBytes}.`,
-            },
-          };
-        }
-        return { event: prepared.value };
+        return prepared.ok ? { event: prepared.value } : { error: prepared.error };
       });
       slots.push([collection, results]);
     }
@@ -226,7 +218,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
         if ('error' in slot) return { success: false, error: slot.error };
         const outcome = outcomeById.get(slot.event.id);
         if (outcome?.status === 'refused')
-          return { success: false, error: { name: 'InvalidPropertyValueError', description: outcome.problem } };
+          return { success: false, error: { name: KEEN_EVENT_ERRORS.propertyValue, description: outcome.problem } };
         return outcome?.status === 'duplicate' ? { success: true, duplicate: true, message: duplicateMessage } : { success: true };
       });
       response[collection] = answer;
@@ -238,7 +230,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     if (!isQueryName(analysis))
       throw new HttpError(
         404,
-        'ResourceNotFoundError',
+        KEEN_REQUEST_ERRORS.notFound,
         `Unknown analysis "${analysis.slice(0, 40)}": keen-sink answers ${QUERY_NAMES.join(', ')}.`,
       );
     // The sender names the keys: a null-prototype object, filled with own properties only, so
@@ -247,7 +239,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
     for (const [key, value] of url.searchParams) if (key !== 'api_key') params[key] = value;
     if (req.method === 'POST') {
       const { body, tooLarge } = await readBody(req, 1024 * 1024);
-      if (tooLarge) throw new HttpError(413, 'RequestTooLargeError', 'A query body may be at most 1 MiB.');
+      if (tooLarge) throw new HttpError(413, KEEN_REQUEST_ERRORS.tooLarge, 'A query body may be at most 1 MiB.');
       if (body.length > 0) {
         const parsed = parseJson(body);
         if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
@@ -283,33 +275,33 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
       }
     }
     if (parts[0] !== '3.0' || parts[1] !== 'projects' || parts.length < 4)
-      throw new HttpError(404, 'ResourceNotFoundError', `Nothing at ${url.pathname.slice(0, 200)}.`);
+      throw new HttpError(404, KEEN_REQUEST_ERRORS.notFound, `Nothing at ${url.pathname.slice(0, 200)}.`);
     if (parts[2] !== options.projectId)
-      throw new HttpError(404, 'ProjectNotFoundError', `Project ${parts[2]!.slice(0, 64)} does not exist on this keen-sink.`);
+      throw new HttpError(404, KEEN_REQUEST_ERRORS.project, `Project ${parts[2]!.slice(0, 64)} does not exist on this keen-sink.`);
     const [resource, name, ...rest] = parts.slice(3);
     if (resource === 'events' && name === undefined && req.method === 'GET') {
       authorize(req, url, options.readKey);
       return send(res, 200, await listCollections(db, options.projectId));
     }
     if (resource === 'events' && rest.length === 0) {
-      if (req.method !== 'POST') throw new HttpError(405, 'MethodNotAllowedError', 'Events are recorded with POST.');
+      if (req.method !== 'POST') throw new HttpError(405, KEEN_REQUEST_ERRORS.method, 'Events are recorded with POST.');
       authorize(req, url, options.writeKey);
       return name === undefined ? writeMany(req, res) : writeOne(req, res, name);
     }
     if (resource === 'queries' && name !== undefined && rest.length === 0) {
-      if (req.method !== 'GET' && req.method !== 'POST') throw new HttpError(405, 'MethodNotAllowedError', 'Queries use GET or POST.');
+      if (req.method !== 'GET' && req.method !== 'POST') throw new HttpError(405, KEEN_REQUEST_ERRORS.method, 'Queries use GET or POST.');
       authorize(req, url, options.readKey);
       return query(req, res, url, name);
     }
-    throw new HttpError(404, 'ResourceNotFoundError', `Nothing at ${url.pathname.slice(0, 200)}.`);
+    throw new HttpError(404, KEEN_REQUEST_ERRORS.notFound, `Nothing at ${url.pathname.slice(0, 200)}.`);
   }
 
   const server: Server = createServer((req, res) => {
     const started = process.hrtime.bigint();
     route(req, res)
       .catch((err: unknown) => {
-        if (err instanceof HttpError) return send(res, err.status, { message: err.message, error_code: err.code });
-        if (err instanceof QueryError) return send(res, 400, { message: err.message, error_code: err.code });
+        if (err instanceof HttpError) return send(res, err.status, keenErrorBody(err.code, err.message));
+        if (err instanceof QueryError) return send(res, 400, keenErrorBody(err.code, err.message));
         if ((err as { code?: string }).code === '57014') {
           return send(res, 503, {
             message: 'The query took too long and was cancelled: narrow the timeframe or filters.',
@@ -382,5 +374,4 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   };
 }
 
-const duplicateMessage =
-  'An event with this keen.uniqueness_token was already recorded in this collection within 31 days; this one was not stored again.';
+const duplicateMessage = `An event with this keen.uniqueness_token was already recorded in this collection within ${UNIQUENESS_WINDOW_DAYS} days; this one was not stored again.`;

@@ -6,7 +6,8 @@
  * it stands by itself, and its neighbours are stored.
  */
 import type pg from 'pg';
-import { UNIQUENESS_WINDOW_DAYS, type PreparedEvent } from './events.js';
+import { UNIQUENESS_WINDOW_DAYS } from '../shared/keen/protocol.js';
+import type { PreparedEvent } from './events.js';
 
 export type StoreOutcome = { status: 'created' } | { status: 'duplicate' } | { status: 'refused'; problem: string };
 

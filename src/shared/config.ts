@@ -48,8 +48,23 @@ export function brokerLoginSettings(id: string): { username: string; password: s
   return { username: `${name}_USERNAME`, password: `${name}_PASSWORD` };
 }
 
+/** KEEN_SINK_MAX_RESULT_BYTES when it is not set: the most one keen-sink answer may hold, as JSON (32 MiB). */
+export const DEFAULT_KEEN_SINK_MAX_RESULT_BYTES = 32 * 1024 * 1024;
+
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 const optionalSecret = z.string().min(1).optional();
+const postgresUrl = url(['postgres:', 'postgresql:']);
+const keenProjectId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)');
+
+/** `https://host[:port]` exactly, with no path: what a browser sends as `Origin`. */
+function isOrigin(value: string): boolean {
+  try {
+    const parsed = new URL(value);
+    return ['http:', 'https:'].includes(parsed.protocol) && parsed.origin === value;
+  } catch {
+    return false;
+  }
+}
 
 /** A comma-separated list (blanks dropped, empty by default) whose every item passes `valid`; otherwise `problem`. */
 export const commaList = (valid: (item: string) => boolean, problem: string, fallback = '') =>
@@ -120,7 +135,7 @@ const sections = {
     BROKER_ID: z.string().regex(BROKER_ID, 'lower-case letters, digits and -, at most 32').optional(),
   },
   database: {
-    DATABASE_URL: url(['postgres:', 'postgresql:']),
+    DATABASE_URL: postgresUrl,
     /** The password of DATABASE_URL's user when the URL has none (usually POSTGRES_PASSWORD_FILE); any characters. */
     POSTGRES_PASSWORD: optionalSecret,
   },
@@ -146,7 +161,7 @@ const sections = {
     UNKNOWN_DEVICE_STATES: z.enum(['record', 'reject']).default('record'),
   },
   keen: {
-    KEEN_PROJECT_ID: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'a Keen project id (letters, digits, _ or -)'),
+    KEEN_PROJECT_ID: keenProjectId,
     KEEN_WRITE_KEY: z.string().min(1),
     KEEN_API_URL: url(['http:', 'https:']).default('https://api.keen.io'),
     KEEN_TIMEOUT_MS: positiveInt(10_000),
@@ -158,6 +173,25 @@ const sections = {
     KEEN_CONCURRENCY: positiveInt(64),
     /** While Keen refuses the key or the account (401, 402, 403), how often delivery tries again. */
     KEEN_PAUSE_PROBE_MS: positiveInt(DEFAULT_KEEN_PAUSE_PROBE_MS),
+  },
+  /** keen-sink, the bundled Keen-compatible store, serving one project. */
+  keenSink: {
+    KEEN_SINK_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+    KEEN_SINK_HOST: z.string().min(1).default('0.0.0.0'),
+    /** Where its events are stored (created if missing); DATABASE_URL when unset (see FALLBACKS). */
+    KEEN_SINK_DATABASE_URL: postgresUrl,
+    /** The password of KEEN_SINK_DATABASE_URL's user when the URL has none. */
+    POSTGRES_PASSWORD: optionalSecret,
+    KEEN_PROJECT_ID: keenProjectId,
+    KEEN_WRITE_KEY: z.string().min(1),
+    KEEN_READ_KEY: z.string().min(1),
+    /** The most one query's answer may hold, as JSON bytes: bounds the memory a query can take. */
+    KEEN_SINK_MAX_RESULT_BYTES: z.coerce.number().int().min(1024).default(DEFAULT_KEEN_SINK_MAX_RESULT_BYTES),
+    /** Origins whose web pages may call keen-sink (CORS): exact origins such as https://lamps.example.com, or * for any. */
+    KEEN_SINK_CORS_ORIGINS: commaList(
+      (origin) => origin === '*' || isOrigin(origin),
+      'must be comma-separated origins such as https://lamps.example.com (scheme, host and port only), or *',
+    ),
   },
   /** secrets-init (compose): the secrets it writes, each taken from here when set, else kept or generated. */
   secrets: {
@@ -184,6 +218,12 @@ const sections = {
   },
 } as const;
 
+/** A setting that, when unset, takes another's value: keen-sink stores into the registry's database unless told otherwise. */
+const FALLBACKS: Readonly<Record<string, string>> = { KEEN_SINK_DATABASE_URL: 'DATABASE_URL' };
+
+/** The PostgreSQL URLs that take POSTGRES_PASSWORD as their user's password. */
+const POSTGRES_URLS = ['DATABASE_URL', 'KEEN_SINK_DATABASE_URL'];
+
 type Sections = typeof sections;
 export type SectionName = keyof Sections;
 type SectionConfig = { [K in SectionName]: z.infer<z.ZodObject<Sections[K]>> };
@@ -196,17 +236,20 @@ export type Config<S extends SectionName> = UnionToIntersection<SectionConfig[S]
  */
 export function loadConfig<S extends SectionName>(names: readonly S[], env: NodeJS.ProcessEnv = process.env): Config<S> {
   const shape = Object.assign({}, ...names.map((name) => sections[name]));
-  const { input, problems } = readSettings(Object.keys(shape), env);
+  const keys = Object.keys(shape);
+  const fallbacks = keys.flatMap((key) => (Object.hasOwn(FALLBACKS, key) && !keys.includes(FALLBACKS[key]!) ? [FALLBACKS[key]!] : []));
+  const { input, problems } = readSettings([...keys, ...fallbacks], env);
+  for (const key of keys) if (Object.hasOwn(FALLBACKS, key)) input[key] ??= input[FALLBACKS[key]!];
   const parsed = z.object(shape).safeParse(input);
-  if (!parsed.success) problems.push(...settingProblems(parsed.error.issues, input, problems));
+  const missing = (key: string) => (Object.hasOwn(FALLBACKS, key) ? `${key} (or ${FALLBACKS[key]}) is required` : `${key} is required`);
+  if (!parsed.success) problems.push(...settingProblems(parsed.error.issues, input, problems, missing));
   if (parsed.success && 'MQTT_BROKERS' in shape) problems.push(...loadBrokerLogins(parsed.data, env, 'BROKER_ID' in shape));
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join('; ')}`);
   const config = parsed.data as Record<string, unknown>;
-  if (typeof config.DATABASE_URL === 'string') {
-    config.DATABASE_URL = withPassword(config.DATABASE_URL, config.POSTGRES_PASSWORD as string | undefined);
-    // Now part of DATABASE_URL; no second copy of the password travels through the process.
-    delete config.POSTGRES_PASSWORD;
-  }
+  const urls = POSTGRES_URLS.filter((key) => typeof config[key] === 'string');
+  for (const key of urls) config[key] = withPassword(config[key] as string, config.POSTGRES_PASSWORD as string | undefined);
+  // Now part of the URL; no second copy of the password travels through the process.
+  if (urls.length > 0) delete config.POSTGRES_PASSWORD;
   return config as Config<S>;
 }
 

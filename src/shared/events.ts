@@ -1,32 +1,22 @@
 /**
  * Keen events, built the way the seed's recorder built them. Pure: the caller supplies the
- * receipt time and the uniqueness token.
+ * receipt time and the uniqueness token. Keen's own rules (the envelope, names, limits) are
+ * src/shared/keen/'s.
  */
+import { keenEnvelope, type KeenEnvelope } from './keen/envelope.js';
+import { isKeenPropertyName, KEEN_LIMITS } from './keen/protocol.js';
 
 export const KEEN_COLLECTIONS = ['activations', 'devicemonitoring', 'devicestate'] as const;
 export type KeenCollection = (typeof KEEN_COLLECTIONS)[number];
 
-export const DATE_TIME_PARSER = {
-  name: 'keen:date_time_parser',
-  input: { date_time: 'keen.timestamp' },
-  output: 'timestamp.info',
-} as const;
-
-export interface KeenEnvelope {
-  timestamp: string;
-  uniqueness_token: string;
-  addons: Array<typeof DATE_TIME_PARSER>;
-}
-
 export type KeenEvent = { [property: string]: unknown; keen: KeenEnvelope };
 
-const MAX_PROPERTY_NAME = 256;
-/** Keen keeps only the first event with a given token per collection, for 31 days. */
-export const MAX_UNIQUENESS_TOKEN = 64;
+const MAX_PROPERTY_NAME = KEEN_LIMITS.propertyName;
 
 export function uniquenessToken(ingestJobId: string, collection: KeenCollection): string {
   const token = `${ingestJobId}-${collection}`;
-  if (token.length > MAX_UNIQUENESS_TOKEN) throw new RangeError(`uniqueness token longer than ${MAX_UNIQUENESS_TOKEN}: ${token}`);
+  if (token.length > KEEN_LIMITS.uniquenessToken)
+    throw new RangeError(`uniqueness token longer than ${KEEN_LIMITS.uniquenessToken}: ${token}`);
   return token;
 }
 
@@ -37,7 +27,7 @@ export function uniquenessToken(ingestJobId: string, collection: KeenCollection)
 export function buildKeenEvent(properties: Record<string, unknown>, receivedAt: string, token: string): KeenEvent {
   return {
     ...properties,
-    keen: { timestamp: receivedAt, uniqueness_token: token, addons: [DATE_TIME_PARSER] },
+    keen: keenEnvelope(receivedAt, token),
   };
 }
 
@@ -65,7 +55,7 @@ export function toKeenProperties(value: unknown): unknown {
   const out: Record<string, unknown> = {};
   const keys = Object.keys(value);
   // Nearly every lamp state needs no rename: copied as it is, without the bookkeeping below.
-  if (keys.every(isKeenPropertyName)) {
+  if (keys.every(isSentAsIs)) {
     for (const key of keys) {
       const child = toKeenProperties((value as Record<string, unknown>)[key]);
       if (key === '__proto__') Object.defineProperty(out, key, { value: child, enumerable: true, writable: true, configurable: true });
@@ -74,7 +64,7 @@ export function toKeenProperties(value: unknown): unknown {
     return out;
   }
   const entries = Object.entries(value);
-  const taken = new Set(entries.map(([key]) => key).filter(isKeenPropertyName));
+  const taken = new Set(entries.map(([key]) => key).filter(isSentAsIs));
   for (const [key, child] of entries) {
     const wanted = keenPropertyName(key);
     let name = wanted;
@@ -87,8 +77,9 @@ export function toKeenProperties(value: unknown): unknown {
   return out;
 }
 
-function isKeenPropertyName(key: string): boolean {
-  return key.length > 0 && key.length <= MAX_PROPERTY_NAME && key[0] !== '$' && !key.includes('.');
+/** A name Keen accepts, and not empty: an empty name cannot be named in a property path. */
+function isSentAsIs(key: string): boolean {
+  return key.length > 0 && isKeenPropertyName(key);
 }
 
 function keenPropertyName(key: string): string {

@@ -3,7 +3,8 @@
  * code that handles it, and the parsers that check a job's data before it is handled (a job can
  * be added by anyone with Redis, the dashboard included). The parsers never throw.
  */
-import { KEEN_COLLECTIONS, MAX_UNIQUENESS_TOKEN, type KeenCollection, type KeenEvent } from './events.js';
+import { KEEN_COLLECTIONS, type KeenCollection, type KeenEvent } from './events.js';
+import { KEEN_LIMITS } from './keen/protocol.js';
 import type { LampState, RejectReason } from './lamp.js';
 
 /** A lamp's bridge connected (`1`) or disconnected (`0`), as parsed. */
@@ -168,7 +169,7 @@ type Field = (value: unknown) => string | undefined;
 const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 const nonEmptyString: Field = (value) => (typeof value === 'string' && value !== '' ? undefined : 'not a non-empty string');
 /** A message id names its Keen events' uniqueness tokens (`<id>-<collection>`), which Keen caps. */
-const MAX_MESSAGE_ID = MAX_UNIQUENESS_TOKEN - 1 - Math.max(...KEEN_COLLECTIONS.map((collection) => collection.length));
+const MAX_MESSAGE_ID = KEEN_LIMITS.uniquenessToken - 1 - Math.max(...KEEN_COLLECTIONS.map((collection) => collection.length));
 const messageId: Field = (value) =>
   nonEmptyString(value) ?? ((value as string).length > MAX_MESSAGE_ID ? `longer than ${MAX_MESSAGE_ID} characters` : undefined);
 const optionalString: Field = (value) => (value === undefined || typeof value === 'string' ? undefined : 'not a string');

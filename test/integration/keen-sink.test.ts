@@ -6,7 +6,6 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createLogger } from '../../src/shared/logger.js';
-import { dateTimeInfo } from '../../src/keen-sink/events.js';
 import { buildSql, parseQuery, parseTimeframe } from '../../src/keen-sink/query.js';
 import { MIGRATIONS_TABLE, startKeenSink, type KeenSink } from '../../src/keen-sink/server.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
@@ -354,12 +353,6 @@ describe('write API: enrichment and add-ons', () => {
       year: 2024,
       timezone_offset: 0,
     });
-  });
-
-  it('counts ISO weeks across year ends', () => {
-    expect(dateTimeInfo(new Date('2021-01-03T12:00:00Z'))).toMatchObject({ week: 53, year: 2021, day_of_week: 7 });
-    expect(dateTimeInfo(new Date('2024-12-30T00:00:00Z'))).toMatchObject({ week: 1, day_of_week: 1, day_of_week_string: 'Monday' });
-    expect(dateTimeInfo(new Date('2026-06-15T08:00:00Z'))).toMatchObject({ week: 25, month: 6, day_of_month: 15 });
   });
 
   it('stores events with an add-on it does not implement, without its output, and logs that once', async () => {

@@ -10,7 +10,8 @@
 import { createRequire } from 'node:module';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildKeenEvent } from '../../src/shared/events.js';
-import { KeenClient, KeenRequestError } from '../../src/worker/keen/client.js';
+import { KeenRequestError } from '../../src/shared/keen/errors.js';
+import { KeenClient } from '../../src/worker/keen/client.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 
 /** keen-tracking ships no types; this is the part of its API the test uses. */

@@ -1,6 +1,6 @@
 /**
- * A local stand-in for Keen's write API (node:http, no dependencies), for every test that sends
- * events. It speaks the real wire format (see /work/shared/NOTES.md, "Keen's write API"):
+ * A local stand-in for Keen's write API (node:http), for every test that sends events. It speaks
+ * the real wire format and applies Keen's rules, both from src/shared/keen/:
  *
  * - `POST /3.0/projects/{id}/events/{collection}` (one event) answers 201 `{"created":true}`, or
  *   400 `{message, error_code}` when the event is invalid;
@@ -13,95 +13,19 @@
  * Faults can be injected for the next N requests or until cleared: any status/body/headers,
  * hanging (the request is read and never answered), connection resets, per-event refusals, and
  * poisoned events that fail every request carrying them (a 500 or 413, nothing stored).
- *
- * The validation functions at the top are pure and independent of the server, so a real
- * Keen-compatible service can reuse them.
  */
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-
-// ---------------------------------------------------------------------------------------------
-// Keen's validation rules
-// ---------------------------------------------------------------------------------------------
-
-export const KEEN_LIMITS = {
-  maxEventBytes: 900_000,
-  maxRequestBytes: 10 * 1024 * 1024,
-  maxCollectionName: 64,
-  maxPropertyName: 256,
-  maxUniquenessToken: 64,
-} as const;
-
-/** A per-event error, as Keen reports it in a bulk response. */
-export interface KeenEventError {
-  name: string;
-  description: string;
-}
-
-export function validateCollectionName(name: unknown): KeenEventError | undefined {
-  const invalid = (description: string) => ({ name: 'InvalidCollectionNameError', description });
-  if (typeof name !== 'string' || name.length === 0) return invalid('An event collection name must be a non-empty string.');
-  if (name.startsWith('$')) return invalid(`Event collection names cannot start with "$": ${JSON.stringify(name)}.`);
-  if (name.length > KEEN_LIMITS.maxCollectionName)
-    return invalid(`Event collection names must be at most ${KEEN_LIMITS.maxCollectionName} characters.`);
-  return undefined;
-}
-
-export function validatePropertyName(name: string): string | undefined {
-  if (name.includes('.')) return 'Property names cannot contain ".".';
-  if (name.startsWith('$')) return 'Property names cannot start with "$".';
-  if (name.length > KEEN_LIMITS.maxPropertyName) return `Property names must be at most ${KEEN_LIMITS.maxPropertyName} characters.`;
-  return undefined;
-}
-
-/**
- * Checks one event: a JSON object; every property name, at any depth, valid; a root `keen` that
- * is an object; a `keen.uniqueness_token` that is a string of at most 64 characters; a
- * `keen.timestamp` that is a date-time; at most 900,000 bytes serialized.
- */
-export function validateEvent(event: unknown, serializedBytes?: number): KeenEventError | undefined {
-  if (typeof event !== 'object' || event === null || Array.isArray(event)) {
-    return { name: 'InvalidEventError', description: 'An event must be a JSON object.' };
-  }
-  const bytes = serializedBytes ?? Buffer.byteLength(JSON.stringify(event));
-  if (bytes > KEEN_LIMITS.maxEventBytes) {
-    return {
-      name: 'EventTooLargeError',
-      description: `An event must be at most ${KEEN_LIMITS.maxEventBytes} bytes; this one is ${bytes}.`,
-    };
-  }
-  const stack: Array<{ value: unknown; path: string }> = [{ value: event, path: '' }];
-  while (stack.length > 0) {
-    const { value, path } = stack.pop()!;
-    if (Array.isArray(value)) {
-      value.forEach((item, i) => stack.push({ value: item, path: `${path}[${i}]` }));
-    } else if (typeof value === 'object' && value !== null) {
-      for (const [key, child] of Object.entries(value)) {
-        const problem = validatePropertyName(key);
-        const at = path ? `${path}.${key}` : key;
-        if (problem) return { name: 'InvalidPropertyNameError', description: `${problem} Found: ${JSON.stringify(at.slice(0, 300))}.` };
-        stack.push({ value: child, path: at });
-      }
-    }
-  }
-  const keen = (event as Record<string, unknown>).keen;
-  if (keen === undefined) return undefined;
-  const invalidValue = (description: string) => ({ name: 'InvalidPropertyValueError', description });
-  if (typeof keen !== 'object' || keen === null || Array.isArray(keen)) return invalidValue('The "keen" property must be an object.');
-  const { uniqueness_token: token, timestamp } = keen as Record<string, unknown>;
-  if (token !== undefined && (typeof token !== 'string' || token.length > KEEN_LIMITS.maxUniquenessToken)) {
-    return invalidValue(`keen.uniqueness_token must be a string of at most ${KEEN_LIMITS.maxUniquenessToken} characters.`);
-  }
-  if (timestamp !== undefined && (typeof timestamp !== 'string' || Number.isNaN(Date.parse(timestamp)))) {
-    return invalidValue('keen.timestamp must be an ISO-8601 date-time string.');
-  }
-  return undefined;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The server
-// ---------------------------------------------------------------------------------------------
+import { KEEN_EVENT_ERRORS, KEEN_REQUEST_ERRORS, keenErrorBody, type KeenEventError } from '../../src/shared/keen/errors.js';
+import {
+  checkBulkBody,
+  checkCollectionName,
+  checkEvent as checkKeenEvent,
+  KEEN_LIMITS,
+  matchEventsPath,
+  TOO_LARGE,
+} from '../../src/shared/keen/protocol.js';
 
 export interface FakeKeenOptions {
   projectId: string;
@@ -201,8 +125,6 @@ interface Outcome {
   body: unknown;
 }
 
-const EVENTS_PATH = /^\/3\.0\/projects\/([^/]+)\/events(?:\/([^/]+))?\/?$/;
-
 export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen> {
   const { projectId, writeKey } = options;
   const events = new Map<string, StoredEvent[]>();
@@ -243,60 +165,56 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
 
   /** Validation plus the injected rejector: the per-event error for this event, if any. */
   const checkEvent = (collection: string, event: unknown): KeenEventError | undefined => {
-    const invalid = validateCollectionName(collection) ?? validateEvent(event);
-    if (invalid) return invalid;
+    const name = checkCollectionName(collection);
+    if (!name.ok) return name.error;
+    const checked = checkKeenEvent(event);
+    if (!checked.ok) return checked.error;
     const refused = rejector?.(collection, event as Record<string, unknown>);
     if (!refused) return undefined;
     return typeof refused === 'string' ? { name: refused, description: `refused by the test (${refused})` } : refused;
   };
 
-  const apiError = (status: number, error_code: string, message: string): Outcome => ({ status, body: { message, error_code } });
+  const apiError = (status: number, errorCode: string, message: string): Outcome => ({ status, body: keenErrorBody(errorCode, message) });
 
   const handle = (req: IncomingMessage, body: Buffer, record: RecordedRequest): Outcome => {
     const url = new URL(req.url ?? '/', 'http://fake-keen');
-    const match = EVENTS_PATH.exec(url.pathname);
-    if (!match) return apiError(404, 'ResourceNotFoundError', `No resource at ${url.pathname}.`);
-    if (req.method !== 'POST') return apiError(405, 'MethodNotAllowedError', `Method ${req.method} is not allowed here.`);
-    if (decodeURIComponent(match[1]!) !== projectId) return apiError(404, 'ProjectNotFoundError', 'Project not found.');
+    const match = matchEventsPath(url.pathname);
+    if (!match.ok) return apiError(404, KEEN_REQUEST_ERRORS.notFound, `No resource at ${url.pathname}.`);
+    if (req.method !== 'POST') return apiError(405, KEEN_REQUEST_ERRORS.method, `Method ${req.method} is not allowed here.`);
+    if (match.projectId !== projectId) return apiError(404, KEEN_REQUEST_ERRORS.project, 'Project not found.');
     const key = req.headers.authorization ?? url.searchParams.get('api_key');
-    if (key !== writeKey) return apiError(401, 'InvalidApiKeyError', 'The API key is invalid for this project.');
-    if (body.length > KEEN_LIMITS.maxRequestBytes)
-      return apiError(413, 'RequestEntityTooLargeError', `Requests must be at most ${KEEN_LIMITS.maxRequestBytes} bytes.`);
+    if (key !== writeKey) return apiError(401, KEEN_REQUEST_ERRORS.apiKey, 'The API key is invalid for this project.');
+    if (body.length > KEEN_LIMITS.bulkBytes) return apiError(413, KEEN_REQUEST_ERRORS.tooLarge, TOO_LARGE.bulk);
 
     let parsed: unknown;
     try {
       parsed = JSON.parse(body.toString('utf8'));
     } catch {
-      return apiError(400, 'InvalidJSONError', 'The request body is not valid JSON.');
+      return apiError(400, KEEN_REQUEST_ERRORS.json, 'The request body is not valid JSON.');
     }
 
     const poisoned = (collection: string, event: unknown) =>
       poison !== undefined && typeof event === 'object' && event !== null && poison.matches(collection, event as Record<string, unknown>);
-    if (record.kind === 'single') {
-      const collection = decodeURIComponent(match[2]!);
+    if (match.collection !== undefined) {
+      const collection = match.collection;
       if (poisoned(collection, parsed)) return { status: poison!.status, body: poison!.body };
       record.eventCount = 1;
-      if (body.length > KEEN_LIMITS.maxEventBytes)
-        return apiError(413, 'EventTooLargeError', `An event must be at most ${KEEN_LIMITS.maxEventBytes} bytes.`);
+      if (body.length > KEEN_LIMITS.eventBytes) return apiError(413, KEEN_EVENT_ERRORS.tooLarge, TOO_LARGE.event);
       const error = checkEvent(collection, parsed);
       if (error) return apiError(400, error.name, error.description);
       store(collection, parsed as Record<string, unknown>);
       return { status: 201, body: { created: true } };
     }
 
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-      return apiError(400, 'InvalidEventError', 'A bulk request must be an object of event collections to arrays of events.');
-    }
-    const entries = Object.entries(parsed);
-    const notArray = entries.find(([, list]) => !Array.isArray(list));
-    if (notArray)
-      return apiError(400, 'InvalidEventError', `The value of collection ${JSON.stringify(notArray[0])} must be an array of events.`);
-    record.eventCount = entries.reduce((n, [, list]) => n + (list as unknown[]).length, 0);
-    if (entries.some(([collection, list]) => (list as unknown[]).some((event) => poisoned(collection, event))))
+    const bulk = checkBulkBody(parsed);
+    if (!bulk.ok) return apiError(400, bulk.error.name, bulk.error.description);
+    const entries = bulk.value;
+    record.eventCount = entries.reduce((n, [, list]) => n + list.length, 0);
+    if (entries.some(([collection, list]) => list.some((event) => poisoned(collection, event))))
       return { status: poison!.status, body: poison!.body };
     const results: Record<string, unknown[]> = {};
     for (const [collection, list] of entries) {
-      results[collection] = (list as unknown[]).map((event) => {
+      results[collection] = list.map((event) => {
         const error = checkEvent(collection, event);
         if (error) return { success: false, error };
         store(collection, event as Record<string, unknown>);
@@ -324,8 +242,8 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
 
   const server = createServer((req, res) => {
     const path = (req.url ?? '').split('?')[0]!;
-    const match = EVENTS_PATH.exec(path);
-    const kind = !match ? 'other' : match[2] === undefined ? 'bulk' : 'single';
+    const match = matchEventsPath(path);
+    const kind = !match.ok ? 'other' : match.collection === undefined ? 'bulk' : 'single';
     const record: RecordedRequest = {
       seq: requests.length + 1,
       method: req.method ?? '',
@@ -349,7 +267,7 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
       // Keep reading past the limit (so the client can finish sending) but stop storing.
-      if (size <= KEEN_LIMITS.maxRequestBytes + 1) chunks.push(chunk);
+      if (size <= KEEN_LIMITS.bulkBytes + 1) chunks.push(chunk);
     });
     req.on('end', () => {
       if (fault?.kind === 'respond') {
@@ -362,11 +280,7 @@ export async function startFakeKeen(options: FakeKeenOptions): Promise<FakeKeen>
         record.eventCount = countEvents(record.kind, Buffer.concat(chunks));
         return;
       }
-      const outcome = handle(
-        req,
-        size > KEEN_LIMITS.maxRequestBytes ? Buffer.alloc(KEEN_LIMITS.maxRequestBytes + 1) : Buffer.concat(chunks),
-        record,
-      );
+      const outcome = handle(req, size > KEEN_LIMITS.bulkBytes ? Buffer.alloc(KEEN_LIMITS.bulkBytes + 1) : Buffer.concat(chunks), record);
       if (fault?.kind === 'hang') return;
       if (fault?.kind === 'reset') {
         req.socket.destroy();

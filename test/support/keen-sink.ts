@@ -5,6 +5,7 @@
 import type { Logger } from '../../src/shared/logger.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { startKeenSink, type KeenSink, type KeenSinkOptions } from '../../src/keen-sink/server.js';
+import { eventsPath } from '../../src/shared/keen/protocol.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 
 export const PROJECT = 'lampi-test';
@@ -72,12 +73,12 @@ export async function startTestSink(
     database,
     http,
     record: (collection, event) =>
-      http('POST', `/3.0/projects/${PROJECT}/events/${encodeURIComponent(collection)}`, {
+      http('POST', eventsPath(PROJECT, collection), {
         body: typeof event === 'string' ? event : JSON.stringify(event),
         key: WRITE_KEY,
       }),
     recordMany: (batch) =>
-      http('POST', `/3.0/projects/${PROJECT}/events`, { body: typeof batch === 'string' ? batch : JSON.stringify(batch), key: WRITE_KEY }),
+      http('POST', eventsPath(PROJECT), { body: typeof batch === 'string' ? batch : JSON.stringify(batch), key: WRITE_KEY }),
     query: (analysis, params) => {
       const query = Object.fromEntries(
         Object.entries(params).map(([name, value]) => [name, typeof value === 'string' ? value : JSON.stringify(value)]),

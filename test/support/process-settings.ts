@@ -6,7 +6,7 @@
  * file that gives a variable no process reads, or runs an entry point the build does not make,
  * fails its test.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'vitest';
 import type { SectionName } from '../../src/shared/config.js';
@@ -51,31 +51,26 @@ export function entryFile(service: { command?: string[] | string }): string {
   return `src/${name}/main.ts`;
 }
 
-/** What one process of ours reads: the shared sections its main (or its own config.ts) loads, plus its own config.ts's names. */
+/** Settings that, unset, take another's value (src/shared/config.ts's FALLBACKS): the process reads that one too. */
+const FALLBACKS: Record<string, string> = Object.fromEntries(
+  [...(/const FALLBACKS[^=]*= \{([^}]*)\}/.exec(read('src/shared/config.ts'))?.[1] ?? '').matchAll(/(\w+): '(\w+)'/g)].map((m) => [
+    m[1]!,
+    m[2]!,
+  ]),
+);
+
+/** What one process of ours reads: the shared sections its main loads, and their fallbacks. */
 export function variablesReadBy(entry: string): { sections: SectionName[]; names: Set<string> } {
-  const dir = path.dirname(entry);
-  const sources = ['main.ts', 'config.ts']
-    .map((f) => path.join(dir, f))
-    .filter((f) => existsSync(path.join(ROOT, f)))
-    .map(read);
   const sections = new Set<SectionName>();
-  for (const source of sources) {
-    for (const call of source.matchAll(/loadConfig\(\s*\[([^\]]*)\]/g)) {
-      for (const name of call[1]!.matchAll(/'(\w+)'/g)) {
-        if (!(name[1]! in SECTIONS)) throw new Error(`${entry} loads unknown config section ${name[1]}`);
-        sections.add(name[1] as SectionName);
-      }
+  for (const call of read(entry).matchAll(/loadConfig\(\s*\[([^\]]*)\]/g)) {
+    for (const name of call[1]!.matchAll(/'(\w+)'/g)) {
+      if (!(name[1]! in SECTIONS)) throw new Error(`${entry} loads unknown config section ${name[1]}`);
+      sections.add(name[1] as SectionName);
     }
   }
+  const settings = [...sections].flatMap((s) => SECTIONS[s]!);
   // Any setting X may also be given as X_FILE (src/shared/config.ts, readSettings).
-  const names = new Set([...sections].flatMap((s) => SECTIONS[s]!).flatMap((name) => [name, `${name}_FILE`]));
-  const own = path.join(dir, 'config.ts');
-  if (existsSync(path.join(ROOT, own))) {
-    const source = read(own);
-    for (const m of source.matchAll(/^\s+([A-Z][A-Z0-9_]*):/gm)) names.add(m[1]!);
-    for (const m of source.matchAll(/'([A-Z][A-Z0-9_]{2,})'/g)) names.add(m[1]!); // fallbacks such as 'DATABASE_URL'
-    for (const name of [...names]) names.add(`${name}_FILE`);
-  }
+  const names = new Set([...settings, ...settings.flatMap((name) => FALLBACKS[name] ?? [])].flatMap((name) => [name, `${name}_FILE`]));
   return { sections: [...sections], names };
 }
 

@@ -117,13 +117,8 @@ describe('docker-compose.yml', () => {
       ensureSecrets(volume, {});
       const env = Object.fromEntries(Object.entries(environmentOf(service, hostEnv)).map(([k, v]) => [k, v.replace(SECRETS_DIR, volume)]));
       const { sections } = variablesReadBy(entryFile(service));
-      if (name === 'keen-sink') {
-        const { loadKeenSinkConfig } = await import('../../src/keen-sink/config.js');
-        expect(() => loadKeenSinkConfig(env)).not.toThrow();
-      } else {
-        expect(sections.length).toBeGreaterThan(0);
-        expect(() => loadConfig(sections, env)).not.toThrow();
-      }
+      expect(sections.length, `${name} loads no config section`).toBeGreaterThan(0);
+      expect(() => loadConfig(sections, env)).not.toThrow();
     },
   );
 

@@ -3,7 +3,8 @@
  * apply Keen's rules and dedupe by uniqueness token, or those tests prove nothing.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeKeen, validateCollectionName, validateEvent, type FakeKeen } from '../support/fake-keen.js';
+import { checkEvent } from '../../src/shared/keen/protocol.js';
+import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 
 const PROJECT = 'proj_fake';
 const KEY = 'wk-fake';
@@ -64,6 +65,23 @@ describe('fake Keen wire format', () => {
     });
   });
 
+  it("refuses each event Keen's rules refuse (src/shared/keen/protocol.ts), with that rule's error, storing the rest", async () => {
+    const refused = [
+      ev('p-1', { 'a.b': 1 }),
+      { ...ev('p-2'), keen: { uniqueness_token: 't'.repeat(65) } },
+      { ...ev('p-3'), keen: { timestamp: '2026-02-30T00:00:00Z' } },
+      [1, 2],
+    ];
+    const res = await post(`/3.0/projects/${PROJECT}/events`, { devicestate: [...refused, ev('p-5')] });
+    const expected = refused.map((event) => {
+      const checked = checkEvent(event);
+      if (checked.ok) throw new Error(`the protocol accepts ${JSON.stringify(event)}`);
+      return { success: false, error: checked.error };
+    });
+    expect(await res.json()).toEqual({ devicestate: [...expected, { success: true }] });
+    expect(keen.tokens('devicestate').filter((token) => token.startsWith('p-'))).toEqual(['p-5']);
+  });
+
   it('keeps the first event per uniqueness token and collection', async () => {
     const dropped = keen.duplicatesDropped;
     await post(`/3.0/projects/${PROJECT}/events`, { devicestate: [ev('d-1', { n: 1 }), ev('d-1', { n: 2 })], activations: [ev('d-1')] });
@@ -107,39 +125,5 @@ describe('fake Keen wire format', () => {
     keen.resetConnections({ times: 1, afterStore: true });
     await expect(post(`/3.0/projects/${PROJECT}/events`, { devicestate: [ev('r-1')] })).rejects.toThrow();
     expect(keen.tokens('devicestate')).toContain('r-1');
-  });
-});
-
-describe('Keen validation rules', () => {
-  it.each([
-    ['', 'InvalidCollectionNameError'],
-    ['$system', 'InvalidCollectionNameError'],
-    ['x'.repeat(65), 'InvalidCollectionNameError'],
-  ])('collection %j → %s', (name, error) => {
-    expect(validateCollectionName(name)?.name).toBe(error);
-  });
-  it('accepts our collections', () => {
-    for (const name of ['activations', 'devicemonitoring', 'devicestate', 'x'.repeat(64)])
-      expect(validateCollectionName(name)).toBeUndefined();
-  });
-  it.each([
-    ['a dot in a name', { 'a.b': 1 }, 'InvalidPropertyNameError'],
-    ['a nested $ name', { nested: { deeper: [{ $x: 1 }] } }, 'InvalidPropertyNameError'],
-    ['a 257-character name', { ['p'.repeat(257)]: 1 }, 'InvalidPropertyNameError'],
-    ['keen as an array', { keen: [] }, 'InvalidPropertyValueError'],
-    ['a 65-character token', { keen: { uniqueness_token: 't'.repeat(65) } }, 'InvalidPropertyValueError'],
-    ['an unreadable timestamp', { keen: { timestamp: 'yesterday' } }, 'InvalidPropertyValueError'],
-    ['an array event', [1, 2], 'InvalidEventError'],
-    ['an event over 900,000 bytes', { blob: 'z'.repeat(900_000) }, 'EventTooLargeError'],
-  ])('%s → %s', (_what, event, error) => {
-    expect(validateEvent(event)?.name).toBe(error);
-  });
-  it('accepts a property name of 256 characters and dots in values', () => {
-    expect(
-      validateEvent({
-        ['p'.repeat(256)]: 'a.b',
-        keen: { timestamp: '2026-11-05T10:00:00Z', addons: [{ input: { date_time: 'keen.timestamp' } }] },
-      }),
-    ).toBeUndefined();
   });
 });

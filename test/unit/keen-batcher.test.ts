@@ -7,8 +7,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { buildKeenEvent, type KeenEvent } from '../../src/shared/events.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { KeenBatcher, KeenEventRejected } from '../../src/worker/keen/batcher.js';
-import { KeenClient, KeenRequestError } from '../../src/worker/keen/client.js';
+import { KeenEventRejected, KeenRequestError } from '../../src/shared/keen/errors.js';
+import { KeenBatcher } from '../../src/worker/keen/batcher.js';
+import { KeenClient } from '../../src/worker/keen/client.js';
 import { KeenDeliveryPause } from '../../src/worker/keen/pause.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 

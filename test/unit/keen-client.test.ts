@@ -6,7 +6,8 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { buildKeenEvent, type KeenEvent } from '../../src/shared/events.js';
-import { KeenClient, KeenRequestError, parseRetryAfter } from '../../src/worker/keen/client.js';
+import { KeenRequestError } from '../../src/shared/keen/errors.js';
+import { KeenClient } from '../../src/worker/keen/client.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { freePort } from '../support/processes.js';
 
@@ -214,22 +215,5 @@ describe('KeenClient.recordEvents', () => {
     expect(() => new KeenClient({ apiUrl: 'ftp://x', projectId: PROJECT, writeKey: WRITE_KEY, timeoutMs: 1 })).toThrow(TypeError);
     expect(() => new KeenClient({ apiUrl: keen.url, projectId: PROJECT, writeKey: '', timeoutMs: 1 })).toThrow(TypeError);
     expect(() => new KeenClient({ apiUrl: keen.url, projectId: PROJECT, writeKey: WRITE_KEY, timeoutMs: 0 })).toThrow(TypeError);
-  });
-});
-
-describe('parseRetryAfter', () => {
-  const now = Date.parse('2026-11-05T10:00:00Z');
-  it.each([
-    ['0', 0],
-    ['12', 12_000],
-    ['1.5', 1500],
-    ['Thu, 05 Nov 2026 10:00:30 GMT', 30_000],
-    ['Thu, 05 Nov 2026 09:59:00 GMT', 0],
-    ['999999', 3600_000],
-  ])('%s → %i ms', (value, ms) => {
-    expect(parseRetryAfter(value, now)).toBe(ms);
-  });
-  it.each([null, undefined, '', 'soon', '-5'])('%s → undefined', (value) => {
-    expect(parseRetryAfter(value, now)).toBeUndefined();
   });
 });

@@ -16,7 +16,6 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { loadKeenSinkConfig } from '../../src/keen-sink/config.js';
 import { generateSecret, SECRETS } from '../../src/secrets-init/secrets.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { createLogger } from '../../src/shared/logger.js';
@@ -236,8 +235,7 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
       const dir = mkdtempSync(path.join(tmpdir(), 'lampi-kube-secrets-'));
       for (const file of Object.values(mount?.items ?? {})) writeFileSync(path.join(dir, file), generateSecret());
       const resolved = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, mount ? v.replace(mount.mountPath, dir) : v]));
-      if (w.component === 'keen-sink') expect(() => loadKeenSinkConfig(resolved)).not.toThrow();
-      else expect(() => loadConfig(sections, resolved), name).not.toThrow();
+      expect(() => loadConfig(sections, resolved), name).not.toThrow();
     },
   );
 
@@ -311,7 +309,7 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
       subscriber: defaultPort('subscriber'),
       worker: defaultPort('worker'),
       dashboard: loadConfig(['dashboard'], {}).DASHBOARD_PORT,
-      'keen-sink': loadKeenSinkConfig({
+      'keen-sink': loadConfig(['common', 'keenSink'], {
         KEEN_SINK_DATABASE_URL: 'postgresql://u@h/d',
         KEEN_PROJECT_ID: 'p',
         KEEN_WRITE_KEY: 'w',

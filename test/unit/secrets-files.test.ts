@@ -1,5 +1,5 @@
 /**
- * Secrets as files: any setting X read from X_FILE (src/shared/config.ts, keen-sink's loader too),
+ * Secrets as files: any setting X read from X_FILE (src/shared/config.ts, keen-sink's section too),
  * POSTGRES_PASSWORD joined into DATABASE_URL whatever its characters, and compose's secrets-init
  * (src/secrets-init/secrets.ts) generating, keeping and overriding the files.
  */
@@ -7,7 +7,6 @@ import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadKeenSinkConfig } from '../../src/keen-sink/config.js';
 import { ensureSecrets, generateSecret, SECRETS } from '../../src/secrets-init/secrets.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { ConfigError } from '../../src/shared/errors.js';
@@ -64,7 +63,7 @@ describe('X_FILE settings', () => {
   });
 
   it('keen-sink reads its keys and its database password from files too', () => {
-    const config = loadKeenSinkConfig({
+    const config = loadConfig(['common', 'keenSink'], {
       KEEN_PROJECT_ID: 'p',
       KEEN_WRITE_KEY_FILE: file('write\n'),
       KEEN_READ_KEY_FILE: file('read'),
@@ -77,7 +76,7 @@ describe('X_FILE settings', () => {
       KEEN_SINK_DATABASE_URL: 'postgresql://lampi:pg%24pw@postgres:5432/lampi',
     });
     expect(() =>
-      loadKeenSinkConfig({
+      loadConfig(['common', 'keenSink'], {
         KEEN_PROJECT_ID: 'p',
         KEEN_WRITE_KEY: 'w',
         KEEN_READ_KEY_FILE: '/nonexistent/key',

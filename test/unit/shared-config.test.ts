@@ -203,3 +203,58 @@ describe('comma-separated settings', () => {
     expect(configError(['common'], { REDIS_CLUSTER_NODES: 'redis-1:7000,redis://redis-2:7001' })).toMatch(/REDIS_CLUSTER_NODES.*host:port/);
   });
 });
+
+describe("keen-sink's section", () => {
+  const SINK = ['common', 'keenSink'] as const;
+  const SINK_ENV = { KEEN_PROJECT_ID: 'lampi', KEEN_WRITE_KEY: 'w', KEEN_READ_KEY: 'r', KEEN_SINK_DATABASE_URL: 'postgresql://h/keen' };
+
+  it('gives every default when only its required settings are set', () => {
+    expect(loadConfig(SINK, SINK_ENV)).toEqual({
+      REDIS_URL: 'redis://127.0.0.1:6379',
+      QUEUE_PREFIX: 'lampi',
+      LOG_LEVEL: 'info',
+      KEEN_SINK_PORT: 8080,
+      KEEN_SINK_HOST: '0.0.0.0',
+      KEEN_SINK_DATABASE_URL: 'postgresql://h/keen',
+      KEEN_PROJECT_ID: 'lampi',
+      KEEN_WRITE_KEY: 'w',
+      KEEN_READ_KEY: 'r',
+      KEEN_SINK_MAX_RESULT_BYTES: 32 * 1024 * 1024,
+      KEEN_SINK_CORS_ORIGINS: [],
+    });
+  });
+
+  it('stores into DATABASE_URL when KEEN_SINK_DATABASE_URL is unset, and says so when both are', () => {
+    const { KEEN_SINK_DATABASE_URL: _, ...rest } = SINK_ENV;
+    const config = loadConfig(SINK, { ...rest, DATABASE_URL: 'postgresql://h/registry' });
+    expect(config.KEEN_SINK_DATABASE_URL).toBe('postgresql://h/registry');
+    expect(config).not.toHaveProperty('DATABASE_URL');
+    expect(loadConfig(SINK, { ...SINK_ENV, DATABASE_URL: 'postgresql://h/registry' }).KEEN_SINK_DATABASE_URL).toBe('postgresql://h/keen');
+    expect(configError(SINK, rest)).toBe('invalid configuration: KEEN_SINK_DATABASE_URL (or DATABASE_URL) is required');
+    expect(configError(SINK, { ...rest, DATABASE_URL: 'mysql://h/db' })).toBe(
+      'invalid configuration: KEEN_SINK_DATABASE_URL must be a URL starting with postgres:// or postgresql://',
+    );
+  });
+
+  it('joins POSTGRES_PASSWORD into its database URL, and keeps no other copy', () => {
+    const config = loadConfig(SINK, { ...SINK_ENV, KEEN_SINK_DATABASE_URL: 'postgresql://lampi@h/keen', POSTGRES_PASSWORD: 'p@ss' });
+    expect(config.KEEN_SINK_DATABASE_URL).toBe('postgresql://lampi:p%40ss@h/keen');
+    expect(config).not.toHaveProperty('POSTGRES_PASSWORD');
+  });
+
+  it('takes exact origins or * for CORS, and refuses a path', () => {
+    expect(
+      loadConfig(SINK, { ...SINK_ENV, KEEN_SINK_CORS_ORIGINS: 'https://a.example.com, http://b:8080' }).KEEN_SINK_CORS_ORIGINS,
+    ).toEqual(['https://a.example.com', 'http://b:8080']);
+    expect(loadConfig(SINK, { ...SINK_ENV, KEEN_SINK_CORS_ORIGINS: '*' }).KEEN_SINK_CORS_ORIGINS).toEqual(['*']);
+    expect(configError(SINK, { ...SINK_ENV, KEEN_SINK_CORS_ORIGINS: 'https://a.example.com/app' })).toMatch(
+      /^invalid configuration: KEEN_SINK_CORS_ORIGINS must be/,
+    );
+  });
+
+  it('names each missing key, and a project id that is not one', () => {
+    expect(configError(SINK, { KEEN_SINK_DATABASE_URL: 'postgresql://h/keen', KEEN_PROJECT_ID: 'a b' })).toBe(
+      'invalid configuration: KEEN_PROJECT_ID a Keen project id (letters, digits, _ or -); KEEN_WRITE_KEY is required; KEEN_READ_KEY is required',
+    );
+  });
+});

@@ -1,8 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
-  DATE_TIME_PARSER,
   KEEN_COLLECTIONS,
-  MAX_UNIQUENESS_TOKEN,
   activationEvent,
   buildKeenEvent,
   deviceMonitoringEvent,
@@ -10,6 +8,8 @@ import {
   toKeenProperties,
   uniquenessToken,
 } from '../../src/shared/events.js';
+import { DATE_TIME_PARSER } from '../../src/shared/keen/envelope.js';
+import { KEEN_LIMITS } from '../../src/shared/keen/protocol.js';
 
 const AT = '2025-03-04T05:06:07.089Z';
 const TOKEN = '0123456789abcdef0123456789abcdef-devicestate';
@@ -212,7 +212,7 @@ describe('uniquenessToken', () => {
   });
 
   it('is at most 64 characters for our 32-hex-character job ids, in every collection', () => {
-    expect(MAX_UNIQUENESS_TOKEN).toBe(64);
+    expect(KEEN_LIMITS.uniquenessToken).toBe(64);
     for (const collection of KEEN_COLLECTIONS) {
       expect(uniquenessToken('f'.repeat(32), collection).length).toBeLessThanOrEqual(64);
     }

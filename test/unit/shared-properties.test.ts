@@ -5,7 +5,8 @@
  */
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DATE_TIME_PARSER, deviceStateEvent } from '../../src/shared/events.js';
+import { deviceStateEvent } from '../../src/shared/events.js';
+import { DATE_TIME_PARSER } from '../../src/shared/keen/envelope.js';
 import { REJECT_REASONS } from '../../src/shared/lamp.js';
 import { MAX_LAMP_STATE_BYTES, parseMessage } from '../../src/shared/message.js';
 import { parseTopic } from '../../src/shared/topics.js';

@@ -7,8 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import { buildKeenEvent } from '../../src/shared/events.js';
 import type { KeenEventRecord } from '../../src/shared/jobs.js';
-import { KeenEventRejected } from '../../src/worker/keen/batcher.js';
-import { DEFAULT_RATE_LIMIT_MS, KeenRequestError } from '../../src/worker/keen/client.js';
+import { KeenEventRejected, KeenRequestError } from '../../src/shared/keen/errors.js';
+import { DEFAULT_RATE_LIMIT_MS } from '../../src/worker/keen/client.js';
 import { planDelivery, toDeliveryError, type DeliveryInput } from '../../src/worker/stages/keen-delivery.js';
 
 const NOW = new Date('2026-12-03T12:34:56.789Z');

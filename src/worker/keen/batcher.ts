@@ -7,27 +7,13 @@
  */
 import type { KeenEvent } from '../../shared/events.js';
 import type { Metrics } from '../../shared/metrics.js';
-import { DEFAULT_RATE_LIMIT_MS, KeenRequestError, type KeenBulkResults } from './client.js';
+import { KEEN_EVENT_ERRORS, KeenEventRejected, KeenRequestError, statusMayBeOneEvent } from '../../shared/keen/errors.js';
+import { checkEventSize, KEEN_LIMITS, type KeenBulkResults } from '../../shared/keen/protocol.js';
+import { DEFAULT_RATE_LIMIT_MS } from './client.js';
 import { KeenDeliveryPause } from './pause.js';
 
-/** Keen's limit on one event, serialized. */
-export const MAX_EVENT_BYTES = 900_000;
 /** Half of Keen's 10 MB request limit. */
-export const DEFAULT_MAX_BATCH_BYTES = 5_000_000;
-
-/** Keen refused this event for good (or it is too large to send): retrying cannot help. */
-export class KeenEventRejected extends Error {
-  override name = 'KeenEventRejected';
-  /** Keen's per-event error name, e.g. `InvalidPropertyNameError`. */
-  readonly errorName: string;
-  readonly description: string;
-
-  constructor(errorName: string, description: string) {
-    super(`Keen rejected the event: ${errorName}${description ? `: ${description}` : ''}`);
-    this.errorName = errorName;
-    this.description = description;
-  }
-}
+export const DEFAULT_MAX_BATCH_BYTES = KEEN_LIMITS.bulkBytes / 2;
 
 export interface KeenBatcherOptions {
   client: { recordSerialized(batch: Record<string, string[]>): Promise<KeenBulkResults> };
@@ -81,7 +67,7 @@ export class KeenBatcher {
     this.#maxEvents = options.maxEvents;
     this.#maxBytes = options.maxBytes ?? DEFAULT_MAX_BATCH_BYTES;
     this.#lingerMs = options.lingerMs;
-    this.#maxEventBytes = options.maxEventBytes ?? MAX_EVENT_BYTES;
+    this.#maxEventBytes = options.maxEventBytes ?? KEEN_LIMITS.eventBytes;
     this.#metrics = options.metrics;
     this.pause = options.pause ?? new KeenDeliveryPause();
   }
@@ -102,14 +88,15 @@ export class KeenBatcher {
       serialized = JSON.stringify(event);
     } catch (err) {
       this.#countEvents(collection, 'rejected');
-      return Promise.reject(new KeenEventRejected('InvalidEventError', `event cannot be serialized as JSON: ${(err as Error).message}`));
+      return Promise.reject(
+        new KeenEventRejected(KEEN_EVENT_ERRORS.event, `The event cannot be serialized as JSON: ${(err as Error).message}.`),
+      );
     }
     const bytes = Buffer.byteLength(serialized);
-    if (bytes > this.#maxEventBytes) {
+    const size = checkEventSize(bytes, this.#maxEventBytes);
+    if (!size.ok) {
       this.#countEvents(collection, 'rejected');
-      return Promise.reject(
-        new KeenEventRejected('EventTooLargeError', `event is ${bytes} bytes serialized; Keen accepts at most ${this.#maxEventBytes}`),
-      );
+      return Promise.reject(new KeenEventRejected(size.error.name, size.error.description));
     }
     const held = this.#held();
     if (held) return Promise.reject(held);
@@ -275,7 +262,7 @@ export class KeenBatcher {
 
 /** What one event can cause: Keen failing on it (500), or a request too large with it (413). */
 function splitsOn(err: unknown): boolean {
-  return err instanceof KeenRequestError && (err.status === 500 || err.status === 413);
+  return err instanceof KeenRequestError && statusMayBeOneEvent(err.status);
 }
 
 function requestOutcome(err: KeenRequestError): string {

@@ -1,10 +1,12 @@
 /**
  * A small client for Keen's bulk write API over Node's global `fetch`. It replaces
- * keen-tracking as the transport (see /work/shared/NOTES.md): every failure is an Error that
+ * keen-tracking as the transport: every failure is an Error (src/shared/keen/errors.ts) that
  * says whether a retry can help, a response we cannot read is never taken for success, and
  * every request has a deadline.
  */
 import type { KeenEvent } from '../../shared/events.js';
+import { KeenRequestError, parseRetryAfter, retryableStatus, statusHasRetryAfter } from '../../shared/keen/errors.js';
+import { eventsPath, type KeenBulkResults, type KeenEventResult } from '../../shared/keen/protocol.js';
 
 export interface KeenClientOptions {
   /** `https://api.keen.io`, or `http://host:port` for a local stand-in; a trailing slash is fine. */
@@ -13,62 +15,6 @@ export interface KeenClientOptions {
   writeKey: string;
   /** Deadline for one request, response body included. */
   timeoutMs: number;
-}
-
-export type KeenEventResult = { success: true } | { success: false; error: { name: string; description: string } };
-
-/** Keen's answer to a bulk request: per collection, one result per event sent, in order. */
-export type KeenBulkResults = Record<string, KeenEventResult[]>;
-
-/**
- * Keen's answers about the deployment (its key, its account), never about the events sent:
- * retrying them elsewhere cannot help and refusing the events would lose them all, so delivery
- * pauses (see pause.ts). The one list of such statuses.
- */
-export const DEPLOYMENT_FAULTS = { 401: 'unauthorized', 402: 'account_blocked', 403: 'forbidden' } as const;
-export type DeploymentFault = (typeof DEPLOYMENT_FAULTS)[keyof typeof DEPLOYMENT_FAULTS];
-
-export function deploymentFaultOf(status: number | undefined): DeploymentFault | undefined {
-  if (status === undefined || !Object.hasOwn(DEPLOYMENT_FAULTS, status)) return undefined;
-  return DEPLOYMENT_FAULTS[status as keyof typeof DEPLOYMENT_FAULTS];
-}
-
-export interface KeenRequestErrorDetails {
-  status?: number;
-  /** Keen's `error_code`, or a transport code such as `ETIMEDOUT` or `ECONNRESET`. */
-  code?: string;
-  retryable: boolean;
-  retryAfterMs?: number;
-  cause?: unknown;
-}
-
-/** A whole request failed: nothing in it was recorded (as far as we can know). */
-export class KeenRequestError extends Error {
-  override name = 'KeenRequestError';
-  readonly status?: number;
-  readonly code?: string;
-  readonly retryable: boolean;
-  readonly retryAfterMs?: number;
-  /** Set for a 401, 402 or 403: the key or the account is refused, and delivery pauses. */
-  readonly deploymentFault?: DeploymentFault;
-
-  constructor(message: string, details: KeenRequestErrorDetails) {
-    super(message, details.cause === undefined ? undefined : { cause: details.cause });
-    if (details.status !== undefined) this.status = details.status;
-    const fault = deploymentFaultOf(details.status);
-    if (fault) this.deploymentFault = fault;
-    if (details.code !== undefined) this.code = details.code;
-    this.retryable = details.retryable;
-    if (details.retryAfterMs !== undefined) this.retryAfterMs = details.retryAfterMs;
-  }
-}
-
-/**
- * Statuses after which the same request may succeed later: a deployment fault does once the key
- * or account is put right. 3xx and other 4xx need a person.
- */
-function retryableStatus(status: number): boolean {
-  return status >= 500 || status === 408 || status === 425 || status === 429 || deploymentFaultOf(status) !== undefined;
 }
 
 const MAX_ERROR_BODY_CHARS = 300;
@@ -94,7 +40,7 @@ export class KeenClient {
     if (!options.writeKey) throw new TypeError('KeenClient: writeKey is required');
     if (!(options.timeoutMs > 0)) throw new TypeError('KeenClient: timeoutMs must be positive');
     const root = `${base.origin}${base.pathname.replace(/\/+$/, '')}`;
-    this.#bulkUrl = `${root}/3.0/projects/${encodeURIComponent(options.projectId)}/events`;
+    this.#bulkUrl = `${root}${eventsPath(options.projectId)}`;
     this.#writeKey = options.writeKey;
     this.timeoutMs = options.timeoutMs;
   }
@@ -161,7 +107,7 @@ export class KeenClient {
     const said = message ?? (text.trim() ? text.trim().slice(0, MAX_ERROR_BODY_CHARS) : undefined);
     const label = `${status}${response.statusText ? ` ${response.statusText}` : ''}`;
     const summary = `Keen answered ${label}${said ? `: ${said}` : ''}${code ? ` (${code})` : ''}`;
-    const retryAfterMs = status === 429 || status === 503 ? parseRetryAfter(response.headers.get('retry-after')) : undefined;
+    const retryAfterMs = statusHasRetryAfter(status) ? parseRetryAfter(response.headers.get('retry-after')) : undefined;
     return new KeenRequestError(this.#redact(summary), {
       status,
       ...(code ? { code } : {}),
@@ -235,19 +181,4 @@ function describeTransport(err: unknown): string {
     parts.push(typeof message === 'string' ? message : String(current));
   }
   return parts.join(': ') || 'unknown error';
-}
-
-const MAX_RETRY_AFTER_MS = 3600_000;
-
-/** `Retry-After` is either delay-seconds or an HTTP-date. Returns undefined when absent or unreadable. */
-export function parseRetryAfter(value: string | null | undefined, now = Date.now()): number | undefined {
-  if (value === null || value === undefined) return undefined;
-  const trimmed = value.trim();
-  if (trimmed === '') return undefined;
-  if (/^\d+(\.\d+)?$/.test(trimmed)) return Math.min(Math.ceil(Number(trimmed) * 1000), MAX_RETRY_AFTER_MS);
-  // An HTTP-date names its day and month; Date.parse would also take "-5" as a year.
-  if (!/[a-z]{3}/i.test(trimmed)) return undefined;
-  const at = Date.parse(trimmed);
-  if (Number.isNaN(at)) return undefined;
-  return Math.min(Math.max(0, at - now), MAX_RETRY_AFTER_MS);
 }

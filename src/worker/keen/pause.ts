@@ -17,7 +17,7 @@
 import { DEFAULT_KEEN_PAUSE_PROBE_MS } from '../../shared/config.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
-import { DEPLOYMENT_FAULTS, KeenRequestError, type DeploymentFault } from './client.js';
+import { DEPLOYMENT_FAULTS, KeenRequestError, type DeploymentFault } from '../../shared/keen/errors.js';
 
 const REPEAT_LOG_MS = 60_000;
 

@@ -11,7 +11,7 @@ import { deviceIdOf, parseKeenDeliveryJob, type DeadLetterJob, type KeenDelivery
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { QUEUE_NAMES, queueLabel, type PipelineQueues } from '../../shared/queues.js';
-import { KeenRequestError } from '../keen/client.js';
+import { KeenRequestError } from '../../shared/keen/errors.js';
 import { runStage } from '../stage-runner.js';
 import { addDeadLetter } from './dead-letter-worker.js';
 import { planDelivery } from './keen-delivery.js';

@@ -16,8 +16,8 @@
  * keen-delivery-worker.ts submits the events and applies the plan.
  */
 import type { DeadLetterJob, DeliveryError, KeenDeliveryJob, KeenEventRecord } from '../../shared/jobs.js';
-import { KeenEventRejected } from '../keen/batcher.js';
-import { DEFAULT_RATE_LIMIT_MS, KeenRequestError } from '../keen/client.js';
+import { KeenEventRejected, KeenRequestError } from '../../shared/keen/errors.js';
+import { DEFAULT_RATE_LIMIT_MS } from '../keen/client.js';
 
 export interface DeliveryInput {
   jobId: string;

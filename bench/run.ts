@@ -311,7 +311,7 @@ function measureCpu(stack: Stack): () => Record<string, number> {
 function rssDetails(stack: Stack): string {
   return `peak RSS: ${stack.watch
     .names()
-    .filter((name) => name === 'subscriber' || name.startsWith('worker') || name.startsWith('yardstick'))
+    .filter((name) => name === 'subscriber' || name === 'raw-ceiling' || name.startsWith('worker') || name.startsWith('yardstick'))
     .map((name) => `${name} ${mb(stack.watch.peakRss(name))}`)
     .join(', ')}`;
 }

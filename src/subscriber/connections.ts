@@ -15,6 +15,7 @@
  * replay of every connected lamp's state after it subscribes.
  */
 import type { MqttClient } from 'mqtt';
+import mqttPacket from 'mqtt-packet';
 import type { Logger } from '../shared/logger.js';
 import { firstConnect, openMqttClient, type MqttSettings } from '../shared/mqtt.js';
 import { BRIDGE_STATE_TOPIC, LAMP_CHANGED_TOPICS } from '../shared/topics.js';
@@ -41,19 +42,7 @@ function writePuback(stream: MqttClient['stream'], messageId: number): void {
     stream.cork();
     process.nextTick(() => stream.uncork());
   }
-  stream.write(puback(messageId));
-}
-
-/**
- * A PUBACK as mqttPacket.generate writes it (type 4, remaining length 2, the packet id; MQTT 5
- * reads a missing reason code as success), without its general encoder's cost per message.
- */
-export function puback(messageId: number): Buffer {
-  const packet = Buffer.allocUnsafe(4);
-  packet[0] = 0x40;
-  packet[1] = 2;
-  packet.writeUInt16BE(messageId, 2);
-  return packet;
+  stream.write(mqttPacket.generate({ cmd: 'puback', messageId }));
 }
 
 export function subscriptionsFor(index: number, shareGroup: string): string[] {

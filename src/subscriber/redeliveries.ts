@@ -13,12 +13,6 @@ import type { Redis } from 'ioredis';
 
 /** Long enough to outlive any realistic outage of the subscriber; short enough to stay small. */
 const REMEMBER_S = 24 * 3600;
-/**
- * How often a session's expiry is pushed back: once a minute rather than at every write, a
- * command less per write. A key is never without its expiry for longer than this (HSET keeps an
- * existing one; only a key HSET creates has none until the next refresh).
- */
-const REFRESH_EXPIRY_MS = 60_000;
 
 export interface MqttPacketIdentity {
   messageId?: number;
@@ -36,13 +30,9 @@ export interface RememberedMessage {
 }
 
 export class RedeliveryLedger {
-  /** When each session's expiry was last set (ms). */
-  readonly #expirySetAt = new Map<string, number>();
-
   constructor(
     private readonly redis: Redis,
     private readonly keyPrefix: string,
-    private readonly now: () => number = Date.now,
   ) {}
 
   /** The message id we gave this DUP resend the first time, if we saw it. Costs a round trip. */
@@ -67,13 +57,10 @@ export class RedeliveryLedger {
       fields.push(String(packet.messageId), `${messageId} ${contentDigest(packet.topic, payload ?? packet.payload)}`);
     }
     // Packet ids are 16 bits, so a session's hash never holds more than 65,535 fields.
-    const now = this.now();
-    return [...bySession].flatMap(([session, fields]) => {
-      const hset = this.redis.hset(this.key(session), ...fields);
-      if (now - (this.#expirySetAt.get(session) ?? -Infinity) < REFRESH_EXPIRY_MS) return [hset];
-      this.#expirySetAt.set(session, now);
-      return [hset, this.redis.expire(this.key(session), REMEMBER_S)];
-    });
+    return [...bySession].flatMap(([session, fields]) => [
+      this.redis.hset(this.key(session), ...fields),
+      this.redis.expire(this.key(session), REMEMBER_S),
+    ]);
   }
 
   private key(session: string): string {

@@ -664,7 +664,7 @@ async function yardstickDirect(): Promise<void> {
         MQTT_CLIENT_ID: `${stack.prefix}-direct`,
       });
       stack.watch.watch('yardstick-direct', proc.child.pid);
-      await waitForLine(proc, 'yardstick ready');
+      await waitForLine(proc, 'yardstick ready', STARTUP_MS);
       const cpu = measureCpu(stack);
       const phase = await lampStatePhase(stack, { seqStart: 0, durationMs: P.durationS * 1000, window: P.window });
       const used = cpu();
@@ -683,6 +683,9 @@ async function yardstickDirect(): Promise<void> {
     }
   });
 }
+
+/** How long a bench process may take to start: minutes, on a machine loaded by other work. */
+const STARTUP_MS = 180_000;
 
 /** A sink process (yardstick-queue's drain, raw-ceiling): its progress and checks, over IPC (bench/lib/seqs.ts). */
 class Sink {
@@ -752,7 +755,7 @@ async function startQueueYardstick(stack: Stack): Promise<{ sink: Sink; procs: M
   stack.watch.watch('yardstick-intake', intake.child.pid);
   stack.watch.watch('yardstick-drain', drain.child.pid);
   const sink = new Sink(drain);
-  await waitForLine(intake, 'yardstick ready');
+  await waitForLine(intake, 'yardstick ready', STARTUP_MS);
   await waitProgress(() => (drain.child.connected ? 1 : 0), 1, 30_000);
   return { sink, procs: [intake, drain] };
 }
@@ -760,7 +763,7 @@ async function startQueueYardstick(stack: Stack): Promise<{ sink: Sink; procs: M
 async function startRawCeiling(stack: Stack): Promise<{ sink: Sink; procs: ManagedProcess[] }> {
   const proc = startBenchProcess('raw-ceiling.ts', { MQTT_URL: stack.broker.url, CLIENT_ID: `${stack.prefix}-raw` });
   stack.watch.watch('raw-ceiling', proc.child.pid);
-  await waitForLine(proc, 'raw ceiling ready');
+  await waitForLine(proc, 'raw ceiling ready', STARTUP_MS);
   return { sink: new Sink(proc), procs: [proc] };
 }
 
@@ -868,7 +871,7 @@ async function startSweepSystem(name: SweepSystemName): Promise<SweepSystem> {
         KEEN_WRITE_KEY: KEEN_WRITE_KEY,
         MQTT_CLIENT_ID: `${stack.prefix}-direct`,
       });
-      await waitForLine(proc, 'yardstick ready');
+      await waitForLine(proc, 'yardstick ready', STARTUP_MS);
     }
     return {
       async phase(seqStart, rate) {

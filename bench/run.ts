@@ -64,7 +64,16 @@ import {
 } from './lib/stack.js';
 import { formatSummary, summarize } from './profile-summary.js';
 import type { KeenRecorder } from './keen-recorder.js';
-import { checkSeqs, lastArrival, percentile, type Percentiles, type SeqCheck, type SinkCommand, type SinkReply } from './lib/seqs.js';
+import {
+  checkSeqs,
+  lastArrival,
+  percentile,
+  percentiles,
+  type Percentiles,
+  type SeqCheck,
+  type SinkCommand,
+  type SinkReply,
+} from './lib/seqs.js';
 import { sweepSvg, type SweepSeries } from './lib/plot.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -212,15 +221,10 @@ function latencyOf(recorder: KeenRecorder, from: number, to: number, publishedAf
     toKeen.push(seqs.acceptedAt[seq]! - seqs.receivedAt[seq]!);
   }
   const sorted = (values: number[]) => Float64Array.from(values.filter(Number.isFinite)).sort();
-  const all = sorted(e2e);
   const sub = sorted(toSub);
   const keen = sorted(toKeen);
   return {
-    n: all.length,
-    p50: percentile(all, 50),
-    p95: percentile(all, 95),
-    p99: percentile(all, 99),
-    max: all.length ? all[all.length - 1]! : NaN,
+    ...percentiles(e2e),
     toSubscriber: [percentile(sub, 50), percentile(sub, 99)],
     toKeen: [percentile(keen, 50), percentile(keen, 99)],
   };
@@ -770,17 +774,23 @@ async function startRawCeiling(stack: Stack): Promise<{ sink: Sink; procs: Manag
 const sinkStack = (name: string) =>
   Stack.start({ name, services, workers: 0, subscriber: false, database: false, validateEvery: P.validateEvery });
 
-async function yardstickQueue(): Promise<void> {
-  await scenario('yardstick-queue', async (outcome) => {
-    const stack = await sinkStack('yardstick-b');
+/** A scenario of a sink system at max load: its throughput, CPU and RSS; each event must arrive once. */
+async function sinkScenario(
+  name: string,
+  start: (stack: Stack) => Promise<{ sink: Sink; procs: ManagedProcess[] }>,
+  what: string,
+  arrived: string,
+): Promise<void> {
+  await scenario(name, async (outcome) => {
+    const stack = await sinkStack(name);
     try {
-      const { sink, procs } = await startQueueYardstick(stack);
+      const { sink, procs } = await start(stack);
       const cpu = measureCpu(stack);
-      const phase = await sinkPhase(stack, sink, procs, 'yardstick (b)', { seqStart: 0, durationMs: P.durationS * 1000, window: P.window });
+      const phase = await sinkPhase(stack, sink, procs, name, { seqStart: 0, durationMs: P.durationS * 1000, window: P.window });
       const used = cpu();
-      outcome.data.throughput = phase.throughput;
+      Object.assign(outcome.data, { throughput: phase.throughput }, cpuPerEvent(used, phase.report.published));
       outcome.details.push(
-        `MQTT callback → queue.add → no-op worker, acknowledged before Redis confirms: ${fmt(phase.throughput)} events/s over ${fmt(phase.wallS, 1)} s, ${fmt(phase.report.published)} events, each completed once`,
+        `${what}: ${fmt(phase.throughput)} events/s over ${fmt(phase.wallS, 1)} s, ${fmt(phase.report.published)} events, each ${arrived} once`,
         cpuDetails(used, phase.report.published, phase.wallS),
         rssDetails(stack),
       );
@@ -791,27 +801,16 @@ async function yardstickQueue(): Promise<void> {
   });
 }
 
+const yardstickQueue = () =>
+  sinkScenario(
+    'yardstick-queue',
+    startQueueYardstick,
+    'MQTT callback → queue.add → no-op worker, acknowledged before Redis confirms',
+    'completed',
+  );
 /** Issue 15's raw ceiling: the fleet → the same Mosquitto → a QoS 1 subscriber that only acknowledges. */
-async function rawCeiling(): Promise<void> {
-  await scenario('raw-ceiling', async (outcome) => {
-    const stack = await sinkStack('raw-ceiling');
-    try {
-      const { sink, procs } = await startRawCeiling(stack);
-      const cpu = measureCpu(stack);
-      const phase = await sinkPhase(stack, sink, procs, 'raw ceiling', { seqStart: 0, durationMs: P.durationS * 1000, window: P.window });
-      const used = cpu();
-      Object.assign(outcome.data, { throughput: phase.throughput }, cpuPerEvent(used, phase.report.published));
-      outcome.details.push(
-        `fleet → Mosquitto → QoS 1 subscriber that only acknowledges: ${fmt(phase.throughput)} events/s over ${fmt(phase.wallS, 1)} s, ${fmt(phase.report.published)} events, each arrived once`,
-        cpuDetails(used, phase.report.published, phase.wallS),
-        rssDetails(stack),
-      );
-      await Promise.all(procs.map((proc) => stop(proc, 5000)));
-    } finally {
-      await stack.close();
-    }
-  });
-}
+const rawCeiling = () =>
+  sinkScenario('raw-ceiling', startRawCeiling, 'fleet → Mosquitto → QoS 1 subscriber that only acknowledges', 'arrived');
 
 /** One system of the sweep, started: a phase at an offered rate (0: max load) gives throughput and p99. */
 interface SweepSystem {
@@ -1003,28 +1002,14 @@ for (const w of P.workers) {
     o.ok ? (isOne ? verdict(o.data.throughput! >= 8000) : '') : 'FAILURE',
   ]);
 }
-if (ya)
-  rows.push([
-    'Yardstick (a): seed design, one Keen request per event (events/s)',
-    failed(ya) ?? figure(ya, 'throughput'),
-    '',
-    ya.ok ? '' : 'FAILURE',
-  ]);
-if (yb)
-  rows.push([
-    'Yardstick (b): MQTT → queue.add → no-op worker (events/s)',
-    failed(yb) ?? figure(yb, 'throughput'),
-    '',
-    yb.ok ? '' : 'FAILURE',
-  ]);
+/** A row of a yardstick's throughput (no target: the others are measured against it). */
+const yardstickRow = (o: (Outcome & { runs: Outcome[] }) | undefined, label: string) => {
+  if (o) rows.push([label, failed(o) ?? figure(o, 'throughput'), '', o.ok ? '' : 'FAILURE']);
+};
+yardstickRow(ya, 'Yardstick (a): seed design, one Keen request per event (events/s)');
+yardstickRow(yb, 'Yardstick (b): MQTT → queue.add → no-op worker (events/s)');
 const raw = byName('raw-ceiling');
-if (raw)
-  rows.push([
-    'Raw ceiling: fleet → Mosquitto → QoS 1 subscriber that only acknowledges (events/s)',
-    failed(raw) ?? figure(raw, 'throughput'),
-    '',
-    raw.ok ? '' : 'FAILURE',
-  ]);
+yardstickRow(raw, 'Raw ceiling: fleet → Mosquitto → QoS 1 subscriber that only acknowledges (events/s)');
 /** a ÷ b of the runs of the same round (the machine's speed moves between rounds): each, and their median. */
 function perRound(a: Outcome & { runs: Outcome[] }, b: Outcome & { runs: Outcome[] }, key: string): number[] {
   return a.runs.flatMap((run) => {

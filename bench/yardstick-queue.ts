@@ -9,12 +9,13 @@
  *   ROLE=drain  REDIS_URL=... QUEUE_PREFIX=... node --import tsx bench/yardstick-queue.ts   (with an IPC channel)
  *
  * The intake prints `yardstick ready` once subscribed. The drain, started by the bench with an IPC
- * channel, reports `{type: 'progress', completed, firstAt, lastAt}` every 20 ms and answers
- * `{type: 'check', from, to}` with the sequence numbers in [from, to) it saw not exactly once.
+ * channel, speaks bench/lib/seqs.ts's SinkReply: progress every 20 ms, and for a check of
+ * [from, to) the sequence numbers not completed exactly once and their publish → completion latency.
  */
 import { Queue, Worker } from 'bullmq';
 import mqtt from 'mqtt';
 import { SeqLog } from './keen-recorder.js';
+import { recordSeq, serveSink } from './lib/seqs.js';
 import { connectRedis } from '../src/shared/redis.js';
 
 const env = (name: string) => {
@@ -29,10 +30,6 @@ interface RawJob {
   state: { seq?: number; t?: number };
   receivedAt: string;
 }
-
-export type DrainReply =
-  | { type: 'progress'; completed: number; firstAt: number; lastAt: number }
-  | { type: 'checked'; missing: number; duplicated: number; examples: number[] };
 
 const LAMP_CHANGED = /^\/?devices\/([0-9a-f]{1,12})\/lamp\/changed$/;
 const prefix = env('QUEUE_PREFIX');
@@ -77,11 +74,8 @@ if (env('ROLE') === 'intake') {
   const worker = new Worker<RawJob>(
     'ingest',
     async (job) => {
-      const seq = job.data.state.seq;
-      if (typeof seq === 'number') {
-        seqs.ensure(seq + 1);
-        if (seqs.count[seq]! < 255) seqs.count[seq]! += 1;
-      }
+      const { seq, t } = job.data.state;
+      if (typeof seq === 'number') recordSeq(seqs, seq, typeof t === 'number' ? t : NaN, Date.now());
     },
     { connection: redis, prefix, concurrency: Number(process.env.WORKER_CONCURRENCY ?? 50) },
   );
@@ -90,28 +84,11 @@ if (env('ROLE') === 'intake') {
     lastAt = Date.now();
     if (completed === 1) firstAt = lastAt;
   });
-  const send = (reply: DrainReply) => process.send?.(reply);
-  setInterval(() => send({ type: 'progress', completed, firstAt, lastAt }), 20).unref();
-  process.on('message', (command: { type: 'check'; from: number; to: number }) => {
-    if (command.type !== 'check') return;
-    seqs.ensure(command.to);
-    let missing = 0;
-    let duplicated = 0;
-    const examples: number[] = [];
-    for (let seq = command.from; seq < command.to; seq++) {
-      const count = seqs.count[seq]!;
-      if (count === 1) continue;
-      if (count === 0) missing += 1;
-      else duplicated += 1;
-      if (examples.length < 10) examples.push(seq);
-    }
-    send({ type: 'checked', missing, duplicated, examples });
-  });
+  serveSink(seqs, () => ({ completed, firstAt, lastAt }));
   process.on('SIGTERM', () => {
     void worker
       .close()
       .then(() => redis.quit())
       .finally(() => process.exit(0));
   });
-  process.on('disconnect', () => process.exit(0));
 }

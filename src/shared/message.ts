@@ -20,9 +20,16 @@ export interface IncomingMessage {
   receivedAt: Date;
 }
 
-export type ParsedMessage = { ok: true; message: IngestMessage } | { ok: false; reason: RejectReason; detail: string; deviceId?: string };
+/**
+ * `payload`: an accepted message's payload as text, exactly its bytes (valid UTF-8 by parsing, a
+ * leading byte order mark kept), decoded once here for whoever needs it as sent.
+ */
+export type ParsedMessage =
+  { ok: true; message: IngestMessage; payload: string } | { ok: false; reason: RejectReason; detail: string; deviceId?: string };
 
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false });
+// The BOM is kept in the text (the payload as sent) and skipped for JSON.parse only.
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const BOM = 0xfeff;
 
 export function parseMessage(message: IncomingMessage): ParsedMessage {
   const topic = parseTopic(message.topic);
@@ -34,7 +41,11 @@ export function parseMessage(message: IncomingMessage): ParsedMessage {
   if (topic.kind === 'bridge-state') {
     const text = message.payload.length === 1 ? String.fromCharCode(message.payload[0]!) : '';
     if (text !== '0' && text !== '1') return reject('invalid_bridge_state', 'bridge state payload must be 1 or 0');
-    return { ok: true, message: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retained, receivedAt } };
+    return {
+      ok: true,
+      message: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retained, receivedAt },
+      payload: text,
+    };
   }
 
   if (message.payload.length > MAX_LAMP_STATE_BYTES) {
@@ -48,18 +59,19 @@ export function parseMessage(message: IncomingMessage): ParsedMessage {
   }
   let value: unknown;
   try {
-    value = JSON.parse(text);
+    value = JSON.parse(text.charCodeAt(0) === BOM ? text.slice(1) : text);
   } catch (err) {
     return reject('invalid_json', `payload is not JSON: ${(err as Error).message.slice(0, 120)}`);
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     return reject('not_an_object', 'lamp state must be a JSON object');
   }
-  const problem = findStructuralProblem(value);
+  // Only a JSON escape can put a NUL or a lone surrogate in a string: valid UTF-8 cannot hold them.
+  const problem = findStructuralProblem(value, text.includes('\\u'));
   if (problem) return reject(problem.reason, problem.detail);
   const invalid = lampStateProblem(value as Record<string, unknown>);
   if (invalid) return reject('invalid_lamp_state', invalid);
-  return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt } };
+  return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt }, payload: text };
 }
 
 /** The first field of LampState with the wrong type or range, as `field: what is wrong`. */
@@ -90,11 +102,16 @@ function unitProblem(value: unknown): string | undefined {
 }
 
 /**
- * Walks the parsed JSON iteratively: too deep, a number JSON cannot represent (1e999), or text
- * that no Keen can store (a NUL or a lone surrogate, which JSON escapes let through valid UTF-8)
- * in a key or a value: refused here, it cannot fail a Keen request of other lamps' events later.
+ * Walks the parsed JSON: too deep, a number JSON cannot represent (1e999), or text that no Keen
+ * can store (a NUL or a lone surrogate, which JSON escapes let through valid UTF-8) in a key or
+ * a value: refused here, it cannot fail a Keen request of other lamps' events later. `escaped`:
+ * whether the text had a `\u` escape, without which no string can hold such text.
+ *
+ * Every message passes a quick walk that allocates nothing; only one it finds something in is
+ * walked again to say what and where (and so with the very words it always had).
  */
-function findStructuralProblem(root: object): { reason: RejectReason; detail: string } | undefined {
+function findStructuralProblem(root: object, escaped: boolean): { reason: RejectReason; detail: string } | undefined {
+  if (!mayHoldProblem(root, 1, escaped)) return undefined;
   const stack: Array<[unknown, number, string]> = [[root, 1, '(root)']];
   while (stack.length > 0) {
     const [value, depth, where] = stack.pop()!;
@@ -119,4 +136,22 @@ function findStructuralProblem(root: object): { reason: RejectReason; detail: st
     }
   }
   return undefined;
+}
+
+/** Whether findStructuralProblem's walk could find anything in `value`. Recurses at most MAX_LAMP_STATE_DEPTH + 1 deep. */
+function mayHoldProblem(value: unknown, depth: number, escaped: boolean): boolean {
+  if (typeof value === 'number') return !Number.isFinite(value);
+  if (typeof value === 'string') return escaped && unstorableText(value) !== undefined;
+  if (typeof value !== 'object' || value === null) return false;
+  if (depth > MAX_LAMP_STATE_DEPTH) return true;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) if (mayHoldProblem(value[i], depth + 1, escaped)) return true;
+    return false;
+  }
+  // JSON.parse makes plain objects whose keys are all their own.
+  for (const key in value) {
+    if (escaped && unstorableText(key) !== undefined) return true;
+    if (mayHoldProblem((value as Record<string, unknown>)[key], depth + 1, escaped)) return true;
+  }
+  return false;
 }

@@ -16,7 +16,7 @@ import { payloadRecord, type BridgeStatesJob, type LampStatesJob, type RejectedM
 import { parseMessage, type ParsedMessage } from '../shared/message.js';
 import type { Metrics } from '../shared/metrics.js';
 import type { PipelineQueues } from '../shared/queues.js';
-import { newMessageId, type RedeliveryLedger, type RememberedMessage } from './redeliveries.js';
+import { newMessageId, newMessageIds, type RedeliveryLedger, type RememberedMessage } from './redeliveries.js';
 
 export interface MqttMessage {
   topic: string;
@@ -48,7 +48,19 @@ interface Arrival {
   message: MqttMessage;
   parsed: ParsedMessage;
   receivedAt: Date;
-  stored(): void;
+}
+
+/** The messages of the next write, and the one promise they all wait on (one per group, not per message). */
+interface Group {
+  arrivals: Arrival[];
+  stored: Promise<void>;
+  resolve(): void;
+}
+
+function newGroup(): Group {
+  let resolve!: () => void;
+  const stored = new Promise<void>((r) => (resolve = r));
+  return { arrivals: [], stored, resolve };
 }
 
 export class Intake {
@@ -56,7 +68,7 @@ export class Intake {
   readonly #retryDelayMs: number;
   readonly #maxStatesPerJob: number;
   readonly #now: () => Date;
-  #waiting: Arrival[] = [];
+  #waiting: Group = newGroup();
   #writing = false;
   #scheduled = false;
 
@@ -67,7 +79,10 @@ export class Intake {
     this.#now = options.now ?? (() => new Date());
   }
 
-  /** Resolves once Redis holds the message's job or its rejection record. */
+  /**
+   * Resolves once Redis holds the message's job or its rejection record. Messages stored in the
+   * same write share the promise.
+   */
   accept(session: string, message: MqttMessage): Promise<void> {
     const receivedAt = this.#now();
     const parsed = parseMessage({ topic: message.topic, payload: message.payload, retained: message.retain, receivedAt });
@@ -88,10 +103,9 @@ export class Intake {
         'message rejected',
       );
     }
-    return new Promise<void>((stored) => {
-      this.#waiting.push({ session, message, parsed, receivedAt, stored });
-      this.#scheduleWrite();
-    });
+    this.#waiting.arrivals.push({ session, message, parsed, receivedAt });
+    this.#scheduleWrite();
+    return this.#waiting.stored;
   }
 
   /** Messages parsed in the same turn of the event loop (one socket read) share a write. */
@@ -105,9 +119,9 @@ export class Intake {
   }
 
   async #write(): Promise<void> {
-    const group = this.#waiting;
+    const { arrivals: group, resolve } = this.#waiting;
     if (group.length === 0) return;
-    this.#waiting = [];
+    this.#waiting = newGroup();
     this.#writing = true;
     try {
       const ids = await this.#untilStored('redelivery lookup', () => this.#messageIds(group));
@@ -117,14 +131,14 @@ export class Intake {
     } finally {
       this.#writing = false;
     }
-    for (const arrival of group) arrival.stored();
+    resolve();
     this.#scheduleWrite();
   }
 
   /** A new id per message, or the one a DUP resend had the first time. */
   async #messageIds(group: Arrival[]): Promise<string[]> {
     const { ledger, metrics, logger } = this.#options;
-    const ids = group.map(() => newMessageId());
+    const ids = newMessageIds(group.length);
     // Only a DUP resend can have been stored before: a lookup each (they are rare).
     const resends = group.flatMap((arrival, i) => (arrival.parsed.ok && arrival.message.dup ? [i] : []));
     await Promise.all(
@@ -165,17 +179,11 @@ export class Intake {
         rejections.push({ record, id: messageId });
         return;
       }
-      remember.push({ session, packet: message, messageId });
+      remember.push({ session, packet: message, messageId, payload: parsed.payload });
       // The topic and payload as sent travel too, for the record should the worker reject the state.
       const { topic } = message;
       if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId, topic, ...onBroker });
-      else
-        lampStates.push({
-          ...parsed.message,
-          messageId,
-          topic,
-          payload: Buffer.from(message.payload.buffer, message.payload.byteOffset, message.payload.byteLength).toString('utf8'),
-        });
+      else lampStates.push({ ...parsed.message, messageId, topic, payload: parsed.payload });
     });
     const byPartition = groupBy(bridgeStates, (state) => queues.bridgeStateQueueFor(state.deviceId));
     // Ids are chosen now, so that a retried write sends the very same jobs.

@@ -50,8 +50,13 @@ export async function startSubscriber(config: SubscriberConfig, logger: Logger, 
   const onMessage = (session: string, message: Parameters<Intake['accept']>[1]) => {
     // After close() starts, messages are left unacknowledged: the broker keeps them for our session.
     if (closing) return new Promise<void>(() => {});
-    const handling = intake.accept(sessionOf(session), message).finally(() => inFlight.delete(handling));
-    inFlight.add(handling);
+    // The messages of one write share one promise: tracked once, not once per message.
+    const handling = intake.accept(sessionOf(session), message);
+    if (!inFlight.has(handling)) {
+      inFlight.add(handling);
+      const done = () => inFlight.delete(handling);
+      handling.then(done, done);
+    }
     return handling;
   };
 

@@ -44,6 +44,7 @@ describe('parseMessage: bridge state', () => {
     expect(parse(BRIDGE_TOPIC, '1')).toEqual({
       ok: true,
       message: { kind: 'bridge-state', deviceId: 'b827eb0a1b2c', connected: true, retained: false, receivedAt: '2025-03-04T05:06:07.089Z' },
+      payload: '1',
     });
     expect(parse(BRIDGE_TOPIC, '0')).toEqual({
       ok: true,
@@ -54,6 +55,7 @@ describe('parseMessage: bridge state', () => {
         retained: false,
         receivedAt: '2025-03-04T05:06:07.089Z',
       },
+      payload: '0',
     });
   });
 
@@ -105,7 +107,17 @@ describe('parseMessage: lamp state accepted', () => {
     expect(lamp(JSON.stringify(sent))).toEqual({
       ok: true,
       message: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c', state: sent, receivedAt: '2025-03-04T05:06:07.089Z' },
+      payload: JSON.stringify(sent),
     });
+  });
+
+  it('gives the payload as text, exactly its bytes: a byte order mark and non-ASCII text kept', () => {
+    for (const bytes of [[0xef, 0xbb, 0xbf, ...utf8.encode('{"on":true}')], [...utf8.encode('{"client":"lámpara 💡"}')]]) {
+      const result = lamp(bytes);
+      expect(result.ok).toBe(true);
+      if (result.ok) expect([...Buffer.from(result.payload, 'utf8')]).toEqual(bytes);
+    }
+    expect(parse(BRIDGE_TOPIC, '1')).toMatchObject({ ok: true, payload: '1' });
   });
 
   it('accepts both topic shapes', () => {
@@ -311,6 +323,11 @@ describe('parseMessage: text no Keen can store', () => {
       expect(result, payload).toMatchObject({ ok: false, reason: 'unstorable_text', detail: expect.stringMatching(/NUL|surrogate/) });
     }
     expect(lamp('{"s":"a\\u0000"}')).toMatchObject({ detail: 'the value at s contains a NUL character (\\u0000)' });
+  });
+
+  it('accepts escapes of storable text, and raw non-ASCII text without escapes', () => {
+    expect(acceptedState(lamp('{"s":"\\u0041\\n","\\u00e9":[{"x":"\\ud83d\\udca1"}]}'))).toEqual({ s: 'A\n', é: [{ x: '💡' }] });
+    expect(acceptedState(lamp('{"s":"💡 ok"}'))).toEqual({ s: '💡 ok' });
   });
 
   it('accepts surrogate pairs and other control characters', () => {

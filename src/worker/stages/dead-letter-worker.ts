@@ -110,7 +110,13 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     // Parking is the normal path and logged above; anything else is a redrive that failed.
     if (err instanceof UnrecoverableError || !job) return;
     logger.error(
-      { job_id: job.id, queue: queueLabel(QUEUE_NAMES.deadLetter), device_id: deviceIdOf(job.data), collection: job.data.collection, err: err.message },
+      {
+        job_id: job.id,
+        queue: queueLabel(QUEUE_NAMES.deadLetter),
+        device_id: deviceIdOf(job.data),
+        collection: job.data.collection,
+        err: err.message,
+      },
       'dead letter redrive failed; it stays in the Failed list, retry it again',
     );
   });

@@ -35,7 +35,9 @@ export interface KeenDeliveryWorkerOptions {
 export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Worker<KeenDeliveryJob> {
   const { queues, batcher, logger, metrics } = options;
   if (queues.keen.name !== QUEUE_NAMES.keen || (queues.keen.opts.prefix ?? 'bull') !== options.prefix) {
-    throw new TypeError(`createKeenDeliveryWorker: queues.keen must be the ${queueLabel(QUEUE_NAMES.keen)} queue with prefix ${options.prefix}`);
+    throw new TypeError(
+      `createKeenDeliveryWorker: queues.keen must be the ${queueLabel(QUEUE_NAMES.keen)} queue with prefix ${options.prefix}`,
+    );
   }
   /** A failed request fails every job of its batch with the same error: it is logged once. */
   const reported = new WeakSet<object>();

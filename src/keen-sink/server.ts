@@ -126,7 +126,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   }
 
   const db = new pg.Pool({ connectionString: options.databaseUrl, max: 10, statement_timeout: options.statementTimeoutMs ?? 60_000 });
-  db.on('error', (err) => logger.warn({ err: describeError(err) }, 'idle PostgreSQL connection failed'));
+  db.on('error', (err) => logger.warn({ err }, 'idle PostgreSQL connection failed'));
   const reportedAddons = new Set<string>();
   const cors = new Cors({ origins: options.corsOrigins ?? [] });
   const explorer = new Explorer(options.projectId);
@@ -352,7 +352,7 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   const expiry = setInterval(() => {
     expireUniquenessTokens(db).then(
       (count) => count > 0 && logger.info({ count }, 'forgot expired uniqueness tokens'),
-      (err: unknown) => logger.warn({ err: describeError(err) }, 'could not expire uniqueness tokens'),
+      (err: unknown) => logger.warn({ err }, 'could not expire uniqueness tokens'),
     );
   }, 3_600_000);
   expiry.unref();

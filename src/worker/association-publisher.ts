@@ -9,7 +9,7 @@
 import { hostname } from 'node:os';
 import type { MqttClient } from 'mqtt';
 import { DependencyWatch } from '../shared/dependency-watch.js';
-import { MqttLoginError, describeError } from '../shared/errors.js';
+import { MqttLoginError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { firstConnect, openMqttClient, type MqttSettings } from '../shared/mqtt.js';
 import { safeUrl } from '../shared/redact.js';
@@ -63,7 +63,7 @@ export class AssociationPublisher {
       if (result.status === 'fulfilled') return;
       const { settings } = connections[i]!;
       logger.warn(
-        { dependency: 'mqtt', broker: settings.broker, err: describeError(result.reason) },
+        { dependency: 'mqtt', broker: settings.broker, err: result.reason },
         `broker ${settings.broker}=${safeUrl(settings.url)} unreachable at start: its lamps' association messages are retried until it is back`,
       );
     });

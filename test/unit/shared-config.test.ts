@@ -211,6 +211,7 @@ describe("keen-sink's section", () => {
   it('gives every default when only its required settings are set', () => {
     expect(loadConfig(SINK, SINK_ENV)).toEqual({
       REDIS_URL: 'redis://127.0.0.1:6379',
+      REDIS_CLUSTER_NODES: [],
       QUEUE_PREFIX: 'lampi',
       LOG_LEVEL: 'info',
       KEEN_SINK_PORT: 8080,

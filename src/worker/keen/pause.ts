@@ -89,7 +89,7 @@ export class KeenDeliveryPause {
     if (!previous || previous.fault !== fault) this.#setGauge(fault);
     if (logDue) {
       this.#logger?.error(
-        { reason: fault, status: err.status, code: err.code, err: err.message, probe_interval_ms: this.probeIntervalMs },
+        { reason: fault, status: err.status, code: err.code, err, probe_interval_ms: this.probeIntervalMs },
         `${REMEDY[fault]}. Keen delivery is paused: no event is dropped, events wait in keen-delivery and go out once Keen accepts again`,
       );
     }

@@ -41,10 +41,7 @@ export function createBridgeStatesWorkers(options: IngestWorkerOptions): Worker<
       // message is only refreshed; holding its partition for a broker that is away would delay
       // every lamp behind it, and the bridge's next connect (once the broker is back) refreshes it.
       if (effect.required) throw err;
-      logger.warn(
-        { message_id: messageId, device_id: target.deviceId, err: err instanceof Error ? err.message : String(err) },
-        'association message not refreshed; the next connect will',
-      );
+      logger.warn({ message_id: messageId, device_id: target.deviceId, err }, 'association message not refreshed; the next connect will');
     }
   };
 

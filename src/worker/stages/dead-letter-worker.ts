@@ -115,7 +115,7 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
         queue: queueLabel(QUEUE_NAMES.deadLetter),
         device_id: deviceIdOf(job.data),
         collection: job.data.collection,
-        err: err.message,
+        err,
       },
       'dead letter redrive failed; it stays in the Failed list, retry it again',
     );

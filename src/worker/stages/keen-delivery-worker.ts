@@ -98,7 +98,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
     if (next.kind === 'give-up') {
       for (const letter of next.deadLetters) await deadLetter(letter);
       log.error(
-        { attempts: attempt, status: lastError.status, code: lastError.code, err: lastError.message },
+        { attempts: attempt, status: lastError.status, code: lastError.code, last_error: lastError.message },
         'Keen delivery attempts exhausted; dead-lettered',
       );
       throw new UnrecoverableError(lastError.message);
@@ -107,10 +107,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
     const { error } = next;
     if (!(error instanceof KeenRequestError) || !reported.has(error)) {
       if (error instanceof KeenRequestError) reported.add(error);
-      log.warn(
-        { attempts: attempt, status: lastError.status, code: lastError.code, err: lastError.message },
-        'Keen delivery failed; will retry',
-      );
+      log.warn({ attempts: attempt, status: lastError.status, code: lastError.code, err: error }, 'Keen delivery failed; will retry');
     }
     throw error;
   };

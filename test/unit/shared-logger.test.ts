@@ -210,7 +210,7 @@ describe('createLogger', () => {
 });
 
 /** A log field `err` holding a description of an error rather than the error itself. */
-const DESCRIBED_ERROR = /\berr: (describeError\(|String\(|messageOf\(|\w+\.message\b|\w+ instanceof Error \?)/;
+const DESCRIBED_ERROR = /\berr: (describeError\(|String\(|messageOf\(|[\w.]+\.message\b|\w+ instanceof Error \?)/;
 
 describe('logging an error', () => {
   it('is done one way across src: the error itself as `err`', async () => {

@@ -70,7 +70,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
           device_id: deviceIdOf(letter),
           status: letter.lastError.status,
           code: letter.lastError.code,
-          err: letter.lastError.message,
+          last_error: letter.lastError.message,
         },
         'Keen refused the event; dead-lettered',
       );

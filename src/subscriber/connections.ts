@@ -36,12 +36,12 @@ const ACK_IS_OURS = new Error('acknowledged by the subscriber once stored');
  * The messages of a group are stored together and acknowledged in the same turn: corked until
  * the turn ends, their PUBACKs leave in one write, not one system call each.
  */
-function writePuback(stream: MqttClient['stream'], messageId: number): void {
+function writePuback(stream: MqttClient['stream'], packetId: number): void {
   if (!stream.writableCorked) {
     stream.cork();
     process.nextTick(() => stream.uncork());
   }
-  stream.write(mqttPacket.generate({ cmd: 'puback', messageId }));
+  stream.write(mqttPacket.generate({ cmd: 'puback', messageId: packetId }));
 }
 
 export function subscriptionsFor(index: number, shareGroup: string): string[] {
@@ -66,15 +66,16 @@ function openConnection(options: SubscriberConnectionOptions, index: number): Mq
   // A persistent session: while we are away the broker queues QoS 1 messages for us.
   const client = openMqttClient(options.mqtt, { clientId, clean: false }, options.logger);
   client.handleMessage = (packet, done) => {
+    const packetId = packet.messageId;
     const message: MqttMessage = {
       topic: packet.topic,
       payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload,
       retain: packet.retain,
       dup: packet.dup,
-      ...(packet.messageId !== undefined ? { messageId: packet.messageId } : {}),
+      ...(packetId !== undefined ? { packetId } : {}),
     };
     const handled = options.onMessage(clientId, message);
-    if (packet.qos === 0 || packet.messageId === undefined) {
+    if (packet.qos === 0 || packetId === undefined) {
       // Nothing to acknowledge; waiting still keeps a flood of QoS 0 messages from piling up.
       handled.then(
         () => done(),
@@ -82,13 +83,12 @@ function openConnection(options: SubscriberConnectionOptions, index: number): Mq
       );
       return;
     }
-    const { messageId } = packet;
     const stream = client.stream;
     handled.then(
       () => {
         // Only on the connection the message came on: a packet id means nothing on another.
         if (client.stream !== stream || !client.connected || stream.destroyed) return;
-        writePuback(stream, messageId);
+        writePuback(stream, packetId);
       },
       (err: unknown) => log.error({ err }, 'message left unacknowledged: handling failed'),
     );

@@ -23,7 +23,7 @@ export interface MqttMessage {
   payload: Uint8Array;
   retain: boolean;
   dup: boolean;
-  messageId?: number;
+  packetId?: number;
 }
 
 export interface IntakeOptions {

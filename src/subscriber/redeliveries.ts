@@ -16,7 +16,7 @@ import type { RedisClient } from '../shared/redis.js';
 const REMEMBER_S = 24 * 3600;
 
 export interface MqttPacketIdentity {
-  messageId?: number;
+  packetId?: number;
   dup: boolean;
   topic: string;
   payload: Uint8Array;
@@ -49,8 +49,8 @@ export class RedeliveryLedger {
 
   /** The message id we gave this DUP resend the first time, if we saw it. Costs a round trip. */
   async remembered(session: string, packet: MqttPacketIdentity): Promise<string | undefined> {
-    if (packet.messageId === undefined || !packet.dup) return undefined;
-    const remembered = await this.redis.hget(this.key(session), String(packet.messageId));
+    if (packet.packetId === undefined || !packet.dup) return undefined;
+    const remembered = await this.redis.hget(this.key(session), String(packet.packetId));
     const [messageId, rememberedDigest] = remembered?.split(' ') ?? [];
     return messageId && rememberedDigest === contentDigest(packet.topic, packet.payload) ? messageId : undefined;
   }
@@ -64,10 +64,10 @@ export class RedeliveryLedger {
   rememberAll(messages: RememberedMessage[]): Array<Promise<unknown>> {
     const bySession = new Map<string, string[]>();
     for (const { session, packet, messageId, payload } of messages) {
-      if (packet.messageId === undefined) continue;
+      if (packet.packetId === undefined) continue;
       let fields = bySession.get(session);
       if (!fields) bySession.set(session, (fields = []));
-      fields.push(String(packet.messageId), `${messageId} ${contentDigest(packet.topic, payload ?? packet.payload)}`);
+      fields.push(String(packet.packetId), `${messageId} ${contentDigest(packet.topic, payload ?? packet.payload)}`);
     }
     // Packet ids are 16 bits, so a session's hash never holds more than 65,535 fields.
     return [...bySession].flatMap(([session, fields]) => [

@@ -291,7 +291,7 @@ describe('subscriber intake', () => {
     payload: Buffer.from(JSON.stringify({ on: true, n })),
     retain: false,
     dup,
-    ...(packetId !== undefined ? { messageId: packetId } : {}),
+    ...(packetId !== undefined ? { packetId } : {}),
   });
 
   it('writes one group per Redis round trip, split into jobs of at most maxStatesPerJob states', async () => {
@@ -312,14 +312,14 @@ describe('subscriber intake', () => {
         payload: Buffer.from('1'),
         retain: false,
         dup: false,
-        messageId: 10,
+        packetId: 10,
       }),
       intake.accept('s1', {
         topic: `/devices/${device}/lamp/changed`,
         payload: Buffer.from('nope'),
         retain: false,
         dup: false,
-        messageId: 11,
+        packetId: 11,
       }),
     ]);
     const jobs = await lampStateJobs(services.redis, prefix);

@@ -1,6 +1,7 @@
 /**
- * Turns an MQTT message into an ingest message, or into a rejection with a reason. Pure: no I/O,
- * never throws, whatever the bytes.
+ * The one type of an MQTT message as it arrived (MqttMessage), and parseMessage, which turns it
+ * into an ingest message or into a rejection with a reason. Pure: no I/O, never throws, whatever
+ * the bytes.
  */
 import type { IngestMessage } from './jobs.js';
 import type { LampState, RejectReason } from './lamp.js';
@@ -13,11 +14,14 @@ export const MAX_LAMP_STATE_DEPTH = 16;
 
 const MAX_CLIENT_CHARS = 256;
 
-export interface IncomingMessage {
+/** One MQTT message as it arrived: the PUBLISH packet's fields that we use. */
+export interface MqttMessage {
   topic: string;
   payload: Uint8Array;
-  retained: boolean;
-  receivedAt: Date;
+  retain: boolean;
+  dup: boolean;
+  /** QoS 1 and 2 only; unique among the session's unacknowledged messages, reused after. */
+  packetId?: number;
 }
 
 /**
@@ -31,11 +35,11 @@ export type ParsedMessage =
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 const BOM = 0xfeff;
 
-export function parseMessage(message: IncomingMessage): ParsedMessage {
+export function parseMessage(message: MqttMessage, receivedAt: Date): ParsedMessage {
   const topic = parseTopic(message.topic);
   if (!topic.ok) return topic;
   const { deviceId } = topic;
-  const receivedAt = message.receivedAt.toISOString();
+  const receivedAtIso = receivedAt.toISOString();
   const reject = (reason: RejectReason, detail: string): ParsedMessage => ({ ok: false, reason, detail, deviceId });
 
   if (topic.kind === 'bridge-state') {
@@ -43,7 +47,7 @@ export function parseMessage(message: IncomingMessage): ParsedMessage {
     if (text !== '0' && text !== '1') return reject('invalid_bridge_state', 'bridge state payload must be 1 or 0');
     return {
       ok: true,
-      message: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retained, receivedAt },
+      message: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retain, receivedAt: receivedAtIso },
       payload: text,
     };
   }
@@ -71,7 +75,7 @@ export function parseMessage(message: IncomingMessage): ParsedMessage {
   if (problem) return reject(problem.reason, problem.detail);
   const invalid = lampStateProblem(value as Record<string, unknown>);
   if (invalid) return reject('invalid_lamp_state', invalid);
-  return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt }, payload: text };
+  return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt: receivedAtIso }, payload: text };
 }
 
 /** The first field of LampState with the wrong type or range, as `field: what is wrong`. */

@@ -17,9 +17,9 @@
 import type { MqttClient } from 'mqtt';
 import mqttPacket from 'mqtt-packet';
 import type { Logger } from '../shared/logger.js';
+import type { MqttMessage } from '../shared/message.js';
 import { firstConnect, openMqttClient, type MqttSettings } from '../shared/mqtt.js';
 import { BRIDGE_STATE_TOPIC, LAMP_CHANGED_TOPICS } from '../shared/topics.js';
-import type { MqttMessage } from './intake.js';
 
 export interface SubscriberConnectionOptions {
   mqtt: MqttSettings;

@@ -13,18 +13,10 @@
 import { groupBy } from '../shared/collections.js';
 import type { Logger } from '../shared/logger.js';
 import { payloadRecord, type BridgeStatesJob, type LampStatesJob, type RejectedMessageJob } from '../shared/jobs.js';
-import { parseMessage, type ParsedMessage } from '../shared/message.js';
+import { parseMessage, type MqttMessage, type ParsedMessage } from '../shared/message.js';
 import type { Metrics } from '../shared/metrics.js';
 import type { PipelineQueues } from '../shared/queues.js';
 import { newMessageId, newMessageIds, type RedeliveryLedger, type RememberedMessage } from './redeliveries.js';
-
-export interface MqttMessage {
-  topic: string;
-  payload: Uint8Array;
-  retain: boolean;
-  dup: boolean;
-  packetId?: number;
-}
 
 export interface IntakeOptions {
   queues: PipelineQueues;
@@ -85,7 +77,7 @@ export class Intake {
    */
   accept(session: string, message: MqttMessage): Promise<void> {
     const receivedAt = this.#now();
-    const parsed = parseMessage({ topic: message.topic, payload: message.payload, retained: message.retain, receivedAt });
+    const parsed = parseMessage(message, receivedAt);
     const { metrics, logger } = this.#options;
     if (parsed.ok) {
       metrics.messagesReceived.inc({ kind: parsed.message.kind });
@@ -179,7 +171,7 @@ export class Intake {
         rejections.push({ record, id: messageId });
         return;
       }
-      remember.push({ session, packet: message, messageId, payload: parsed.payload });
+      remember.push({ session, message, messageId, payload: parsed.payload });
       // The topic and payload as sent travel too, for the record should the worker reject the state.
       const { topic } = message;
       if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId, topic, ...onBroker });

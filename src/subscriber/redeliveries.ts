@@ -10,23 +10,17 @@
  */
 import { createHash, hash, randomBytes, randomUUID } from 'node:crypto';
 import { Cluster } from 'ioredis';
+import type { MqttMessage } from '../shared/message.js';
 import type { RedisClient } from '../shared/redis.js';
 
 /** Long enough to outlive any realistic outage of the subscriber; short enough to stay small. */
 const REMEMBER_S = 24 * 3600;
 
-export interface MqttPacketIdentity {
-  packetId?: number;
-  dup: boolean;
-  topic: string;
-  payload: Uint8Array;
-}
-
 export interface RememberedMessage {
   session: string;
-  packet: MqttPacketIdentity;
+  message: MqttMessage;
   messageId: string;
-  /** The packet's payload as text, exactly its bytes, when the caller has it: the digest is then cheaper. */
+  /** The message's payload as text, exactly its bytes, when the caller has it: the digest is then cheaper. */
   payload?: string;
 }
 
@@ -48,11 +42,11 @@ export class RedeliveryLedger {
   }
 
   /** The message id we gave this DUP resend the first time, if we saw it. Costs a round trip. */
-  async remembered(session: string, packet: MqttPacketIdentity): Promise<string | undefined> {
-    if (packet.packetId === undefined || !packet.dup) return undefined;
-    const remembered = await this.redis.hget(this.key(session), String(packet.packetId));
+  async remembered(session: string, message: MqttMessage): Promise<string | undefined> {
+    if (message.packetId === undefined || !message.dup) return undefined;
+    const remembered = await this.redis.hget(this.key(session), String(message.packetId));
     const [messageId, rememberedDigest] = remembered?.split(' ') ?? [];
-    return messageId && rememberedDigest === contentDigest(packet.topic, packet.payload) ? messageId : undefined;
+    return messageId && rememberedDigest === contentDigest(message.topic, message.payload) ? messageId : undefined;
   }
 
   /**
@@ -63,11 +57,11 @@ export class RedeliveryLedger {
    */
   rememberAll(messages: RememberedMessage[]): Array<Promise<unknown>> {
     const bySession = new Map<string, string[]>();
-    for (const { session, packet, messageId, payload } of messages) {
-      if (packet.packetId === undefined) continue;
+    for (const { session, message, messageId, payload } of messages) {
+      if (message.packetId === undefined) continue;
       let fields = bySession.get(session);
       if (!fields) bySession.set(session, (fields = []));
-      fields.push(String(packet.packetId), `${messageId} ${contentDigest(packet.topic, payload ?? packet.payload)}`);
+      fields.push(String(message.packetId), `${messageId} ${contentDigest(message.topic, payload ?? message.payload)}`);
     }
     // Packet ids are 16 bits, so a session's hash never holds more than 65,535 fields.
     return [...bySession].flatMap(([session, fields]) => [

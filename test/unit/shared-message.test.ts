@@ -8,9 +8,9 @@ const LAMP_TOPIC = '/devices/b827eb0a1b2c/lamp/changed';
 const BRIDGE_TOPIC = '$SYS/broker/connection/b827eb0a1b2c_broker/state';
 const utf8 = new TextEncoder();
 
-function parse(topic: string, payload: string | Uint8Array | number[], retained = false): ParsedMessage {
+function parse(topic: string, payload: string | Uint8Array | number[], retain = false): ParsedMessage {
   const bytes = typeof payload === 'string' ? utf8.encode(payload) : Uint8Array.from(payload);
-  return parseMessage({ topic, payload: bytes, retained, receivedAt: RECEIVED_AT });
+  return parseMessage({ topic, payload: bytes, retain, dup: false }, RECEIVED_AT);
 }
 const lamp = (payload: string | Uint8Array | number[]) => parse(LAMP_TOPIC, payload);
 

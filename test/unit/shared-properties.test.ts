@@ -153,7 +153,7 @@ describe('parseMessage (property)', () => {
   it('never throws, whatever the topic and bytes: a consistent message, or a known reason with a detail', () => {
     fc.assert(
       fc.property(topicArb, payloadArb, fc.boolean(), (topic, payload, retained) => {
-        const result = parseMessage({ topic, payload, retained, receivedAt: RECEIVED_AT });
+        const result = parseMessage({ topic, payload, retain: retained, dup: false }, RECEIVED_AT);
         const parsedTopic = parseTopic(topic);
         if (!result.ok) {
           expect(PARSE_REASONS).toContain(result.reason);
@@ -186,7 +186,7 @@ describe('parseMessage (property)', () => {
   it('refuses every lamp state over 64 KiB, and accepts every valid one at or under it', () => {
     fc.assert(
       fc.property(objectOfLength(MAX_LAMP_STATE_BYTES - 64, MAX_LAMP_STATE_BYTES + 64), (payload) => {
-        const result = parseMessage({ topic: 'devices/abc/lamp/changed', payload, retained: false, receivedAt: RECEIVED_AT });
+        const result = parseMessage({ topic: 'devices/abc/lamp/changed', payload, retain: false, dup: false }, RECEIVED_AT);
         if (payload.length > MAX_LAMP_STATE_BYTES) expect(result).toMatchObject({ ok: false, reason: 'payload_too_large' });
         else expect(result.ok).toBe(true);
       }),
@@ -258,7 +258,7 @@ describe('deviceStateEvent of an accepted lamp state (property)', () => {
     fc.assert(
       fc.property(hexId(1, 12), fc.boolean(), lampStateText, (id, slash, text) => {
         const topic = `${slash ? '/' : ''}devices/${id}/lamp/changed`;
-        const result = parseMessage({ topic, payload: encoder.encode(text), retained: false, receivedAt: RECEIVED_AT });
+        const result = parseMessage({ topic, payload: encoder.encode(text), retain: false, dup: false }, RECEIVED_AT);
         if (!result.ok) {
           expect(PARSE_REASONS).toContain(result.reason);
           return;

@@ -6,8 +6,8 @@
  *   redis-server --port 6390 --save '' --appendonly no --daemonize yes
  *   node --import tsx bench/job-cost.ts [--redis redis://127.0.0.1:6390] [--events 20000]
  *
- * Layouts: one lamp state per job (the layout before lamp states were grouped) with our ingest
- * job options (JOB_OPTIONS.ingest); the same with removeOnComplete: true; a minimal job (no
+ * Layouts: one lamp state per job (the layout before lamp states were grouped) with the ingest
+ * stages' job options (JOB_OPTIONS.ingest); the same with removeOnComplete: true; a minimal job (no
  * options); the worker's connection with ioredis auto-pipelining; and groups of 10 and 100
  * lamp states per job. Node CPU is this process's (producer and no-op worker). A single state is
  * a LampStateMessage; a group is a LampStatesJob as the subscriber writes it.
@@ -43,11 +43,11 @@ async function measure(label: string, perJob: number, opts: JobsOptions, workerA
   const prefix = `jobcost-${randomUUID().slice(0, 8)}`;
   const producer = new Redis({ ...connection, maxRetriesPerRequest: null, enableAutoPipelining: true });
   const consumer = new Redis({ ...connection, maxRetriesPerRequest: null, enableAutoPipelining: workerAutoPipelining });
-  const queue = new Queue('ingest', { connection: producer, prefix });
+  const queue = new Queue('lamp-states', { connection: producer, prefix });
   let done = 0;
   const jobs = Math.ceil(EVENTS / perJob);
   const finished = new Promise<void>((resolve) => {
-    const worker = new Worker('ingest', async () => {}, { connection: consumer, prefix, concurrency: 50 });
+    const worker = new Worker('lamp-states', async () => {}, { connection: consumer, prefix, concurrency: 50 });
     worker.on('completed', () => {
       done += 1;
       if (done === jobs) void worker.close().then(resolve);

@@ -589,7 +589,7 @@ async function backlog(): Promise<void> {
       for (const worker of stack.workers) await stop(worker);
       stack.workers.length = 0;
       await sleep(1000);
-      const waitKey = `${stack.prefix}:${QUEUE_NAMES.ingest}:wait`;
+      const waitKey = `${stack.prefix}:${QUEUE_NAMES.lampStates}:wait`;
       const usedMemory = async () => Number(/used_memory:(\d+)/.exec(await stack.redis.info('memory'))?.[1]);
       const memoryBefore = await usedMemory();
       // Lamp states travel many to a job: what is queued is what the subscriber says Redis took.
@@ -613,7 +613,7 @@ async function backlog(): Promise<void> {
         report = await stack.fleet.states({ seqStart: 0, count: n, window: P.window, lamps: P.lamps }, () => queued);
         if (!(await waitProgress(async () => (await queuedStates()) - queuedBefore, n, P.stallMs, stack.running))) {
           throw new BenchFailure(
-            `backlog: only ${fmt((await queuedStates()) - queuedBefore)} of ${fmt(n)} lamp states reached the ingest queue`,
+            `backlog: only ${fmt((await queuedStates()) - queuedBefore)} of ${fmt(n)} lamp states reached the lamp-states queue`,
           );
         }
       } finally {
@@ -627,8 +627,10 @@ async function backlog(): Promise<void> {
       const memoryUsage = async (key: string) => Number((await stack.redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')) ?? 0);
       const sampleIds = await stack.redis.lrange(waitKey, 0, 199);
       const jobBytes =
-        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:${QUEUE_NAMES.ingest}:${id}`)))).reduce((a, b) => a + b, 0) /
-        Math.max(1, sampleIds.length);
+        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:${QUEUE_NAMES.lampStates}:${id}`)))).reduce(
+          (a, b) => a + b,
+          0,
+        ) / Math.max(1, sampleIds.length);
       const listBytes = await memoryUsage(waitKey);
       let ledgerKeys = 0;
       let ledgerSample: string[] = [];
@@ -665,14 +667,14 @@ async function backlog(): Promise<void> {
       const lastAcceptedAt = lastArrival(stack.recorder.seqs, 0, n);
       const counts = Object.fromEntries(
         await Promise.all(
-          [QUEUE_NAMES.ingest, QUEUE_NAMES.keen, QUEUE_NAMES.deadLetter, QUEUE_NAMES.rejected].map(
+          [QUEUE_NAMES.lampStates, QUEUE_NAMES.keen, QUEUE_NAMES.deadLetter, QUEUE_NAMES.rejected].map(
             async (q) => [queueLabel(q), await stack.jobCounts(q)] as const,
           ),
         ),
       );
       const errorLines = stack.workers.reduce((sum, w) => sum + (w.output().match(/"level":(50|60)/g)?.length ?? 0), 0);
       const errors = [
-        counts.ingest!.failed ? `${counts.ingest!.failed} failed ingest jobs` : '',
+        counts['lamp-states']!.failed ? `${counts['lamp-states']!.failed} failed lamp-states jobs` : '',
         counts['keen-delivery']!.failed ? `${counts['keen-delivery']!.failed} failed keen-delivery jobs` : '',
         (counts['keen-dead-letter']!.waiting ?? 0) + (counts['keen-dead-letter']!.failed ?? 0) ? 'dead letters' : '',
         (counts['rejected-messages']!.failed ?? 0) + (counts['rejected-messages']!.waiting ?? 0) ? 'rejected messages' : '',

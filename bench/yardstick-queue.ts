@@ -36,7 +36,7 @@ const prefix = env('QUEUE_PREFIX');
 const redis = await connectRedis(env('REDIS_URL'), { autoPipelining: true });
 
 if (env('ROLE') === 'intake') {
-  const queue = new Queue<RawJob>('ingest', { connection: redis, prefix, defaultJobOptions: { removeOnComplete: { count: 1000 } } });
+  const queue = new Queue<RawJob>('lamp-states', { connection: redis, prefix, defaultJobOptions: { removeOnComplete: { count: 1000 } } });
   const client = mqtt.connect(env('MQTT_URL'), { clientId: `${prefix}-intake`, clean: true, protocolVersion: 4 });
   client.on('message', (topic, payload) => {
     const match = LAMP_CHANGED.exec(topic.toLowerCase());
@@ -72,7 +72,7 @@ if (env('ROLE') === 'intake') {
   let firstAt = 0;
   let lastAt = 0;
   const worker = new Worker<RawJob>(
-    'ingest',
+    'lamp-states',
     async (job) => {
       const { seq, t } = job.data.state;
       if (typeof seq === 'number') recordSeq(seqs, seq, typeof t === 'number' ? t : NaN, Date.now());

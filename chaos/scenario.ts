@@ -676,7 +676,7 @@ function openChaosQueues(url: string) {
   const connection = { url };
   const open = <T>(name: string) => new Queue<T>(name, { connection, prefix: PREFIX });
   const work = [
-    open(QUEUE_NAMES.ingest),
+    open(QUEUE_NAMES.lampStates),
     ...Array.from({ length: BRIDGE_PARTITIONS }, (_, p) => open(QUEUE_NAMES.bridgeState(p))),
     open(QUEUE_NAMES.keen),
   ];
@@ -685,7 +685,7 @@ function openChaosQueues(url: string) {
   return {
     deadLetter,
     rejected,
-    /** Jobs still to be done in the ingest, bridge-state and keen-delivery queues. */
+    /** Jobs still to be done in the lamp-states, bridge-state and keen-delivery queues. */
     async busy(): Promise<number> {
       let n = 0;
       for (const queue of work)

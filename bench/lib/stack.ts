@@ -433,7 +433,7 @@ export class Stack {
   /** Every queue the pipeline uses, under this stack's prefix. */
   queueNames(): string[] {
     return [
-      QUEUE_NAMES.ingest,
+      QUEUE_NAMES.lampStates,
       ...Array.from({ length: BRIDGE_PARTITIONS }, (_, p) => QUEUE_NAMES.bridgeState(p)),
       QUEUE_NAMES.keen,
       QUEUE_NAMES.deadLetter,
@@ -453,24 +453,27 @@ export class Stack {
   /**
    * Where the time of the last completed lamp states went, from the timestamps BullMQ keeps on
    * the completed jobs it retains (removeOnComplete keeps the newest 1,000 of each queue): per
-   * stage p50 / p99 in ms. An ingest job whose events Keen took from the registry worker has no
+   * stage p50 / p99 in ms. A lamp-states job whose events Keen took from the registry worker has no
    * keen-delivery job; one whose events went on has both.
    */
   async stageBreakdown(): Promise<Record<string, [number, number]> | undefined> {
-    const ingest = new Queue(QUEUE_NAMES.ingest, { connection: this.redis, prefix: this.prefix });
+    const lampStates = new Queue(QUEUE_NAMES.lampStates, { connection: this.redis, prefix: this.prefix });
     const keen = new Queue(QUEUE_NAMES.keen, { connection: this.redis, prefix: this.prefix });
     try {
-      const [ingestJobs, keenJobs] = await Promise.all([ingest.getJobs(['completed'], 0, 999), keen.getJobs(['completed'], 0, 999)]);
+      const [lampStatesJobs, keenJobs] = await Promise.all([
+        lampStates.getJobs(['completed'], 0, 999),
+        keen.getJobs(['completed'], 0, 999),
+      ]);
       const onward = new Map(keenJobs.map((job) => [String(job.id).replace(/-keen$/, ''), job]));
       const stages: Record<string, number[]> = {
-        'ingest queue wait': [],
+        'lamp-states queue wait': [],
         'registry stage, with Keen when it took them': [],
         'keen-delivery queue wait': [],
         'keen-delivery stage': [],
       };
-      for (const source of ingestJobs) {
+      for (const source of lampStatesJobs) {
         if (!source.processedOn || !source.finishedOn) continue;
-        stages['ingest queue wait']!.push(source.processedOn - source.timestamp);
+        stages['lamp-states queue wait']!.push(source.processedOn - source.timestamp);
         stages['registry stage, with Keen when it took them']!.push(source.finishedOn - source.processedOn);
         const job = onward.get(String(source.id));
         if (!job?.processedOn || !job.finishedOn) continue;
@@ -483,13 +486,13 @@ export class Stack {
       if (measured.length === 0) return undefined;
       return Object.fromEntries(measured.map(([name, values]) => [name, [pick(values, 50), pick(values, 99)] as [number, number]]));
     } finally {
-      await Promise.all([ingest.close(), keen.close()]);
+      await Promise.all([lampStates.close(), keen.close()]);
     }
   }
 
   /** Obliterates every queue of the prefix, then removes whatever else it left (the redelivery ledger). */
   async #sweepRedis(): Promise<void> {
-    for (const name of [...this.queueNames(), 'ingest']) {
+    for (const name of [...this.queueNames(), 'lamp-states']) {
       const queue = new Queue(name, { connection: this.redis, prefix: this.prefix });
       await queue.obliterate({ force: true }).catch(() => {});
       await queue.close();

@@ -62,9 +62,9 @@ const keenRetries =
   'then goes to keen-dead-letter.';
 
 const DESCRIPTIONS: Record<string, string> = {
-  [QUEUE_NAMES.ingest]: `Lamp states, in groups, on their way past the device registry to Keen. ${ingestRetries}`,
+  [QUEUE_NAMES.lampStates]: `Lamp states, in groups, on their way past the device registry to Keen. ${ingestRetries}`,
   [QUEUE_NAMES.keen]:
-    `Keen events in groups (one job per ingest job; a redriven dead letter alone, under its ` +
+    `Keen events in groups (one job per lamp-states or bridge-states job; a redriven dead letter alone, under its ` +
     `keen.uniqueness_token). ${keenRetries} Failed jobs here are a trail: their events are in keen-dead-letter.`,
   [QUEUE_NAMES.deadLetter]:
     'Keen events that failed for good, parked in Failed with the last Keen error. Retry (or Retry all) ' +

@@ -13,8 +13,8 @@ export type KeenEvent = { [property: string]: unknown; keen: KeenEnvelope };
 
 const MAX_PROPERTY_NAME = KEEN_LIMITS.propertyName;
 
-export function uniquenessToken(ingestJobId: string, collection: KeenCollection): string {
-  const token = `${ingestJobId}-${collection}`;
+export function uniquenessToken(messageId: string, collection: KeenCollection): string {
+  const token = `${messageId}-${collection}`;
   if (token.length > KEEN_LIMITS.uniquenessToken)
     throw new RangeError(`uniqueness token longer than ${KEEN_LIMITS.uniquenessToken}: ${token}`);
   return token;

@@ -1,13 +1,13 @@
 /**
  * The queues of the pipeline and how jobs live in them:
  *
- *   subscriber ─┬─▶ ingest (lamp states, many per job) ───────────┐
+ *   subscriber ─┬─▶ lamp-states (many per job) ────────────────────┐
  *               ├─▶ bridge-state-0..7 (ordered, many per job) ────┴─▶ registry worker ──▶ keen-delivery ──▶ Keen
  *               │                                                            │                  │
  *               └─▶ rejected-messages ◀──────────────────────────────────────┘                  └──▶ keen-dead-letter
  *
  * A job is a Redis round trip and several scripts wherever it goes, so messages travel in
- * groups: the subscriber puts the lamp states it took in together into one ingest job (and the
+ * groups: the subscriber puts the lamp states it took in together into one lamp-states job (and the
  * bridge states into one job per partition), and the registry worker sends a job's lamp-state
  * events to Keen itself, passing on what Keen did not take as one keen-delivery job.
  *
@@ -25,14 +25,14 @@ import { DEFAULT_KEEN_ATTEMPTS } from './config.js';
 
 /**
  * Each name is a Redis Cluster hash tag (`{…}`), BullMQ's documented way onto a cluster: every
- * key of a queue (`<prefix>:{ingest}:wait`, `…:{ingest}:<job id>`) hashes to the same slot, as
+ * key of a queue (`<prefix>:{lamp-states}:wait`, `…:{lamp-states}:<job id>`) hashes to the same slot, as
  * BullMQ's scripts, which touch several of them at once, require, and each queue has a tag of
  * its own, so the queues spread over the cluster's primaries instead of all sitting on one. The
  * tag is in the name rather than the prefix for that reason (one tagged prefix would put every
  * queue in one slot). A single Redis ignores the braces: one naming for both.
  */
 export const QUEUE_NAMES = {
-  ingest: '{ingest}',
+  lampStates: '{lamp-states}',
   bridgeState: (partition: number) => `{bridge-state-${partition}}`,
   keen: '{keen-delivery}',
   deadLetter: '{keen-dead-letter}',
@@ -93,7 +93,7 @@ export const JOB_OPTIONS = {
 
 export interface PipelineQueues {
   /** Lamp states, in groups. */
-  ingest: Queue<LampStatesJob>;
+  lampStates: Queue<LampStatesJob>;
   /** Bridge states, partitioned by lamp (see bridgePartition). */
   bridgeState: Array<Queue<BridgeStatesJob>>;
   /** The partition of this lamp's bridge states. */
@@ -106,7 +106,7 @@ export interface PipelineQueues {
 
 export function openQueues(connection: ConnectionOptions, prefix: string, keenAttempts = DEFAULT_KEEN_ATTEMPTS): PipelineQueues {
   const queues = {
-    ingest: new Queue<LampStatesJob>(QUEUE_NAMES.ingest, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+    lampStates: new Queue<LampStatesJob>(QUEUE_NAMES.lampStates, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     bridgeState: Array.from(
       { length: BRIDGE_PARTITIONS },
       (_, partition) =>
@@ -129,5 +129,5 @@ export function openQueues(connection: ConnectionOptions, prefix: string, keenAt
 
 /** All queues of the pipeline, for whoever reports on them. */
 export function allQueues(queues: PipelineQueues): Queue[] {
-  return [queues.ingest, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected];
+  return [queues.lampStates, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected];
 }

@@ -198,7 +198,7 @@ export class Intake {
       await Promise.all([
         ...remembered,
         ...bridgeJobs.map(({ queue, job, id }) => queue.add(job.kind, job, { jobId: id })),
-        ...lampJobs.map(({ job, id }) => queues.ingest.add(job.kind, job, { jobId: id })),
+        ...lampJobs.map(({ job, id }) => queues.lampStates.add(job.kind, job, { jobId: id })),
         ...rejections.map(({ record, id }) => queues.rejected.add(record.reason, record, { jobId: id })),
       ]);
       if (bridgeStates.length > 0) metrics.messagesEnqueued.inc({ kind: 'bridge-state' }, bridgeStates.length);

@@ -1,5 +1,5 @@
 /**
- * Wires a worker process: the registry stage (ingest queue), Keen delivery (keen-delivery
+ * Wires a worker process: the registry stage (lamp-states and bridge-state queues), Keen delivery (keen-delivery
  * queue), parking and redriving dead letters (keen-dead-letter) and the rejection log. Run as many as the fleet
  * needs; they share nothing but Redis, PostgreSQL and the broker.
  */

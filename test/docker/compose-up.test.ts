@@ -116,7 +116,7 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
     return ((await response.json()) as { result: Array<Record<string, any>> }).result;
   };
   /** Ingest jobs each worker container has completed (its own /metrics, inside the container). */
-  const ingestJobsPerWorker = async (workers: number) =>
+  const lampStatesJobsPerWorker = async (workers: number) =>
     Promise.all(
       Array.from({ length: workers }, async (_, i) => {
         const metrics = await exec(
@@ -124,7 +124,7 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
           ['node', '-e', "fetch('http://127.0.0.1:9102/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))"],
           i + 1,
         );
-        const line = metrics.split('\n').find((l) => l.startsWith('lampi_jobs_completed_total{queue="ingest"'));
+        const line = metrics.split('\n').find((l) => l.startsWith('lampi_jobs_completed_total{queue="lamp-states"'));
         return line ? Number(line.split(' ').at(-1)) : 0;
       }),
     );
@@ -311,7 +311,7 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
     const workers = (await ps()).filter((e) => e.Service === 'worker');
     expect(workers.map((w) => `${w.State}/${w.Health}`)).toEqual(['running/healthy', 'running/healthy', 'running/healthy']);
 
-    const before = await ingestJobsPerWorker(3);
+    const before = await lampStatesJobsPerWorker(3);
     // Spaced out, so that each state is a job of its own and every worker is idle when it comes.
     const count = 60;
     for (let i = 0; i < count; i += 1) {
@@ -330,9 +330,9 @@ describe.skipIf(reason !== undefined)('docker compose up on a fresh clone with n
         1000,
       ),
     );
-    const after = await ingestJobsPerWorker(3);
+    const after = await lampStatesJobsPerWorker(3);
     const done = after.map((n, i) => n - before[i]!);
-    console.log(`compose check: ingest jobs per worker for ${count} states: ${done.join(', ')}`);
+    console.log(`compose check: lamp-states jobs per worker for ${count} states: ${done.join(', ')}`);
     for (const [i, n] of done.entries()) expect(n, `worker ${i + 1} took no job`).toBeGreaterThan(0);
   }, 600_000);
 

@@ -35,7 +35,7 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
   let prisma: InstanceType<typeof PrismaClient>;
   let publisher: mqtt.MqttClient;
   const queueNames = [
-    QUEUE_NAMES.ingest,
+    QUEUE_NAMES.lampStates,
     ...Array.from({ length: BRIDGE_PARTITIONS }, (_, p) => QUEUE_NAMES.bridgeState(p)),
     QUEUE_NAMES.keen,
     QUEUE_NAMES.deadLetter,
@@ -133,9 +133,9 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
       }
     }
     for (const [port, tags] of seen) for (const tag of tags) expect(owners.get(tag), `${tag} found on ${port}`).toBe(port);
-    // The first test's traffic wrote ingest, bridge-state, keen-delivery's and rejected-messages' keys.
+    // The first test's traffic wrote lamp-states, bridge-state, keen-delivery's and rejected-messages' keys.
     expect([...seen.values()].filter((tags) => tags.size > 0).length).toBeGreaterThanOrEqual(2);
-    expect([...seen.values()].some((tags) => tags.has(QUEUE_NAMES.ingest))).toBe(true);
+    expect([...seen.values()].some((tags) => tags.has(QUEUE_NAMES.lampStates))).toBe(true);
   });
 
   it('serves the dashboard and npm run dlq from the cluster', async () => {
@@ -160,8 +160,8 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
       expect(answer.queues.map((q) => q.name).sort()).toEqual([...queueNames].sort());
       // Bull Board shows the names without their hash tags.
       expect(answer.queues.map((q) => q.displayName).sort()).toEqual(queueNames.map(queueLabel).sort());
-      const ingest = answer.queues.find((q) => q.name === QUEUE_NAMES.ingest)!;
-      expect(Object.values(ingest.counts).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
+      const lampStates = answer.queues.find((q) => q.name === QUEUE_NAMES.lampStates)!;
+      expect(Object.values(lampStates.counts).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
     } finally {
       await dashboard?.close();
     }
@@ -183,8 +183,8 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
    * by the subscriber and stored with the job), and Keen keeps the first event per token and
    * collection: every lamp state is stored exactly once, however often it was sent.
    */
-  it('delivers every lamp state to Keen exactly once when the primary holding the ingest queue is killed mid-stream', async () => {
-    const target = await cluster.primaryFor(`${prefix}:${QUEUE_NAMES.ingest}:wait`);
+  it('delivers every lamp state to Keen exactly once when the primary holding the lamp-states queue is killed mid-stream', async () => {
+    const target = await cluster.primaryFor(`${prefix}:${QUEUE_NAMES.lampStates}:wait`);
     const devices = Array.from({ length: 10 }, () => randomDeviceId());
     const total = 1500;
     const sentBefore = keen.duplicatesDropped;
@@ -206,7 +206,7 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
     // replica's promotion is what the rest of the test depends on.
     await waitFor(
       'the replica promoted',
-      async () => (await cluster.primaryFor(`${prefix}:${QUEUE_NAMES.ingest}:wait`)) !== target,
+      async () => (await cluster.primaryFor(`${prefix}:${QUEUE_NAMES.lampStates}:wait`)) !== target,
       30_000,
       200,
     );

@@ -129,7 +129,7 @@ describe('dashboard', () => {
     const body = (await api.json()) as { queues: Array<{ name: string; readOnlyMode: boolean; description: string }> };
     expect(body.queues.map((q) => q.name).sort()).toEqual(
       [
-        QUEUE_NAMES.ingest,
+        QUEUE_NAMES.lampStates,
         ...Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n)),
         QUEUE_NAMES.deadLetter,
         QUEUE_NAMES.keen,

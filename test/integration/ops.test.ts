@@ -64,7 +64,7 @@ describe('operations endpoints', () => {
     );
     const metrics = await scrape(subscriberPort);
     // Lamp states travel in groups: the backlog is counted in jobs, each holding one or more.
-    const jobs = gauge(metrics, 'lampi_queue_jobs', { queue: 'ingest', state: 'waiting' })!;
+    const jobs = gauge(metrics, 'lampi_queue_jobs', { queue: 'lamp-states', state: 'waiting' })!;
     expect(jobs).toBeGreaterThan(0);
     expect(jobs).toBeLessThanOrEqual(40);
     expect(gauge(metrics, 'lampi_messages_received_total', { kind: 'bridge-state' })).toBe(1);
@@ -82,7 +82,7 @@ describe('operations endpoints', () => {
     await waitForLog(worker, 'worker ready');
     await waitFor(
       'the backlog drained',
-      async () => gauge(await scrape(subscriberPort), 'lampi_queue_jobs', { queue: 'ingest', state: 'waiting' }) === 0,
+      async () => gauge(await scrape(subscriberPort), 'lampi_queue_jobs', { queue: 'lamp-states', state: 'waiting' }) === 0,
       30_000,
     );
     await waitFor('every event at Keen', () => keen.eventsIn('devicestate').length === 40);
@@ -92,7 +92,7 @@ describe('operations endpoints', () => {
       return (gauge(text, 'lampi_keen_events_total', { collection: 'devicestate', outcome: 'accepted' }) ?? 0) >= 40 ? text : undefined;
     });
     // At least those jobs: states that overtook their lamp's activation wait in jobs of their own.
-    expect(gauge(workerMetrics, 'lampi_jobs_completed_total', { queue: 'ingest' })).toBeGreaterThanOrEqual(jobs);
+    expect(gauge(workerMetrics, 'lampi_jobs_completed_total', { queue: 'lamp-states' })).toBeGreaterThanOrEqual(jobs);
     expect(workerMetrics).toMatch(/lampi_keen_request_duration_seconds_bucket\{/);
     expect(workerMetrics).toMatch(/lampi_keen_responses_total\{status="200"/);
     const readiness = await (await fetch(`http://127.0.0.1:${workerPort}/readyz`)).json();

@@ -1,5 +1,5 @@
 /**
- * The registry stage (ingest and bridge-state queues) against real PostgreSQL, Redis and
+ * The registry stage (lamp-states and bridge-state queues) against real PostgreSQL, Redis and
  * Mosquitto: activation, bridge monitoring, lamp states, unknown devices, many workers racing on
  * the same lamps, and a lamp's bridge states kept in order through a PostgreSQL outage.
  */
@@ -136,10 +136,10 @@ function registryStage(label: string) {
       stage.queues.bridgeStateQueueFor(states[0]!.deviceId).add('bridge-states', { kind: 'bridge-states', states }, { jobId }),
 
     addLampStates: (states: LampStatesJob['states'], jobId: string) =>
-      stage.queues.ingest.add('lamp-states', { kind: 'lamp-states', states }, { jobId }),
+      stage.queues.lampStates.add('lamp-states', { kind: 'lamp-states', states }, { jobId }),
 
     async allIngestDone(): Promise<boolean> {
-      for (const queue of [stage.queues.ingest, ...stage.queues.bridgeState]) {
+      for (const queue of [stage.queues.lampStates, ...stage.queues.bridgeState]) {
         const counts = await queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
         if (Object.values(counts).some((n) => n > 0)) return false;
       }
@@ -434,7 +434,7 @@ describe('registry worker', () => {
       20,
     );
     // The known lamps' states did not wait for the unknown lamp's: theirs wait in a job of their own.
-    const waiting = await stage.queues.ingest.getJob(`${jobId}-w`);
+    const waiting = await stage.queues.lampStates.getJob(`${jobId}-w`);
     expect(waiting).toBeDefined();
     expect(waiting!.data).toEqual({ kind: 'lamp-states', states: [states[1], states[3]], waits: 1 });
 
@@ -489,8 +489,8 @@ describe('registry worker', () => {
       await rejected.close();
     }
     // They waited the allowed number of times (unknownDeviceAttempts: 3), and nothing of theirs went to Keen.
-    expect((await stage.queues.ingest.getJob(`${jobId}-w-w`))?.data).toMatchObject({ states: [states[1], states[3]], waits: 2 });
-    expect(await stage.queues.ingest.getJob(`${jobId}-w-w-w`)).toBeUndefined();
+    expect((await stage.queues.lampStates.getJob(`${jobId}-w-w`))?.data).toMatchObject({ states: [states[1], states[3]], waits: 2 });
+    expect(await stage.queues.lampStates.getJob(`${jobId}-w-w-w`)).toBeUndefined();
     expect((await stage.keenEvents()).filter((record) => record.event.device_id === unknown)).toEqual([]);
   });
 
@@ -499,7 +499,7 @@ describe('registry worker', () => {
     const states = [lampState(late, { on: true, n: 1 }), lampState(late, { on: true, n: 2 })];
     const jobId = messageId();
     await stage.addLampStates(states, jobId);
-    await waitFor('the states waiting', async () => (await stage.queues.ingest.getJob(`${jobId}-w`))?.data, 5_000, 20);
+    await waitFor('the states waiting', async () => (await stage.queues.lampStates.getJob(`${jobId}-w`))?.data, 5_000, 20);
     await stage.addBridge(bridge(late, true), `late${late}`);
 
     const events = await waitFor(
@@ -654,7 +654,7 @@ describe('registry worker with UNKNOWN_DEVICE_STATES=record (the default)', () =
     ).toEqual(states.map((s) => ['devicestate', s.deviceId, s.state, `${s.messageId}-devicestate`]));
     expect(keenJob.events[0]!.event.keen).toMatchObject({ timestamp: states[0]!.receivedAt, addons: [{ name: 'keen:date_time_parser' }] });
     // Nothing waited and nothing was rejected.
-    expect(await stage.queues.ingest.getJob(`${jobId}-w`)).toBeUndefined();
+    expect(await stage.queues.lampStates.getJob(`${jobId}-w`)).toBeUndefined();
     const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
     try {
       expect(Object.values(await rejected.getJobCounts()).reduce((a, b) => a + b, 0)).toBe(0);

@@ -63,10 +63,10 @@ async function jobsIn<T>(redisUrl: string, prefix: string, name: string, states:
   }
 }
 
-/** The lamp-states jobs of the ingest queue. */
-const lampStateJobs = (redisUrl: string, prefix: string) => jobsIn<LampStatesJob>(redisUrl, prefix, QUEUE_NAMES.ingest);
+/** The jobs of the lamp-states queue. */
+const lampStateJobs = (redisUrl: string, prefix: string) => jobsIn<LampStatesJob>(redisUrl, prefix, QUEUE_NAMES.lampStates);
 
-/** Every lamp state stored, each with the id of the ingest job that carries it. */
+/** Every lamp state stored, each with the id of the lamp-states job that carries it. */
 async function lampStatesIn(redisUrl: string, prefix: string): Promise<Array<StoredLampState & { jobId: string }>> {
   return (await lampStateJobs(redisUrl, prefix)).flatMap((job) => job.data.states.map((state) => ({ ...state, jobId: job.id! })));
 }
@@ -194,7 +194,7 @@ describe('subscriber', () => {
     expect(counted.values.find((v) => v.labels.reason === 'invalid_json')?.value).toBe(1);
   });
 
-  it('stores lamp states that arrive together in far fewer ingest jobs, each state once with an id of its own', async () => {
+  it('stores lamp states that arrive together in far fewer lamp-states jobs, each state once with an id of its own', async () => {
     const device = randomDeviceId();
     const total = 2000;
     const jobsBefore = new Set((await lampStateJobs(services.redis, prefix)).map((job) => job.id));
@@ -370,7 +370,7 @@ describe('subscriber intake', () => {
     const [first, resent, reused, otherSession, fresh] = states.map((s) => s.messageId);
     expect(resent).toBe(first);
     expect(new Set([first, reused, otherSession, fresh]).size).toBe(4);
-    // Each write was its own group, so the resend went into another ingest job.
+    // Each write was its own group, so the resend went into another lamp-states job.
     expect(new Set(states.map((s) => s.jobId)).size).toBe(5);
     expect((await metrics.redeliveriesDeduplicated.get()).values[0]?.value).toBe(1);
   });
@@ -590,7 +590,7 @@ describe('subscriber durability', () => {
     expect([...bySeq.keys()].sort((a, b) => a - b)).toEqual(Array.from({ length: total }, (_, i) => i));
     for (const copies of bySeq.values()) {
       expect(copies).toHaveLength(2);
-      // The same message id, hence the same Keen uniqueness token; in another ingest job.
+      // The same message id, hence the same Keen uniqueness token; in another lamp-states job.
       expect(copies[0]!.messageId).toBe(copies[1]!.messageId);
       expect(copies[0]!.jobId).not.toBe(copies[1]!.jobId);
     }

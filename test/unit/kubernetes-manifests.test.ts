@@ -388,7 +388,7 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
     expect(pdb.spec.selector.matchLabels).toEqual(sts.spec.selector.matchLabels);
   });
 
-  it('KEDA scales the worker Deployment on the ingest queue’s waiting jobs, exactly as the code exports them', () => {
+  it('KEDA scales the worker Deployment on the lamp-states queue’s waiting jobs, exactly as the code exports them', () => {
     const scaled = named('ScaledObject', 'lampi-worker');
     const worker = named('Deployment', scaled.spec.scaleTargetRef.name);
     expect(scaled.spec.scaleTargetRef.kind ?? 'Deployment').toBe('Deployment');
@@ -426,7 +426,7 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
       expect(m, query).not.toBeNull();
       expect(metrics.registry.getSingleMetric(m![1]!), `${m![1]} is not a metric the code exports`).toBe(metrics.queueDepth);
       const labels = Object.fromEntries([...m![2]!.matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1]!, l[2]!]));
-      expect(labels.queue).toBe(queueLabel(QUEUE_NAMES.ingest));
+      expect(labels.queue).toBe(queueLabel(QUEUE_NAMES.lampStates));
       expect(states).toContain(labels.state);
       expect(labels.state).toBe('waiting');
       expect(

@@ -156,13 +156,13 @@ describe('createLogger', () => {
   it("logs { err } in one shape: type, message, stack and the error's own fields such as code, beside the message", () => {
     const log = memoryLogger();
     const system = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:6379'), { code: 'ECONNREFUSED', port: 6379 });
-    log.logger.error({ err: system, queue: 'ingest' }, 'Redis refused the job');
+    log.logger.error({ err: system, queue: 'lamp-states' }, 'Redis refused the job');
     log.logger.error({ err: new ConfigError('REDIS_URL is required') }, 'invalid configuration');
     const [first, second] = log.records();
     expect(Object.keys(first!.err as object).sort()).toEqual(['code', 'message', 'port', 'stack', 'type']);
     expect(first).toMatchObject({
       msg: 'Redis refused the job',
-      queue: 'ingest',
+      queue: 'lamp-states',
       err: { type: 'Error', message: 'connect ECONNREFUSED 127.0.0.1:6379', code: 'ECONNREFUSED', port: 6379 },
     });
     expect((first!.err as { stack: string }).stack).toMatch(/^Error: connect ECONNREFUSED 127\.0\.0\.1:6379\n\s+at /);

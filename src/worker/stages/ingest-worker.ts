@@ -1,5 +1,5 @@
 /**
- * The ingest stages' workers, made from one set of options: lamp states (the ingest queue,
+ * The ingest stages' workers, made from one set of options: lamp states (the lamp-states queue,
  * lamp-states-worker.ts) and bridge states (one ordered worker per partition,
  * bridge-states-worker.ts). Everything that touches the device registry runs here.
  */

@@ -1,5 +1,5 @@
 /**
- * The lamp-states stage's worker (the ingest queue): the I/O around planLampStates
+ * The lamp-states stage's worker (the lamp-states queue): the I/O around planLampStates
  * (lamp-states.ts). It asks the registry which lamps it knows (only with
  * UNKNOWN_DEVICE_STATES=reject), then applies the plan: the waiting states queued apart, the
  * rejections recorded, the events sent to Keen. Retries are the stage runner's.
@@ -27,7 +27,7 @@ export function createLampStatesWorker(options: IngestWorkerOptions): Worker<Lam
     });
     if (plan.duplicates > 0)
       logger.debug({ job_id: job.id, duplicates: plan.duplicates }, 'lamp states repeated in their job; handled once');
-    if (plan.wait) await queues.ingest.add('lamp-states', plan.wait.data, { jobId: plan.wait.jobId, delay: plan.wait.delayMs });
+    if (plan.wait) await queues.lampStates.add('lamp-states', plan.wait.data, { jobId: plan.wait.jobId, delay: plan.wait.delayMs });
     for (const rejection of plan.rejections) await effects.reject(rejection);
     await effects.queueForKeen(job.id!, await effects.undeliveredOf(plan.events));
   };
@@ -36,7 +36,7 @@ export function createLampStatesWorker(options: IngestWorkerOptions): Worker<Lam
     connection: options.connection,
     logger,
     metrics: options.metrics,
-    queue: queues.ingest,
+    queue: queues.lampStates,
     process,
     parse: parseLampStatesJob,
     subject: lampsSubject,

@@ -1,5 +1,5 @@
 /**
- * The lamp-states stage (the ingest queue), as a pure handler: given a job's lamp states and,
+ * The lamp-states stage (the lamp-states queue), as a pure handler: given a job's lamp states and,
  * with UNKNOWN_DEVICE_STATES=reject, which of their lamps the registry knows, what to do with
  * them: the `devicestate` events to send, the states that wait for their lamp's first bridge
  * connect, the `unknown_device` rejections. No I/O, deterministic, never throws on data that
@@ -19,7 +19,7 @@ export const UNKNOWN_DEVICE_WAIT_BASE_MS = 500;
 export const DEFAULT_UNKNOWN_DEVICE_ATTEMPTS = 6;
 
 export interface LampStatesInput {
-  /** The ingest job's id: the waiting states' job is named after it. */
+  /** The lamp-states job's id: the waiting states' job is named after it. */
   jobId: string;
   data: LampStatesJob;
   /**
@@ -37,7 +37,7 @@ export interface LampStatesPlan {
   /** One `devicestate` event per state recorded, in the job's order. */
   events: KeenEventRecord[];
   /**
-   * The states of unknown lamps, in an ingest job of their own that waits for their lamp's
+   * The states of unknown lamps, in a lamp-states job of their own that waits for their lamp's
    * connect (which can be overtaken: it travels in another queue), so the others need not.
    */
   wait?: { jobId: string; data: LampStatesJob; delayMs: number };

@@ -51,7 +51,7 @@ import { parseArgs } from 'node:util';
 import mqtt from 'mqtt';
 import { ROOT, scrapeMetrics, sleep, type ManagedProcess } from '../test/support/processes.js';
 import { startRedisCluster } from '../test/support/redis-cluster.js';
-import { QUEUE_NAMES, queueLabel } from '../src/shared/queues.js';
+import { QUEUE_NAMES, queueKey } from '../src/shared/queues.js';
 import { lampId, type PublishReport } from './fleet.js';
 import { cpuBetween, loadAverage, systemCpu } from './lib/procs.js';
 import {
@@ -589,7 +589,7 @@ async function backlog(): Promise<void> {
       for (const worker of stack.workers) await stop(worker);
       stack.workers.length = 0;
       await sleep(1000);
-      const waitKey = `${stack.prefix}:${QUEUE_NAMES.lampStates}:wait`;
+      const waitKey = `${stack.prefix}:${queueKey(QUEUE_NAMES.lampStates)}:wait`;
       const usedMemory = async () => Number(/used_memory:(\d+)/.exec(await stack.redis.info('memory'))?.[1]);
       const memoryBefore = await usedMemory();
       // Lamp states travel many to a job: what is queued is what the subscriber says Redis took.
@@ -627,7 +627,7 @@ async function backlog(): Promise<void> {
       const memoryUsage = async (key: string) => Number((await stack.redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0')) ?? 0);
       const sampleIds = await stack.redis.lrange(waitKey, 0, 199);
       const jobBytes =
-        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:${QUEUE_NAMES.lampStates}:${id}`)))).reduce(
+        (await Promise.all(sampleIds.map((id) => memoryUsage(`${stack.prefix}:${queueKey(QUEUE_NAMES.lampStates)}:${id}`)))).reduce(
           (a, b) => a + b,
           0,
         ) / Math.max(1, sampleIds.length);
@@ -668,7 +668,7 @@ async function backlog(): Promise<void> {
       const counts = Object.fromEntries(
         await Promise.all(
           [QUEUE_NAMES.lampStates, QUEUE_NAMES.keen, QUEUE_NAMES.deadLetter, QUEUE_NAMES.rejected].map(
-            async (q) => [queueLabel(q), await stack.jobCounts(q)] as const,
+            async (q) => [q, await stack.jobCounts(q)] as const,
           ),
         ),
       );

@@ -14,7 +14,7 @@ import pg from 'pg';
 import { applyMigrations } from '../src/shared/migrations.js';
 import type { DeadLetterJob, RejectedMessageJob } from '../src/shared/jobs.js';
 import { KEEN_EVENT_ERRORS } from '../src/shared/keen/errors.js';
-import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, QUEUE_NAMES, queueKey } from '../src/shared/queues.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../test/support/fake-keen.js';
 import { freePort, sleep, ROOT } from '../test/support/processes.js';
 import { Fleet, lampId } from './fleet.js';
@@ -674,7 +674,7 @@ async function waitUntil(what: string, check: () => Promise<boolean>, timeoutMs:
 
 function openChaosQueues(url: string) {
   const connection = { url };
-  const open = <T>(name: string) => new Queue<T>(name, { connection, prefix: PREFIX });
+  const open = <T>(name: string) => new Queue<T>(queueKey(name), { connection, prefix: PREFIX });
   const work = [
     open(QUEUE_NAMES.lampStates),
     ...Array.from({ length: BRIDGE_PARTITIONS }, (_, p) => open(QUEUE_NAMES.bridgeState(p))),

@@ -12,7 +12,7 @@ import { Cluster, Redis } from 'ioredis';
 import pg from 'pg';
 import { parse as parseYaml } from 'yaml';
 import { applyMigrations } from '../../src/shared/migrations.js';
-import { BRIDGE_PARTITIONS, QUEUE_NAMES } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, QUEUE_NAMES, queueKey } from '../../src/shared/queues.js';
 import { manage, ROOT, startMosquitto, waitFor, type ManagedProcess } from '../../test/support/processes.js';
 import type { FleetCommand, FleetReply, PublishReport } from '../fleet.js';
 import { startRecorder, type KeenRecorder } from '../keen-recorder.js';
@@ -442,7 +442,7 @@ export class Stack {
   }
 
   async jobCounts(name: string): Promise<Record<string, number>> {
-    const queue = new Queue(name, { connection: this.redis, prefix: this.prefix });
+    const queue = new Queue(queueKey(name), { connection: this.redis, prefix: this.prefix });
     try {
       return await queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'completed', 'prioritized');
     } finally {
@@ -457,8 +457,8 @@ export class Stack {
    * keen-delivery job; one whose events went on has both.
    */
   async stageBreakdown(): Promise<Record<string, [number, number]> | undefined> {
-    const lampStates = new Queue(QUEUE_NAMES.lampStates, { connection: this.redis, prefix: this.prefix });
-    const keen = new Queue(QUEUE_NAMES.keen, { connection: this.redis, prefix: this.prefix });
+    const lampStates = new Queue(queueKey(QUEUE_NAMES.lampStates), { connection: this.redis, prefix: this.prefix });
+    const keen = new Queue(queueKey(QUEUE_NAMES.keen), { connection: this.redis, prefix: this.prefix });
     try {
       const [lampStatesJobs, keenJobs] = await Promise.all([
         lampStates.getJobs(['completed'], 0, 999),
@@ -492,7 +492,8 @@ export class Stack {
 
   /** Obliterates every queue of the prefix, then removes whatever else it left (the redelivery ledger). */
   async #sweepRedis(): Promise<void> {
-    for (const name of [...this.queueNames(), 'lamp-states']) {
+    // The yardstick's queue (bench/yardstick-queue.ts) is `lamp-states` itself, without a hash tag.
+    for (const name of [...this.queueNames().map(queueKey), 'lamp-states']) {
       const queue = new Queue(name, { connection: this.redis, prefix: this.prefix });
       await queue.obliterate({ force: true }).catch(() => {});
       await queue.close();

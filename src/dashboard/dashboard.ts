@@ -26,7 +26,7 @@ import { DEFAULT_KEEN_ATTEMPTS, type Config } from '../shared/config.js';
 import { DependencyWatch } from '../shared/dependency-watch.js';
 import type { RejectedMessageJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
-import { allQueues, JOB_OPTIONS, openQueues, QUEUE_NAMES, queueLabel } from '../shared/queues.js';
+import { allQueues, JOB_OPTIONS, openQueues, QUEUE_NAMES } from '../shared/queues.js';
 import { retryWindowMs } from '../shared/backoff.js';
 import { createBasicAuthCheck, isLoopback, REALM } from './auth.js';
 import { ConfigError } from '../shared/errors.js';
@@ -120,13 +120,13 @@ export async function startDashboard(config: DashboardConfig, logger: Logger): P
     serverAdapter.setBasePath('/');
     createBullBoard({
       queues: allQueues(queues).map((queue) => {
-        const rejected = queue.name === QUEUE_NAMES.rejected;
+        const rejected = queue.label === QUEUE_NAMES.rejected;
         const adapter = new BullMQAdapter(queue, {
           readOnlyMode,
-          // The queue's name without the hash tag that places it on a Redis Cluster.
-          displayName: queueLabel(queue.name),
+          // Bull Board's URLs use BullMQ's name, the hash-tagged queueKey; the page shows ours.
+          displayName: queue.label,
           ...(rejected ? { allowRetries: false } : {}),
-          description: `${DESCRIPTIONS[queue.name] ?? BRIDGE_DESCRIPTION} Redis prefix: ${config.QUEUE_PREFIX}.`,
+          description: `${DESCRIPTIONS[queue.label] ?? BRIDGE_DESCRIPTION} Redis prefix: ${config.QUEUE_PREFIX}.`,
         });
         if (rejected) adapter.setFormatter('data', showRejection);
         return adapter;

@@ -7,7 +7,7 @@
  */
 import type { Job } from 'bullmq';
 import { deadLetterReason, type DeadLetterJob } from '../shared/jobs.js';
-import { QUEUE_NAMES, queueLabel, type PipelineQueues } from '../shared/queues.js';
+import { QUEUE_NAMES, type PipelineQueues } from '../shared/queues.js';
 import { err, jobsIn, oneLine, out } from './listing.js';
 
 export type RedriveOutcome =
@@ -47,7 +47,7 @@ export async function outcomeOf(queues: PipelineQueues, before: Job<DeadLetterJo
     if (letter.timestamp !== before.timestamp) return { outcome: 'refused-again', reason: deadLetterReason(letter.data) };
     const state = await letter.getState();
     if (state === 'failed' && letter.attemptsMade > before.attemptsMade) return { outcome: 'redrive-failed', reason: letter.failedReason };
-    return { outcome: 'still-queued', where: `in ${queueLabel(QUEUE_NAMES.deadLetter)} (${state}), waiting for the dead-letter worker` };
+    return { outcome: 'still-queued', where: `in ${QUEUE_NAMES.deadLetter} (${state}), waiting for the dead-letter worker` };
   }
   const token = before.data.event?.keen?.uniqueness_token ?? id;
   const delivery = await queues.keen.getJob(token);
@@ -55,7 +55,7 @@ export async function outcomeOf(queues: PipelineQueues, before: Job<DeadLetterJo
     return (
       (await refusedAgain()) ?? {
         outcome: 'still-queued',
-        where: `neither in ${queueLabel(QUEUE_NAMES.deadLetter)} nor in ${queueLabel(QUEUE_NAMES.keen)} (removed by hand?)`,
+        where: `neither in ${QUEUE_NAMES.deadLetter} nor in ${QUEUE_NAMES.keen} (removed by hand?)`,
       }
     );
   const state = await delivery.getState();
@@ -64,13 +64,13 @@ export async function outcomeOf(queues: PipelineQueues, before: Job<DeadLetterJo
     return (
       (await refusedAgain()) ?? {
         outcome: 'still-queued',
-        where: `${queueLabel(QUEUE_NAMES.keen)} job ${token} failed; its dead letter is on its way`,
+        where: `${QUEUE_NAMES.keen} job ${token} failed; its dead letter is on its way`,
       }
     );
   const lastError = delivery.failedReason ? `, last error: ${oneLine(delivery.failedReason, 120)}` : '';
   return {
     outcome: 'still-queued',
-    where: `in ${queueLabel(QUEUE_NAMES.keen)} job ${token} (${state}, ${delivery.attemptsMade} of ${delivery.opts.attempts ?? 1} attempts made${lastError})`,
+    where: `in ${QUEUE_NAMES.keen} job ${token} (${state}, ${delivery.attemptsMade} of ${delivery.opts.attempts ?? 1} attempts made${lastError})`,
   };
 }
 
@@ -110,7 +110,7 @@ export async function redrive(queues: PipelineQueues, { all, ids, waitMs }: Redr
         err(
           job
             ? `${id}: not a parked dead letter (it is ${state}); only parked ones can be redriven`
-            : `${id}: not found in ${queueLabel(QUEUE_NAMES.deadLetter)}`,
+            : `${id}: not found in ${QUEUE_NAMES.deadLetter}`,
         );
       }
     }
@@ -155,9 +155,9 @@ export async function redrive(queues: PipelineQueues, { all, ids, waitMs }: Redr
   if (counts['still-queued'] > 0) {
     out(
       workers === 0
-        ? `no worker is consuming ${queueLabel(QUEUE_NAMES.deadLetter)} now: the redrive happens when one runs (npm run worker)`
+        ? `no worker is consuming ${QUEUE_NAMES.deadLetter} now: the redrive happens when one runs (npm run worker)`
         : `still queued: no outcome within ${waitMs} ms (--wait). Nothing is lost: each such event either ` +
-            `reaches Keen or comes back to ${queueLabel(QUEUE_NAMES.deadLetter)} (see npm run dlq -- list)`,
+            `reaches Keen or comes back to ${QUEUE_NAMES.deadLetter} (see npm run dlq -- list)`,
     );
   }
   out(

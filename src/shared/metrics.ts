@@ -2,8 +2,7 @@
  * Every Prometheus metric the pipeline exports, in one registry per process. Processes only
  * touch the metrics of their own stage; the rest stay at zero and are cheap.
  */
-import type { Queue } from 'bullmq';
-import { queueLabel } from './queues.js';
+import type { AnyPipelineQueue } from './queues.js';
 import { primaries, type RedisClient } from './redis.js';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -103,11 +102,11 @@ export type Metrics = ReturnType<typeof createMetrics>;
 const QUEUE_STATES = ['waiting', 'active', 'delayed', 'failed', 'prioritized'] as const;
 
 /** Sets the queue depth gauges from Redis; called when metrics are scraped. */
-export async function refreshQueueDepths(metrics: Metrics, queues: Queue[]): Promise<void> {
+export async function refreshQueueDepths(metrics: Metrics, queues: AnyPipelineQueue[]): Promise<void> {
   await Promise.all(
     queues.map(async (queue) => {
       const counts = await queue.getJobCounts(...QUEUE_STATES);
-      for (const state of QUEUE_STATES) metrics.queueDepth.set({ queue: queueLabel(queue.name), state }, counts[state] ?? 0);
+      for (const state of QUEUE_STATES) metrics.queueDepth.set({ queue: queue.label, state }, counts[state] ?? 0);
     }),
   );
 }

@@ -18,31 +18,46 @@
  * (BullMQ global concurrency); inside a job, each lamp's states are handled in order, lamps in
  * parallel. Lamp states need no order: their queue runs fully parallel.
  */
-import { Queue, type ConnectionOptions, type DefaultJobOptions } from 'bullmq';
+import { Queue, type ConnectionOptions, type DefaultJobOptions, type QueueOptions } from 'bullmq';
 import type { BridgeStatesJob, DeadLetterJob, KeenDeliveryJob, LampStatesJob, RejectedMessageJob } from './jobs.js';
 import { JITTERED_BACKOFF } from './backoff.js';
 import { DEFAULT_KEEN_ATTEMPTS } from './config.js';
 
-/**
- * Each name is a Redis Cluster hash tag (`{…}`), BullMQ's documented way onto a cluster: every
- * key of a queue (`<prefix>:{lamp-states}:wait`, `…:{lamp-states}:<job id>`) hashes to the same slot, as
- * BullMQ's scripts, which touch several of them at once, require, and each queue has a tag of
- * its own, so the queues spread over the cluster's primaries instead of all sitting on one. The
- * tag is in the name rather than the prefix for that reason (one tagged prefix would put every
- * queue in one slot). A single Redis ignores the braces: one naming for both.
- */
+/** The queues' names: what metrics (the `queue` label), log lines, the dashboard and the dlq CLI show. */
 export const QUEUE_NAMES = {
-  lampStates: '{lamp-states}',
-  bridgeState: (partition: number) => `{bridge-state-${partition}}`,
-  keen: '{keen-delivery}',
-  deadLetter: '{keen-dead-letter}',
-  rejected: '{rejected-messages}',
+  lampStates: 'lamp-states',
+  bridgeState: (partition: number) => `bridge-state-${partition}`,
+  keen: 'keen-delivery',
+  deadLetter: 'keen-dead-letter',
+  rejected: 'rejected-messages',
 } as const;
 
-/** A queue's name without its hash tag's braces: the `queue` label of metrics and log lines. */
-export function queueLabel(name: string): string {
-  return name.replace(/^\{(.*)\}$/, '$1');
+/**
+ * The name BullMQ gets for a queue (and so its Redis keys): its name as a Redis Cluster hash tag,
+ * BullMQ's documented way onto a cluster. Every key of a queue (`<prefix>:{lamp-states}:wait`,
+ * `…:{lamp-states}:<job id>`) then hashes to the same slot, as BullMQ's scripts, which touch
+ * several of them at once, require, and each queue has a tag of its own, so the queues spread
+ * over the cluster's primaries instead of all sitting on one. The tag is in the name rather than
+ * the prefix for that reason (one tagged prefix would put every queue in one slot). A single
+ * Redis ignores the braces: one naming for both. Every Queue and Worker of a pipeline queue is
+ * opened under this name.
+ */
+export function queueKey(name: string): string {
+  return `{${name}}`;
 }
+
+/** A queue of the pipeline: BullMQ's queue `queueKey(label)`, which metrics, logs and the dashboard show as `label`. */
+export class PipelineQueue<T> extends Queue<T> {
+  constructor(
+    readonly label: string,
+    opts: QueueOptions,
+  ) {
+    super(queueKey(label), opts);
+  }
+}
+
+/** A pipeline queue of any job type, for whoever reports on several (BullMQ's Queue takes any job). */
+export type AnyPipelineQueue = Queue & Pick<PipelineQueue<unknown>, 'label'>;
 
 /**
  * A constant, not a setting: producers and consumers must agree on it, or a partition would
@@ -93,28 +108,32 @@ export const JOB_OPTIONS = {
 
 export interface PipelineQueues {
   /** Lamp states, in groups. */
-  lampStates: Queue<LampStatesJob>;
+  lampStates: PipelineQueue<LampStatesJob>;
   /** Bridge states, partitioned by lamp (see bridgePartition). */
-  bridgeState: Array<Queue<BridgeStatesJob>>;
+  bridgeState: Array<PipelineQueue<BridgeStatesJob>>;
   /** The partition of this lamp's bridge states. */
-  bridgeStateQueueFor(deviceId: string): Queue<BridgeStatesJob>;
-  keen: Queue<KeenDeliveryJob>;
-  deadLetter: Queue<DeadLetterJob>;
-  rejected: Queue<RejectedMessageJob>;
+  bridgeStateQueueFor(deviceId: string): PipelineQueue<BridgeStatesJob>;
+  keen: PipelineQueue<KeenDeliveryJob>;
+  deadLetter: PipelineQueue<DeadLetterJob>;
+  rejected: PipelineQueue<RejectedMessageJob>;
   close(): Promise<void>;
 }
 
 export function openQueues(connection: ConnectionOptions, prefix: string, keenAttempts = DEFAULT_KEEN_ATTEMPTS): PipelineQueues {
   const queues = {
-    lampStates: new Queue<LampStatesJob>(QUEUE_NAMES.lampStates, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+    lampStates: new PipelineQueue<LampStatesJob>(QUEUE_NAMES.lampStates, { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
     bridgeState: Array.from(
       { length: BRIDGE_PARTITIONS },
       (_, partition) =>
-        new Queue<BridgeStatesJob>(QUEUE_NAMES.bridgeState(partition), { connection, prefix, defaultJobOptions: JOB_OPTIONS.ingest }),
+        new PipelineQueue<BridgeStatesJob>(QUEUE_NAMES.bridgeState(partition), {
+          connection,
+          prefix,
+          defaultJobOptions: JOB_OPTIONS.ingest,
+        }),
     ),
-    keen: new Queue<KeenDeliveryJob>(QUEUE_NAMES.keen, { connection, prefix, defaultJobOptions: JOB_OPTIONS.keen(keenAttempts) }),
-    deadLetter: new Queue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection, prefix, defaultJobOptions: JOB_OPTIONS.deadLetter }),
-    rejected: new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection, prefix, defaultJobOptions: JOB_OPTIONS.rejected }),
+    keen: new PipelineQueue<KeenDeliveryJob>(QUEUE_NAMES.keen, { connection, prefix, defaultJobOptions: JOB_OPTIONS.keen(keenAttempts) }),
+    deadLetter: new PipelineQueue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection, prefix, defaultJobOptions: JOB_OPTIONS.deadLetter }),
+    rejected: new PipelineQueue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection, prefix, defaultJobOptions: JOB_OPTIONS.rejected }),
   };
   return {
     ...queues,
@@ -128,6 +147,6 @@ export function openQueues(connection: ConnectionOptions, prefix: string, keenAt
 }
 
 /** All queues of the pipeline, for whoever reports on them. */
-export function allQueues(queues: PipelineQueues): Queue[] {
+export function allQueues(queues: PipelineQueues): AnyPipelineQueue[] {
   return [queues.lampStates, ...queues.bridgeState, queues.keen, queues.deadLetter, queues.rejected];
 }

@@ -18,17 +18,17 @@
  * (lampi_jobs_failed_total); every log line about a job names its id, queue, and the lamp and
  * collection it is about when it has them.
  */
-import { RateLimitError, UnrecoverableError, Worker, type ConnectionOptions, type Job, type Queue } from 'bullmq';
+import { RateLimitError, UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import { isConnectionError } from '../shared/dependency-watch.js';
 import type { ParsedJob } from '../shared/jobs.js';
 import type { Logger } from '../shared/logger.js';
 import type { Metrics } from '../shared/metrics.js';
-import { queueLabel } from '../shared/queues.js';
+import type { PipelineQueue } from '../shared/queues.js';
 import { backoffBaseMs, jitteredBackoff, jitteredBackoffDelay } from '../shared/backoff.js';
 
 export interface StageOptions<T> {
-  /** The stage's queue: the worker takes its name and prefix; an ordered stage rate-limits it. */
-  queue: Queue<T>;
+  /** The stage's queue: the worker takes its BullMQ name and prefix; an ordered stage rate-limits it. */
+  queue: PipelineQueue<T>;
   connection: ConnectionOptions;
   /** Handles one job whose data has parsed. Throw to fail the attempt; UnrecoverableError fails the job for good. */
   process: (job: Job<T>) => Promise<unknown>;
@@ -79,8 +79,8 @@ const isRateLimit = (err: unknown) => err instanceof RateLimitError;
 
 export function runStage<T>(options: StageOptions<T>): Worker<T> {
   const { queue, logger, metrics, parse, subject, ordered = false } = options;
-  // Metrics and logs name the queue without its hash tag (src/shared/queues.ts).
-  const name = queueLabel(queue.name);
+  // Metrics and logs name the queue by its name, not by BullMQ's hash-tagged one (src/shared/queues.ts).
+  const name = queue.label;
   const concurrency = options.concurrency ?? 1;
   if (ordered && concurrency !== 1) throw new TypeError(`runStage: the ordered stage ${name} runs one job at a time (concurrency 1)`);
   const failureLog = options.failureLog ?? 'runner';

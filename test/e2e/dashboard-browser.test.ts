@@ -20,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startDashboard, type Dashboard } from '../../src/dashboard/dashboard.js';
 import { deviceStateEvent } from '../../src/shared/events.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
 import { createDeadLetterWorker } from '../../src/worker/stages/dead-letter-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
@@ -139,7 +139,7 @@ describe('dashboard in a browser', () => {
     const context = await browser.newContext({ httpCredentials: { username: USER, password: PASSWORD } });
     try {
       const page = await context.newPage();
-      const response = await page.goto(new URL(`queue/${QUEUE_NAMES.deadLetter}?status=failed`, dashboard.url).toString());
+      const response = await page.goto(new URL(`queue/${queueKey(QUEUE_NAMES.deadLetter)}?status=failed`, dashboard.url).toString());
       expect(response?.status()).toBe(200);
 
       // The dead letter, why it failed, and the original event.
@@ -176,14 +176,14 @@ describe('dashboard in a browser', () => {
       await waitFor('the event stored by Keen', () => keen.tokens('devicestate').includes(token), 20_000);
       expect(keen.tokens('devicestate').sort()).toEqual([token, otherToken].sort());
       expect(keen.duplicatesDropped).toBe(0);
-      await page.goto(new URL(`queue/${QUEUE_NAMES.keen}?status=completed`, dashboard.url).toString());
+      await page.goto(new URL(`queue/${queueKey(QUEUE_NAMES.keen)}?status=completed`, dashboard.url).toString());
       await expect.poll(() => page.getByText(token, { exact: true }).count(), { timeout: 15_000 }).toBeGreaterThan(0);
       const redriven = await queues.keen.getJob(token);
       expect(await redriven?.getState()).toBe('completed');
       expect(redriven?.data.events.map((record) => record.event.keen.uniqueness_token)).toEqual([token]);
 
       // And the dead letter is gone from the dead-letter queue.
-      await page.goto(new URL(`queue/${QUEUE_NAMES.deadLetter}?status=failed`, dashboard.url).toString());
+      await page.goto(new URL(`queue/${queueKey(QUEUE_NAMES.deadLetter)}?status=failed`, dashboard.url).toString());
       await page.getByText('parked in Failed with the last Keen error', { exact: false }).first().waitFor();
       await expect.poll(() => page.getByText(token, { exact: true }).count(), { timeout: 15_000 }).toBe(0);
     } finally {
@@ -199,7 +199,9 @@ describe('dashboard in a browser', () => {
         const answered = page.waitForResponse((response) => response.url().startsWith(dashboard.url));
         // With wrong credentials Chromium gives up on the page (ERR_INVALID_AUTH_CREDENTIALS)
         // after the server's 401; without any it shows the 401 page.
-        const navigation = await page.goto(new URL(`queue/${QUEUE_NAMES.deadLetter}`, dashboard.url).toString()).catch((err: Error) => err);
+        const navigation = await page
+          .goto(new URL(`queue/${queueKey(QUEUE_NAMES.deadLetter)}`, dashboard.url).toString())
+          .catch((err: Error) => err);
         const response = await answered;
         expect(response.status(), `credentials: ${JSON.stringify(httpCredentials)}`).toBe(401);
         expect(response.headers()['www-authenticate']).toMatch(/^Basic realm=/);
@@ -248,7 +250,7 @@ describe('dashboard in a browser while Redis is down', () => {
     const context = await browser.newContext();
     try {
       const page = await context.newPage();
-      await page.goto(new URL(`queue/${QUEUE_NAMES.rejected}`, dashboard.url).toString());
+      await page.goto(new URL(`queue/${queueKey(QUEUE_NAMES.rejected)}`, dashboard.url).toString());
       await page.getByText('Retrying cannot help', { exact: false }).first().waitFor({ timeout: 15_000 });
       const banner = page.locator('#lampi-outage');
       expect(await banner.count()).toBe(0);

@@ -22,7 +22,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { RejectedMessageJob } from '../../src/shared/jobs.js';
 import { REJECT_REASONS, type RejectReason } from '../../src/shared/lamp.js';
 import { MAX_LAMP_STATE_BYTES, parseMessage } from '../../src/shared/message.js';
-import { QUEUE_NAMES } from '../../src/shared/queues.js';
+import { QUEUE_NAMES, queueKey } from '../../src/shared/queues.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../support/fake-keen.js';
 import { randomPrefix } from '../support/ids.js';
@@ -552,7 +552,7 @@ describe('hostile input through the real subscriber and worker', () => {
     expect(Object.keys(Object.fromEntries(rejected)).every((reason) => (REJECT_REASONS as readonly string[]).includes(reason))).toBe(true);
 
     // The rejection log (the newest 10,000 are kept): each record with its reason and detail.
-    const log = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: { url: services.redis }, prefix });
+    const log = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: { url: services.redis }, prefix });
     const records = await log.getJobs(['failed', 'waiting', 'active', 'delayed', 'completed']);
     const failedCount = await log.getFailedCount();
     await log.obliterate({ force: true });
@@ -592,7 +592,7 @@ describe('hostile input through the real subscriber and worker', () => {
     expect(sneaky).toBeDefined();
     expect(Object.prototype.hasOwnProperty.call({}, 'polluted')).toBe(false);
     expect(keen.requests.every((r) => r.status === 200)).toBe(true);
-    const deadLetters = new Queue(QUEUE_NAMES.deadLetter, { connection: { url: services.redis }, prefix });
+    const deadLetters = new Queue(queueKey(QUEUE_NAMES.deadLetter), { connection: { url: services.redis }, prefix });
     expect(await deadLetters.getJobCountByTypes('waiting', 'active', 'delayed', 'failed', 'completed')).toBe(0);
     await deadLetters.close();
 

@@ -11,7 +11,7 @@ import mqtt from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { PrismaClient } from '../../src/generated/prisma/client.js';
 import type { DeadLetterJob, RejectedMessageJob } from '../../src/shared/jobs.js';
-import { QUEUE_NAMES } from '../../src/shared/queues.js';
+import { QUEUE_NAMES, queueKey } from '../../src/shared/queues.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
@@ -119,7 +119,7 @@ describe('pipeline end to end', () => {
     ]);
     states.forEach((event) => expectEnvelope(event, lampTopic));
 
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: { url: services.redis }, prefix });
+    const rejected = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: { url: services.redis }, prefix });
     const record = await waitFor('the rejection record', async () =>
       (await rejected.getJobs(['failed', 'waiting', 'active'])).find((job) => job.data.deviceId === device),
     );
@@ -151,7 +151,7 @@ describe('pipeline end to end', () => {
     const before = ofDevice('devicestate').length;
     await publish(lampTopic, JSON.stringify({ on: true, poison: true }));
     await publish(lampTopic, JSON.stringify({ on: true, brightness: 0.9 }));
-    const deadLetters = new Queue<DeadLetterJob>(QUEUE_NAMES.deadLetter, { connection: { url: services.redis }, prefix });
+    const deadLetters = new Queue<DeadLetterJob>(queueKey(QUEUE_NAMES.deadLetter), { connection: { url: services.redis }, prefix });
     const dead = await waitFor('the dead letter', async () =>
       (await deadLetters.getJobs(['failed', 'waiting', 'active'])).find((job) => job.data.event.device_id === device),
     );

@@ -11,7 +11,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import { startDashboard, type Dashboard } from '../../src/dashboard/dashboard.js';
 import { PrismaClient } from '../../src/generated/prisma/client.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { BRIDGE_PARTITIONS, QUEUE_NAMES, queueLabel } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, QUEUE_NAMES, queueKey } from '../../src/shared/queues.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen } from '../support/fake-keen.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
@@ -110,7 +110,7 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
 
   it('spreads the queues over the primaries: each queue on one slot, at least 3 primaries holding queues', async () => {
     const owners = new Map<string, number>();
-    for (const name of queueNames) owners.set(name, await cluster.primaryFor(`${prefix}:${name}:wait`));
+    for (const name of queueNames) owners.set(name, await cluster.primaryFor(`${prefix}:${queueKey(name)}:wait`));
     const primaries = await cluster.primaries();
     expect(primaries).toHaveLength(3);
     expect(new Set(owners.values()).size).toBe(3);
@@ -124,7 +124,7 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
         for await (const keys of node.scanStream({ match: `${prefix}:*`, count: 1000 }) as AsyncIterable<string[]>) {
           for (const key of keys) {
             const tag = /\{([^}]+)\}/.exec(key)?.[1];
-            if (tag && queueNames.includes(`{${tag}}`)) tags.add(`{${tag}}`);
+            if (tag && queueNames.includes(tag)) tags.add(tag);
           }
         }
         seen.set(port, tags);
@@ -157,10 +157,10 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
       const answer = (await (await fetch(new URL('/api/queues', dashboard.url))).json()) as {
         queues: Array<{ name: string; displayName?: string; counts: Record<string, number> }>;
       };
-      expect(answer.queues.map((q) => q.name).sort()).toEqual([...queueNames].sort());
-      // Bull Board shows the names without their hash tags.
-      expect(answer.queues.map((q) => q.displayName).sort()).toEqual(queueNames.map(queueLabel).sort());
-      const lampStates = answer.queues.find((q) => q.name === QUEUE_NAMES.lampStates)!;
+      expect(answer.queues.map((q) => q.name).sort()).toEqual(queueNames.map(queueKey).sort());
+      // Bull Board shows the names, not BullMQ's hash-tagged ones.
+      expect(answer.queues.map((q) => q.displayName).sort()).toEqual([...queueNames].sort());
+      const lampStates = answer.queues.find((q) => q.displayName === QUEUE_NAMES.lampStates)!;
       expect(Object.values(lampStates.counts).reduce((a, b) => a + b, 0)).toBeGreaterThan(0);
     } finally {
       await dashboard?.close();
@@ -184,7 +184,7 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
    * collection: every lamp state is stored exactly once, however often it was sent.
    */
   it('delivers every lamp state to Keen exactly once when the primary holding the lamp-states queue is killed mid-stream', async () => {
-    const target = await cluster.primaryFor(`${prefix}:${QUEUE_NAMES.lampStates}:wait`);
+    const target = await cluster.primaryFor(`${prefix}:${queueKey(QUEUE_NAMES.lampStates)}:wait`);
     const devices = Array.from({ length: 10 }, () => randomDeviceId());
     const total = 1500;
     const sentBefore = keen.duplicatesDropped;
@@ -206,7 +206,7 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
     // replica's promotion is what the rest of the test depends on.
     await waitFor(
       'the replica promoted',
-      async () => (await cluster.primaryFor(`${prefix}:${QUEUE_NAMES.lampStates}:wait`)) !== target,
+      async () => (await cluster.primaryFor(`${prefix}:${queueKey(QUEUE_NAMES.lampStates)}:wait`)) !== target,
       30_000,
       200,
     );

@@ -10,7 +10,7 @@ import { startDashboard, type Dashboard, type DashboardConfig } from '../../src/
 import { deviceStateEvent } from '../../src/shared/events.js';
 import type { DeadLetterJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { BRIDGE_PARTITIONS, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
 import { createDeadLetterWorker } from '../../src/worker/stages/dead-letter-worker.js';
 import { createRejectedWorker } from '../../src/worker/stages/rejected-worker.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
@@ -111,7 +111,7 @@ describe('dashboard', () => {
       for (const [path, method] of [
         ['/', 'GET'],
         ['/api/queues', 'GET'],
-        [`/api/queues/${QUEUE_NAMES.deadLetter}/retry/failed`, 'PUT'],
+        [`/api/queues/${queueKey(QUEUE_NAMES.deadLetter)}/retry/failed`, 'PUT'],
       ] as const) {
         const response = await request(dashboard, path, { method, headers });
         expect(response.status, `${method} ${path} with ${JSON.stringify(headers)}`).toBe(401);
@@ -126,8 +126,10 @@ describe('dashboard', () => {
     expect(await page.text()).toContain('<title>LAMPI ingest</title>');
     const api = await request(dashboard, '/api/queues', { headers: GOOD });
     expect(api.status).toBe(200);
-    const body = (await api.json()) as { queues: Array<{ name: string; readOnlyMode: boolean; description: string }> };
-    expect(body.queues.map((q) => q.name).sort()).toEqual(
+    const body = (await api.json()) as {
+      queues: Array<{ name: string; displayName: string; readOnlyMode: boolean; description: string }>;
+    };
+    expect(body.queues.map((q) => q.displayName).sort()).toEqual(
       [
         QUEUE_NAMES.lampStates,
         ...Array.from({ length: BRIDGE_PARTITIONS }, (_, n) => QUEUE_NAMES.bridgeState(n)),
@@ -137,6 +139,8 @@ describe('dashboard', () => {
       ].sort(),
     );
     for (const queue of body.queues) {
+      // Bull Board knows each queue by BullMQ's (hash-tagged) name and shows ours.
+      expect(queue.name).toBe(queueKey(queue.displayName));
       expect(queue.readOnlyMode).toBe(false);
       expect(queue.description).toContain(`Redis prefix: ${prefix}.`);
     }
@@ -144,13 +148,13 @@ describe('dashboard', () => {
 
   it("shows a dead letter's error, and its Retry redrives it into keen-delivery with the same id", async () => {
     const id = await parkDeadLetter(queues, 'Keen answered 400: InvalidPropertyNameError');
-    const shown = await request(dashboard, `/api/queues/${QUEUE_NAMES.deadLetter}/${encodeURIComponent(id)}`, { headers: GOOD });
+    const shown = await request(dashboard, `/api/queues/${queueKey(QUEUE_NAMES.deadLetter)}/${encodeURIComponent(id)}`, { headers: GOOD });
     expect(shown.status).toBe(200);
     const { job } = (await shown.json()) as { job: { failedReason: string; data: DeadLetterJob } };
     expect(job.failedReason).toBe('Keen answered 400: InvalidPropertyNameError');
     expect(job.data.event.keen.uniqueness_token).toBe(id);
 
-    const retried = await request(dashboard, `/api/queues/${QUEUE_NAMES.deadLetter}/${encodeURIComponent(id)}/retry`, {
+    const retried = await request(dashboard, `/api/queues/${queueKey(QUEUE_NAMES.deadLetter)}/${encodeURIComponent(id)}/retry`, {
       method: 'PUT',
       headers: GOOD,
     });
@@ -165,7 +169,10 @@ describe('dashboard', () => {
 
   it('Retry all redrives every parked dead letter', async () => {
     const ids = [await parkDeadLetter(queues), await parkDeadLetter(queues)];
-    const retried = await request(dashboard, `/api/queues/${QUEUE_NAMES.deadLetter}/retry/failed`, { method: 'PUT', headers: GOOD });
+    const retried = await request(dashboard, `/api/queues/${queueKey(QUEUE_NAMES.deadLetter)}/retry/failed`, {
+      method: 'PUT',
+      headers: GOOD,
+    });
     expect(retried.status).toBe(200);
     for (const id of ids) await waitFor(`${id} back in keen-delivery`, async () => (await stateIn(queues.keen, id)) === 'waiting');
   });
@@ -192,7 +199,7 @@ describe('dashboard', () => {
       );
 
       const shown = async (id: string) => {
-        const response = await request(dashboard, `/api/queues/${QUEUE_NAMES.rejected}/${id}`, { headers: GOOD });
+        const response = await request(dashboard, `/api/queues/${queueKey(QUEUE_NAMES.rejected)}/${id}`, { headers: GOOD });
         expect(response.status).toBe(200);
         return ((await response.json()) as { job: { failedReason: string; stacktrace: string[]; data: Record<string, unknown> } }).job;
       };
@@ -205,10 +212,10 @@ describe('dashboard', () => {
 
       const api = await request(dashboard, '/api/queues', { headers: GOOD });
       const { queues: listed } = (await api.json()) as { queues: Array<{ name: string; allowRetries: boolean; description: string }> };
-      expect(listed.find((q) => q.name === QUEUE_NAMES.rejected)).toMatchObject({ allowRetries: false });
-      expect(listed.find((q) => q.name === QUEUE_NAMES.deadLetter)).toMatchObject({ allowRetries: true });
+      expect(listed.find((q) => q.name === queueKey(QUEUE_NAMES.rejected))).toMatchObject({ allowRetries: false });
+      expect(listed.find((q) => q.name === queueKey(QUEUE_NAMES.deadLetter))).toMatchObject({ allowRetries: true });
       // 12 attempts, 1 s base, doubling to the five-minute cap: 9 to 19 minutes.
-      expect(listed.find((q) => q.name === QUEUE_NAMES.keen)?.description).toContain(
+      expect(listed.find((q) => q.name === queueKey(QUEUE_NAMES.keen))?.description).toContain(
         'tried 12 times (KEEN_ATTEMPTS, the default) over about 9 min to 19 min',
       );
     } finally {
@@ -224,7 +231,7 @@ describe('dashboard', () => {
     for (const queue of body.queues) expect(queue).toMatchObject({ readOnlyMode: true, allowRetries: false });
 
     const id = await parkDeadLetter(queues);
-    const q = QUEUE_NAMES.deadLetter;
+    const q = queueKey(QUEUE_NAMES.deadLetter);
     const changes: Array<[string, string]> = [
       ['PUT', `/api/queues/${q}/${encodeURIComponent(id)}/retry`],
       ['PUT', `/api/queues/${q}/retry/failed`],

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { deviceStateEvent, type KeenCollection } from '../../src/shared/events.js';
 import type { DeadLetterJob, KeenDeliveryJob, KeenEventRecord } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
-import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
 import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
 import { createDeadLetterWorker, redriveDeadLetter } from '../../src/worker/stages/dead-letter-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
@@ -141,7 +141,7 @@ describe('dead-letter worker', () => {
     // An earlier redrive of the event that gave up: failed in keen-delivery under the token.
     await queues.keen.add(data.collection, deliveryOf(data), { jobId: token });
     const giveUp = new Worker<KeenDeliveryJob>(
-      QUEUE_NAMES.keen,
+      queueKey(QUEUE_NAMES.keen),
       async (job) => {
         if (job.id === token) throw new UnrecoverableError('Keen said no');
       },

@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { BridgeStatesJob, KeenEventRecord, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
 import { applyMigrations } from '../../src/shared/migrations.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
 import { createIngestWorkers } from '../../src/worker/stages/ingest-worker.js';
@@ -351,7 +351,7 @@ emit(True)`,
 
     const disconnect = bridge(device, false);
     await addBridgeStates([disconnect], messageId());
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: redis, prefix });
+    const rejected = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: redis, prefix });
     try {
       const record = await waitFor(
         'the rejection',

@@ -21,7 +21,7 @@ import type {
 } from '../../src/shared/jobs.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, type PipelineQueues } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
 import { AssociationPublisher } from '../../src/worker/association-publisher.js';
 import { createIngestWorkers } from '../../src/worker/stages/ingest-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
@@ -295,7 +295,7 @@ describe('registry worker', () => {
     const jobId = messageId();
     const topic = `$SYS/broker/connection/${device.toUpperCase()}_broker/state`;
     await stage.addBridgeStates([{ ...bridge(device, false), messageId: jobId, topic }], jobId);
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    const rejected = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: stage.redis, prefix: stage.prefix });
     try {
       const record = await waitFor('the rejection', async () => (await rejected.getJob(`${jobId}-rejected`))?.data, 5_000, 50);
       expect(record).toEqual({
@@ -356,7 +356,7 @@ describe('registry worker', () => {
       ['devicemonitoring', 'connected', `${states[1]!.messageId}-devicemonitoring`],
     ]);
     expect(of(c!)).toEqual([]);
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    const rejected = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: stage.redis, prefix: stage.prefix });
     try {
       expect((await rejected.getJob(`${states[3]!.messageId}-rejected`))?.data).toMatchObject({ reason: 'unknown_device', deviceId: c });
     } finally {
@@ -454,7 +454,7 @@ describe('registry worker', () => {
       keen: { uniqueness_token: `${states[2]!.messageId}-devicestate` },
     });
 
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    const rejected = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: stage.redis, prefix: stage.prefix });
     try {
       const records = await waitFor(
         'unknown device rejections',
@@ -521,7 +521,7 @@ describe('registry worker', () => {
       ['devicestate', late, { on: true, n: 2 }, `${states[1]!.messageId}-devicestate`],
     ]);
     await waitFor('all ingest jobs done', stage.allIngestDone);
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    const rejected = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: stage.redis, prefix: stage.prefix });
     try {
       for (const s of states) expect(await rejected.getJob(`${s.messageId}-rejected`)).toBeUndefined();
     } finally {
@@ -655,7 +655,7 @@ describe('registry worker with UNKNOWN_DEVICE_STATES=record (the default)', () =
     expect(keenJob.events[0]!.event.keen).toMatchObject({ timestamp: states[0]!.receivedAt, addons: [{ name: 'keen:date_time_parser' }] });
     // Nothing waited and nothing was rejected.
     expect(await stage.queues.lampStates.getJob(`${jobId}-w`)).toBeUndefined();
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    const rejected = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: stage.redis, prefix: stage.prefix });
     try {
       expect(Object.values(await rejected.getJobCounts()).reduce((a, b) => a + b, 0)).toBe(0);
     } finally {
@@ -761,7 +761,7 @@ describe('registry worker through a PostgreSQL outage', () => {
       ['disconnected', at(10)],
       ['connected', at(20)],
     ]);
-    const rejected = new Queue<RejectedMessageJob>(QUEUE_NAMES.rejected, { connection: stage.redis, prefix: stage.prefix });
+    const rejected = new Queue<RejectedMessageJob>(queueKey(QUEUE_NAMES.rejected), { connection: stage.redis, prefix: stage.prefix });
     try {
       expect(await rejected.count()).toBe(0);
       expect(await rejected.getJobCounts('failed', 'completed')).toEqual({ failed: 0, completed: 0 });

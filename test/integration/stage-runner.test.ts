@@ -4,13 +4,14 @@
  * run out; a worker closing while a job keeps failing closes at once and leaves the job waiting;
  * malformed data fails for good at once without holding the queue; attempts and jobs are counted apart.
  */
-import { Queue, type Job, type JobsOptions, type Worker } from 'bullmq';
+import type { Job, JobsOptions, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { ParsedJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics, type Metrics } from '../../src/shared/metrics.js';
 import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
+import { PipelineQueue } from '../../src/shared/queues.js';
 import { runStage, type StageOptions } from '../../src/worker/stage-runner.js';
 import { randomPrefix } from '../support/ids.js';
 import { waitFor } from '../support/processes.js';
@@ -40,7 +41,7 @@ afterAll(async () => {
 
 /** A queue of its own, workers on it that record what they start, a log and metrics to read. */
 function stageUnderTest(label: string) {
-  const queue = new Queue<TestJob>(label, { connection: redis, prefix: randomPrefix(label) });
+  const queue = new PipelineQueue<TestJob>(label, { connection: redis, prefix: randomPrefix(label) });
   const lines: Array<Record<string, unknown>> = [];
   const logger = createLogger('stage-test', 'info', {
     write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>),
@@ -107,10 +108,10 @@ describe('stage runner, ordered stage', () => {
     const a = (await stage.queue.getJob('a'))!;
     expect(a.attemptsStarted).toBe(3);
 
-    const retries = stage.lines.filter((line) => line.msg === `${stage.queue.name} job failed; it keeps its place and its queue waits`);
+    const retries = stage.lines.filter((line) => line.msg === `${stage.queue.label} job failed; it keeps its place and its queue waits`);
     expect(retries.map((line) => [line.job_id, line.queue, line.device_id, line.attempt, line.attempts, errorMessage(line)])).toEqual([
-      ['a', stage.queue.name, 'lamp-a', 1, 5, 'lamp lamp-a is away'],
-      ['a', stage.queue.name, 'lamp-a', 2, 5, 'lamp lamp-a is away'],
+      ['a', stage.queue.label, 'lamp-a', 1, 5, 'lamp lamp-a is away'],
+      ['a', stage.queue.label, 'lamp-a', 2, 5, 'lamp lamp-a is away'],
     ]);
     // Equal jitter around the doubling base: 25-50 ms, then 50-100 ms.
     const [first, second] = retries.map((line) => line.wait_ms as number);
@@ -122,9 +123,9 @@ describe('stage runner, ordered stage', () => {
       stage.lines.filter((line) => line.msg === 'handled after 3 attempts').map((line) => [line.job_id, line.device_id, line.attempts]),
     ).toEqual([['a', 'lamp-a', 3]]);
 
-    expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(2);
-    expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(0);
-    expect(await count(stage.metrics.jobsCompleted, stage.queue.name)).toBe(3);
+    expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.label)).toBe(2);
+    expect(await count(stage.metrics.jobsFailed, stage.queue.label)).toBe(0);
+    expect(await count(stage.metrics.jobsCompleted, stage.queue.label)).toBe(3);
   });
 
   it('fails a job for good when its attempts run out, then the queue moves on', async () => {
@@ -139,13 +140,13 @@ describe('stage runner, ordered stage', () => {
     expect(await d.getState()).toBe('failed');
     expect(d.failedReason).toBe('gave up after 3 attempts: lamp lamp-d is away');
     expect(await stage.stateOf('e')).toBe('completed');
-    const final = stage.lines.filter((line) => line.msg === `${stage.queue.name} job failed for good`);
+    const final = stage.lines.filter((line) => line.msg === `${stage.queue.label} job failed for good`);
     expect(final.map((line) => [line.level, line.job_id, line.queue, line.device_id, line.attempts])).toEqual([
-      ['error', 'd', stage.queue.name, 'lamp-d', 3],
+      ['error', 'd', stage.queue.label, 'lamp-d', 3],
     ]);
 
-    expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(3);
-    expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(1);
+    expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.label)).toBe(3);
+    expect(await count(stage.metrics.jobsFailed, stage.queue.label)).toBe(1);
   });
 
   it('closes at once while a job keeps failing, and the job waits at the head of its queue, not lost', async () => {
@@ -181,10 +182,10 @@ describe('stage runner, ordered stage', () => {
     expect(stage.started).toEqual(['next']);
     const about = stage.lines.filter((line) => line.job_id === 'bad');
     expect(about.map((line) => [line.level, line.queue, errorMessage(line), (line.err as { code?: string }).code])).toEqual([
-      ['error', stage.queue.name, 'malformed job data: deviceId: missing', 'LAMPI_MALFORMED_JOB'],
+      ['error', stage.queue.label, 'malformed job data: deviceId: missing', 'LAMPI_MALFORMED_JOB'],
     ]);
-    expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(1);
-    expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(1);
+    expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.label)).toBe(1);
+    expect(await count(stage.metrics.jobsFailed, stage.queue.label)).toBe(1);
   });
 });
 
@@ -205,18 +206,18 @@ describe('stage runner, unordered stage', () => {
     expect(await stage.stateOf('gives-up')).toBe('failed');
     expect((await stage.queue.getJob('gives-up'))!.attemptsMade).toBe(3);
     // One failed attempt of the first, three of the second; one job failed for good.
-    expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.name)).toBe(4);
-    expect(await count(stage.metrics.jobsFailed, stage.queue.name)).toBe(1);
+    expect(await count(stage.metrics.jobAttemptsFailed, stage.queue.label)).toBe(4);
+    expect(await count(stage.metrics.jobsFailed, stage.queue.label)).toBe(1);
     const about = (id: string) =>
       stage.lines.filter((line) => line.job_id === id).map((line) => [line.level, line.msg, line.device_id, line.attempts]);
     expect(about('recovers')).toEqual([
-      ['warn', `${stage.queue.name} job failed; will retry`, 'lamp-r', 1],
+      ['warn', `${stage.queue.label} job failed; will retry`, 'lamp-r', 1],
       ['info', 'handled after 2 attempts', 'lamp-r', 2],
     ]);
     expect(about('gives-up')).toEqual([
-      ['warn', `${stage.queue.name} job failed; will retry`, 'lamp-g', 1],
-      ['warn', `${stage.queue.name} job failed; will retry`, 'lamp-g', 2],
-      ['error', `${stage.queue.name} job failed for good`, 'lamp-g', 3],
+      ['warn', `${stage.queue.label} job failed; will retry`, 'lamp-g', 1],
+      ['warn', `${stage.queue.label} job failed; will retry`, 'lamp-g', 2],
+      ['error', `${stage.queue.label} job failed for good`, 'lamp-g', 3],
     ]);
   });
 });

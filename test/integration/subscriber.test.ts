@@ -12,7 +12,7 @@ import type { BridgeStatesJob, LampStatesJob, RejectedMessageJob } from '../../s
 import { createLogger } from '../../src/shared/logger.js';
 import type { MqttMessage } from '../../src/shared/message.js';
 import { createMetrics } from '../../src/shared/metrics.js';
-import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES } from '../../src/shared/queues.js';
+import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, queueKey } from '../../src/shared/queues.js';
 import { Intake } from '../../src/subscriber/intake.js';
 import { RedeliveryLedger } from '../../src/subscriber/redeliveries.js';
 import { startSubscriber, type Subscriber, type SubscriberConfig } from '../../src/subscriber/subscriber.js';
@@ -55,7 +55,7 @@ async function publishAtOnce(url: string, messages: Array<{ topic: string; paylo
 
 /** Jobs in one queue, oldest first. */
 async function jobsIn<T>(redisUrl: string, prefix: string, name: string, states: JobState[] = ['waiting']) {
-  const queue = new Queue<T>(name, { connection: { url: redisUrl }, prefix });
+  const queue = new Queue<T>(queueKey(name), { connection: { url: redisUrl }, prefix });
   try {
     return await queue.getJobs(states, 0, -1, true);
   } finally {

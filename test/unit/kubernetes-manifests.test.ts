@@ -21,7 +21,7 @@ import { loadConfig } from '../../src/shared/config.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { startOpsServer } from '../../src/shared/ops-server.js';
-import { QUEUE_NAMES, queueLabel } from '../../src/shared/queues.js';
+import { QUEUE_NAMES } from '../../src/shared/queues.js';
 import { manifestProblems, parseManifests, readManifests, type Manifest } from '../support/kubernetes.js';
 import { ROOT, entryFile, environmentOf, read, variablesReadBy } from '../support/process-settings.js';
 
@@ -426,7 +426,7 @@ describe('deploy/kubernetes agrees with the code and docker-compose.yml', () => 
       expect(m, query).not.toBeNull();
       expect(metrics.registry.getSingleMetric(m![1]!), `${m![1]} is not a metric the code exports`).toBe(metrics.queueDepth);
       const labels = Object.fromEntries([...m![2]!.matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1]!, l[2]!]));
-      expect(labels.queue).toBe(queueLabel(QUEUE_NAMES.lampStates));
+      expect(labels.queue).toBe(QUEUE_NAMES.lampStates);
       expect(states).toContain(labels.state);
       expect(labels.state).toBe('waiting');
       expect(

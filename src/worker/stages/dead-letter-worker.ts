@@ -7,7 +7,7 @@
 import { UnrecoverableError, type ConnectionOptions, type Job, type Queue, type Worker } from 'bullmq';
 import { deadLetterReason, deviceIdOf, type DeadLetterJob, type KeenDeliveryJob } from '../../shared/jobs.js';
 import type { Logger } from '../../shared/logger.js';
-import { QUEUE_NAMES, queueLabel, type PipelineQueues } from '../../shared/queues.js';
+import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
 import { runStage } from '../stage-runner.js';
 import { planDeadLetter, planRedrive, redriveJobId, NO_REDRIVE_ID } from './dead-letters.js';
 
@@ -92,7 +92,7 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     const result = await redriveDeadLetter(queues.keen, data);
     log.info(
       { outcome: result.outcome, replaced: result.outcome === 'redriven' ? result.replaced : undefined },
-      `dead letter redriven to ${queueLabel(QUEUE_NAMES.keen)}`,
+      `dead letter redriven to ${QUEUE_NAMES.keen}`,
     );
     return result;
   };
@@ -112,7 +112,7 @@ export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker
     logger.error(
       {
         job_id: job.id,
-        queue: queueLabel(QUEUE_NAMES.deadLetter),
+        queue: QUEUE_NAMES.deadLetter,
         device_id: deviceIdOf(job.data),
         collection: job.data.collection,
         err,

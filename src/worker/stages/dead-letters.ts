@@ -13,7 +13,7 @@
  * reads the queues and applies the plans.
  */
 import { deadLetterReason, type DeadLetterJob, type KeenDeliveryJob } from '../../shared/jobs.js';
-import { QUEUE_NAMES, queueLabel } from '../../shared/queues.js';
+import { QUEUE_NAMES } from '../../shared/queues.js';
 
 export type DeadLetterPlan =
   /** Failed on purpose, with `reason`; `stack` is what Bull Board shows under it. `markParked`: save `parked: true` first. */
@@ -31,7 +31,7 @@ export function planDeadLetter(data: DeadLetterJob, attemptsMade: number): DeadL
   const stack = [
     reason,
     `    dead-lettered after ${data.attemptsMade} attempt${data.attemptsMade === 1 ? '' : 's'}${answer ? ` (${answer})` : ''} at ${data.failedAt}`,
-    `    Retry puts the event back into ${queueLabel(QUEUE_NAMES.keen)} under its uniqueness token`,
+    `    Retry puts the event back into ${QUEUE_NAMES.keen} under its uniqueness token`,
   ].join('\n');
   return { kind: 'park', markParked: !data.parked, reason, stack };
 }
@@ -65,7 +65,7 @@ export function planRedrive(data: DeadLetterJob, old: string | undefined, now: D
   if (old === 'active') {
     return {
       kind: 'refuse',
-      message: `${queueLabel(QUEUE_NAMES.keen)} job ${jobId} is being delivered right now; retry the dead letter once it has finished`,
+      message: `${QUEUE_NAMES.keen} job ${jobId} is being delivered right now; retry the dead letter once it has finished`,
     };
   }
   if (old !== undefined && old !== 'failed' && old !== 'completed' && old !== 'unknown')

@@ -10,7 +10,7 @@ import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bu
 import { deviceIdOf, parseKeenDeliveryJob, type DeadLetterJob, type KeenDeliveryJob, type KeenEventRecord } from '../../shared/jobs.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
-import { QUEUE_NAMES, queueLabel, type PipelineQueues } from '../../shared/queues.js';
+import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
 import { KeenRequestError } from '../../shared/keen/errors.js';
 import { runStage } from '../stage-runner.js';
 import { addDeadLetter } from './dead-letter-worker.js';
@@ -34,10 +34,8 @@ export interface KeenDeliveryWorkerOptions {
 
 export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Worker<KeenDeliveryJob> {
   const { queues, batcher, logger, metrics } = options;
-  if (queues.keen.name !== QUEUE_NAMES.keen || (queues.keen.opts.prefix ?? 'bull') !== options.prefix) {
-    throw new TypeError(
-      `createKeenDeliveryWorker: queues.keen must be the ${queueLabel(QUEUE_NAMES.keen)} queue with prefix ${options.prefix}`,
-    );
+  if (queues.keen.label !== QUEUE_NAMES.keen || (queues.keen.opts.prefix ?? 'bull') !== options.prefix) {
+    throw new TypeError(`createKeenDeliveryWorker: queues.keen must be the ${QUEUE_NAMES.keen} queue with prefix ${options.prefix}`);
   }
   /** A failed request fails every job of its batch with the same error: it is logged once. */
   const reported = new WeakSet<object>();
@@ -65,7 +63,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
       logger.error(
         {
           job_id: job.id,
-          queue: queueLabel(QUEUE_NAMES.keen),
+          queue: QUEUE_NAMES.keen,
           collection: letter.collection,
           device_id: deviceIdOf(letter),
           status: letter.lastError.status,
@@ -80,7 +78,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
 
     const log = logger.child({
       job_id: job.id,
-      queue: queueLabel(QUEUE_NAMES.keen),
+      queue: QUEUE_NAMES.keen,
       ...keenSubject({ events: plan.undelivered }),
       events: plan.undelivered.length,
     });

@@ -5,15 +5,16 @@
  * (JOB_OPTIONS.rejected), so a flood cannot fill Redis. The record itself (topic and payload as
  * the lamp sent them) is made where the message is refused.
  */
-import { UnrecoverableError, type ConnectionOptions, type Queue, type Worker } from 'bullmq';
+import { UnrecoverableError, type ConnectionOptions, type Worker } from 'bullmq';
 import type { RejectedMessageJob } from '../../shared/jobs.js';
 import type { Logger } from '../../shared/logger.js';
+import type { PipelineQueue } from '../../shared/queues.js';
 import { runStage } from '../stage-runner.js';
 import { rejectionFailure } from './rejected-messages.js';
 
 export function createRejectedWorker(
   connection: ConnectionOptions,
-  queue: Queue<RejectedMessageJob>,
+  queue: PipelineQueue<RejectedMessageJob>,
   logger: Logger,
 ): Worker<RejectedMessageJob> {
   return runStage({

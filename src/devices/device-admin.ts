@@ -10,7 +10,7 @@ import type { FleetRow, RowError } from './fleet-file.js';
 import { LampiError, StartupError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 
-/** `created_by_job_id` of an imported lamp: never a message id, so no connect counts as its creation. */
+/** `created_by_message_id` of an imported lamp: never a message id, so no connect counts as its creation. */
 export const IMPORTED_BY = 'import';
 
 /** Ids per query: a large fleet stays far below PostgreSQL's 65,535 parameters per statement. */
@@ -65,10 +65,10 @@ const SELECT = {
   name: true,
   associationCode: true,
   createdAt: true,
-  createdByJobId: true,
+  createdByMessageId: true,
   bridgeConnected: true,
   bridgeStateAt: true,
-  bridgeStateJobId: true,
+  bridgeStateMessageId: true,
   user: { select: { username: true, isActive: true } },
 } as const;
 
@@ -205,7 +205,7 @@ export class DeviceAdmin {
                 deviceId: r.deviceId,
                 associationCode: r.code,
                 userId: userIds.get(r.owner)!,
-                createdByJobId: IMPORTED_BY,
+                createdByMessageId: IMPORTED_BY,
                 ...(r.name !== undefined ? { name: r.name } : {}),
               })),
               skipDuplicates: true,
@@ -241,10 +241,10 @@ export class DeviceAdmin {
     name: string;
     associationCode: string;
     createdAt: Date;
-    createdByJobId: string;
+    createdByMessageId: string;
     bridgeConnected: boolean | null;
     bridgeStateAt: Date | null;
-    bridgeStateJobId: string | null;
+    bridgeStateMessageId: string | null;
     user: { username: string; isActive: boolean };
   }): LampRecord {
     return {
@@ -255,10 +255,10 @@ export class DeviceAdmin {
       parked: row.user.username === this.options.defaultUser,
       associationCode: row.associationCode,
       createdAt: row.createdAt,
-      createdBy: row.createdByJobId,
+      createdBy: row.createdByMessageId,
       bridgeConnected: row.bridgeConnected,
       bridgeStateAt: row.bridgeStateAt,
-      bridgeStateMessageId: row.bridgeStateJobId,
+      bridgeStateMessageId: row.bridgeStateMessageId,
     };
   }
 }

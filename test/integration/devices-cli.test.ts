@@ -38,10 +38,10 @@ describe('npm run devices', () => {
         association_code: string;
         username: string;
         is_active: boolean;
-        created_by_job_id: string;
+        created_by_message_id: string;
         created_at: Date;
       }>(
-        'SELECT d.device_id, d.name, d.association_code, u.username, u.is_active, d.created_by_job_id, ' +
+        'SELECT d.device_id, d.name, d.association_code, u.username, u.is_active, d.created_by_message_id, ' +
           'd.created_at FROM devices d JOIN users u ON u.id = d.user_id ORDER BY d.device_id',
       )
     ).rows;
@@ -82,7 +82,7 @@ describe('npm run devices', () => {
           association_code: codes.alice,
           username: 'alice',
           is_active: true,
-          created_by_job_id: 'import',
+          created_by_message_id: 'import',
         },
         {
           device_id: lamps.parked,
@@ -90,7 +90,7 @@ describe('npm run devices', () => {
           association_code: codes.parked,
           username: 'parked_device_user',
           is_active: false,
-          created_by_job_id: 'import',
+          created_by_message_id: 'import',
         },
         {
           device_id: lamps.bob,
@@ -98,7 +98,7 @@ describe('npm run devices', () => {
           association_code: codes.bob,
           username: 'bob',
           is_active: true,
-          created_by_job_id: 'import',
+          created_by_message_id: 'import',
         },
       ].sort((a, b) => a.device_id.localeCompare(b.device_id)),
     );
@@ -205,7 +205,7 @@ describe('npm run devices', () => {
     });
 
     await pool.query(
-      "UPDATE devices SET bridge_connected = true, bridge_state_at = '2026-12-01T10:00:00Z', bridge_state_job_id = 'm1' WHERE device_id = $1",
+      "UPDATE devices SET bridge_connected = true, bridge_state_at = '2026-12-01T10:00:00Z', bridge_state_message_id = 'm1' WHERE device_id = $1",
       [lamps.parked],
     );
     const shown = await runDevices(['show', lamps.parked.toUpperCase()], env);

@@ -315,17 +315,17 @@ describe('migrations create what schema.prisma describes', () => {
   it('Device: defaults name="My LAMPI" and createdAt, null bridge state, relation both ways', async () => {
     const owner = await prisma.user.create({ data: { username: 'owner-1' } });
     const device = await prisma.device.create({
-      data: { deviceId: 'b827eb000001', associationCode: 'a'.repeat(32), createdByJobId: 'job-1', user: { connect: { id: owner.id } } },
+      data: { deviceId: 'b827eb000001', associationCode: 'a'.repeat(32), createdByMessageId: 'job-1', user: { connect: { id: owner.id } } },
     });
     expect(device).toMatchObject({
       deviceId: 'b827eb000001',
       name: 'My LAMPI',
       associationCode: 'a'.repeat(32),
       userId: owner.id,
-      createdByJobId: 'job-1',
+      createdByMessageId: 'job-1',
       bridgeConnected: null,
       bridgeStateAt: null,
-      bridgeStateJobId: null,
+      bridgeStateMessageId: null,
     });
     expect(device.createdAt).toBeInstanceOf(Date);
 
@@ -338,9 +338,9 @@ describe('migrations create what schema.prisma describes', () => {
     const at = new Date('2026-11-28T10:11:12.345Z');
     const updated = await prisma.device.update({
       where: { deviceId: 'b827eb000001' },
-      data: { bridgeConnected: true, bridgeStateAt: at, bridgeStateJobId: 'job-2', name: 'Kitchen' },
+      data: { bridgeConnected: true, bridgeStateAt: at, bridgeStateMessageId: 'job-2', name: 'Kitchen' },
     });
-    expect(updated).toMatchObject({ bridgeConnected: true, bridgeStateJobId: 'job-2', name: 'Kitchen' });
+    expect(updated).toMatchObject({ bridgeConnected: true, bridgeStateMessageId: 'job-2', name: 'Kitchen' });
     expect(updated.bridgeStateAt?.toISOString()).toBe(at.toISOString());
 
     // Reassigning a lamp to another user (the association flow).
@@ -355,16 +355,16 @@ describe('migrations create what schema.prisma describes', () => {
     const user = await prisma.user.findUniqueOrThrow({ where: { username: 'raw-user' } });
     expect(user.isActive).toBe(false);
     expect(user.createdAt).toBeInstanceOf(Date);
-    await prisma.$executeRaw`INSERT INTO devices (device_id, association_code, user_id, created_by_job_id)
+    await prisma.$executeRaw`INSERT INTO devices (device_id, association_code, user_id, created_by_message_id)
       VALUES ('b827eb0000ff', ${'r'.repeat(32)}, ${user.id}, 'job-raw')`;
     const device = await prisma.device.findUniqueOrThrow({ where: { deviceId: 'b827eb0000ff' } });
-    expect(device).toMatchObject({ name: 'My LAMPI', bridgeConnected: null, bridgeStateAt: null, bridgeStateJobId: null });
+    expect(device).toMatchObject({ name: 'My LAMPI', bridgeConnected: null, bridgeStateAt: null, bridgeStateMessageId: null });
     expect(device.createdAt).toBeInstanceOf(Date);
   });
 
   it('Device: duplicate device id and duplicate association code fail with P2002', async () => {
     const owner = await prisma.user.create({ data: { username: 'owner-3' } });
-    const base = { associationCode: 'c'.repeat(32), createdByJobId: 'job-3', userId: owner.id };
+    const base = { associationCode: 'c'.repeat(32), createdByMessageId: 'job-3', userId: owner.id };
     await prisma.device.create({ data: { deviceId: 'b827eb000003', ...base } });
 
     const sameCode = await rejection(prisma.device.create({ data: { ...base, deviceId: 'b827eb000004' } }));
@@ -375,12 +375,12 @@ describe('migrations create what schema.prisma describes', () => {
     expect(sameId.code).toBe('P2002');
   });
 
-  it('Device: column widths VarChar(12) device id, Char(32) code, VarChar(50) name, VarChar(64) job ids', async () => {
+  it('Device: column widths VarChar(12) device id, Char(32) code, VarChar(50) name, VarChar(64) message ids', async () => {
     const owner = await prisma.user.create({ data: { username: 'owner-4' } });
     const ok = {
       deviceId: 'b827eb000005',
       associationCode: 'e'.repeat(32),
-      createdByJobId: 'j'.repeat(64),
+      createdByMessageId: 'j'.repeat(64),
       userId: owner.id,
       name: 'n'.repeat(50),
     };
@@ -389,7 +389,7 @@ describe('migrations create what schema.prisma describes', () => {
       { ...ok, deviceId: 'b827eb0000061' },
       { ...ok, deviceId: 'b827eb000007', associationCode: 'f'.repeat(33) },
       { ...ok, deviceId: 'b827eb000008', associationCode: 'g'.repeat(32), name: 'n'.repeat(51) },
-      { ...ok, deviceId: 'b827eb000009', associationCode: 'h'.repeat(32), createdByJobId: 'j'.repeat(65) },
+      { ...ok, deviceId: 'b827eb000009', associationCode: 'h'.repeat(32), createdByMessageId: 'j'.repeat(65) },
     ];
     for (const data of tooLong) expect((await rejection(prisma.device.create({ data }))).code).toBe('P2000');
     // Char(32) pads a shorter code: the column is fixed-width, as the schema says.
@@ -400,14 +400,14 @@ describe('migrations create what schema.prisma describes', () => {
   it('Device → User foreign key is enforced: no unknown owner, no deleting an owner with lamps (P2003)', async () => {
     const orphan = await rejection(
       prisma.device.create({
-        data: { deviceId: 'b827eb00000b', associationCode: 'k'.repeat(32), createdByJobId: 'job-5', userId: 2_000_000_000 },
+        data: { deviceId: 'b827eb00000b', associationCode: 'k'.repeat(32), createdByMessageId: 'job-5', userId: 2_000_000_000 },
       }),
     );
     expect(orphan.code).toBe('P2003');
 
     const owner = await prisma.user.create({ data: { username: 'owner-5' } });
     await prisma.device.create({
-      data: { deviceId: 'b827eb00000c', associationCode: 'm'.repeat(32), createdByJobId: 'job-6', userId: owner.id },
+      data: { deviceId: 'b827eb00000c', associationCode: 'm'.repeat(32), createdByMessageId: 'job-6', userId: owner.id },
     });
     expect((await rejection(prisma.user.delete({ where: { id: owner.id } }))).code).toBe('P2003');
     // Deleting the lamp first frees the owner.
@@ -475,6 +475,26 @@ describe('the migration runner', () => {
       applied: ['29990101000000_add_note'],
       alreadyApplied: await names(),
     });
+  });
+
+  it("an upgrade from the first migration keeps each lamp's message ids, under the renamed columns", async () => {
+    const db = await freshDatabase();
+    const [first] = await listMigrations(PRISMA_MIGRATIONS);
+    const dir = mkdtempSync(path.join(tmpdir(), 'lampi-migrations-'));
+    cpSync(path.join(PRISMA_MIGRATIONS, first!.name), path.join(dir, first!.name), { recursive: true });
+    await applyMigrations({ databaseUrl: db.url, directory: dir });
+    await withClient(db.url, (c) =>
+      c.query(`
+        INSERT INTO users (username) VALUES ('owner');
+        INSERT INTO devices (device_id, association_code, user_id, created_by_job_id, bridge_state_job_id)
+        VALUES ('b827eb000001', '${'a'.repeat(32)}', (SELECT id FROM users), 'm1', 'm2')`),
+    );
+    await applyMigrations({ databaseUrl: db.url, directory: PRISMA_MIGRATIONS });
+    const rows = await withClient(
+      db.url,
+      async (c) => (await c.query('SELECT created_by_message_id, bridge_state_message_id FROM devices')).rows,
+    );
+    expect(rows).toEqual([{ created_by_message_id: 'm1', bridge_state_message_id: 'm2' }]);
   });
 
   it('refuses a migration edited after it was applied (checksum differs), and changes nothing', async () => {

@@ -225,7 +225,7 @@ describe('registry worker', () => {
         expect(job.id).toMatch(/^race[0-9a-f]{8}-keen$/);
         const bridgeJobId = job.id!.slice(0, -'-keen'.length);
         const row = rows.find((r) => r.deviceId === job.data.events[0]!.event.device_id)!;
-        expect(bridgeJobId).toBe(row.createdByJobId);
+        expect(bridgeJobId).toBe(row.createdByMessageId);
         expect(job.data.events.map((record) => [record.collection, record.event.device_id, record.event.keen.uniqueness_token])).toEqual([
           ['activations', row.deviceId, `${bridgeJobId}-activations`],
           ['devicemonitoring', row.deviceId, `${bridgeJobId}-devicemonitoring`],
@@ -236,7 +236,7 @@ describe('registry worker', () => {
       // The connect that created a lamp tells it its code; so does every other live connect (the
       // broker's retained replays are no new connects): one code per lamp.
       const liveCopy = new Map(jobs.filter((job) => !job.data.retained).map((job) => [job.data.deviceId, job.jobId]));
-      const expectedCount = (row: (typeof rows)[number]) => (row.createdByJobId === liveCopy.get(row.deviceId) ? 1 : 2);
+      const expectedCount = (row: (typeof rows)[number]) => (row.createdByMessageId === liveCopy.get(row.deviceId) ? 1 : 2);
       await waitFor('the association messages', () =>
         rows.every(
           (row) => associationMessages.filter((m) => m.topic === `/devices/${row.deviceId}/lamp/associated`).length === expectedCount(row),
@@ -375,7 +375,7 @@ describe('registry worker', () => {
     const prisma = await stage.prisma();
     try {
       const rows = await prisma.device.findMany({ where: { deviceId: { in: [a!, b!, c!] } }, orderBy: { deviceId: 'asc' } });
-      expect(rows.map((row) => [row.deviceId, row.createdByJobId, row.bridgeConnected, row.bridgeStateJobId])).toEqual(
+      expect(rows.map((row) => [row.deviceId, row.createdByMessageId, row.bridgeConnected, row.bridgeStateMessageId])).toEqual(
         [
           [a, states[0]!.messageId, true, states[4]!.messageId],
           [b, states[1]!.messageId, true, states[1]!.messageId],
@@ -557,7 +557,7 @@ describe('registry worker', () => {
         ...row,
         bridgeConnected: true,
         bridgeStateAt: expect.any(Date),
-        bridgeStateJobId: `claim${device}2`,
+        bridgeStateMessageId: `claim${device}2`,
       });
       expect(
         (await stage.keenEvents()).filter((record) => record.event.device_id === device && record.collection === 'activations'),
@@ -774,8 +774,8 @@ describe('registry worker through a PostgreSQL outage', () => {
       const row = await prisma.device.findUniqueOrThrow({ where: { deviceId: device } });
       expect(row).toMatchObject({
         bridgeConnected: true,
-        bridgeStateJobId: ids[2],
-        createdByJobId: ids[0],
+        bridgeStateMessageId: ids[2],
+        createdByMessageId: ids[0],
         bridgeStateAt: new Date(at(20)),
       });
     } finally {

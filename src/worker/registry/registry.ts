@@ -102,8 +102,8 @@ export class DeviceRegistry {
     const rows =
       existing.length === 0
         ? []
-        : await this.prisma.$queryRaw<Array<{ device_id: string; association_code: string; created_by_job_id: string | null }>>`
-            SELECT l.device_id, l.association_code, b.created_by_job_id FROM ${lamps} l
+        : await this.prisma.$queryRaw<Array<{ device_id: string; association_code: string; created_by_message_id: string | null }>>`
+            SELECT l.device_id, l.association_code, b.created_by_message_id FROM ${lamps} l
             LEFT JOIN ${bookkeeping} b ON b.device_id = l.device_id AND b.association_code = l.association_code
             WHERE l.device_id = ANY(${existing}::text[])`;
     const found = new Map(rows.map((row) => [row.device_id, row]));
@@ -112,7 +112,7 @@ export class DeviceRegistry {
       if (created.has(r.deviceId)) answers.set(r.messageId, { created: true, insertedNow: true, associationCode: codes.get(r.messageId)! });
       else if (row)
         answers.set(r.messageId, {
-          created: row.created_by_job_id === r.messageId,
+          created: row.created_by_message_id === r.messageId,
           insertedNow: false,
           associationCode: row.association_code,
         });
@@ -130,10 +130,10 @@ export class DeviceRegistry {
         deviceId: r.deviceId,
         associationCode: codes.get(r.messageId)!,
         userId,
-        createdByJobId: r.messageId,
+        createdByMessageId: r.messageId,
         bridgeConnected: true,
         bridgeStateAt: r.connectedAt,
-        bridgeStateJobId: r.messageId,
+        bridgeStateMessageId: r.messageId,
       })),
       skipDuplicates: true,
       select: { deviceId: true },
@@ -158,11 +158,11 @@ export class DeviceRegistry {
         ON CONFLICT DO NOTHING
         RETURNING device_id
       ), booked AS (
-        INSERT INTO ingest_lamps (device_id, association_code, created_by_job_id, bridge_connected, bridge_state_at, bridge_state_job_id)
+        INSERT INTO ingest_lamps (device_id, association_code, created_by_message_id, bridge_connected, bridge_state_at, bridge_state_message_id)
         SELECT input.device_id, input.association_code, input.message_id, true, input.connected_at, input.message_id
         FROM inserted JOIN input ON input.device_id = inserted.device_id
-        ON CONFLICT (device_id) DO UPDATE SET association_code = EXCLUDED.association_code, created_by_job_id = EXCLUDED.created_by_job_id,
-          bridge_connected = EXCLUDED.bridge_connected, bridge_state_at = EXCLUDED.bridge_state_at, bridge_state_job_id = EXCLUDED.bridge_state_job_id
+        ON CONFLICT (device_id) DO UPDATE SET association_code = EXCLUDED.association_code, created_by_message_id = EXCLUDED.created_by_message_id,
+          bridge_connected = EXCLUDED.bridge_connected, bridge_state_at = EXCLUDED.bridge_state_at, bridge_state_message_id = EXCLUDED.bridge_state_message_id
       )
       SELECT device_id FROM inserted`;
     return inserted.map((row) => row.device_id);
@@ -179,7 +179,7 @@ export class DeviceRegistry {
       adopted AS (
         INSERT INTO ingest_lamps (device_id, association_code) SELECT device_id, association_code FROM lamp
         ON CONFLICT (device_id) DO UPDATE SET association_code = EXCLUDED.association_code,
-          created_by_job_id = NULL, bridge_connected = NULL, bridge_state_at = NULL, bridge_state_job_id = NULL
+          created_by_message_id = NULL, bridge_connected = NULL, bridge_state_at = NULL, bridge_state_message_id = NULL
         WHERE ingest_lamps.association_code IS DISTINCT FROM EXCLUDED.association_code
       )
       SELECT count(*)::int AS lamps FROM lamp`;
@@ -198,20 +198,20 @@ export class DeviceRegistry {
   async recordBridgeState(deviceId: string, connected: boolean, receivedAt: Date, messageId: string): Promise<BridgeStateOutcome> {
     if (this.schema === 'django' && !(await this.adoptSiteLamp(deviceId))) return 'unknown_device';
     const { bookkeeping } = this.tables;
-    const rows = await this.prisma.$queryRaw<Array<{ bridge_state_job_id: string | null; updated: number }>>`
+    const rows = await this.prisma.$queryRaw<Array<{ bridge_state_message_id: string | null; updated: number }>>`
       WITH held AS (
-        SELECT bridge_connected, bridge_state_at, bridge_state_job_id FROM ${bookkeeping} WHERE device_id = ${deviceId} FOR UPDATE
+        SELECT bridge_connected, bridge_state_at, bridge_state_message_id FROM ${bookkeeping} WHERE device_id = ${deviceId} FOR UPDATE
       ), changed AS (
-        UPDATE ${bookkeeping} SET bridge_connected = ${connected}, bridge_state_at = ${receivedAt}, bridge_state_job_id = ${messageId}
+        UPDATE ${bookkeeping} SET bridge_connected = ${connected}, bridge_state_at = ${receivedAt}, bridge_state_message_id = ${messageId}
         WHERE device_id = ${deviceId}
           AND (SELECT bridge_connected IS DISTINCT FROM ${connected} AND (bridge_state_at IS NULL OR bridge_state_at <= ${receivedAt}) FROM held)
         RETURNING 1
       )
-      SELECT bridge_state_job_id, (SELECT count(*) FROM changed)::int AS updated FROM held`;
+      SELECT bridge_state_message_id, (SELECT count(*) FROM changed)::int AS updated FROM held`;
     const held = rows[0];
     if (!held) return 'unknown_device';
     // This very message recorded the change we hold: it is being handled again.
-    if (held.bridge_state_job_id === messageId || held.updated > 0) return 'recorded';
+    if (held.bridge_state_message_id === messageId || held.updated > 0) return 'recorded';
     return 'unchanged';
   }
 

@@ -87,7 +87,10 @@ export function sweepSvg(title: string, rates: number[], series: SweepSeries[]):
   const height = legendY + series.length * 18 + 24;
   const legend = series.map((s, k) => {
     const y = legendY + k * 18 + 12;
-    return `<line x1="${M.left}" y1="${y}" x2="${M.left + 24}" y2="${y}" stroke="${COLORS[k % COLORS.length]}" stroke-width="3"/><text x="${M.left + 30}" y="${y}" dominant-baseline="middle">${esc(s.label)}</text>`;
+    return (
+      `<line x1="${M.left}" y1="${y}" x2="${M.left + 24}" y2="${y}" stroke="${COLORS[k % COLORS.length]}" stroke-width="3"/>` +
+      `<text x="${M.left + 30}" y="${y}" dominant-baseline="middle">${esc(s.label)}</text>`
+    );
   });
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * W}" height="${height}" font-family="sans-serif" font-size="11">`,

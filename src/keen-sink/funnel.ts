@@ -132,7 +132,9 @@ export async function runFunnel(
   if (tooLong >= 0) {
     throw new QueryError(
       'ResultTooLargeError',
-      `The actors of steps[${tooLong}] hold ${String(row[`b${tooLong}`])} bytes, more than this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES, shared by the ${lists} step(s) with "with_actors"): ask for the actors of fewer steps, or narrow their timeframe or filters.`,
+      `The actors of steps[${tooLong}] hold ${String(row[`b${tooLong}`])} bytes, more than this keen-sink's limit ` +
+        `(KEEN_SINK_MAX_RESULT_BYTES, shared by the ${lists} step(s) with "with_actors"): ` +
+        'ask for the actors of fewer steps, or narrow their timeframe or filters.',
     );
   }
   const answer: Record<string, unknown> = { result: steps.map((_, index) => row[`n${index}`]), steps: steps.map((step) => step.echo) };

@@ -412,7 +412,9 @@ function filterSql(sql: Statement, filter: Filter): string {
     // Scalars use containment, which the GIN index serves: {"p": v}, or {"p": [v]} so that on an
     // array property eq matches any element, as Keen's eq does. Containment cannot step into
     // arrays by index, so paths with numeric segments use plain equality below.
-    return `(event @> ${sql.param(containment(filter.path, filter.value), 'jsonb')} OR event @> ${sql.param(containment(filter.path, [filter.value]), 'jsonb')})`;
+    const holdsValue = sql.param(containment(filter.path, filter.value), 'jsonb');
+    const holdsElement = sql.param(containment(filter.path, [filter.value]), 'jsonb');
+    return `(event @> ${holdsValue} OR event @> ${holdsElement})`;
   }
   const x = `(event #> ${sql.param(filter.path, 'text[]')})`;
   switch (filter.operator) {
@@ -762,7 +764,9 @@ export async function runQuery(db: pg.Pool, projectId: string, query: ParsedQuer
     const tooLarge = () =>
       new QueryError(
         'ResultTooLargeError',
-        `The extraction holds more than ${maxBytes} bytes of events, this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES): page through it with narrower timeframes (split it in halves, or in intervals), ask for the newest events only with "latest", or fewer properties with "property_names".`,
+        `The extraction holds more than ${maxBytes} bytes of events, this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES): ` +
+          'page through it with narrower timeframes (split it in halves, or in intervals), ' +
+          'ask for the newest events only with "latest", or fewer properties with "property_names".',
       );
     await readRows(db, built, maxBytes, tooLarge, (row) => {
       if (events.length === MAX_EXTRACTION)
@@ -783,7 +787,8 @@ export async function runQuery(db: pg.Pool, projectId: string, query: ParsedQuer
   const tooLarge = () =>
     new QueryError(
       'ResultTooLargeError',
-      `The answer holds more than ${maxBytes} bytes, this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES): narrow the timeframe or filters, group by fewer properties, or use a longer interval.`,
+      `The answer holds more than ${maxBytes} bytes, this keen-sink's limit (KEEN_SINK_MAX_RESULT_BYTES): ` +
+        'narrow the timeframe or filters, group by fewer properties, or use a longer interval.',
     );
   await readRows(db, built, maxBytes, tooLarge, (row) => {
     rows.push(row);

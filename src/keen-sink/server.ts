@@ -374,4 +374,6 @@ export async function startKeenSink(options: KeenSinkOptions): Promise<KeenSink>
   };
 }
 
-const duplicateMessage = `An event with this keen.uniqueness_token was already recorded in this collection within ${UNIQUENESS_WINDOW_DAYS} days; this one was not stored again.`;
+const duplicateMessage =
+  `An event with this keen.uniqueness_token was already recorded in this collection within ${UNIQUENESS_WINDOW_DAYS} days; ` +
+  'this one was not stored again.';

@@ -91,7 +91,9 @@ export function parseTimeZone(raw: unknown): TimeZoneParse {
     if (Number.isInteger(numeric) && Math.abs(numeric) <= MAX_OFFSET_SECONDS) return { ok: true, zone: fixedOffset(numeric) };
     return {
       ok: false,
-      message: `timezone ${String(numeric).slice(0, 40)} is out of range: an offset is whole seconds from UTC, at most ${MAX_OFFSET_SECONDS} either way (e.g. -28800).`,
+      message:
+        `timezone ${String(numeric).slice(0, 40)} is out of range: ` +
+        `an offset is whole seconds from UTC, at most ${MAX_OFFSET_SECONDS} either way (e.g. -28800).`,
     };
   }
   // IANA names are letters, digits, "/", "_", "+" and "-"; anything else is refused before
@@ -102,6 +104,8 @@ export function parseTimeZone(raw: unknown): TimeZoneParse {
   }
   return {
     ok: false,
-    message: `timezone "${String(raw).slice(0, 64)}" is not a time zone: use an IANA name (e.g. "Europe/Berlin") or an offset from UTC in seconds (e.g. -28800).`,
+    message:
+      `timezone "${String(raw).slice(0, 64)}" is not a time zone: ` +
+      'use an IANA name (e.g. "Europe/Berlin") or an offset from UTC in seconds (e.g. -28800).',
   };
 }

@@ -32,7 +32,10 @@ function unavailable(): string | undefined {
   const composeVersion = spawnSync('docker', ['compose', 'version', '--short'], { encoding: 'utf8', timeout: 10_000 });
   const version = composeVersion.stdout?.trim() ?? '';
   if (composeVersion.status !== 0 || !/^v?2\./.test(version))
-    return `no Compose v2 (\`docker compose version\`: ${version || composeVersion.stderr?.trim() || 'missing'}): install the Docker CLI plugin (README "Running with Docker Compose")`;
+    return (
+      `no Compose v2 (\`docker compose version\`: ${version || composeVersion.stderr?.trim() || 'missing'}): ` +
+      'install the Docker CLI plugin (README "Running with Docker Compose")'
+    );
   return undefined;
 }
 const reason = unavailable();

@@ -280,9 +280,10 @@ describe('a fleet on two brokers', () => {
         });
         expect(await refused.exited).toBe(1);
         const lines = refused.output().trim().split('\n');
-        expect(lines.at(-1)).toMatch(
-          /^worker: the MQTT broker at MQTT_BROKERS c=mqtt:\/\/127\.0\.0\.1:\d+\/? refused our credentials: check MQTT_BROKER_C_USERNAME and MQTT_BROKER_C_PASSWORD \(or MQTT_USERNAME and MQTT_PASSWORD\)$/,
-        );
+        const refusal =
+          /^worker: the MQTT broker at MQTT_BROKERS c=mqtt:\/\/127\.0\.0\.1:\d+\/? refused our credentials: /.source +
+          /check MQTT_BROKER_C_USERNAME and MQTT_BROKER_C_PASSWORD \(or MQTT_USERNAME and MQTT_PASSWORD\)$/.source;
+        expect(lines.at(-1)).toMatch(new RegExp(refusal));
         expect(refused.output()).not.toContain('wrong-password');
       } finally {
         await c.kill();

@@ -14,7 +14,7 @@
  * Rejected messages are a log, not work to redo: no Retry, their payload decoded, no stack.
  *
  * Dead letters are parked in keen-dead-letter's Failed list with Keen's error as the failure
- * reason; Bull Board's Retry / Retry all there is the redrive (see dead-letter-worker.ts).
+ * reason; Bull Board's Retry / Retry all there is the redrive (see dead-letters-worker.ts).
  * With DASHBOARD_READ_ONLY every adapter is read-only and the server itself refuses any
  * PUT, POST, PATCH or DELETE with 403, so no mutating route can slip through the UI's checks.
  */

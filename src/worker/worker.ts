@@ -14,14 +14,14 @@ import { brokerSettings } from '../shared/mqtt.js';
 import type { ReadinessCheck } from '../shared/ops-server.js';
 import { allQueues, openQueues } from '../shared/queues.js';
 import { AssociationPublisher } from './association-publisher.js';
-import { createDeadLetterWorker } from './stages/dead-letter-worker.js';
+import { createDeadLettersWorker } from './stages/dead-letters-worker.js';
 import { createIngestWorkers } from './stages/ingest-worker.js';
 import { KeenBatcher } from './keen/batcher.js';
 import { KeenClient } from './keen/client.js';
 import { createKeenDeliveryWorker } from './stages/keen-delivery-worker.js';
 import { KeenDeliveryPause } from './keen/pause.js';
 import { DeviceRegistry } from './registry/registry.js';
-import { createRejectedWorker } from './stages/rejected-worker.js';
+import { createRejectedMessagesWorker } from './stages/rejected-messages-worker.js';
 import { StartupError } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 import { connectRedis, redisWhere } from '../shared/redis.js';
@@ -96,8 +96,8 @@ export async function startWorker(config: WorkerConfig, logger: Logger, metrics:
         keen: batcher,
       }),
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: config.KEEN_CONCURRENCY, logger, metrics }),
-      createDeadLetterWorker({ connection: redis, queues, logger }),
-      createRejectedWorker(redis, queues.rejected, logger),
+      createDeadLettersWorker({ connection: redis, queues, logger }),
+      createRejectedMessagesWorker(redis, queues.rejected, logger),
     ];
     // Workers close first: each finishes its active jobs (which may need the batcher, the
     // publisher and the database), then those close in turn.

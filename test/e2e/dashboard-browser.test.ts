@@ -21,7 +21,7 @@ import { startDashboard, type Dashboard } from '../../src/dashboard/dashboard.js
 import { deviceStateEvent } from '../../src/shared/events.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
-import { createDeadLetterWorker } from '../../src/worker/stages/dead-letter-worker.js';
+import { createDeadLettersWorker } from '../../src/worker/stages/dead-letters-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
 import { createKeenDeliveryWorker } from '../../src/worker/stages/keen-delivery-worker.js';
@@ -79,7 +79,7 @@ describe('dashboard in a browser', () => {
     });
     workers.push(
       createKeenDeliveryWorker({ connection: redis, prefix, queues, batcher, concurrency: 10, logger }),
-      createDeadLetterWorker({ connection: redis, queues, logger }),
+      createDeadLettersWorker({ connection: redis, queues, logger }),
     );
     dashboard = await startDashboard(
       {

@@ -11,8 +11,8 @@ import { deviceStateEvent } from '../../src/shared/events.js';
 import type { DeadLetterJob, RejectedMessageJob } from '../../src/shared/jobs.js';
 import { createLogger } from '../../src/shared/logger.js';
 import { BRIDGE_PARTITIONS, openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
-import { createDeadLetterWorker } from '../../src/worker/stages/dead-letter-worker.js';
-import { createRejectedWorker } from '../../src/worker/stages/rejected-worker.js';
+import { createDeadLettersWorker } from '../../src/worker/stages/dead-letters-worker.js';
+import { createRejectedMessagesWorker } from '../../src/worker/stages/rejected-messages-worker.js';
 import { randomDeviceId, randomPrefix } from '../support/ids.js';
 import { freePort, startService, waitFor } from '../support/processes.js';
 import { connectRedis } from '../../src/shared/redis.js';
@@ -73,7 +73,7 @@ describe('dashboard', () => {
   beforeAll(async () => {
     redis = await connectRedis(services.redis);
     queues = openQueues(redis, prefix);
-    worker = createDeadLetterWorker({ connection: redis, queues, logger });
+    worker = createDeadLettersWorker({ connection: redis, queues, logger });
     dashboard = await startDashboard(configFor(prefix), logger);
     readOnly = await startDashboard(configFor(prefix, { DASHBOARD_READ_ONLY: true }), logger);
   });
@@ -178,7 +178,7 @@ describe('dashboard', () => {
   });
 
   it("shows a rejected message's reason and decoded payload, with no stack trace and no Retry", async () => {
-    const rejectedWorker = createRejectedWorker(redis, queues.rejected, logger);
+    const rejectedWorker = createRejectedMessagesWorker(redis, queues.rejected, logger);
     try {
       const text = '{"on": tru}';
       const record = (payload: Buffer): RejectedMessageJob => ({

@@ -13,7 +13,7 @@ import type { DeadLetterJob, KeenDeliveryJob, KeenEventRecord } from '../../src/
 import { createLogger } from '../../src/shared/logger.js';
 import { openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
 import { JITTERED_BACKOFF } from '../../src/shared/backoff.js';
-import { createDeadLetterWorker, redriveDeadLetter } from '../../src/worker/stages/dead-letter-worker.js';
+import { createDeadLettersWorker, redriveDeadLetter } from '../../src/worker/stages/dead-letters-worker.js';
 import { KeenBatcher } from '../../src/worker/keen/batcher.js';
 import { KeenClient } from '../../src/worker/keen/client.js';
 import { createKeenDeliveryWorker } from '../../src/worker/stages/keen-delivery-worker.js';
@@ -99,7 +99,7 @@ describe('dead-letter worker', () => {
   beforeAll(async () => {
     redis = await connectRedis(services.redis);
     queues = openQueues(redis, prefix);
-    worker = createDeadLetterWorker({ connection: redis, queues, logger });
+    worker = createDeadLettersWorker({ connection: redis, queues, logger });
   });
   afterAll(async () => {
     await worker?.close();
@@ -344,7 +344,7 @@ describe('npm run dlq', () => {
   let redis: Redis;
   let queues: PipelineQueues;
 
-  const startWorker = () => createDeadLetterWorker({ connection: redis, queues, logger });
+  const startWorker = () => createDeadLettersWorker({ connection: redis, queues, logger });
   const parkAll = async (letters: DeadLetterJob[]) => {
     const worker = startWorker();
     try {
@@ -518,7 +518,7 @@ describe('npm run dlq', () => {
     const purgePrefix = randomPrefix('dlqpurge');
     const own = openQueues(redis, purgePrefix);
     const run = (args: string[]) => dlq(purgePrefix, args);
-    const worker = createDeadLetterWorker({ connection: redis, queues: own, logger });
+    const worker = createDeadLettersWorker({ connection: redis, queues: own, logger });
     try {
       const letters = [deadLetterFor(), deadLetterFor(), deadLetterFor()];
       for (const data of letters) await parked(own, await addDeadLetter(own, data));

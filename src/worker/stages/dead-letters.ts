@@ -9,7 +9,7 @@
  *      original id, the event's `keen.uniqueness_token`, so Keen drops it if it already took it.
  *
  * planDeadLetter decides which; planRedrive, given what keen-delivery holds under that id, how.
- * No I/O, deterministic (the redrive's time is given), never throws. dead-letter-worker.ts
+ * No I/O, deterministic (the redrive's time is given), never throws. dead-letters-worker.ts
  * reads the queues and applies the plans.
  */
 import { deadLetterReason, type DeadLetterJob, type KeenDeliveryJob } from '../../shared/jobs.js';

@@ -13,7 +13,7 @@ import type { Metrics } from '../../shared/metrics.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
 import { KeenRequestError } from '../../shared/keen/errors.js';
 import { runStage } from '../stage-runner.js';
-import { addDeadLetter } from './dead-letter-worker.js';
+import { addDeadLetter } from './dead-letters-worker.js';
 import { planDelivery } from './keen-delivery.js';
 
 export interface KeenDeliveryWorkerOptions {

@@ -12,7 +12,7 @@ import type { PipelineQueue } from '../../shared/queues.js';
 import { runStage } from '../stage-runner.js';
 import { rejectionFailure } from './rejected-messages.js';
 
-export function createRejectedWorker(
+export function createRejectedMessagesWorker(
   connection: ConnectionOptions,
   queue: PipelineQueue<RejectedMessageJob>,
   logger: Logger,

@@ -11,7 +11,7 @@ import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
 import { runStage } from '../stage-runner.js';
 import { planDeadLetter, planRedrive, redriveJobId, NO_REDRIVE_ID } from './dead-letters.js';
 
-export interface DeadLetterWorkerOptions {
+export interface DeadLettersWorkerOptions {
   connection: ConnectionOptions;
   /** `deadLetter` is this worker's queue; `keen` takes what it redrives. */
   queues: Pick<PipelineQueues, 'keen' | 'deadLetter'>;
@@ -66,7 +66,7 @@ export async function addDeadLetter(deadLetter: Queue<DeadLetterJob>, letter: De
   }
 }
 
-export function createDeadLetterWorker(options: DeadLetterWorkerOptions): Worker<DeadLetterJob> {
+export function createDeadLettersWorker(options: DeadLettersWorkerOptions): Worker<DeadLetterJob> {
   const { queues, logger } = options;
   const process = async (job: Job<DeadLetterJob>) => {
     const data = job.data;

@@ -10,13 +10,13 @@
  * stages' job options (JOB_OPTIONS.ingest); the same with removeOnComplete: true; a minimal job (no
  * options); the worker's connection with ioredis auto-pipelining; and groups of 10 and 100
  * lamp states per job. Node CPU is this process's (producer and no-op worker). A single state is
- * a LampStateMessage; a group is a LampStatesJob as the subscriber writes it.
+ * a QueuedLampState; a group is a LampStatesJob as the subscriber writes it.
  */
 import { randomUUID } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { Queue, Worker, type JobsOptions } from 'bullmq';
 import { Redis } from 'ioredis';
-import type { LampStateMessage, LampStatesJob } from '../src/shared/jobs.js';
+import type { LampStatesJob, QueuedLampState } from '../src/shared/jobs.js';
 import { JOB_OPTIONS } from '../src/shared/queues.js';
 
 const { values } = parseArgs({
@@ -27,11 +27,12 @@ const url = new URL(values.redis);
 const connection = { host: url.hostname, port: Number(url.port || 6379) };
 const admin = new Redis(connection);
 
-const job = (seq: number): LampStateMessage => ({
-  kind: 'lamp-state',
+const job = (seq: number): QueuedLampState => ({
+  messageId: randomUUID().replaceAll('-', ''),
   deviceId: 'b827eb000042',
-  state: { color: { h: 0.42, s: 1 }, brightness: 0.5, on: true, client: 'lamp_ui', seq, t: Date.now() },
   receivedAt: new Date().toISOString(),
+  topic: '/devices/b827eb000042/lamp/changed',
+  payload: JSON.stringify({ color: { h: 0.42, s: 1 }, brightness: 0.5, on: true, client: 'lamp_ui', seq, t: Date.now() }),
 });
 
 async function redisCpu(): Promise<number> {
@@ -58,13 +59,7 @@ async function measure(label: string, perJob: number, opts: JobsOptions, workerA
   const t0 = Date.now();
   const inFlight = new Set<Promise<unknown>>();
   for (let i = 0; i < jobs; i++) {
-    const data: LampStateMessage | LampStatesJob =
-      perJob === 1
-        ? job(i)
-        : {
-            kind: 'lamp-states',
-            states: Array.from({ length: perJob }, (_, k) => ({ ...job(i * perJob + k), messageId: randomUUID().replaceAll('-', '') })),
-          };
+    const data: LampStatesJob = { kind: 'lamp-states', states: Array.from({ length: perJob }, (_, k) => job(i * perJob + k)) };
     const added = queue.add(data.kind, data, { ...opts, jobId: randomUUID().replaceAll('-', '') }).finally(() => inFlight.delete(added));
     inFlight.add(added);
     if (inFlight.size >= 200) await Promise.race(inFlight);

@@ -62,18 +62,32 @@ export interface OnBroker {
 export interface AsSent {
   /** The topic exactly as published (its leading slash and letter case included). */
   topic?: string;
-  /** The payload as received: valid UTF-8 by parsing, so this text is exactly its bytes. */
-  payload?: string;
 }
 
 /**
- * The lamp states the subscriber took in together. Each keeps the id of its own MQTT message,
- * from which its Keen uniqueness token is made, so the same message sent twice (in any two
- * jobs) is one event at Keen.
+ * One lamp state as queued: the message as the lamp sent it, and no copy of it as parsed. Its
+ * payload is valid UTF-8 and a valid lamp state (the subscriber checked), so the lamp-states
+ * stage only parses its JSON; its topic is kept for the record should that stage reject it.
+ */
+export interface QueuedLampState {
+  /** The id of its MQTT message: its Keen uniqueness token is made from it. */
+  messageId: string;
+  deviceId: string;
+  /** When the message reached us (ISO 8601): the event's `keen.timestamp`. */
+  receivedAt: string;
+  /** The topic exactly as published (its leading slash and letter case included). */
+  topic: string;
+  /** The payload as received: this text is exactly its bytes. */
+  payload: string;
+}
+
+/**
+ * The lamp states the subscriber took in together. The same message sent twice (in any two
+ * jobs) is one event at Keen: its uniqueness token is made from its message id.
  */
 export interface LampStatesJob {
   kind: 'lamp-states';
-  states: Array<LampStateMessage & { messageId: string } & AsSent>;
+  states: QueuedLampState[];
   /** How many times these states already waited for their lamp's first bridge connect. */
   waits?: number;
 }
@@ -139,11 +153,10 @@ export interface RejectedMessageJob {
   deviceId?: string;
   /**
    * The payload's size in bytes and its first PAYLOAD_HEAD_BYTES bytes, base64, so binary and
-   * invalid UTF-8 survive. Both absent only for a lamp state queued before payloads were kept
-   * in jobs (its detail says so): what we parsed is not what the lamp sent.
+   * invalid UTF-8 survive.
    */
-  payloadBytes?: number;
-  payloadHead?: string;
+  payloadBytes: number;
+  payloadHead: string;
   receivedAt: string;
 }
 
@@ -172,7 +185,8 @@ const nonEmptyString: Field = (value) => (typeof value === 'string' && value !==
 const MAX_MESSAGE_ID = KEEN_LIMITS.uniquenessToken - 1 - Math.max(...KEEN_COLLECTIONS.map((collection) => collection.length));
 const messageId: Field = (value) =>
   nonEmptyString(value) ?? ((value as string).length > MAX_MESSAGE_ID ? `longer than ${MAX_MESSAGE_ID} characters` : undefined);
-const optionalString: Field = (value) => (value === undefined || typeof value === 'string' ? undefined : 'not a string');
+const string: Field = (value) => (typeof value === 'string' ? undefined : 'not a string');
+const optionalString: Field = (value) => (value === undefined ? undefined : string(value));
 const boolean: Field = (value) => (typeof value === 'boolean' ? undefined : 'not a boolean');
 const isoDate: Field = (value) => (typeof value === 'string' && !Number.isNaN(Date.parse(value)) ? undefined : 'not a date');
 const literal =
@@ -180,10 +194,14 @@ const literal =
   (value) =>
     value === expected ? undefined : `not '${expected}'`;
 
+/** A job type's fields and their checks, as a list: walked once per item, with no allocation on success. */
+type Fields = ReadonlyArray<readonly [name: string, check: Field]>;
+const fields = (checks: Record<string, Field>): Fields => Object.entries(checks);
+
 /** The first field of `value` that is missing or of the wrong type, as `path: what is wrong`. */
-function firstProblem(value: unknown, fields: Record<string, Field>, path: string): string | undefined {
+function firstProblem(value: unknown, checks: Fields, path: string): string | undefined {
   if (!isRecord(value)) return `${path || 'data'}: not an object`;
-  for (const [name, check] of Object.entries(fields)) {
+  for (const [name, check] of checks) {
     const problem = check(value[name]);
     if (problem) return `${path ? `${path}.` : ''}${name}: ${problem}`;
   }
@@ -191,11 +209,11 @@ function firstProblem(value: unknown, fields: Record<string, Field>, path: strin
 }
 
 /** The first item of an array (non-empty, unless `allowEmpty`) with a problem, as `path[i].field: what is wrong`. */
-function firstItemProblem(items: unknown, fields: Record<string, Field>, path: string, allowEmpty = false): string | undefined {
+function firstItemProblem(items: unknown, checks: Fields, path: string, allowEmpty = false): string | undefined {
   if (!Array.isArray(items) || (items.length === 0 && !allowEmpty)) return `${path}: not ${allowEmpty ? 'an' : 'a non-empty'} array`;
-  for (const [i, item] of items.entries()) {
-    const problem = firstProblem(item, fields, `${path}[${i}]`);
-    if (problem) return problem;
+  for (let i = 0; i < items.length; i++) {
+    // The item's path is only spelled out for the report: most jobs have none to report.
+    if (firstProblem(items[i], checks, '') !== undefined) return firstProblem(items[i], checks, `${path}[${i}]`);
   }
   return undefined;
 }
@@ -203,13 +221,14 @@ function firstItemProblem(items: unknown, fields: Record<string, Field>, path: s
 const parsed = <T>(data: unknown, problem: string | undefined): ParsedJob<T> =>
   problem ? { ok: false, reason: problem } : { ok: true, data: data as T };
 
-const KEEN_EVENT_FIELDS: Record<string, Field> = {
+const KEEN_META_FIELDS = fields({ uniqueness_token: nonEmptyString });
+const KEEN_EVENT_FIELDS = fields({
   collection: (value) =>
     (KEEN_COLLECTIONS as readonly unknown[]).includes(value) ? undefined : `not one of ${KEEN_COLLECTIONS.join(', ')}`,
-  event: (value) => firstProblem(isRecord(value) ? value.keen : undefined, { uniqueness_token: nonEmptyString }, 'keen'),
-};
+  event: (value) => firstProblem(isRecord(value) ? value.keen : undefined, KEEN_META_FIELDS, 'keen'),
+});
 
-const BRIDGE_STATE_FIELDS: Record<string, Field> = {
+const BRIDGE_STATE_FIELDS = fields({
   kind: literal('bridge-state'),
   deviceId: nonEmptyString,
   connected: boolean,
@@ -218,37 +237,38 @@ const BRIDGE_STATE_FIELDS: Record<string, Field> = {
   messageId,
   topic: optionalString,
   broker: (value) => (value === undefined ? undefined : nonEmptyString(value)),
-};
+});
+
+const BRIDGE_STATES_JOB_FIELDS = fields({ kind: literal('bridge-states') });
 
 /** A job left with no states (a retry after every state was handled) is valid: it only sends its events. */
 export function parseBridgeStatesJob(data: unknown): ParsedJob<BridgeStatesJob> {
   const job = data as Partial<Record<keyof BridgeStatesJob, unknown>>;
   return parsed(
     data,
-    firstProblem(data, { kind: literal('bridge-states') }, '') ??
+    firstProblem(data, BRIDGE_STATES_JOB_FIELDS, '') ??
       firstItemProblem(job.states, BRIDGE_STATE_FIELDS, 'states', true) ??
       (job.events === undefined ? undefined : firstItemProblem(job.events, KEEN_EVENT_FIELDS, 'events', true)),
   );
 }
 
-const LAMP_STATE_FIELDS: Record<string, Field> = {
-  kind: literal('lamp-state'),
-  deviceId: nonEmptyString,
-  state: (value) => (isRecord(value) ? undefined : 'not an object'),
-  receivedAt: isoDate,
+const LAMP_STATE_FIELDS = fields({
   messageId,
-  topic: optionalString,
-  payload: optionalString,
-};
+  deviceId: nonEmptyString,
+  receivedAt: isoDate,
+  topic: string,
+  payload: string,
+});
 
 const optionalCount: Field = (value) =>
   value === undefined || (Number.isInteger(value) && (value as number) >= 0) ? undefined : 'not a count';
 
+const LAMP_STATES_JOB_FIELDS = fields({ kind: literal('lamp-states'), waits: optionalCount });
+
 export function parseLampStatesJob(data: unknown): ParsedJob<LampStatesJob> {
   return parsed(
     data,
-    firstProblem(data, { kind: literal('lamp-states'), waits: optionalCount }, '') ??
-      firstItemProblem((data as { states?: unknown }).states, LAMP_STATE_FIELDS, 'states'),
+    firstProblem(data, LAMP_STATES_JOB_FIELDS, '') ?? firstItemProblem((data as { states?: unknown }).states, LAMP_STATE_FIELDS, 'states'),
   );
 }
 

@@ -35,11 +35,11 @@ export type ParsedMessage =
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 const BOM = 0xfeff;
 
-export function parseMessage(message: MqttMessage, receivedAt: Date): ParsedMessage {
+/** `receivedAt`: when the message reached us, as ISO 8601 text (the events' `keen.timestamp`). */
+export function parseMessage(message: MqttMessage, receivedAt: string): ParsedMessage {
   const topic = parseTopic(message.topic);
   if (!topic.ok) return topic;
   const { deviceId } = topic;
-  const receivedAtIso = receivedAt.toISOString();
   const reject = (reason: RejectReason, detail: string): ParsedMessage => ({ ok: false, reason, detail, deviceId });
 
   if (topic.kind === 'bridge-state') {
@@ -47,7 +47,7 @@ export function parseMessage(message: MqttMessage, receivedAt: Date): ParsedMess
     if (text !== '0' && text !== '1') return reject('invalid_bridge_state', 'bridge state payload must be 1 or 0');
     return {
       ok: true,
-      message: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retain, receivedAt: receivedAtIso },
+      message: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retain, receivedAt },
       payload: text,
     };
   }
@@ -63,7 +63,7 @@ export function parseMessage(message: MqttMessage, receivedAt: Date): ParsedMess
   }
   let value: unknown;
   try {
-    value = JSON.parse(text.charCodeAt(0) === BOM ? text.slice(1) : text);
+    value = payloadJson(text);
   } catch (err) {
     return reject('invalid_json', `payload is not JSON: ${(err as Error).message.slice(0, 120)}`);
   }
@@ -75,7 +75,12 @@ export function parseMessage(message: MqttMessage, receivedAt: Date): ParsedMess
   if (problem) return reject(problem.reason, problem.detail);
   const invalid = lampStateProblem(value as Record<string, unknown>);
   if (invalid) return reject('invalid_lamp_state', invalid);
-  return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt: receivedAtIso }, payload: text };
+  return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt }, payload: text };
+}
+
+/** A lamp-state payload's JSON (JSON.parse, after any byte-order mark); throws as JSON.parse does. */
+export function payloadJson(text: string): unknown {
+  return JSON.parse(text.charCodeAt(0) === BOM ? text.slice(1) : text);
 }
 
 /** The first field of LampState with the wrong type or range, as `field: what is wrong`. */

@@ -52,6 +52,8 @@ function settingNames(settings: MqttSettings): { where: string; fix: string; log
   };
 }
 
+const noLog = (): void => {};
+
 /**
  * A client that reconnects by itself; `clean: false` keeps a persistent session. Losing the
  * broker is said once per process, by its DependencyWatch (each connection's loss and each
@@ -69,6 +71,10 @@ export function openMqttClient(settings: MqttSettings, session: { clientId: stri
     // re-subscribe on 'connect' must really be sent (RELIABILITY.md, broker restart).
     resubscribe: false,
     connectTimeout: settings.connectTimeoutMs ?? 10_000,
+    // MQTT.js calls its `debug` logger several times per packet, each call a rest-argument
+    // array even when debugging is off; `log` is its option to replace it. DEBUG=mqttjs*
+    // still turns MQTT.js's own trace on.
+    ...(process.env.DEBUG ? {} : { log: noLog }),
     ...(settings.username ? { username: settings.username } : {}),
     ...(settings.password ? { password: settings.password } : {}),
   };

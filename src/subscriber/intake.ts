@@ -29,7 +29,8 @@ export interface IntakeOptions {
   maxStatesPerJob?: number;
   /** Waits between attempts while Redis refuses writes (out of memory, read-only replica, ...). */
   retryDelayMs?: number;
-  now?: () => Date;
+  /** The clock, in milliseconds (Date.now). */
+  now?: () => number;
 }
 
 const TOPIC_LOG_CHARS = 256;
@@ -39,7 +40,8 @@ interface Arrival {
   session: string;
   message: MqttMessage;
   parsed: ParsedMessage;
-  receivedAt: Date;
+  /** ISO 8601. */
+  receivedAt: string;
 }
 
 /** The messages of the next write, and the one promise they all wait on (one per group, not per message). */
@@ -59,7 +61,10 @@ export class Intake {
   readonly #options: IntakeOptions;
   readonly #retryDelayMs: number;
   readonly #maxStatesPerJob: number;
-  readonly #now: () => Date;
+  readonly #now: () => number;
+  /** The last receipt time and its ISO text: messages of the same millisecond share one. */
+  #receivedMs = Number.NaN;
+  #receivedAt = '';
   #waiting: Group = newGroup();
   #writing = false;
   #scheduled = false;
@@ -68,7 +73,7 @@ export class Intake {
     this.#options = options;
     this.#retryDelayMs = options.retryDelayMs ?? 1000;
     this.#maxStatesPerJob = options.maxStatesPerJob ?? DEFAULT_MAX_STATES_PER_JOB;
-    this.#now = options.now ?? (() => new Date());
+    this.#now = options.now ?? Date.now;
   }
 
   /**
@@ -76,12 +81,11 @@ export class Intake {
    * same write share the promise.
    */
   accept(session: string, message: MqttMessage): Promise<void> {
-    const receivedAt = this.#now();
+    const receivedAt = this.#receivedAtText();
     const parsed = parseMessage(message, receivedAt);
     const { metrics, logger } = this.#options;
-    if (parsed.ok) {
-      metrics.messagesReceived.inc({ kind: parsed.message.kind });
-    } else {
+    // Accepted messages are counted per group (#plan): a labelled counter costs a lookup per call.
+    if (!parsed.ok) {
       metrics.messagesReceived.inc({ kind: 'invalid' });
       metrics.messagesRejected.inc({ reason: parsed.reason });
       logger.warn(
@@ -98,6 +102,15 @@ export class Intake {
     this.#waiting.arrivals.push({ session, message, parsed, receivedAt });
     this.#scheduleWrite();
     return this.#waiting.stored;
+  }
+
+  #receivedAtText(): string {
+    const ms = this.#now();
+    if (ms !== this.#receivedMs) {
+      this.#receivedMs = ms;
+      this.#receivedAt = new Date(ms).toISOString();
+    }
+    return this.#receivedAt;
   }
 
   /** Messages parsed in the same turn of the event loop (one socket read) share a write. */
@@ -166,17 +179,27 @@ export class Intake {
           detail: parsed.detail,
           ...(parsed.deviceId ? { deviceId: parsed.deviceId } : {}),
           ...payloadRecord(message.payload),
-          receivedAt: receivedAt.toISOString(),
+          receivedAt,
         };
         rejections.push({ record, id: messageId });
         return;
       }
       remember.push({ session, message, messageId, payload: parsed.payload });
-      // The topic and payload as sent travel too, for the record should the worker reject the state.
+      // A lamp state travels as sent (the worker parses its JSON again); a bridge state as parsed,
+      // with its topic as sent, for the record should the worker reject it.
       const { topic } = message;
-      if (parsed.message.kind === 'bridge-state') bridgeStates.push({ ...parsed.message, messageId, topic, ...onBroker });
-      else lampStates.push({ ...parsed.message, messageId, topic, payload: parsed.payload });
+      // Spelled out, not spread: V8 builds a literal of known shape about 100 times faster than a
+      // spread copy (bench/results/2026-12-04.md), and this runs for every message.
+      const state = parsed.message;
+      if (state.kind === 'bridge-state') {
+        const { deviceId, connected, retained } = state;
+        bridgeStates.push({ kind: 'bridge-state', deviceId, connected, retained, receivedAt, messageId, topic, ...onBroker });
+      } else {
+        lampStates.push({ messageId, deviceId: state.deviceId, receivedAt, topic, payload: parsed.payload });
+      }
     });
+    if (bridgeStates.length > 0) metrics.messagesReceived.inc({ kind: 'bridge-state' }, bridgeStates.length);
+    if (lampStates.length > 0) metrics.messagesReceived.inc({ kind: 'lamp-state' }, lampStates.length);
     const byPartition = groupBy(bridgeStates, (state) => queues.bridgeStateQueueFor(state.deviceId));
     // Ids are chosen now, so that a retried write sends the very same jobs.
     const bridgeJobs = [...byPartition].flatMap(([queue, states]) =>

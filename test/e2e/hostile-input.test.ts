@@ -452,7 +452,7 @@ describe('hostile input through the real subscriber and worker', () => {
   it('the corpus means what it says: the pure parser agrees with every intended outcome', () => {
     const wrong: string[] = [];
     for (const m of delivered) {
-      const parsed = parseMessage({ topic: m.topic, payload: m.payload, retain: false, dup: false }, new Date());
+      const parsed = parseMessage({ topic: m.topic, payload: m.payload, retain: false, dup: false }, new Date().toISOString());
       // unknown_device is only known to the registry; to the parser such a message is valid.
       const got = parsed.ok ? 'valid' : parsed.reason;
       const want = m.expect === 'unknown_device' ? 'valid' : m.expect;

@@ -10,15 +10,15 @@ import mqtt from 'mqtt';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type {
-  AsSent,
   BridgeStateMessage,
   BridgeStatesJob,
   KeenDeliveryJob,
   KeenEventRecord,
-  LampStateMessage,
   LampStatesJob,
+  QueuedLampState,
   RejectedMessageJob,
 } from '../../src/shared/jobs.js';
+import type { LampState } from '../../src/shared/lamp.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import { createMetrics } from '../../src/shared/metrics.js';
 import { BRIDGE_PARTITIONS, bridgePartition, openQueues, QUEUE_NAMES, queueKey, type PipelineQueues } from '../../src/shared/queues.js';
@@ -48,14 +48,20 @@ const bridge = (deviceId: string, connected: boolean, extra: Partial<BridgeState
   ...extra,
 });
 
-const lampState = (deviceId: string, state: LampStateMessage['state'], asSent: AsSent = {}): LampStatesJob['states'][number] => ({
-  kind: 'lamp-state',
-  deviceId,
-  state,
-  receivedAt: new Date().toISOString(),
+/** A lamp state as the subscriber queues it: the JSON of `state` on the usual topic, unless `asSent` says otherwise. */
+const lampState = (
+  deviceId: string,
+  state: LampState,
+  asSent: Partial<Pick<QueuedLampState, 'topic' | 'payload'>> = {},
+): QueuedLampState => ({
   messageId: messageId(),
+  deviceId,
+  receivedAt: new Date().toISOString(),
+  topic: `/devices/${deviceId}/lamp/changed`,
+  payload: JSON.stringify(state),
   ...asSent,
 });
+const stateOf = (queued: QueuedLampState): unknown => JSON.parse(queued.payload);
 
 /** Lamps whose bridge states share one partition, as those in one job do. */
 function lampsOfPartition(count: number, partition: number): string[] {
@@ -416,7 +422,7 @@ describe('registry worker', () => {
 
     const state = { color: { h: 0.44, s: 1 }, brightness: 0.47, on: true, client: 'lamp_ui' };
     // The unknown lamp's first state as its firmware sent it (spaces, a non-ASCII name, upper-case
-    // id, leading slash); its second from a job queued before the topic and payload were kept.
+    // id, leading slash).
     const sent = { topic: `/devices/${unknown.toUpperCase()}/lamp/changed`, payload: '{"on": true, "name": "lámpara 💡"}\n' };
     const states = [
       lampState(known, state),
@@ -477,12 +483,13 @@ describe('registry worker', () => {
         payloadHead: Buffer.from(sent.payload).toString('base64'),
         receivedAt: states[1]!.receivedAt,
       });
-      // What we parsed is not what the lamp sent: no payload rather than a made-up one, and the detail says why.
       expect(records[1]).toEqual({
         reason: 'unknown_device',
-        detail: `${detail} (topic rebuilt, payload not kept: queued by an older subscriber)`,
+        detail,
         deviceId: unknown,
         topic: `/devices/${unknown}/lamp/changed`,
+        payloadBytes: Buffer.byteLength(states[3]!.payload),
+        payloadHead: Buffer.from(states[3]!.payload).toString('base64'),
         receivedAt: states[3]!.receivedAt,
       });
     } finally {
@@ -651,7 +658,7 @@ describe('registry worker with UNKNOWN_DEVICE_STATES=record (the default)', () =
     const keenJob = (await stage.queues.keen.getJob(`${jobId}-keen`))!.data;
     expect(
       keenJob.events.map((record) => [record.collection, record.event.device_id, record.event.state, record.event.keen.uniqueness_token]),
-    ).toEqual(states.map((s) => ['devicestate', s.deviceId, s.state, `${s.messageId}-devicestate`]));
+    ).toEqual(states.map((s) => ['devicestate', s.deviceId, stateOf(s), `${s.messageId}-devicestate`]));
     expect(keenJob.events[0]!.event.keen).toMatchObject({ timestamp: states[0]!.receivedAt, addons: [{ name: 'keen:date_time_parser' }] });
     // Nothing waited and nothing was rejected.
     expect(await stage.queues.lampStates.getJob(`${jobId}-w`)).toBeUndefined();

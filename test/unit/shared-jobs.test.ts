@@ -3,7 +3,13 @@ import { parseBridgeStatesJob, parseKeenDeliveryJob, parseLampStatesJob } from '
 
 const receivedAt = '2026-12-03T12:00:00.000Z';
 const bridgeState = { kind: 'bridge-state', deviceId: 'b827eb000001', connected: true, retained: false, receivedAt, messageId: 'm1' };
-const lampState = { kind: 'lamp-state', deviceId: 'b827eb000001', state: { on: true }, receivedAt, messageId: 'm2' };
+const lampState = {
+  messageId: 'm2',
+  deviceId: 'b827eb000001',
+  receivedAt,
+  topic: 'devices/b827eb000001/lamp/changed',
+  payload: '{"on":true}',
+};
 const keenRecord = {
   collection: 'devicestate',
   event: { device_id: 'b827eb000001', keen: { timestamp: receivedAt, uniqueness_token: 'm2-devicestate' } },
@@ -67,17 +73,19 @@ describe('parseLampStatesJob', () => {
 
   it('names the first thing wrong', () => {
     expect(parseLampStatesJob({ kind: 'lamp-states', states: [] })).toEqual({ ok: false, reason: 'states: not a non-empty array' });
-    expect(parseLampStatesJob({ kind: 'lamp-states', states: [{ ...lampState, state: 'on' }] })).toEqual({
+    expect(parseLampStatesJob({ kind: 'lamp-states', states: [{ ...lampState, payload: { on: true } }] })).toEqual({
       ok: false,
-      reason: 'states[0].state: not an object',
+      reason: 'states[0].payload: not a string',
     });
     expect(parseLampStatesJob({ kind: 'lamp-states', states: [lampState], waits: -1 })).toEqual({
       ok: false,
       reason: 'waits: not a count',
     });
-    expect(parseLampStatesJob({ kind: 'lamp-states', states: [{ ...lampState, kind: 'bridge-state' }] })).toEqual({
+    // A lamp state as queued before it travelled as sent only.
+    const { topic: _topic, payload: _payload, ...parsedOnly } = lampState;
+    expect(parseLampStatesJob({ kind: 'lamp-states', states: [{ ...parsedOnly, kind: 'lamp-state', state: { on: true } }] })).toEqual({
       ok: false,
-      reason: "states[0].kind: not 'lamp-state'",
+      reason: 'states[0].topic: not a string',
     });
   });
 

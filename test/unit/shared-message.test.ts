@@ -3,7 +3,7 @@ import { deviceStateEvent } from '../../src/shared/events.js';
 import { REJECT_REASONS } from '../../src/shared/lamp.js';
 import { MAX_LAMP_STATE_BYTES, MAX_LAMP_STATE_DEPTH, parseMessage, type ParsedMessage } from '../../src/shared/message.js';
 
-const RECEIVED_AT = new Date('2025-03-04T05:06:07.089Z');
+const RECEIVED_AT = '2025-03-04T05:06:07.089Z';
 const LAMP_TOPIC = '/devices/b827eb0a1b2c/lamp/changed';
 const BRIDGE_TOPIC = '$SYS/broker/connection/b827eb0a1b2c_broker/state';
 const utf8 = new TextEncoder();
@@ -345,7 +345,7 @@ describe('parseMessage: prototype pollution', () => {
     expect(Object.hasOwn(state, '__proto__')).toBe(true);
     expect((state as { polluted?: unknown }).polluted).toBeUndefined();
 
-    const event = deviceStateEvent('b827eb0a1b2c', state, RECEIVED_AT.toISOString(), 'job-devicestate');
+    const event = deviceStateEvent('b827eb0a1b2c', state, RECEIVED_AT, 'job-devicestate');
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     const nested = event.state as Record<string, unknown>;
     expect(Object.getPrototypeOf(nested)).toBe(Object.prototype);
@@ -358,7 +358,7 @@ describe('parseMessage: prototype pollution', () => {
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(Object.prototype.toString).toBe(PROTOTYPE_TO_STRING);
     expect({}.constructor).toBe(Object);
-    deviceStateEvent('b827eb0a1b2c', state, RECEIVED_AT.toISOString(), 't');
+    deviceStateEvent('b827eb0a1b2c', state, RECEIVED_AT, 't');
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
     expect(Object.getOwnPropertyNames(Object.prototype)).not.toContain('polluted');
   });

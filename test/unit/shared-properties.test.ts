@@ -12,7 +12,7 @@ import { MAX_LAMP_STATE_BYTES, parseMessage } from '../../src/shared/message.js'
 import { parseTopic } from '../../src/shared/topics.js';
 
 const PROTOTYPE_KEYS = Object.getOwnPropertyNames(Object.prototype).sort();
-const RECEIVED_AT = new Date('2025-03-04T05:06:07.089Z');
+const RECEIVED_AT = '2025-03-04T05:06:07.089Z';
 const TOKEN = '0123456789abcdef0123456789abcdef-devicestate';
 const encoder = new TextEncoder();
 

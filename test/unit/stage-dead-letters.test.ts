@@ -96,6 +96,8 @@ describe('rejected-messages stage', () => {
       topic: 'devices/zz/lamp/changed',
       reason: 'invalid_device_id',
       detail: 'device id must be 1-12 hex characters',
+      payloadBytes: 2,
+      payloadHead: Buffer.from('{}').toString('base64'),
       receivedAt: '2026-12-03T12:00:00.000Z',
     };
     expect(rejectionFailure(record)).toBe('invalid_device_id: device id must be 1-12 hex characters');

@@ -13,11 +13,9 @@ const STRANGER = 'b827eb00000f';
 type LampState = LampStatesJob['states'][number];
 
 const lampState = (deviceId: string, messageId: string, extra: Partial<LampState> = {}): LampState => ({
-  kind: 'lamp-state',
-  deviceId,
-  state: { on: true, brightness: 0.5 },
-  receivedAt: '2026-12-03T12:00:00.000Z',
   messageId,
+  deviceId,
+  receivedAt: '2026-12-03T12:00:00.000Z',
   topic: `devices/${deviceId}/lamp/changed`,
   payload: '{"on":true,"brightness":0.5}',
   ...extra,
@@ -51,7 +49,7 @@ function deepFreeze<T>(value: T): T {
 
 describe('lamp-states stage: UNKNOWN_DEVICE_STATES=record', () => {
   it('asks the registry nothing and records every state as a devicestate event, in the job order', () => {
-    const data = job([lampState(STRANGER, 'm1'), lampState(KNOWN, 'm2', { state: { on: false } })]);
+    const data = job([lampState(STRANGER, 'm1'), lampState(KNOWN, 'm2', { payload: '{"on":false}' })]);
     expect(lampsToLookUp(data, 'record')).toEqual([]);
     const plan = planLampStates(input(data, undefined));
     expect(plan.events).toEqual([
@@ -78,7 +76,7 @@ describe('lamp-states stage: UNKNOWN_DEVICE_STATES=record', () => {
   });
 
   it('renames property names Keen refuses, and keeps a lamp from replacing device_id or keen', () => {
-    const data = job([lampState(KNOWN, 'm1', { state: { 'a.b': 1, $c: 2, device_id: 'forged', keen: 'forged' } })]);
+    const data = job([lampState(KNOWN, 'm1', { payload: JSON.stringify({ 'a.b': 1, $c: 2, device_id: 'forged', keen: 'forged' }) })]);
     const [record] = planLampStates(input(data, undefined)).events;
     expect(record!.event.device_id).toBe(KNOWN);
     expect(record!.event.keen.uniqueness_token).toBe('m1-devicestate');
@@ -146,20 +144,29 @@ describe('lamp-states stage: UNKNOWN_DEVICE_STATES=reject', () => {
     expect(plan.rejections.map((rejection) => rejection.jobId)).toEqual(['m1-rejected']);
   });
 
-  it('records a rejected state of an older job without topic or payload with the usual topic, and says what was not kept', () => {
-    const { topic: _topic, payload: _payload, ...older } = lampState(STRANGER, 'm1');
-    const [rejection] = planLampStates(input(job([older], 5), new Set())).rejections;
-    expect(rejection!.detail).toBe('lamp state from a device that never connected its bridge');
-    expect(rejection!.record).toEqual({
-      topic: `/devices/${STRANGER}/lamp/changed`,
-      reason: 'unknown_device',
-      detail: 'lamp state from a device that never connected its bridge (topic rebuilt, payload not kept: queued by an older subscriber)',
-      deviceId: STRANGER,
-      receivedAt: '2026-12-03T12:00:00.000Z',
-    });
-    const [emptyPayload] = planLampStates(input(job([{ ...older, payload: '' }], 5), new Set())).rejections;
-    expect(emptyPayload!.record).toMatchObject({ payloadBytes: 0, payloadHead: '' });
-    expect(emptyPayload!.record.detail).toMatch(/\(topic rebuilt: queued by an older subscriber\)$/);
+  it('rejects a state whose payload is no JSON object (a job added by hand), as sent, in either mode', () => {
+    const notJson = lampState(KNOWN, 'm1', { payload: '{"on":tru' });
+    const array = lampState(KNOWN, 'm2', { payload: '[1,2]' });
+    const good = lampState(KNOWN, 'm3', { payload: '\ufeff{"on":false}' });
+    for (const known of [undefined, new Set([KNOWN])]) {
+      const plan = planLampStates(input(job([notJson, array, good]), known));
+      // A byte-order mark is skipped, as the subscriber skips it.
+      expect(plan.events.map((record) => [record.event.keen.uniqueness_token, record.event.state])).toEqual([
+        ['m3-devicestate', { on: false }],
+      ]);
+      expect(plan.rejections.map((rejection) => rejection.record)).toEqual([
+        {
+          topic: notJson.topic,
+          reason: 'invalid_json',
+          detail: 'lamp state in a job is not JSON',
+          deviceId: KNOWN,
+          payloadBytes: 9,
+          payloadHead: Buffer.from('{"on":tru').toString('base64'),
+          receivedAt: notJson.receivedAt,
+        },
+        expect.objectContaining({ reason: 'not_an_object', detail: 'lamp state in a job is not a JSON object', topic: array.topic }),
+      ]);
+    }
   });
 
   it('keeps a refused payload exactly, multi-byte text included, and only its first 512 bytes', () => {
@@ -183,11 +190,23 @@ describe('lamp-states stage: any job its parser accepts', () => {
   const odd: string[] = [
     JSON.stringify({
       kind: 'lamp-states',
-      states: [{ kind: 'lamp-state', deviceId: 'not-a-mac', state: {}, receivedAt: '2026', messageId: 'x'.repeat(47) }],
+      states: [{ deviceId: 'not-a-mac', receivedAt: '2026', messageId: 'x'.repeat(47), topic: '', payload: '{}' }],
       waits: 1000,
     }),
-    `{"kind":"lamp-states","states":[{"kind":"lamp-state","deviceId":"💡","receivedAt":"Thu, 03 Dec 2026 12:00:00 GMT","messageId":"m",
-      "state":{"${'.'.repeat(300)}":[{"$x":null}],"__proto__":{"polluted":true},"":{"":""}},"payload":"\\u0000","topic":""}]}`,
+    JSON.stringify({
+      kind: 'lamp-states',
+      states: [
+        {
+          deviceId: '💡',
+          receivedAt: 'Thu, 03 Dec 2026 12:00:00 GMT',
+          messageId: 'm',
+          topic: '',
+          payload: `{"${'.'.repeat(300)}":[{"$x":null}],"__proto__":{"polluted":true},"":{"":""}}`,
+        },
+        { deviceId: '💡', receivedAt: '2026', messageId: 'n', topic: '/', payload: '\u0000' },
+        { deviceId: '💡', receivedAt: '2026', messageId: 'o', topic: '/', payload: 'null' },
+      ],
+    }),
   ];
 
   it('never throws, in either mode, and is deterministic without touching its input', () => {

@@ -228,35 +228,46 @@ export class KeenBatcher {
 
   /** Every event of a failed request fails with its error. */
   #fail(entries: Entry[], err: unknown): void {
+    const counts = new EventCounts();
     for (const entry of entries) {
-      this.#countEvents(entry.collection, 'request_failed');
+      counts.add(entry.collection, 'request_failed');
       entry.reject(err);
     }
+    this.#count(counts);
   }
 
   /** Each event settles with its own result from Keen's answer. */
   #settle(entries: Entry[], results: KeenBulkResults): void {
     const seen: Record<string, number> = {};
+    const counts = new EventCounts();
     for (const entry of entries) {
       const index = seen[entry.collection] ?? 0;
       seen[entry.collection] = index + 1;
       const result = Object.hasOwn(results, entry.collection) ? results[entry.collection]![index] : undefined;
       if (result?.success) {
-        this.#countEvents(entry.collection, 'accepted');
+        counts.add(entry.collection, 'accepted');
         entry.resolve();
       } else if (result) {
-        this.#countEvents(entry.collection, 'rejected');
+        counts.add(entry.collection, 'rejected');
         entry.reject(new KeenEventRejected(result.error.name, result.error.description));
       } else {
         // The client checks that every event has a result; this only guards against a bug.
-        this.#countEvents(entry.collection, 'request_failed');
+        counts.add(entry.collection, 'request_failed');
         entry.reject(new KeenRequestError('Keen returned no result for this event', { code: 'MalformedResponse', retryable: true }));
       }
     }
+    this.#count(counts);
   }
 
-  #countEvents(collection: string, outcome: 'accepted' | 'rejected' | 'request_failed', n = 1): void {
+  #countEvents(collection: string, outcome: EventOutcome, n = 1): void {
     this.#metrics?.keenEvents.inc({ collection, outcome }, n);
+  }
+
+  /** A request's events counted once per collection and outcome, not once per event (a label lookup each). */
+  #count(counts: EventCounts): void {
+    for (const [collection, byOutcome] of counts.byCollection) {
+      for (const outcome of EVENT_OUTCOMES) if (byOutcome[outcome] > 0) this.#countEvents(collection, outcome, byOutcome[outcome]);
+    }
   }
 }
 
@@ -269,4 +280,18 @@ function requestOutcome(err: KeenRequestError): string {
   if (err.code === 'MalformedResponse') return 'malformed';
   if (err.status !== undefined) return 'http_error';
   return err.code === 'ETIMEDOUT' ? 'timeout' : 'network_error';
+}
+
+const EVENT_OUTCOMES = ['accepted', 'rejected', 'request_failed'] as const;
+type EventOutcome = (typeof EVENT_OUTCOMES)[number];
+
+/** Events per collection and outcome. */
+class EventCounts {
+  readonly byCollection = new Map<string, Record<EventOutcome, number>>();
+
+  add(collection: string, outcome: EventOutcome): void {
+    let counts = this.byCollection.get(collection);
+    if (!counts) this.byCollection.set(collection, (counts = { accepted: 0, rejected: 0, request_failed: 0 }));
+    counts[outcome] += 1;
+  }
 }

@@ -15,7 +15,7 @@
 import { activationEvent, deviceMonitoringEvent, uniquenessToken } from '../../shared/events.js';
 import type { BridgeStatesJob, KeenEventRecord } from '../../shared/jobs.js';
 import type { Activation, ActivationRequest, Association, BridgeStateOutcome } from '../registry/registry.js';
-import { unknownDeviceRejection, type Rejection } from './rejections.js';
+import { stateRejection, type Rejection } from './rejections.js';
 
 export type BridgeState = BridgeStatesJob['states'][number];
 
@@ -129,7 +129,7 @@ export function planConnect(state: BridgeState, activation: Activation, defaultU
 export function planOutcome(state: BridgeState, outcome: BridgeStateOutcome): OutcomePlan {
   if (outcome === 'unknown_device') {
     // Its partition runs in order, so no connect of this lamp is still on its way.
-    const rejection = unknownDeviceRejection({
+    const rejection = stateRejection('unknown_device', {
       messageId: state.messageId,
       deviceId: state.deviceId,
       receivedAt: state.receivedAt,

@@ -8,8 +8,9 @@
 import type { Config } from '../../shared/config.js';
 import { deviceStateEvent, uniquenessToken } from '../../shared/events.js';
 import { jitteredBackoffDelay } from '../../shared/backoff.js';
-import type { KeenEventRecord, LampStatesJob } from '../../shared/jobs.js';
-import { unknownDeviceRejection, type Rejection } from './rejections.js';
+import type { KeenEventRecord, LampStatesJob, QueuedLampState } from '../../shared/jobs.js';
+import { payloadJson } from '../../shared/message.js';
+import { stateRejection, type RefusedState, type Rejection } from './rejections.js';
 
 export type UnknownDeviceStates = Config<'worker'>['UNKNOWN_DEVICE_STATES'];
 
@@ -58,14 +59,17 @@ export function planLampStates(input: LampStatesInput): LampStatesPlan {
   const states = input.data.states.filter((state) => !seen.has(state.messageId) && seen.add(state.messageId));
   const recorded = known ? states.filter((state) => known.has(state.deviceId)) : states;
   const unknown = known ? states.filter((state) => !known.has(state.deviceId)) : [];
-  const plan: LampStatesPlan = {
-    events: recorded.map((state) => ({
-      collection: 'devicestate',
-      event: deviceStateEvent(state.deviceId, state.state, state.receivedAt, uniquenessToken(state.messageId, 'devicestate')),
-    })),
-    rejections: [],
-    duplicates: input.data.states.length - states.length,
-  };
+  const plan: LampStatesPlan = { events: [], rejections: [], duplicates: input.data.states.length - states.length };
+  for (const state of recorded) {
+    // The subscriber checked every payload; one that is no JSON object came with a job added by hand.
+    const lampState = lampStateOf(state.payload);
+    if (lampState.ok) {
+      const token = uniquenessToken(state.messageId, 'devicestate');
+      plan.events.push({ collection: 'devicestate', event: deviceStateEvent(state.deviceId, lampState.value, state.receivedAt, token) });
+    } else {
+      plan.rejections.push(stateRejection(lampState.reason, refusedState(state, lampState.detail)));
+    }
+  }
   if (unknown.length === 0) return plan;
   const waits = (input.data.waits ?? 0) + 1;
   if (waits < input.unknownDeviceAttempts) {
@@ -75,17 +79,39 @@ export function planLampStates(input: LampStatesInput): LampStatesPlan {
       delayMs: jitteredBackoffDelay(waits, UNKNOWN_DEVICE_WAIT_BASE_MS, input.random),
     };
   } else {
-    plan.rejections = unknown.map((state) =>
-      unknownDeviceRejection({
-        messageId: state.messageId,
-        deviceId: state.deviceId,
-        receivedAt: state.receivedAt,
-        detail: 'lamp state from a device that never connected its bridge',
-        topic: state.topic,
-        usualTopic: `/devices/${state.deviceId}/lamp/changed`,
-        payload: state.payload === undefined ? undefined : Buffer.from(state.payload, 'utf8'),
-      }),
-    );
+    for (const state of unknown) {
+      plan.rejections.push(
+        stateRejection('unknown_device', refusedState(state, 'lamp state from a device that never connected its bridge')),
+      );
+    }
   }
   return plan;
+}
+
+type LampStateOf = { ok: true; value: object } | { ok: false; reason: 'invalid_json' | 'not_an_object'; detail: string };
+
+function lampStateOf(payload: string): LampStateOf {
+  let value: unknown;
+  try {
+    value = payloadJson(payload);
+  } catch {
+    return { ok: false, reason: 'invalid_json', detail: 'lamp state in a job is not JSON' };
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return { ok: false, reason: 'not_an_object', detail: 'lamp state in a job is not a JSON object' };
+  }
+  return { ok: true, value };
+}
+
+function refusedState(state: QueuedLampState, detail: string): RefusedState {
+  const { messageId, deviceId, receivedAt, topic } = state;
+  return {
+    messageId,
+    deviceId,
+    receivedAt,
+    detail,
+    topic,
+    usualTopic: `/devices/${deviceId}/lamp/changed`,
+    payload: Buffer.from(state.payload, 'utf8'),
+  };
 }

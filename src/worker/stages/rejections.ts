@@ -1,10 +1,11 @@
 /**
- * The record of a state a stage refuses as `unknown_device` (a lamp state or a bridge disconnect
- * of a lamp the registry does not know), made as the lamp sent it: the topic and payload its job
- * kept. Pure: the lamp-states and bridge-states stages decide their rejections with it, and their
+ * The record of a state a stage refuses (a lamp state or a bridge disconnect of a lamp the
+ * registry does not know, a lamp state whose payload is no JSON object), made as the lamp sent
+ * it: the topic and payload its job kept. Pure: the lamp-states and bridge-states stages decide their rejections with it, and their
  * workers queue them (ingest-effects.ts).
  */
 import { payloadRecord, type RejectedMessageJob } from '../../shared/jobs.js';
+import type { RejectReason } from '../../shared/lamp.js';
 
 /** One refused message: its record for the rejection log, and the words of its log line. */
 export interface Rejection {
@@ -18,9 +19,9 @@ export interface Rejection {
 }
 
 /**
- * A refused state as its job kept it. A job queued before topics and payloads were kept has
- * neither: the topic is then rebuilt from the device id (`usualTopic`) and the payload left
- * out (what we parsed is not what the lamp sent), and the record's detail says so.
+ * A refused state as its job kept it: its topic and payload exactly as the lamp sent them. A
+ * bridge-state job queued before topics were kept has none: the topic is then rebuilt from the
+ * device id (`usualTopic`), and the record's detail says so.
  */
 export interface RefusedState {
   messageId: string;
@@ -29,12 +30,14 @@ export interface RefusedState {
   detail: string;
   topic: string | undefined;
   usualTopic: string;
-  /** undefined: not kept. */
-  payload: Uint8Array | undefined;
+  payload: Uint8Array;
 }
 
-export function unknownDeviceRejection(refused: RefusedState): Rejection {
-  const unkept = [refused.topic === undefined && 'topic rebuilt', refused.payload === undefined && 'payload not kept'].filter(Boolean);
+/** The record of a state a stage refuses: `unknown_device`, or a payload in a job added by hand that is no lamp state. */
+export function stateRejection(
+  reason: Extract<RejectReason, 'unknown_device' | 'invalid_json' | 'not_an_object'>,
+  refused: RefusedState,
+): Rejection {
   return {
     jobId: `${refused.messageId}-rejected`,
     messageId: refused.messageId,
@@ -42,10 +45,10 @@ export function unknownDeviceRejection(refused: RefusedState): Rejection {
     detail: refused.detail,
     record: {
       topic: refused.topic ?? refused.usualTopic,
-      reason: 'unknown_device',
-      detail: unkept.length === 0 ? refused.detail : `${refused.detail} (${unkept.join(', ')}: queued by an older subscriber)`,
+      reason,
+      detail: refused.topic === undefined ? `${refused.detail} (topic rebuilt: queued by an older subscriber)` : refused.detail,
       deviceId: refused.deviceId,
-      ...(refused.payload ? payloadRecord(refused.payload) : {}),
+      ...payloadRecord(refused.payload),
       receivedAt: refused.receivedAt,
     },
   };

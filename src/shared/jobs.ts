@@ -37,7 +37,7 @@ export type IngestMessage = BridgeStateMessage | LampStateMessage;
  */
 export interface BridgeStatesJob {
   kind: 'bridge-states';
-  states: Array<BridgeStateMessage & { messageId: string } & Pick<AsSent, 'topic'> & OnBroker>;
+  states: Array<BridgeStateMessage & { messageId: string; topic: string } & OnBroker>;
   /**
    * The Keen events of states an earlier attempt handled (and dropped from `states`): a failed
    * attempt keeps them, so its retry goes on where it stopped and sends them with its own.
@@ -52,16 +52,6 @@ export interface BridgeStatesJob {
  */
 export interface OnBroker {
   broker?: string;
-}
-
-/**
- * What the lamp itself sent, kept in the job for the one case that needs it: a state the worker
- * rejects (unknown_device) is recorded as it arrived, not as we parsed it. Absent in jobs queued
- * before it was kept. A bridge state keeps only its topic: its payload is `1` or `0`, by parsing.
- */
-export interface AsSent {
-  /** The topic exactly as published (its leading slash and letter case included). */
-  topic?: string;
 }
 
 /**
@@ -186,7 +176,6 @@ const MAX_MESSAGE_ID = KEEN_LIMITS.uniquenessToken - 1 - Math.max(...KEEN_COLLEC
 const messageId: Field = (value) =>
   nonEmptyString(value) ?? ((value as string).length > MAX_MESSAGE_ID ? `longer than ${MAX_MESSAGE_ID} characters` : undefined);
 const string: Field = (value) => (typeof value === 'string' ? undefined : 'not a string');
-const optionalString: Field = (value) => (value === undefined ? undefined : string(value));
 const boolean: Field = (value) => (typeof value === 'boolean' ? undefined : 'not a boolean');
 const isoDate: Field = (value) => (typeof value === 'string' && !Number.isNaN(Date.parse(value)) ? undefined : 'not a date');
 const literal =
@@ -235,7 +224,7 @@ const BRIDGE_STATE_FIELDS = fields({
   retained: boolean,
   receivedAt: isoDate,
   messageId,
-  topic: optionalString,
+  topic: string,
   broker: (value) => (value === undefined ? undefined : nonEmptyString(value)),
 });
 

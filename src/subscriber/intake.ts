@@ -165,7 +165,6 @@ export class Intake {
   /** The Redis commands that store a group, ledger first (see RedeliveryLedger.rememberAll). */
   #plan(group: Arrival[], ids: string[]): () => Promise<unknown> {
     const { queues, ledger, metrics, broker } = this.#options;
-    const onBroker = broker === undefined ? {} : { broker };
     const remember: RememberedMessage[] = [];
     const bridgeStates: BridgeStatesJob['states'] = [];
     const lampStates: LampStatesJob['states'] = [];
@@ -193,7 +192,17 @@ export class Intake {
       const state = parsed.message;
       if (state.kind === 'bridge-state') {
         const { deviceId, connected, retained } = state;
-        bridgeStates.push({ kind: 'bridge-state', deviceId, connected, retained, receivedAt, messageId, topic, ...onBroker });
+        const queued: BridgeStatesJob['states'][number] = {
+          kind: 'bridge-state',
+          deviceId,
+          connected,
+          retained,
+          receivedAt,
+          messageId,
+          topic,
+        };
+        if (broker !== undefined) queued.broker = broker;
+        bridgeStates.push(queued);
       } else {
         lampStates.push({ messageId, deviceId: state.deviceId, receivedAt, topic, payload: parsed.payload });
       }

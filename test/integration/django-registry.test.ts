@@ -185,6 +185,7 @@ describe('workers on a LAMPI site', () => {
     retained,
     receivedAt: new Date().toISOString(),
     messageId: messageId(),
+    topic: `$SYS/broker/connection/${deviceId}_broker/state`,
   });
   async function allDone(): Promise<boolean> {
     for (const queue of queues.bridgeState)

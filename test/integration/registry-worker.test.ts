@@ -39,12 +39,16 @@ const DEFAULT_USER = 'parked_device_user';
 /** An id like the subscriber's message ids. */
 const messageId = () => randomUUID().replaceAll('-', '');
 
-const bridge = (deviceId: string, connected: boolean, extra: Partial<BridgeStateMessage> = {}): BridgeStateMessage => ({
+/** A bridge state as the subscriber queues it, before its message id. */
+type QueuedBridgeState = BridgeStateMessage & Pick<BridgeStatesJob['states'][number], 'topic'>;
+
+const bridge = (deviceId: string, connected: boolean, extra: Partial<BridgeStateMessage> = {}): QueuedBridgeState => ({
   kind: 'bridge-state',
   deviceId,
   connected,
   retained: false,
   receivedAt: new Date().toISOString(),
+  topic: `$SYS/broker/connection/${deviceId}_broker/state`,
   ...extra,
 });
 
@@ -135,7 +139,7 @@ function registryStage(label: string) {
     },
 
     /** A job of one bridge state, named (as its message) `jobId`. */
-    addBridge: (data: BridgeStateMessage, jobId: string) => stage.addBridgeStates([{ ...data, messageId: jobId }], jobId),
+    addBridge: (data: QueuedBridgeState, jobId: string) => stage.addBridgeStates([{ ...data, messageId: jobId }], jobId),
 
     /** A job of several bridge states, as the subscriber writes them: all of one partition. */
     addBridgeStates: (states: BridgeStatesJob['states'], jobId: string) =>
@@ -194,7 +198,7 @@ describe('registry worker', () => {
   it('activates each new lamp exactly once while eight workers race on duplicate and retained connects', async () => {
     await stage.startWorkers(8, { unknownDeviceStates: 'reject' });
     const devices = Array.from({ length: 40 }, randomDeviceId);
-    const jobs: Array<{ data: BridgeStateMessage; jobId: string }> = [];
+    const jobs: Array<{ data: QueuedBridgeState; jobId: string }> = [];
     let n = 0;
     for (const deviceId of devices) {
       for (let copy = 0; copy < 5; copy++)
@@ -262,7 +266,7 @@ describe('registry worker', () => {
   it('records every bridge state change, in arrival order, and drops replays of an unchanged state', async () => {
     const device = randomDeviceId();
     const at = (ms: number) => new Date(Date.parse('2026-11-28T10:00:00.000Z') + ms).toISOString();
-    const sequence: BridgeStateMessage[] = [
+    const sequence: QueuedBridgeState[] = [
       bridge(device, true, { receivedAt: at(0) }),
       bridge(device, true, { receivedAt: at(10), retained: true }),
       bridge(device, false, { receivedAt: at(20) }),

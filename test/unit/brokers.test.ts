@@ -109,6 +109,7 @@ describe('bridge-state jobs: the broker a lamp is on', () => {
     retained: false,
     receivedAt: '2026-12-03T12:00:00.000Z',
     messageId: 'm1',
+    topic: '$SYS/broker/connection/b827eb000001_broker/state',
   };
 
   it('takes states with a broker, and states without one (a single broker, or queued before it was kept)', () => {

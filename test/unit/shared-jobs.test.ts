@@ -2,7 +2,15 @@ import { describe, expect, it } from 'vitest';
 import { parseBridgeStatesJob, parseKeenDeliveryJob, parseLampStatesJob } from '../../src/shared/jobs.js';
 
 const receivedAt = '2026-12-03T12:00:00.000Z';
-const bridgeState = { kind: 'bridge-state', deviceId: 'b827eb000001', connected: true, retained: false, receivedAt, messageId: 'm1' };
+const bridgeState = {
+  kind: 'bridge-state',
+  deviceId: 'b827eb000001',
+  connected: true,
+  retained: false,
+  receivedAt,
+  messageId: 'm1',
+  topic: '$SYS/broker/connection/b827eb000001_broker/state',
+};
 const lampState = {
   messageId: 'm2',
   deviceId: 'b827eb000001',

@@ -173,16 +173,6 @@ describe('bridge-states stage: a state, given the outcome', () => {
     });
   });
 
-  it('an older job without topics: the usual topic, and the record says it was rebuilt', () => {
-    const { topic: _topic, ...older } = bridge(C, false, 'm9');
-    const { rejection } = planOutcome(older, 'unknown_device');
-    expect(rejection!.record.topic).toBe(`$SYS/broker/connection/${C}_broker/state`);
-    expect(rejection!.record.detail).toBe(
-      'bridge disconnect from a device that never connected (topic rebuilt: queued by an older subscriber)',
-    );
-    expect(rejection!.detail).toBe('bridge disconnect from a device that never connected');
-  });
-
   it('a connect whose lamp was deleted between its activation and its state is rejected as what it is, payload 1', () => {
     const { rejection } = planOutcome(bridge(A, true, 'm1'), 'unknown_device');
     expect(rejection!.detail).toBe('bridge connect of a device the registry lost');
@@ -208,7 +198,15 @@ describe('bridge-states stage: any job its parser accepts', () => {
       JSON.stringify({
         kind: 'bridge-states',
         states: [
-          { kind: 'bridge-state', deviceId: 'x', connected: true, retained: true, receivedAt: '2026', messageId: 'y'.repeat(47) },
+          {
+            kind: 'bridge-state',
+            deviceId: 'x',
+            connected: true,
+            retained: true,
+            receivedAt: '2026',
+            messageId: 'y'.repeat(47),
+            topic: '/',
+          },
           {
             kind: 'bridge-state',
             deviceId: '💡',

@@ -135,7 +135,6 @@ export function planOutcome(state: BridgeState, outcome: BridgeStateOutcome): Ou
       receivedAt: state.receivedAt,
       detail: state.connected ? 'bridge connect of a device the registry lost' : 'bridge disconnect from a device that never connected',
       topic: state.topic,
-      usualTopic: `$SYS/broker/connection/${state.deviceId}_broker/state`,
       // Parsing let through only the one byte `1` or `0`: this is the payload as sent.
       payload: Buffer.from(state.connected ? '1' : '0'),
     });

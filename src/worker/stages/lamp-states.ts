@@ -2,8 +2,9 @@
  * The lamp-states stage (the lamp-states queue), as a pure handler: given a job's lamp states and,
  * with UNKNOWN_DEVICE_STATES=reject, which of their lamps the registry knows, what to do with
  * them: the `devicestate` events to send, the states that wait for their lamp's first bridge
- * connect, the `unknown_device` rejections. No I/O, deterministic, never throws on data that
- * parseLampStatesJob accepted. lamp-states-worker.ts asks the registry and applies the plan.
+ * connect, the rejections (`unknown_device`, or a payload that is no JSON object in a job added
+ * by hand). Each payload's JSON is parsed here, once. No I/O, deterministic, never throws on data
+ * that parseLampStatesJob accepted. lamp-states-worker.ts asks the registry and applies the plan.
  */
 import type { Config } from '../../shared/config.js';
 import { deviceStateEvent, uniquenessToken } from '../../shared/events.js';
@@ -111,7 +112,6 @@ function refusedState(state: QueuedLampState, detail: string): RefusedState {
     receivedAt,
     detail,
     topic,
-    usualTopic: `/devices/${deviceId}/lamp/changed`,
     payload: Buffer.from(state.payload, 'utf8'),
   };
 }

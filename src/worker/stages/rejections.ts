@@ -18,18 +18,13 @@ export interface Rejection {
   record: RejectedMessageJob;
 }
 
-/**
- * A refused state as its job kept it: its topic and payload exactly as the lamp sent them. A
- * bridge-state job queued before topics were kept has none: the topic is then rebuilt from the
- * device id (`usualTopic`), and the record's detail says so.
- */
+/** A refused state as its job kept it: its topic and payload exactly as the lamp sent them. */
 export interface RefusedState {
   messageId: string;
   deviceId: string;
   receivedAt: string;
   detail: string;
-  topic: string | undefined;
-  usualTopic: string;
+  topic: string;
   payload: Uint8Array;
 }
 
@@ -44,9 +39,9 @@ export function stateRejection(
     deviceId: refused.deviceId,
     detail: refused.detail,
     record: {
-      topic: refused.topic ?? refused.usualTopic,
+      topic: refused.topic,
       reason,
-      detail: refused.topic === undefined ? `${refused.detail} (topic rebuilt: queued by an older subscriber)` : refused.detail,
+      detail: refused.detail,
       deviceId: refused.deviceId,
       ...payloadRecord(refused.payload),
       receivedAt: refused.receivedAt,

@@ -61,26 +61,40 @@ export function parseMessage(message: MqttMessage, receivedAt: string): ParsedMe
   } catch {
     return reject('invalid_utf8', 'payload is not valid UTF-8');
   }
-  let value: unknown;
-  try {
-    value = payloadJson(text);
-  } catch (err) {
-    return reject('invalid_json', `payload is not JSON: ${(err as Error).message.slice(0, 120)}`);
+  const json = payloadObject(text);
+  if (!json.ok) {
+    return json.reason === 'invalid_json'
+      ? reject('invalid_json', `payload is not JSON: ${json.error.slice(0, 120)}`)
+      : reject('not_an_object', 'lamp state must be a JSON object');
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    return reject('not_an_object', 'lamp state must be a JSON object');
-  }
+  const { value } = json;
   // Only a JSON escape can put a NUL or a lone surrogate in a string: valid UTF-8 cannot hold them.
   const problem = findStructuralProblem(value, text.includes('\\u'));
   if (problem) return reject(problem.reason, problem.detail);
-  const invalid = lampStateProblem(value as Record<string, unknown>);
+  const invalid = lampStateProblem(value);
   if (invalid) return reject('invalid_lamp_state', invalid);
   return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt }, payload: text };
 }
 
-/** A lamp-state payload's JSON (JSON.parse, after any byte-order mark); throws as JSON.parse does. */
-export function payloadJson(text: string): unknown {
-  return JSON.parse(text.charCodeAt(0) === BOM ? text.slice(1) : text);
+export type PayloadObject =
+  | { ok: true; value: Record<string, unknown> }
+  | { ok: false; reason: 'invalid_json'; error: string }
+  | { ok: false; reason: 'not_an_object' };
+
+/**
+ * A lamp-state payload's JSON object (after any byte-order mark), or why it is none. Never throws:
+ * the subscriber's parser and the lamp-states stage (which parses a queued payload again) both
+ * read a payload so.
+ */
+export function payloadObject(text: string): PayloadObject {
+  let value: unknown;
+  try {
+    value = JSON.parse(text.charCodeAt(0) === BOM ? text.slice(1) : text);
+  } catch (err) {
+    return { ok: false, reason: 'invalid_json', error: (err as Error).message };
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return { ok: false, reason: 'not_an_object' };
+  return { ok: true, value: value as Record<string, unknown> };
 }
 
 /** The first field of LampState with the wrong type or range, as `field: what is wrong`. */

@@ -10,7 +10,7 @@ import type { Config } from '../../shared/config.js';
 import { deviceStateEvent, uniquenessToken } from '../../shared/events.js';
 import { jitteredBackoffDelay } from '../../shared/backoff.js';
 import type { KeenEventRecord, LampStatesJob, QueuedLampState } from '../../shared/jobs.js';
-import { payloadJson } from '../../shared/message.js';
+import { payloadObject } from '../../shared/message.js';
 import { stateRejection, type RefusedState, type Rejection } from './rejections.js';
 
 export type UnknownDeviceStates = Config<'worker'>['UNKNOWN_DEVICE_STATES'];
@@ -63,12 +63,13 @@ export function planLampStates(input: LampStatesInput): LampStatesPlan {
   const plan: LampStatesPlan = { events: [], rejections: [], duplicates: input.data.states.length - states.length };
   for (const state of recorded) {
     // The subscriber checked every payload; one that is no JSON object came with a job added by hand.
-    const lampState = lampStateOf(state.payload);
-    if (lampState.ok) {
+    const json = payloadObject(state.payload);
+    if (json.ok) {
       const token = uniquenessToken(state.messageId, 'devicestate');
-      plan.events.push({ collection: 'devicestate', event: deviceStateEvent(state.deviceId, lampState.value, state.receivedAt, token) });
+      plan.events.push({ collection: 'devicestate', event: deviceStateEvent(state.deviceId, json.value, state.receivedAt, token) });
     } else {
-      plan.rejections.push(stateRejection(lampState.reason, refusedState(state, lampState.detail)));
+      const detail = json.reason === 'invalid_json' ? 'lamp state in a job is not JSON' : 'lamp state in a job is not a JSON object';
+      plan.rejections.push(stateRejection(json.reason, refusedState(state, detail)));
     }
   }
   if (unknown.length === 0) return plan;
@@ -87,21 +88,6 @@ export function planLampStates(input: LampStatesInput): LampStatesPlan {
     }
   }
   return plan;
-}
-
-type LampStateOf = { ok: true; value: object } | { ok: false; reason: 'invalid_json' | 'not_an_object'; detail: string };
-
-function lampStateOf(payload: string): LampStateOf {
-  let value: unknown;
-  try {
-    value = payloadJson(payload);
-  } catch {
-    return { ok: false, reason: 'invalid_json', detail: 'lamp state in a job is not JSON' };
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    return { ok: false, reason: 'not_an_object', detail: 'lamp state in a job is not a JSON object' };
-  }
-  return { ok: true, value };
 }
 
 function refusedState(state: QueuedLampState, detail: string): RefusedState {

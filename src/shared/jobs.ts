@@ -5,7 +5,7 @@
  */
 import { KEEN_COLLECTIONS, type KeenCollection, type KeenEvent } from './events.js';
 import { KEEN_LIMITS } from './keen/protocol.js';
-import type { LampState, RejectReason } from './lamp.js';
+import type { RejectReason } from './lamp.js';
 
 /** A lamp's bridge connected (`1`) or disconnected (`0`), as parsed. */
 export interface BridgeStateMessage {
@@ -18,11 +18,10 @@ export interface BridgeStateMessage {
   receivedAt: string;
 }
 
-/** One lamp-state message, as parsed. */
+/** One lamp-state message, as the subscriber parsed it: its payload's JSON is the lamp-states stage's to read. */
 export interface LampStateMessage {
   kind: 'lamp-state';
   deviceId: string;
-  state: LampState;
   receivedAt: string;
 }
 
@@ -56,8 +55,9 @@ export interface OnBroker {
 
 /**
  * One lamp state as queued: the message as the lamp sent it, and no copy of it as parsed. Its
- * payload is valid UTF-8 and a valid lamp state (the subscriber checked), so the lamp-states
- * stage only parses its JSON; its topic is kept for the record should that stage reject it.
+ * payload is valid UTF-8 of at most MAX_LAMP_STATE_BYTES (the subscriber checked); the lamp-states
+ * stage reads its JSON (parseLampState), and its topic is kept for the record should that stage
+ * reject it.
  */
 export interface QueuedLampState {
   /** The id of its MQTT message: its Keen uniqueness token is made from it. */

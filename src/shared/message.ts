@@ -1,7 +1,9 @@
 /**
- * The one type of an MQTT message as it arrived (MqttMessage), and parseMessage, which turns it
- * into an ingest message or into a rejection with a reason. Pure: no I/O, never throws, whatever
- * the bytes.
+ * The one type of an MQTT message as it arrived (MqttMessage), and its two readers. parseMessage
+ * (the subscriber's) checks what the subscriber must know to store a message: its topic, its
+ * size and, for a lamp state, that it is text. parseLampState (the lamp-states stage's) reads a
+ * lamp state's JSON, once, where the event is built. Each turns bad input into a rejection with a
+ * reason. Pure: no I/O, never throws, whatever the bytes.
  */
 import type { IngestMessage } from './jobs.js';
 import type { LampState, RejectReason } from './lamp.js';
@@ -40,11 +42,11 @@ export function parseMessage(message: MqttMessage, receivedAt: string): ParsedMe
   const topic = parseTopic(message.topic);
   if (!topic.ok) return topic;
   const { deviceId } = topic;
-  const reject = (reason: RejectReason, detail: string): ParsedMessage => ({ ok: false, reason, detail, deviceId });
 
   if (topic.kind === 'bridge-state') {
     const text = message.payload.length === 1 ? String.fromCharCode(message.payload[0]!) : '';
-    if (text !== '0' && text !== '1') return reject('invalid_bridge_state', 'bridge state payload must be 1 or 0');
+    if (text !== '0' && text !== '1')
+      return { ok: false, reason: 'invalid_bridge_state', deviceId, detail: 'bridge state payload must be 1 or 0' };
     return {
       ok: true,
       message: { kind: 'bridge-state', deviceId, connected: text === '1', retained: message.retain, receivedAt },
@@ -53,40 +55,62 @@ export function parseMessage(message: MqttMessage, receivedAt: string): ParsedMe
   }
 
   if (message.payload.length > MAX_LAMP_STATE_BYTES) {
-    return reject('payload_too_large', `lamp state is ${message.payload.length} bytes, the limit is ${MAX_LAMP_STATE_BYTES}`);
+    return {
+      ok: false,
+      reason: 'payload_too_large',
+      deviceId,
+      detail: `lamp state is ${message.payload.length} bytes, the limit is ${MAX_LAMP_STATE_BYTES}`,
+    };
   }
   let text: string;
   try {
     text = utf8.decode(message.payload);
   } catch {
-    return reject('invalid_utf8', 'payload is not valid UTF-8');
+    return { ok: false, reason: 'invalid_utf8', deviceId, detail: 'payload is not valid UTF-8' };
   }
+  // Its JSON is read once, by the lamp-states stage (parseLampState): the subscriber only stores it.
+  return { ok: true, message: { kind: 'lamp-state', deviceId, receivedAt }, payload: text };
+}
+
+/** The reasons parseLampState gives (the lamp-states stage's); the others but `unknown_device` are parseMessage's. */
+export const LAMP_STATE_REJECT_REASONS = [
+  'invalid_json',
+  'not_an_object',
+  'too_deeply_nested',
+  'unstorable_text',
+  'invalid_lamp_state',
+] as const satisfies readonly RejectReason[];
+export type LampStateRejectReason = (typeof LAMP_STATE_REJECT_REASONS)[number];
+export type ParsedLampState = { ok: true; state: LampState } | { ok: false; reason: LampStateRejectReason; detail: string };
+
+/**
+ * A lamp state's payload as text (exactly its bytes, a leading byte order mark allowed) read as
+ * the lamp state it must be: a JSON object, not too deep, with nothing Keen cannot store, and
+ * LAMPI's fields of their types.
+ */
+export function parseLampState(text: string): ParsedLampState {
   const json = payloadObject(text);
   if (!json.ok) {
     return json.reason === 'invalid_json'
-      ? reject('invalid_json', `payload is not JSON: ${json.error.slice(0, 120)}`)
-      : reject('not_an_object', 'lamp state must be a JSON object');
+      ? { ok: false, reason: 'invalid_json', detail: `payload is not JSON: ${json.error.slice(0, 120)}` }
+      : { ok: false, reason: 'not_an_object', detail: 'lamp state must be a JSON object' };
   }
   const { value } = json;
   // Only a JSON escape can put a NUL or a lone surrogate in a string: valid UTF-8 cannot hold them.
   const problem = findStructuralProblem(value, text.includes('\\u'));
-  if (problem) return reject(problem.reason, problem.detail);
+  if (problem) return { ok: false, ...problem };
   const invalid = lampStateProblem(value);
-  if (invalid) return reject('invalid_lamp_state', invalid);
-  return { ok: true, message: { kind: 'lamp-state', deviceId, state: value as LampState, receivedAt }, payload: text };
+  if (invalid) return { ok: false, reason: 'invalid_lamp_state', detail: invalid };
+  return { ok: true, state: value as LampState };
 }
 
-export type PayloadObject =
+type PayloadObject =
   | { ok: true; value: Record<string, unknown> }
   | { ok: false; reason: 'invalid_json'; error: string }
   | { ok: false; reason: 'not_an_object' };
 
-/**
- * A lamp-state payload's JSON object (after any byte-order mark), or why it is none. Never throws:
- * the subscriber's parser and the lamp-states stage (which parses a queued payload again) both
- * read a payload so.
- */
-export function payloadObject(text: string): PayloadObject {
+/** A payload's JSON object (after any byte order mark), or why it is none. */
+function payloadObject(text: string): PayloadObject {
   let value: unknown;
   try {
     value = JSON.parse(text.charCodeAt(0) === BOM ? text.slice(1) : text);
@@ -133,7 +157,7 @@ function unitProblem(value: unknown): string | undefined {
  * Every message passes a quick walk that allocates nothing; only one it finds something in is
  * walked again to say what and where (and so with the very words it always had).
  */
-function findStructuralProblem(root: object, escaped: boolean): { reason: RejectReason; detail: string } | undefined {
+function findStructuralProblem(root: object, escaped: boolean): { reason: LampStateRejectReason; detail: string } | undefined {
   if (!mayHoldProblem(root, 1, escaped)) return undefined;
   const stack: Array<[unknown, number, string]> = [[root, 1, '(root)']];
   while (stack.length > 0) {

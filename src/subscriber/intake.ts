@@ -184,7 +184,7 @@ export class Intake {
         return;
       }
       remember.push({ session, message, messageId, payload: parsed.payload });
-      // A lamp state travels as sent (the worker parses its JSON again); a bridge state as parsed,
+      // A lamp state travels as sent (the lamp-states stage reads its JSON); a bridge state as parsed,
       // with its topic as sent, for the record should the worker reject it.
       const { topic } = message;
       // Spelled out, not spread: V8 builds a literal of known shape about 100 times faster than a

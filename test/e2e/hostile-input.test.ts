@@ -5,8 +5,9 @@
  *
  * - every valid message (hostile-looking ones included: `__proto__`, dotted, `$` and `keen` keys,
  *   a flood from one lamp) reaches Keen once, sanitized, about the lamp that sent it;
- * - every invalid one is counted under the reason its construction intends (the subscriber's
- *   and the worker's /metrics, and the rejected-messages queue);
+ * - every invalid one is counted under the reason its construction intends, by the process whose
+ *   reason it is (the subscriber's /metrics for its topic, size and text, the worker's for its
+ *   JSON and its lamp), and recorded in the rejected-messages queue;
  * - no process exits, and their memory stays roughly flat;
  * - no Keen event carries a root property other than ours, a `keen.*` field we did not set, or
  *   a device id other than the sender's.
@@ -21,7 +22,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { RejectedMessageJob } from '../../src/shared/jobs.js';
 import { REJECT_REASONS, type RejectReason } from '../../src/shared/lamp.js';
-import { MAX_LAMP_STATE_BYTES, parseMessage } from '../../src/shared/message.js';
+import { LAMP_STATE_REJECT_REASONS, MAX_LAMP_STATE_BYTES, parseLampState, parseMessage } from '../../src/shared/message.js';
 import { QUEUE_NAMES, queueKey } from '../../src/shared/queues.js';
 import { createTestDatabase, type TestDatabase } from '../support/database.js';
 import { startFakeKeen, type FakeKeen, type StoredEvent } from '../support/fake-keen.js';
@@ -453,8 +454,10 @@ describe('hostile input through the real subscriber and worker', () => {
     const wrong: string[] = [];
     for (const m of delivered) {
       const parsed = parseMessage({ topic: m.topic, payload: m.payload, retain: false, dup: false }, new Date().toISOString());
-      // unknown_device is only known to the registry; to the parser such a message is valid.
-      const got = parsed.ok ? 'valid' : parsed.reason;
+      // The subscriber's reader, then (for a lamp state it stores) the lamp-states stage's.
+      const read = parsed.ok && parsed.message.kind === 'lamp-state' ? parseLampState(parsed.payload) : parsed;
+      // unknown_device is only known to the registry; to the parsers such a message is valid.
+      const got = read.ok ? 'valid' : read.reason;
       const want = m.expect === 'unknown_device' ? 'valid' : m.expect;
       if (got !== want && wrong.length < 20)
         wrong.push(
@@ -535,9 +538,24 @@ describe('hostile input through the real subscriber and worker', () => {
     await sleep(2000);
     clearInterval(sampler);
 
-    // -- rejected with the intended reason, counted by reason --------------------------------
+    // -- rejected with the intended reason, counted by reason, by the process whose reason it is --
+    const byStage = (reason: string) => (LAMP_STATE_REJECT_REASONS as readonly string[]).includes(reason);
     const wanted = new Map<string, number>();
-    for (const m of invalid) if (m.expect !== 'unknown_device') wanted.set(m.expect, (wanted.get(m.expect) ?? 0) + 1);
+    const wantedByWorker = new Map<string, number>();
+    for (const m of invalid) {
+      if (m.expect === 'unknown_device') continue;
+      const counts = byStage(m.expect) ? wantedByWorker : wanted;
+      counts.set(m.expect, (counts.get(m.expect) ?? 0) + 1);
+    }
+    await waitFor(
+      'the worker to reject every lamp state that is no lamp state',
+      async () => {
+        const counted = await scrape(ports.worker, 'lampi_messages_rejected_total', 'reason');
+        return [...wantedByWorker].every(([reason, n]) => (counted.get(reason) ?? 0) >= n);
+      },
+      60_000,
+      500,
+    );
     const rejected = await scrape(ports.subscriber, 'lampi_messages_rejected_total', 'reason');
     const received = await scrape(ports.subscriber, 'lampi_messages_received_total', 'kind');
     const workerRejected = await scrape(ports.worker, 'lampi_messages_rejected_total', 'reason');
@@ -548,7 +566,9 @@ describe('hostile input through the real subscriber and worker', () => {
     );
     expect(Object.fromEntries([...rejected].filter(([, n]) => n > 0))).toEqual(Object.fromEntries(wanted));
     expect(received.get('invalid')).toBe(sum(wanted));
-    expect(workerRejected.get('unknown_device')).toBe(unknownDevices);
+    expect(Object.fromEntries([...workerRejected].filter(([, n]) => n > 0))).toEqual(
+      Object.fromEntries([...wantedByWorker, ['unknown_device', unknownDevices]]),
+    );
     expect(Object.keys(Object.fromEntries(rejected)).every((reason) => (REJECT_REASONS as readonly string[]).includes(reason))).toBe(true);
 
     // The rejection log (the newest 10,000 are kept): each record with its reason and detail.

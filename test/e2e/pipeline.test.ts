@@ -125,7 +125,7 @@ describe('pipeline end to end', () => {
     );
     await rejected.close();
     expect(record.data).toMatchObject({ reason: 'invalid_json', topic: lampTopic });
-    expect(pipeline.subscriber.output()).toContain('"msg":"message rejected"');
+    expect(pipeline.worker.output()).toContain('"msg":"message rejected: payload is not JSON');
   });
 
   it('holds events through a Keen outage and delivers every one once Keen is back', async () => {

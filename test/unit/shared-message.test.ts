@@ -1,7 +1,14 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { deviceStateEvent } from '../../src/shared/events.js';
 import { REJECT_REASONS } from '../../src/shared/lamp.js';
-import { MAX_LAMP_STATE_BYTES, MAX_LAMP_STATE_DEPTH, parseMessage, type ParsedMessage } from '../../src/shared/message.js';
+import {
+  MAX_LAMP_STATE_BYTES,
+  MAX_LAMP_STATE_DEPTH,
+  parseLampState,
+  parseMessage,
+  type ParsedLampState,
+  type ParsedMessage,
+} from '../../src/shared/message.js';
 
 const RECEIVED_AT = '2025-03-04T05:06:07.089Z';
 const LAMP_TOPIC = '/devices/b827eb0a1b2c/lamp/changed';
@@ -12,17 +19,27 @@ function parse(topic: string, payload: string | Uint8Array | number[], retain = 
   const bytes = typeof payload === 'string' ? utf8.encode(payload) : Uint8Array.from(payload);
   return parseMessage({ topic, payload: bytes, retain, dup: false }, RECEIVED_AT);
 }
-const lamp = (payload: string | Uint8Array | number[]) => parse(LAMP_TOPIC, payload);
 
-function expectRejected(result: ParsedMessage, reason: (typeof REJECT_REASONS)[number]) {
+/** A lamp-state message read as the pipeline reads it: parseMessage (the subscriber), then parseLampState (the lamp-states stage). */
+type LampReading =
+  | (ParsedLampState & { ok: true; payload: string })
+  | { ok: false; reason: (typeof REJECT_REASONS)[number]; detail: string; deviceId?: string };
+
+function lamp(payload: string | Uint8Array | number[]): LampReading {
+  const message = parse(LAMP_TOPIC, payload);
+  if (!message.ok) return message;
+  const state = parseLampState(message.payload);
+  return state.ok ? { ...state, payload: message.payload } : { ...state, deviceId: message.message.deviceId };
+}
+
+function expectRejected(result: LampReading | ParsedMessage, reason: (typeof REJECT_REASONS)[number]) {
   expect(result).toMatchObject({ ok: false, reason, deviceId: 'b827eb0a1b2c' });
   if (!result.ok) expect(result.detail.length).toBeGreaterThan(0);
 }
 
-function acceptedState(result: ParsedMessage): Record<string, unknown> {
-  expect(result.ok).toBe(true);
-  if (!result.ok || result.message.kind !== 'lamp-state') throw new Error(`expected a lamp-state job, got ${JSON.stringify(result)}`);
-  return result.message.state as Record<string, unknown>;
+function acceptedState(result: LampReading): Record<string, unknown> {
+  if (!result.ok) throw new Error(`expected a lamp state, got ${JSON.stringify(result)}`);
+  return result.state as Record<string, unknown>;
 }
 
 /** `{"a":{"a":…{}…}}` with `levels` objects in all (the root counts as one). */
@@ -101,14 +118,22 @@ describe('parseMessage: bridge state', () => {
   });
 });
 
-describe('parseMessage: lamp state accepted', () => {
+describe('parseMessage and parseLampState: lamp state accepted', () => {
   it('accepts the state LAMPI publishes, kept as sent', () => {
     const sent = { color: { h: 0.44, s: 1.0 }, brightness: 0.47, on: true, client: 'lamp_ui' };
-    expect(lamp(JSON.stringify(sent))).toEqual({
+    expect(parse(LAMP_TOPIC, JSON.stringify(sent))).toEqual({
       ok: true,
-      message: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c', state: sent, receivedAt: '2025-03-04T05:06:07.089Z' },
+      message: { kind: 'lamp-state', deviceId: 'b827eb0a1b2c', receivedAt: '2025-03-04T05:06:07.089Z' },
       payload: JSON.stringify(sent),
     });
+    expect(parseLampState(JSON.stringify(sent))).toEqual({ ok: true, state: sent });
+  });
+
+  it('leaves the JSON to the lamp-states stage: the subscriber stores any text of a lamp within the size limit', () => {
+    for (const payload of ['not json', '[]', '{"brightness":"high"}', nestedObjects(40), '{"s":"\\u0000"}']) {
+      expect(parse(LAMP_TOPIC, payload), payload).toMatchObject({ ok: true, payload });
+      expect(lamp(payload).ok, payload).toBe(false);
+    }
   });
 
   it('gives the payload as text, exactly its bytes: a byte order mark and non-ASCII text kept', () => {
@@ -183,7 +208,7 @@ describe('parseMessage: lamp state size limit (64 KiB)', () => {
   });
 });
 
-describe('parseMessage: lamp state refused', () => {
+describe('parseMessage and parseLampState: lamp state refused', () => {
   it('refuses invalid UTF-8 as invalid_utf8', () => {
     const wrap = (bytes: number[]) => [...utf8.encode('{"client":"'), ...bytes, ...utf8.encode('"}')];
     const invalid: Record<string, number[]> = {
@@ -307,7 +332,7 @@ describe('parseMessage: lamp state refused', () => {
   });
 });
 
-describe('parseMessage: text no Keen can store', () => {
+describe('parseLampState: text no Keen can store', () => {
   it('refuses a NUL or a lone surrogate, in any key or value at any depth, as unstorable_text', () => {
     const refused = [
       '{"s":"\\u0000"}',
@@ -337,7 +362,7 @@ describe('parseMessage: text no Keen can store', () => {
   });
 });
 
-describe('parseMessage: prototype pollution', () => {
+describe('parseLampState: prototype pollution', () => {
   it('keeps __proto__ as an own data property and never touches Object.prototype, through the Keen event too', () => {
     const state = acceptedState(lamp('{"__proto__":{"polluted":1},"on":true}'));
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();

@@ -144,29 +144,45 @@ describe('lamp-states stage: UNKNOWN_DEVICE_STATES=reject', () => {
     expect(plan.rejections.map((rejection) => rejection.jobId)).toEqual(['m1-rejected']);
   });
 
-  it('rejects a state whose payload is no JSON object (a job added by hand), as sent, in either mode', () => {
+  it('rejects each state whose payload is no lamp state with its reason, as sent, in either mode, and its neighbours go on', () => {
     const notJson = lampState(KNOWN, 'm1', { payload: '{"on":tru' });
     const array = lampState(KNOWN, 'm2', { payload: '[1,2]' });
     const good = lampState(KNOWN, 'm3', { payload: '\ufeff{"on":false}' });
+    const wrongType = lampState(KNOWN, 'm4', { payload: '{"brightness":"high"}' });
+    const deep = lampState(KNOWN, 'm5', { payload: `{"a":${'['.repeat(20)}${']'.repeat(20)}}` });
+    const nul = lampState(KNOWN, 'm6', { payload: '{"client":"\\u0000"}' });
     for (const known of [undefined, new Set([KNOWN])]) {
-      const plan = planLampStates(input(job([notJson, array, good]), known));
-      // A byte-order mark is skipped, as the subscriber skips it.
+      const plan = planLampStates(input(job([notJson, array, good, wrongType, deep, nul]), known));
+      // A byte order mark is skipped.
       expect(plan.events.map((record) => [record.event.keen.uniqueness_token, record.event.state])).toEqual([
         ['m3-devicestate', { on: false }],
       ]);
-      expect(plan.rejections.map((rejection) => rejection.record)).toEqual([
-        {
-          topic: notJson.topic,
-          reason: 'invalid_json',
-          detail: 'lamp state in a job is not JSON',
-          deviceId: KNOWN,
-          payloadBytes: 9,
-          payloadHead: Buffer.from('{"on":tru').toString('base64'),
-          receivedAt: notJson.receivedAt,
-        },
-        expect.objectContaining({ reason: 'not_an_object', detail: 'lamp state in a job is not a JSON object', topic: array.topic }),
+      expect(plan.rejections.map((rejection) => [rejection.jobId, rejection.record.reason])).toEqual([
+        ['m1-rejected', 'invalid_json'],
+        ['m2-rejected', 'not_an_object'],
+        ['m4-rejected', 'invalid_lamp_state'],
+        ['m5-rejected', 'too_deeply_nested'],
+        ['m6-rejected', 'unstorable_text'],
       ]);
+      expect(plan.rejections[0]!.record).toEqual({
+        topic: notJson.topic,
+        reason: 'invalid_json',
+        detail: expect.stringMatching(/^payload is not JSON: /),
+        deviceId: KNOWN,
+        payloadBytes: 9,
+        payloadHead: Buffer.from('{"on":tru').toString('base64'),
+        receivedAt: notJson.receivedAt,
+      });
+      expect(plan.rejections[2]!.record.detail).toMatch(/^brightness: /);
     }
+  });
+
+  it('rejects a bad payload of an unknown lamp at once: it does not wait for its lamp', () => {
+    const bad = lampState(STRANGER, 'm1', { payload: 'not json' });
+    const fine = lampState(STRANGER, 'm2');
+    const plan = planLampStates(input(job([bad, fine]), new Set()));
+    expect(plan.rejections.map((rejection) => [rejection.jobId, rejection.record.reason])).toEqual([['m1-rejected', 'invalid_json']]);
+    expect(plan.wait?.data.states.map((state) => state.messageId)).toEqual(['m2']);
   });
 
   it('keeps a refused payload exactly, multi-byte text included, and only its first 512 bytes', () => {

@@ -2,15 +2,15 @@
  * The lamp-states stage (the lamp-states queue), as a pure handler: given a job's lamp states and,
  * with UNKNOWN_DEVICE_STATES=reject, which of their lamps the registry knows, what to do with
  * them: the `devicestate` events to send, the states that wait for their lamp's first bridge
- * connect, the rejections (`unknown_device`, or a payload that is no JSON object in a job added
- * by hand). Each payload's JSON is parsed here, once. No I/O, deterministic, never throws on data
+ * connect, the rejections (a payload that is no lamp state, `unknown_device`). Each payload's JSON
+ * is read here (parseLampState), once per attempt: the subscriber stores it unread. No I/O, deterministic, never throws on data
  * that parseLampStatesJob accepted. lamp-states-worker.ts asks the registry and applies the plan.
  */
 import type { Config } from '../../shared/config.js';
 import { deviceStateEvent, uniquenessToken } from '../../shared/events.js';
 import { jitteredBackoffDelay } from '../../shared/backoff.js';
 import type { KeenEventRecord, LampStatesJob, QueuedLampState } from '../../shared/jobs.js';
-import { payloadObject } from '../../shared/message.js';
+import { parseLampState } from '../../shared/message.js';
 import { stateRejection, type RefusedState, type Rejection } from './rejections.js';
 
 export type UnknownDeviceStates = Config<'worker'>['UNKNOWN_DEVICE_STATES'];
@@ -57,19 +57,23 @@ export function lampsToLookUp(data: LampStatesJob, mode: UnknownDeviceStates): s
 export function planLampStates(input: LampStatesInput): LampStatesPlan {
   const { known } = input;
   const seen = new Set<string>();
-  const states = input.data.states.filter((state) => !seen.has(state.messageId) && seen.add(state.messageId));
-  const recorded = known ? states.filter((state) => known.has(state.deviceId)) : states;
-  const unknown = known ? states.filter((state) => !known.has(state.deviceId)) : [];
-  const plan: LampStatesPlan = { events: [], rejections: [], duplicates: input.data.states.length - states.length };
-  for (const state of recorded) {
-    // The subscriber checked every payload; one that is no JSON object came with a job added by hand.
-    const json = payloadObject(state.payload);
-    if (json.ok) {
-      const token = uniquenessToken(state.messageId, 'devicestate');
-      plan.events.push({ collection: 'devicestate', event: deviceStateEvent(state.deviceId, json.value, state.receivedAt, token) });
+  const plan: LampStatesPlan = { events: [], rejections: [], duplicates: 0 };
+  const unknown: QueuedLampState[] = [];
+  for (const state of input.data.states) {
+    if (seen.has(state.messageId)) {
+      plan.duplicates += 1;
+      continue;
+    }
+    seen.add(state.messageId);
+    // Read before the registry's answer is used: a payload that is no lamp state is refused at once, known lamp or not.
+    const parsed = parseLampState(state.payload);
+    if (!parsed.ok) {
+      plan.rejections.push(stateRejection(parsed.reason, refusedState(state, parsed.detail)));
+    } else if (known && !known.has(state.deviceId)) {
+      unknown.push(state);
     } else {
-      const detail = json.reason === 'invalid_json' ? 'lamp state in a job is not JSON' : 'lamp state in a job is not a JSON object';
-      plan.rejections.push(stateRejection(json.reason, refusedState(state, detail)));
+      const token = uniquenessToken(state.messageId, 'devicestate');
+      plan.events.push({ collection: 'devicestate', event: deviceStateEvent(state.deviceId, parsed.state, state.receivedAt, token) });
     }
   }
   if (unknown.length === 0) return plan;

@@ -1,11 +1,11 @@
 /**
  * The record of a state a stage refuses (a lamp state or a bridge disconnect of a lamp the
- * registry does not know, a lamp state whose payload is no JSON object), made as the lamp sent
- * it: the topic and payload its job kept. Pure: the lamp-states and bridge-states stages decide their rejections with it, and their
- * workers queue them (ingest-effects.ts).
+ * registry does not know, a lamp state whose payload is no lamp state), made as the lamp sent
+ * it: the topic and payload its job kept. Pure: the lamp-states and bridge-states stages decide
+ * their rejections with it, and their workers queue them (ingest-effects.ts).
  */
 import { payloadRecord, type RejectedMessageJob } from '../../shared/jobs.js';
-import type { RejectReason } from '../../shared/lamp.js';
+import type { LampStateRejectReason } from '../../shared/message.js';
 
 /** One refused message: its record for the rejection log, and the words of its log line. */
 export interface Rejection {
@@ -28,11 +28,8 @@ export interface RefusedState {
   payload: Uint8Array;
 }
 
-/** The record of a state a stage refuses: `unknown_device`, or a payload in a job added by hand that is no lamp state. */
-export function stateRejection(
-  reason: Extract<RejectReason, 'unknown_device' | 'invalid_json' | 'not_an_object'>,
-  refused: RefusedState,
-): Rejection {
+/** The record of a state a stage refuses: `unknown_device`, or a payload that is no lamp state (parseLampState's reasons). */
+export function stateRejection(reason: LampStateRejectReason | 'unknown_device', refused: RefusedState): Rejection {
   return {
     jobId: `${refused.messageId}-rejected`,
     messageId: refused.messageId,

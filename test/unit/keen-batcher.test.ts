@@ -102,6 +102,36 @@ describe('KeenBatcher', () => {
     expect(keen.tokens('devicestate')).toEqual(expect.arrayContaining(good.map((e) => e.keen.uniqueness_token)));
   });
 
+  it('submitAll: one outcome per event, in order, with those of other submits in the same requests', async () => {
+    const b = batcher({ maxEvents: 100, lingerMs: 30 });
+    keen.rejectEvents((_collection, e) => (e.device_id === 'refused' ? 'InvalidPropertyValueError' : undefined));
+    const job = [event(), event({ device_id: 'refused' }), event({ blob: 'y'.repeat(900_000) }), event()];
+    const alone = event();
+    const requests = await requestsDuring(async () => {
+      const [outcomes] = await Promise.all([
+        b.submitAll([...job.map((e) => ({ collection: 'devicestate' as const, event: e })), { collection: 'activations', event: event() }]),
+        b.submit('devicestate', alone),
+      ]);
+      expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'rejected', 'fulfilled', 'fulfilled']);
+      expect((outcomes[1] as PromiseRejectedResult).reason).toMatchObject({ errorName: 'InvalidPropertyValueError' });
+      // Too large for Keen: refused here, without a request.
+      expect((outcomes[2] as PromiseRejectedResult).reason).toMatchObject({ errorName: 'EventTooLargeError' });
+    });
+    expect(requests.map((r) => r.eventCount)).toEqual([5]);
+    expect(keen.tokens('devicestate')).toEqual(expect.arrayContaining([job[0]!, job[3]!, alone].map((e) => e.keen.uniqueness_token)));
+    expect(await b.submitAll([])).toEqual([]);
+  });
+
+  it('submitAll: a failed request fails each of its events with that request’s error, and never rejects', async () => {
+    const b = batcher();
+    keen.respondWith({ status: 503, body: { message: 'down', error_code: 'ServiceUnavailableError' } }, { times: 1 });
+    const outcomes = await b.submitAll([event(), event()].map((e) => ({ collection: 'devicestate' as const, event: e })));
+    expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected']);
+    const [a, c] = outcomes.map((o) => (o as PromiseRejectedResult).reason as KeenRequestError);
+    expect(a).toMatchObject({ status: 503, retryable: true });
+    expect(a).toBe(c);
+  });
+
   it('fails every event of a failed request with that request’s error', async () => {
     const b = batcher();
     keen.respondWith({ status: 503, body: { message: 'down', error_code: 'ServiceUnavailableError' } }, { times: 1 });

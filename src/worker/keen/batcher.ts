@@ -1,11 +1,12 @@
 /**
- * Groups the events of concurrently running delivery jobs into Keen bulk requests. Each
- * `submit` settles with its own event's outcome, so a job completes only once Keen has accepted
- * its event, and fails alone when Keen refused only its event. While Keen asks us to wait (a 429)
- * or refuses the deployment (a 401, 402 or 403, see pause.ts), submits fail at once without a
- * request.
+ * Groups the events of concurrently running delivery jobs into Keen bulk requests. Each event
+ * settles with its own outcome (`submit`, one event; `submitAll`, a job's events, one outcome
+ * each), so a job completes only once Keen has accepted its events, and an event fails alone
+ * when Keen refused only it. While Keen asks us to wait (a 429) or refuses the deployment (a 401,
+ * 402 or 403, see pause.ts), events fail at once without a request.
  */
 import type { KeenEvent } from '../../shared/events.js';
+import type { KeenEventRecord } from '../../shared/jobs.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { KEEN_EVENT_ERRORS, KeenEventRejected, KeenRequestError, statusMayBeOneEvent } from '../../shared/keen/errors.js';
 import { checkEventSize, KEEN_LIMITS, type KeenBulkResults } from '../../shared/keen/protocol.js';
@@ -30,11 +31,58 @@ export interface KeenBatcherOptions {
   pause?: KeenDeliveryPause;
 }
 
+/** An event's outcome, as Promise.allSettled gives it: fulfilled once Keen accepted it, or rejected with why not. */
+export type KeenEventOutcome = PromiseSettledResult<void>;
+
+const ACCEPTED: KeenEventOutcome = Object.freeze({ status: 'fulfilled', value: undefined });
+
+/**
+ * Whoever waits for events: one submit, or one submitAll's events (one promise for all of them,
+ * not one per event: a job's events are many, at full load hundreds).
+ */
+interface Submission {
+  /** `err` undefined: Keen accepted the event at `index`. */
+  settle(index: number, err: unknown): void;
+}
+
+class OneEvent implements Submission {
+  readonly done: Promise<void>;
+  #resolve!: () => void;
+  #reject!: (err: unknown) => void;
+  constructor() {
+    this.done = new Promise<void>((resolve, reject) => {
+      this.#resolve = resolve;
+      this.#reject = reject;
+    });
+  }
+  settle(_index: number, err: unknown): void {
+    if (err === undefined) this.#resolve();
+    else this.#reject(err);
+  }
+}
+
+class ManyEvents implements Submission {
+  readonly done: Promise<KeenEventOutcome[]>;
+  readonly #outcomes: KeenEventOutcome[];
+  #left: number;
+  #resolve!: (outcomes: KeenEventOutcome[]) => void;
+  constructor(count: number) {
+    this.#outcomes = new Array<KeenEventOutcome>(count);
+    this.#left = count;
+    this.done = new Promise((resolve) => (this.#resolve = resolve));
+    if (count === 0) this.#resolve(this.#outcomes);
+  }
+  settle(index: number, err: unknown): void {
+    this.#outcomes[index] = err === undefined ? ACCEPTED : { status: 'rejected', reason: err };
+    if (--this.#left === 0) this.#resolve(this.#outcomes);
+  }
+}
+
 interface Entry {
   collection: string;
   serialized: string;
-  resolve(): void;
-  reject(err: unknown): void;
+  submission: Submission;
+  index: number;
 }
 
 interface Batch {
@@ -82,13 +130,27 @@ export class KeenBatcher {
    * this event, or with the KeenRequestError that failed its whole request.
    */
   submit(collection: string, event: KeenEvent): Promise<void> {
-    if (this.#closed) return Promise.reject(new Error('KeenBatcher is closed'));
+    const submission = new OneEvent();
+    this.#add(collection, event, submission, 0);
+    return submission.done;
+  }
+
+  /** Each event's outcome, in order, as `submit` would settle it; never rejects. */
+  submitAll(events: readonly KeenEventRecord[]): Promise<KeenEventOutcome[]> {
+    const submission = new ManyEvents(events.length);
+    for (let i = 0; i < events.length; i++) this.#add(events[i]!.collection, events[i]!.event, submission, i);
+    return submission.done;
+  }
+
+  #add(collection: string, event: KeenEvent, submission: Submission, index: number): void {
+    if (this.#closed) return submission.settle(index, new Error('KeenBatcher is closed'));
     let serialized: string;
     try {
       serialized = JSON.stringify(event);
     } catch (err) {
       this.#countEvents(collection, 'rejected');
-      return Promise.reject(
+      return submission.settle(
+        index,
         new KeenEventRejected(KEEN_EVENT_ERRORS.event, `The event cannot be serialized as JSON: ${(err as Error).message}.`),
       );
     }
@@ -96,30 +158,24 @@ export class KeenBatcher {
     const size = checkEventSize(bytes, this.#maxEventBytes);
     if (!size.ok) {
       this.#countEvents(collection, 'rejected');
-      return Promise.reject(new KeenEventRejected(size.error.name, size.error.description));
+      return submission.settle(index, new KeenEventRejected(size.error.name, size.error.description));
     }
     const held = this.#held();
-    if (held) return Promise.reject(held);
-
-    return new Promise<void>((resolve, reject) => {
-      const entryBytes = bytes + 1; // the comma
-      const collectionBytes = Buffer.byteLength(JSON.stringify(collection)) + 3; // "name":[ ]
-      let batch = this.#pending;
-      const added = (b: Batch) => entryBytes + (b.collections.has(collection) ? 0 : collectionBytes);
-      if (batch && batch.bytes + added(batch) > this.#maxBytes) {
-        this.#flush();
-        batch = undefined;
-      }
-      if (!batch) {
-        batch = { entries: [], bytes: 2, collections: new Set() };
-        this.#pending = batch;
-        batch.timer = setTimeout(() => this.#flush(), this.#lingerMs);
-      }
-      batch.bytes += added(batch);
-      batch.collections.add(collection);
-      batch.entries.push({ collection, serialized, resolve, reject });
-      if (batch.entries.length >= this.#maxEvents || batch.bytes >= this.#maxBytes) this.#flush();
-    });
+    if (held) return submission.settle(index, held);
+    let batch = this.#pending;
+    if (batch && batch.bytes + entryBytes(batch, collection, bytes) > this.#maxBytes) {
+      this.#flush();
+      batch = undefined;
+    }
+    if (!batch) {
+      batch = { entries: [], bytes: 2, collections: new Set() };
+      this.#pending = batch;
+      batch.timer = setTimeout(() => this.#flush(), this.#lingerMs);
+    }
+    batch.bytes += entryBytes(batch, collection, bytes);
+    batch.collections.add(collection);
+    batch.entries.push({ collection, serialized, submission, index });
+    if (batch.entries.length >= this.#maxEvents || batch.bytes >= this.#maxBytes) this.#flush();
   }
 
   /** Sends what is pending, then waits until no request is under way. Later submits are refused. */
@@ -231,7 +287,7 @@ export class KeenBatcher {
     const counts = new EventCounts();
     for (const entry of entries) {
       counts.add(entry.collection, 'request_failed');
-      entry.reject(err);
+      entry.submission.settle(entry.index, err);
     }
     this.#count(counts);
   }
@@ -246,14 +302,17 @@ export class KeenBatcher {
       const result = Object.hasOwn(results, entry.collection) ? results[entry.collection]![index] : undefined;
       if (result?.success) {
         counts.add(entry.collection, 'accepted');
-        entry.resolve();
+        entry.submission.settle(entry.index, undefined);
       } else if (result) {
         counts.add(entry.collection, 'rejected');
-        entry.reject(new KeenEventRejected(result.error.name, result.error.description));
+        entry.submission.settle(entry.index, new KeenEventRejected(result.error.name, result.error.description));
       } else {
         // The client checks that every event has a result; this only guards against a bug.
         counts.add(entry.collection, 'request_failed');
-        entry.reject(new KeenRequestError('Keen returned no result for this event', { code: 'MalformedResponse', retryable: true }));
+        entry.submission.settle(
+          entry.index,
+          new KeenRequestError('Keen returned no result for this event', { code: 'MalformedResponse', retryable: true }),
+        );
       }
     }
     this.#count(counts);
@@ -269,6 +328,11 @@ export class KeenBatcher {
       for (const outcome of EVENT_OUTCOMES) if (byOutcome[outcome] > 0) this.#countEvents(collection, outcome, byOutcome[outcome]);
     }
   }
+}
+
+/** What an event of `bytes` adds to a batch's body: its comma, and `"name":[ ]` if it is the first of its collection there. */
+function entryBytes(batch: Batch, collection: string, bytes: number): number {
+  return bytes + 1 + (batch.collections.has(collection) ? 0 : Buffer.byteLength(JSON.stringify(collection)) + 3);
 }
 
 /** What one event can cause: Keen failing on it (500), or a request too large with it (413). */

@@ -42,7 +42,7 @@ export interface IngestWorkerOptions {
    * take (an outage, a refusal) goes on in a keen-delivery job, with its retries and dead
    * letters. Without it, every event goes through keen-delivery.
    */
-  keen?: Pick<KeenBatcher, 'submit'>;
+  keen?: Pick<KeenBatcher, 'submitAll'>;
 }
 
 export interface IngestEffects {
@@ -67,7 +67,7 @@ export function ingestEffects(options: IngestWorkerOptions): IngestEffects {
     },
     async undeliveredOf(events) {
       if (!keen || events.length === 0) return events;
-      const outcomes = await Promise.allSettled(events.map(({ collection, event }) => keen.submit(collection, event)));
+      const outcomes = await keen.submitAll(events);
       return events.filter((_, i) => outcomes[i]!.status === 'rejected');
     },
     async queueForKeen(ingestJobId, events) {

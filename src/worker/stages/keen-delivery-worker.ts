@@ -7,11 +7,12 @@
  * recorded but whose answer was lost is dropped by Keen when it is sent again.
  */
 import { UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
-import { deviceIdOf, parseKeenDeliveryJob, type DeadLetterJob, type KeenDeliveryJob, type KeenEventRecord } from '../../shared/jobs.js';
+import { deviceIdOf, parseKeenDeliveryJob, type DeadLetterJob, type KeenDeliveryJob } from '../../shared/jobs.js';
 import type { Logger } from '../../shared/logger.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { QUEUE_NAMES, type PipelineQueues } from '../../shared/queues.js';
 import { KeenRequestError } from '../../shared/keen/errors.js';
+import type { KeenBatcher } from '../keen/batcher.js';
 import { runStage } from '../stage-runner.js';
 import { addDeadLetter } from './dead-letters-worker.js';
 import { planDelivery } from './keen-delivery.js';
@@ -21,7 +22,7 @@ export interface KeenDeliveryWorkerOptions {
   prefix: string;
   /** `deadLetter` receives what cannot be delivered; `keen` must be this worker's queue (same prefix). */
   queues: PipelineQueues;
-  batcher: { submit(collection: string, event: KeenEventRecord['event']): Promise<void> };
+  batcher: Pick<KeenBatcher, 'submitAll'>;
   concurrency: number;
   logger: Logger;
   metrics?: Metrics;
@@ -55,7 +56,7 @@ export function createKeenDeliveryWorker(options: KeenDeliveryWorkerOptions): Wo
 
   const process = async (job: Job<KeenDeliveryJob>) => {
     const { events } = job.data;
-    const outcomes = await Promise.allSettled(events.map(({ collection, event }) => batcher.submit(collection, event)));
+    const outcomes = await batcher.submitAll(events);
     const attempt = job.attemptsMade + 1;
     const plan = planDelivery({ jobId: job.id!, events, outcomes, attempt, attempts: job.opts.attempts ?? 1, now: new Date() });
     for (const letter of plan.deadLetters) {

@@ -41,8 +41,9 @@ const ACCEPTED: KeenEventOutcome = Object.freeze({ status: 'fulfilled', value: u
  * not one per event: a job's events are many, at full load hundreds).
  */
 interface Submission {
-  /** `err` undefined: Keen accepted the event at `index`. */
-  settle(index: number, err: unknown): void;
+  accepted(index: number): void;
+  /** Whatever `err` is (even undefined, should anything throw that), the event was not delivered. */
+  failed(index: number, err: unknown): void;
 }
 
 class OneEvent implements Submission {
@@ -55,9 +56,11 @@ class OneEvent implements Submission {
       this.#reject = reject;
     });
   }
-  settle(_index: number, err: unknown): void {
-    if (err === undefined) this.#resolve();
-    else this.#reject(err);
+  accepted(): void {
+    this.#resolve();
+  }
+  failed(_index: number, err: unknown): void {
+    this.#reject(err);
   }
 }
 
@@ -72,8 +75,14 @@ class ManyEvents implements Submission {
     this.done = new Promise((resolve) => (this.#resolve = resolve));
     if (count === 0) this.#resolve(this.#outcomes);
   }
-  settle(index: number, err: unknown): void {
-    this.#outcomes[index] = err === undefined ? ACCEPTED : { status: 'rejected', reason: err };
+  accepted(index: number): void {
+    this.#settle(index, ACCEPTED);
+  }
+  failed(index: number, err: unknown): void {
+    this.#settle(index, { status: 'rejected', reason: err });
+  }
+  #settle(index: number, outcome: KeenEventOutcome): void {
+    this.#outcomes[index] = outcome;
     if (--this.#left === 0) this.#resolve(this.#outcomes);
   }
 }
@@ -143,13 +152,13 @@ export class KeenBatcher {
   }
 
   #add(collection: string, event: KeenEvent, submission: Submission, index: number): void {
-    if (this.#closed) return submission.settle(index, new Error('KeenBatcher is closed'));
+    if (this.#closed) return submission.failed(index, new Error('KeenBatcher is closed'));
     let serialized: string;
     try {
       serialized = JSON.stringify(event);
     } catch (err) {
       this.#countEvents(collection, 'rejected');
-      return submission.settle(
+      return submission.failed(
         index,
         new KeenEventRejected(KEEN_EVENT_ERRORS.event, `The event cannot be serialized as JSON: ${(err as Error).message}.`),
       );
@@ -158,10 +167,10 @@ export class KeenBatcher {
     const size = checkEventSize(bytes, this.#maxEventBytes);
     if (!size.ok) {
       this.#countEvents(collection, 'rejected');
-      return submission.settle(index, new KeenEventRejected(size.error.name, size.error.description));
+      return submission.failed(index, new KeenEventRejected(size.error.name, size.error.description));
     }
     const held = this.#held();
-    if (held) return submission.settle(index, held);
+    if (held) return submission.failed(index, held);
     let batch = this.#pending;
     if (batch && batch.bytes + entryBytes(batch, collection, bytes) > this.#maxBytes) {
       this.#flush();
@@ -287,7 +296,7 @@ export class KeenBatcher {
     const counts = new EventCounts();
     for (const entry of entries) {
       counts.add(entry.collection, 'request_failed');
-      entry.submission.settle(entry.index, err);
+      entry.submission.failed(entry.index, err);
     }
     this.#count(counts);
   }
@@ -302,14 +311,14 @@ export class KeenBatcher {
       const result = Object.hasOwn(results, entry.collection) ? results[entry.collection]![index] : undefined;
       if (result?.success) {
         counts.add(entry.collection, 'accepted');
-        entry.submission.settle(entry.index, undefined);
+        entry.submission.accepted(entry.index);
       } else if (result) {
         counts.add(entry.collection, 'rejected');
-        entry.submission.settle(entry.index, new KeenEventRejected(result.error.name, result.error.description));
+        entry.submission.failed(entry.index, new KeenEventRejected(result.error.name, result.error.description));
       } else {
         // The client checks that every event has a result; this only guards against a bug.
         counts.add(entry.collection, 'request_failed');
-        entry.submission.settle(
+        entry.submission.failed(
           entry.index,
           new KeenRequestError('Keen returned no result for this event', { code: 'MalformedResponse', retryable: true }),
         );

@@ -105,7 +105,7 @@ describe.skipIf(unsupported)('on a Redis Cluster', () => {
     );
     expect(ofDevice('devicestate', device)[0]!.state).toEqual({ on: true, brightness: 0.5 });
     // The bad message is recorded in rejected-messages, which lives on its own slot too.
-    await waitFor('the rejection record', () => pipeline.subscriber.output().includes('"msg":"message rejected"'));
+    await waitFor('the rejection record', () => pipeline.worker.output().includes('"msg":"message rejected: payload is not JSON'));
   });
 
   it('spreads the queues over the primaries: each queue on one slot, at least 3 primaries holding queues', async () => {

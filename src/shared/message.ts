@@ -89,36 +89,21 @@ export type ParsedLampState = { ok: true; state: LampState } | { ok: false; reas
  * LAMPI's fields of their types.
  */
 export function parseLampState(text: string): ParsedLampState {
-  const json = payloadObject(text);
-  if (!json.ok) {
-    return json.reason === 'invalid_json'
-      ? { ok: false, reason: 'invalid_json', detail: `payload is not JSON: ${json.error.slice(0, 120)}` }
-      : { ok: false, reason: 'not_an_object', detail: 'lamp state must be a JSON object' };
-  }
-  const { value } = json;
-  // Only a JSON escape can put a NUL or a lone surrogate in a string: valid UTF-8 cannot hold them.
-  const problem = findStructuralProblem(value, text.includes('\\u'));
-  if (problem) return { ok: false, ...problem };
-  const invalid = lampStateProblem(value);
-  if (invalid) return { ok: false, reason: 'invalid_lamp_state', detail: invalid };
-  return { ok: true, state: value as LampState };
-}
-
-type PayloadObject =
-  | { ok: true; value: Record<string, unknown> }
-  | { ok: false; reason: 'invalid_json'; error: string }
-  | { ok: false; reason: 'not_an_object' };
-
-/** A payload's JSON object (after any byte order mark), or why it is none. */
-function payloadObject(text: string): PayloadObject {
   let value: unknown;
   try {
     value = JSON.parse(text.charCodeAt(0) === BOM ? text.slice(1) : text);
   } catch (err) {
-    return { ok: false, reason: 'invalid_json', error: (err as Error).message };
+    return { ok: false, reason: 'invalid_json', detail: `payload is not JSON: ${(err as Error).message.slice(0, 120)}` };
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return { ok: false, reason: 'not_an_object' };
-  return { ok: true, value: value as Record<string, unknown> };
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return { ok: false, reason: 'not_an_object', detail: 'lamp state must be a JSON object' };
+  }
+  // Only a JSON escape can put a NUL or a lone surrogate in a string: valid UTF-8 cannot hold them.
+  const problem = findStructuralProblem(value, text.includes('\\u'));
+  if (problem) return { ok: false, ...problem };
+  const invalid = lampStateProblem(value as Record<string, unknown>);
+  if (invalid) return { ok: false, reason: 'invalid_lamp_state', detail: invalid };
+  return { ok: true, state: value as LampState };
 }
 
 /** The first field of LampState with the wrong type or range, as `field: what is wrong`. */

@@ -6,7 +6,6 @@
  * 402 or 403, see pause.ts), events fail at once without a request.
  */
 import type { KeenEvent } from '../../shared/events.js';
-import type { KeenEventRecord } from '../../shared/jobs.js';
 import type { Metrics } from '../../shared/metrics.js';
 import { KEEN_EVENT_ERRORS, KeenEventRejected, KeenRequestError, statusMayBeOneEvent } from '../../shared/keen/errors.js';
 import { checkEventSize, KEEN_LIMITS, type KeenBulkResults } from '../../shared/keen/protocol.js';
@@ -37,34 +36,10 @@ export type KeenEventOutcome = PromiseSettledResult<void>;
 const ACCEPTED: KeenEventOutcome = Object.freeze({ status: 'fulfilled', value: undefined });
 
 /**
- * Whoever waits for events: one submit, or one submitAll's events (one promise for all of them,
- * not one per event: a job's events are many, at full load hundreds).
+ * The events of one submitAll (or one submit), waiting together: one promise for all of them,
+ * not one per event (a job's events are many, at full load hundreds).
  */
-interface Submission {
-  accepted(index: number): void;
-  /** Whatever `err` is (even undefined, should anything throw that), the event was not delivered. */
-  failed(index: number, err: unknown): void;
-}
-
-class OneEvent implements Submission {
-  readonly done: Promise<void>;
-  #resolve!: () => void;
-  #reject!: (err: unknown) => void;
-  constructor() {
-    this.done = new Promise<void>((resolve, reject) => {
-      this.#resolve = resolve;
-      this.#reject = reject;
-    });
-  }
-  accepted(): void {
-    this.#resolve();
-  }
-  failed(_index: number, err: unknown): void {
-    this.#reject(err);
-  }
-}
-
-class ManyEvents implements Submission {
+class Submission {
   readonly done: Promise<KeenEventOutcome[]>;
   readonly #outcomes: KeenEventOutcome[];
   #left: number;
@@ -78,6 +53,7 @@ class ManyEvents implements Submission {
   accepted(index: number): void {
     this.#settle(index, ACCEPTED);
   }
+  /** Whatever `err` is (even undefined, should anything throw that), the event was not delivered. */
   failed(index: number, err: unknown): void {
     this.#settle(index, { status: 'rejected', reason: err });
   }
@@ -138,15 +114,14 @@ export class KeenBatcher {
    * Resolves once Keen has accepted the event. Rejects with KeenEventRejected when Keen refused
    * this event, or with the KeenRequestError that failed its whole request.
    */
-  submit(collection: string, event: KeenEvent): Promise<void> {
-    const submission = new OneEvent();
-    this.#add(collection, event, submission, 0);
-    return submission.done;
+  async submit(collection: string, event: KeenEvent): Promise<void> {
+    const [outcome] = await this.submitAll([{ collection, event }]);
+    if (outcome!.status === 'rejected') throw outcome!.reason;
   }
 
   /** Each event's outcome, in order, as `submit` would settle it; never rejects. */
-  submitAll(events: readonly KeenEventRecord[]): Promise<KeenEventOutcome[]> {
-    const submission = new ManyEvents(events.length);
+  submitAll(events: ReadonlyArray<{ collection: string; event: KeenEvent }>): Promise<KeenEventOutcome[]> {
+    const submission = new Submission(events.length);
     for (let i = 0; i < events.length; i++) this.#add(events[i]!.collection, events[i]!.event, submission, i);
     return submission.done;
   }

@@ -3,8 +3,9 @@
  * with UNKNOWN_DEVICE_STATES=reject, which of their lamps the registry knows, what to do with
  * them: the `devicestate` events to send, the states that wait for their lamp's first bridge
  * connect, the rejections (a payload that is no lamp state, `unknown_device`). Each payload's JSON
- * is read here (parseLampState), once per attempt: the subscriber stores it unread. No I/O, deterministic, never throws on data
- * that parseLampStatesJob accepted. lamp-states-worker.ts asks the registry and applies the plan.
+ * is read here (parseLampState), once per attempt: the subscriber stores it unread. No I/O,
+ * deterministic, never throws on data that parseLampStatesJob accepted. lamp-states-worker.ts
+ * asks the registry and applies the plan.
  */
 import type { Config } from '../../shared/config.js';
 import { deviceStateEvent, uniquenessToken } from '../../shared/events.js';
